@@ -1,0 +1,349 @@
+import http from 'node:http'
+import https from 'node:https'
+import { Readable } from 'node:stream'
+import {
+  S3Client, HeadObjectCommand, HeadBucketCommand, ListObjectsV2Command, GetObjectCommand, PutObjectCommand,
+  CreateMultipartUploadCommand, UploadPartCommand, CompleteMultipartUploadCommand, AbortMultipartUploadCommand,
+  ListMultipartUploadsCommand, DeleteObjectCommand, type S3ClientConfig,
+} from '@aws-sdk/client-s3'
+import { NodeHttpHandler } from '@smithy/node-http-handler'
+import { resolveConfig, type O3Config, type O3Flags } from './config.js'
+import { O3StreamError, O3UsageError } from './errors.js'
+import { DEFAULT_RETRY, isFinal, toO3Error, withRetry, type RetryPolicy } from './retry.js'
+import { fullKey, fullPrefix, parseLocation, relativeKey, type Scope } from './scope.js'
+import { silentLogger, type Logger } from '../log.js'
+
+export interface O3ClientOptions extends O3Flags {
+  /** Keep-alive sockets in the pool. */
+  maxSockets?: number
+  retry?: Partial<RetryPolicy>
+  /** Time to establish a connection. */
+  connectTimeoutMs?: number
+  /** Longest silence on a socket (headers or body) before the request counts as failed. */
+  requestTimeoutMs?: number
+  logger?: Logger
+  /** Resolved configuration, when the caller already has one; flags and env are then ignored. */
+  config?: O3Config
+}
+
+export interface ObjectInfo {
+  key: string
+  size: number
+  etag: string
+  lastModified: Date
+  contentType?: string
+  metadata: Record<string, string>
+  /** Akave's CID of the stored (encrypted, erasure-coded) form; never equal to a plaintext CID. */
+  networkRootCid?: string
+  /** Akave's commit state of the object, `done` once committed. */
+  networkState?: string
+}
+
+export type ListEntry =
+  | { type: 'object'; key: string; size: number; etag: string; lastModified: Date }
+  | { type: 'prefix'; prefix: string }
+
+export interface RangeOptions {
+  /** First byte, inclusive. */
+  start?: number
+  /** Last byte, inclusive; omitted means to the end. */
+  end?: number
+  /** Fail with O3IntegrityError rather than read a different version of the object. */
+  ifMatch?: string
+  signal?: AbortSignal
+}
+
+export interface PutOptions {
+  contentType?: string
+  metadata?: Record<string, string>
+  signal?: AbortSignal
+}
+
+export interface CompletedPart {
+  partNumber: number
+  etag: string
+}
+
+export interface O3Stats {
+  requests: number
+  retries: number
+  errors: number
+  bytesReceived: number
+  bytesSent: number
+}
+
+type RawHeaders = Record<string, string>
+const RAW_HEADERS = Symbol('rawHeaders')
+
+/**
+ * The one S3 client of the project, confined to a bucket and prefix. Every key it takes is
+ * relative to that prefix and cannot escape it. Transient failures are retried with jittered
+ * exponential backoff; ranged reads resume where a broken body stopped.
+ */
+export class O3Client {
+  readonly scope: Scope
+  readonly config: O3Config
+  readonly stats: O3Stats = { requests: 0, retries: 0, errors: 0, bytesReceived: 0, bytesSent: 0 }
+  private readonly s3: S3Client
+  private readonly agent: http.Agent
+  private readonly policy: RetryPolicy
+  private readonly log: Logger
+
+  /** Opens a client on `bucket[/prefix]`. No request is made until the first operation. */
+  static open(location: string, options: O3ClientOptions = {}): O3Client {
+    return new O3Client(parseLocation(location), options)
+  }
+
+  constructor(scope: Scope, options: O3ClientOptions = {}) {
+    this.scope = scope
+    this.config = options.config ?? resolveConfig(options)
+    this.policy = { ...DEFAULT_RETRY, ...options.retry }
+    this.log = options.logger ?? silentLogger
+    const isHttps = this.config.endpoint.startsWith('https:')
+    const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 16, maxFreeSockets: options.maxSockets ?? 16 }
+    this.agent = isHttps ? new https.Agent(agentOptions) : new http.Agent(agentOptions)
+    const s3Config: S3ClientConfig = {
+      endpoint: this.config.endpoint,
+      region: this.config.region,
+      forcePathStyle: true,
+      // O3 rejects the SDK's default CRC32 headers.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      // Retries are ours: one policy for every call, including resumed body reads.
+      maxAttempts: 1,
+      requestHandler: new NodeHttpHandler({
+        httpAgent: isHttps ? undefined : this.agent,
+        httpsAgent: isHttps ? (this.agent as https.Agent) : undefined,
+        connectionTimeout: options.connectTimeoutMs ?? 5_000,
+        requestTimeout: options.requestTimeoutMs ?? 30_000,
+      }),
+    }
+    if (this.config.credentials) s3Config.credentials = this.config.credentials
+    else if (this.config.profile) s3Config.profile = this.config.profile
+    this.s3 = new S3Client(s3Config)
+    // Akave's Network-Root-Cid / Network-State are plain response headers the SDK does not model.
+    this.s3.middlewareStack.add(
+      (next) => async (args) => {
+        const result = await next(args)
+        const headers = (result.response as { headers?: RawHeaders }).headers
+        if (headers && result.output && typeof result.output === 'object') {
+          Object.defineProperty(result.output, RAW_HEADERS, { value: headers, enumerable: false })
+        }
+        return result
+      },
+      { step: 'deserialize', name: 'o3RawHeaders' },
+    )
+  }
+
+  /** `bucket/prefix` for messages. */
+  get location(): string {
+    return this.scope.prefix ? `${this.scope.bucket}/${this.scope.prefix}` : this.scope.bucket
+  }
+
+  private async call<T>(what: string, fn: (signal: AbortSignal | undefined) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    try {
+      return await withRetry(
+        this.policy,
+        async () => {
+          this.stats.requests++
+          return await fn(signal)
+        },
+        {
+          signal,
+          onRetry: (err, attempt, delayMs) => {
+            this.stats.retries++
+            this.log.warn({ op: what, attempt, delayMs: Math.round(delayMs), code: (err as { name?: string }).name }, 'retrying O3 request')
+          },
+        },
+      )
+    } catch (err) {
+      this.stats.errors++
+      throw toO3Error(err, what, this.config.endpoint)
+    }
+  }
+
+  /** Checks that the bucket exists and the credentials are accepted. */
+  async checkBucket(signal?: AbortSignal): Promise<void> {
+    await this.call(`bucket ${this.scope.bucket}`, (s) => this.s3.send(new HeadBucketCommand({ Bucket: this.scope.bucket }), { abortSignal: s }), signal)
+  }
+
+  async head(key: string, signal?: AbortSignal): Promise<ObjectInfo> {
+    const Key = fullKey(this.scope, key)
+    const out = await this.call(`head ${this.scope.bucket}/${Key}`, (s) => this.s3.send(new HeadObjectCommand({ Bucket: this.scope.bucket, Key }), { abortSignal: s }), signal)
+    const raw = (out as unknown as { [RAW_HEADERS]?: RawHeaders })[RAW_HEADERS] ?? {}
+    return {
+      key,
+      size: out.ContentLength ?? 0,
+      etag: out.ETag ?? '',
+      lastModified: out.LastModified ?? new Date(0),
+      contentType: out.ContentType,
+      metadata: out.Metadata ?? {},
+      networkRootCid: raw['network-root-cid'],
+      networkState: raw['network-state'],
+    }
+  }
+
+  /**
+   * Lists objects (and, with a delimiter, common prefixes) under `prefix`, relative to the scope,
+   * page by page as the caller iterates.
+   */
+  async *list(prefix = '', options: { delimiter?: string; signal?: AbortSignal } = {}): AsyncGenerator<ListEntry> {
+    const Prefix = fullPrefix(this.scope, prefix)
+    let token: string | undefined
+    do {
+      const out = await this.call(
+        `list ${this.scope.bucket}/${Prefix}`,
+        (s) => this.s3.send(new ListObjectsV2Command({ Bucket: this.scope.bucket, Prefix, Delimiter: options.delimiter, ContinuationToken: token }), { abortSignal: s }),
+        options.signal,
+      )
+      for (const p of out.CommonPrefixes ?? []) if (p.Prefix) yield { type: 'prefix', prefix: relativeKey(this.scope, p.Prefix) }
+      for (const o of out.Contents ?? []) {
+        if (!o.Key) continue
+        yield { type: 'object', key: relativeKey(this.scope, o.Key), size: o.Size ?? 0, etag: o.ETag ?? '', lastModified: o.LastModified ?? new Date(0) }
+      }
+      token = out.IsTruncated ? out.NextContinuationToken : undefined
+    } while (token)
+  }
+
+  /** Opens one ranged GET and returns its body with the object's ETag and the bytes promised. */
+  private async openRange(Key: string, start: number, end: number | undefined, ifMatch: string | undefined, signal?: AbortSignal) {
+    const Range = `bytes=${start}-${end ?? ''}`
+    const out = await this.s3.send(new GetObjectCommand({ Bucket: this.scope.bucket, Key, Range, IfMatch: ifMatch }), { abortSignal: signal })
+    return { body: out.Body as Readable, etag: out.ETag ?? '', length: out.ContentLength ?? 0 }
+  }
+
+  /**
+   * A ranged GET as a stream. If the body dies midway, the read resumes from the last byte
+   * received (pinned to the first response's ETag, so two versions are never mixed), within the
+   * same retry policy as every other request.
+   */
+  getRange(key: string, options: RangeOptions = {}): Readable {
+    const Key = fullKey(this.scope, key)
+    const start = options.start ?? 0
+    if (options.end !== undefined && options.end < start) {
+      throw new O3UsageError(`get ${this.scope.bucket}/${Key}: range end ${options.end} is before start ${start}`)
+    }
+    return Readable.from(this.rangeChunks(Key, start, options), { objectMode: false, highWaterMark: 1 << 20 })
+  }
+
+  private async *rangeChunks(Key: string, start: number, options: RangeOptions): AsyncGenerator<Buffer> {
+    const what = `get ${this.scope.bucket}/${Key}`
+    let pos = start
+    let etag = options.ifMatch
+    let expected: number | undefined
+    let failures = 0
+    for (;;) {
+      const opened = await this.call(what, (s) => this.openRange(Key, pos, options.end, etag, s), options.signal)
+      etag ??= opened.etag
+      expected ??= opened.length
+      try {
+        for await (const chunk of opened.body) {
+          const buf = chunk as Buffer
+          pos += buf.length
+          this.stats.bytesReceived += buf.length
+          failures = 0
+          yield buf
+        }
+        if (pos - start !== expected) throw new O3StreamError(`${what}: body ended after ${pos - start} of ${expected} bytes`)
+        return
+      } catch (err) {
+        opened.body.destroy()
+        if (isFinal(err) || options.signal?.aborted || ++failures >= this.policy.maxAttempts) {
+          this.stats.errors++
+          throw toO3Error(err, what, this.config.endpoint)
+        }
+        this.stats.retries++
+        this.log.warn({ op: what, received: pos - start, code: (err as { code?: string }).code }, 'ranged GET body broke; resuming')
+      }
+    }
+  }
+
+  /** Reads `[start, end]` (inclusive) into one buffer; shorter only where the object ends first. */
+  async getBytes(key: string, start: number, end: number, options: Omit<RangeOptions, 'start' | 'end'> = {}): Promise<Buffer> {
+    const chunks: Buffer[] = []
+    for await (const c of this.getRange(key, { ...options, start, end })) chunks.push(c as Buffer)
+    return Buffer.concat(chunks)
+  }
+
+  /** PUT of a whole object. Buffers are retried; a stream body is sent once. */
+  async put(key: string, body: Buffer | Uint8Array | string, options: PutOptions = {}): Promise<{ etag: string }> {
+    const Key = fullKey(this.scope, key)
+    const Body = typeof body === 'string' ? Buffer.from(body) : body
+    const out = await this.call(
+      `put ${this.scope.bucket}/${Key}`,
+      (s) => this.s3.send(new PutObjectCommand({ Bucket: this.scope.bucket, Key, Body, ContentLength: Body.length, ContentType: options.contentType, Metadata: options.metadata }), { abortSignal: s }),
+      options.signal,
+    )
+    this.stats.bytesSent += Body.length
+    return { etag: out.ETag ?? '' }
+  }
+
+  async createMultipartUpload(key: string, options: PutOptions = {}): Promise<string> {
+    const Key = fullKey(this.scope, key)
+    const out = await this.call(
+      `create upload ${this.scope.bucket}/${Key}`,
+      (s) => this.s3.send(new CreateMultipartUploadCommand({ Bucket: this.scope.bucket, Key, ContentType: options.contentType, Metadata: options.metadata }), { abortSignal: s }),
+      options.signal,
+    )
+    if (!out.UploadId) throw new O3StreamError(`create upload ${this.scope.bucket}/${Key}: the server returned no upload id`)
+    return out.UploadId
+  }
+
+  async uploadPart(key: string, uploadId: string, partNumber: number, body: Buffer, signal?: AbortSignal): Promise<CompletedPart> {
+    const Key = fullKey(this.scope, key)
+    const out = await this.call(
+      `upload part ${partNumber} of ${this.scope.bucket}/${Key}`,
+      (s) => this.s3.send(new UploadPartCommand({ Bucket: this.scope.bucket, Key, UploadId: uploadId, PartNumber: partNumber, Body: body, ContentLength: body.length }), { abortSignal: s }),
+      signal,
+    )
+    this.stats.bytesSent += body.length
+    return { partNumber, etag: out.ETag ?? '' }
+  }
+
+  async completeMultipartUpload(key: string, uploadId: string, parts: CompletedPart[], signal?: AbortSignal): Promise<{ etag: string }> {
+    const Key = fullKey(this.scope, key)
+    const sorted = [...parts].sort((a, b) => a.partNumber - b.partNumber)
+    const out = await this.call(
+      `complete upload ${this.scope.bucket}/${Key}`,
+      (s) => this.s3.send(new CompleteMultipartUploadCommand({
+        Bucket: this.scope.bucket, Key, UploadId: uploadId,
+        MultipartUpload: { Parts: sorted.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
+      }), { abortSignal: s }),
+      signal,
+    )
+    return { etag: out.ETag ?? '' }
+  }
+
+  async abortMultipartUpload(key: string, uploadId: string): Promise<void> {
+    const Key = fullKey(this.scope, key)
+    await this.call(`abort upload ${this.scope.bucket}/${Key}`, (s) => this.s3.send(new AbortMultipartUploadCommand({ Bucket: this.scope.bucket, Key, UploadId: uploadId }), { abortSignal: s }))
+  }
+
+  /** Multipart uploads in progress under `prefix` (relative to the scope). */
+  async *listMultipartUploads(prefix = ''): AsyncGenerator<{ key: string; uploadId: string; initiated?: Date }> {
+    const Prefix = fullPrefix(this.scope, prefix)
+    let keyMarker: string | undefined
+    let uploadIdMarker: string | undefined
+    do {
+      const out = await this.call(`list uploads ${this.scope.bucket}/${Prefix}`, (s) =>
+        this.s3.send(new ListMultipartUploadsCommand({ Bucket: this.scope.bucket, Prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }), { abortSignal: s }),
+      )
+      for (const u of out.Uploads ?? []) {
+        if (u.Key && u.UploadId) yield { key: relativeKey(this.scope, u.Key), uploadId: u.UploadId, initiated: u.Initiated }
+      }
+      keyMarker = out.IsTruncated ? out.NextKeyMarker : undefined
+      uploadIdMarker = out.IsTruncated ? out.NextUploadIdMarker : undefined
+    } while (keyMarker)
+  }
+
+  async delete(key: string): Promise<void> {
+    const Key = fullKey(this.scope, key)
+    await this.call(`delete ${this.scope.bucket}/${Key}`, (s) => this.s3.send(new DeleteObjectCommand({ Bucket: this.scope.bucket, Key }), { abortSignal: s }))
+  }
+
+  /** Closes the connection pool. */
+  close(): void {
+    this.s3.destroy()
+    this.agent.destroy()
+  }
+}

@@ -1,0 +1,121 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import { O3AuthError, O3Error, O3IntegrityError, O3NotFoundError, O3StreamError, O3UnreachableError, O3UsageError } from './errors.js'
+
+export interface RetryPolicy {
+  /** Total attempts, the first included. */
+  maxAttempts: number
+  /** The first wait; each later one doubles. */
+  baseDelayMs: number
+  /** No single wait exceeds this. */
+  maxDelayMs: number
+}
+
+/**
+ * 5 attempts whose waits are drawn from [b*2^i, 2*b*2^i] with b = 700 ms: at least 10.5 s in
+ * all, so that a server gone for 5 s to 10 s fails nothing, while the jitter still spreads
+ * out many clients that failed at the same moment.
+ */
+export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 5, baseDelayMs: 700, maxDelayMs: 20_000 }
+
+export function backoffDelay(policy: RetryPolicy, retry: number): number {
+  const floor = Math.min(policy.maxDelayMs / 2, policy.baseDelayMs * 2 ** retry)
+  return floor + Math.random() * floor
+}
+
+const AUTH_CODES = new Set([
+  'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AccessDenied', 'InvalidToken', 'ExpiredToken',
+  'AuthorizationHeaderMalformed', 'CredentialsProviderError', 'InvalidClientTokenId', 'Forbidden', 'Unauthorized',
+])
+const NOT_FOUND_CODES = new Set(['NoSuchKey', 'NoSuchBucket', 'NotFound', 'NoSuchUpload'])
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN'])
+const TRANSIENT_CODES = new Set([
+  ...UNREACHABLE_CODES, 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE',
+  'TimeoutError', 'RequestTimeout', 'RequestTimeTooSkewed', 'SlowDown', 'Throttling', 'ThrottlingException',
+  'TooManyRequests', 'InternalError', 'ServiceUnavailable', 'RequestTimeoutException', 'UND_ERR_SOCKET',
+  'ERR_HTTP2_STREAM_ERROR', 'PreconditionFailed',
+])
+
+interface Raw {
+  name?: string
+  code?: string
+  Code?: string
+  message?: string
+  $metadata?: { httpStatusCode?: number }
+  $response?: { statusCode?: number }
+  cause?: unknown
+}
+
+export function errorCode(err: unknown): string {
+  const e = err as Raw
+  return e?.code ?? e?.Code ?? e?.name ?? 'Error'
+}
+
+export function httpStatus(err: unknown): number | undefined {
+  const e = err as Raw
+  return e?.$metadata?.httpStatusCode ?? e?.$response?.statusCode
+}
+
+/** Whether a retry could help: throttling, 5xx, connection resets and timeouts. PreconditionFailed is not. */
+export function isTransient(err: unknown): boolean {
+  if (err instanceof O3Error) return err instanceof O3StreamError
+  const code = errorCode(err)
+  if (code === 'PreconditionFailed') return false
+  const status = httpStatus(err)
+  if (status !== undefined && (status === 429 || status >= 500)) return true
+  if (TRANSIENT_CODES.has(code)) return true
+  // Aborted sockets surface as plain Errors whose message is all there is to go on.
+  return /socket hang up|ECONNRESET|aborted|premature close|timed? ?out/i.test((err as Raw)?.message ?? '')
+}
+
+/** Maps an SDK or socket error to the client's typed errors, with a message that says what to do. */
+export function toO3Error(err: unknown, what: string, endpoint: string): O3Error {
+  if (err instanceof O3Error) return err
+  const code = errorCode(err)
+  const status = httpStatus(err)
+  const detail = (err as Raw)?.message?.split('\n')[0] ?? String(err)
+  if (AUTH_CODES.has(code) || status === 401 || status === 403) {
+    return new O3AuthError(
+      `${what}: the server rejected the credentials (${code}); check O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY (or your AWS profile) and the region`,
+      { cause: err },
+    )
+  }
+  if (NOT_FOUND_CODES.has(code) || status === 404) {
+    return new O3NotFoundError(`${what}: not found (${code})`, { cause: err })
+  }
+  if (code === 'InvalidRange' || status === 416) {
+    return new O3UsageError(`${what}: the range starts past the end of the object`, { cause: err })
+  }
+  if (code === 'PreconditionFailed' || status === 412) {
+    return new O3IntegrityError(`${what}: the object changed while it was being read (ETag no longer matches)`, { cause: err })
+  }
+  const sysCode = errorCode((err as Raw)?.cause) ?? code
+  if (UNREACHABLE_CODES.has(code) || UNREACHABLE_CODES.has(sysCode)) {
+    return new O3UnreachableError(`${what}: cannot reach ${endpoint} (${code}); check O3_ENDPOINT and the network`, { cause: err })
+  }
+  return new O3StreamError(`${what}: failed after retries (${code}${status ? ` HTTP ${status}` : ''}: ${detail})`, { cause: err })
+}
+
+export interface RetryHooks {
+  /** Called before each wait, e.g. to count retries and log them. */
+  onRetry?: (err: unknown, attempt: number, delayMs: number) => void
+  signal?: AbortSignal
+}
+
+/** Runs `fn` until it succeeds, fails with a non-transient error, or the attempts are spent. */
+export async function withRetry<T>(policy: RetryPolicy, fn: (attempt: number) => Promise<T>, hooks: RetryHooks = {}): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn(attempt)
+    } catch (err) {
+      if (attempt >= policy.maxAttempts || !isTransient(err) || hooks.signal?.aborted) throw err
+      const delay = backoffDelay(policy, attempt - 1)
+      hooks.onRetry?.(err, attempt, delay)
+      await sleep(delay, undefined, { signal: hooks.signal })
+    }
+  }
+}
+
+/** Errors that are already final and must not be retried by an outer loop either. */
+export function isFinal(err: unknown): boolean {
+  return err instanceof O3AuthError || err instanceof O3NotFoundError || err instanceof O3UsageError || err instanceof O3IntegrityError
+}

@@ -1,0 +1,202 @@
+import t from 'tap'
+import { createHash, randomBytes } from 'node:crypto'
+import { Writable } from 'node:stream'
+import { pino } from 'pino'
+import { O3Client, resolveConfig, O3AuthError, O3NotFoundError, O3UnreachableError, O3UsageError, type O3ClientOptions } from '../lib/o3/index.js'
+import { createBucket, useS3Server, type S3ServerInfo } from './support/s3-server.js'
+import { startFaultProxy } from './support/fault-proxy.js'
+
+const MiB = 1 << 20
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+
+function open(info: S3ServerInfo, location: string, extra: O3ClientOptions = {}, endpoint = info.endpoint, secret = info.secretAccessKey): O3Client {
+  const config = resolveConfig({ endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: secret })
+  const client = O3Client.open(location, { config, ...extra })
+  t.teardown(() => client.close())
+  return client
+}
+
+async function readAll(stream: AsyncIterable<unknown>): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  for await (const c of stream) chunks.push(c as Buffer)
+  return Buffer.concat(chunks)
+}
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = []
+  for await (const x of it) out.push(x)
+  return out
+}
+
+const info = await useS3Server(t)
+await createBucket(info, 'client-test')
+
+t.test('put, head, get, delete', async (t) => {
+  const c = open(info, 'client-test')
+  const body = randomBytes(100_000)
+  const { etag } = await c.put('obj/a.bin', body, { contentType: 'application/x-test', metadata: { step: '7' } })
+  const h = await c.head('obj/a.bin')
+  t.equal(h.size, body.length)
+  t.equal(h.etag, etag)
+  t.equal(h.contentType, 'application/x-test')
+  t.same(h.metadata, { step: '7' })
+  t.ok(h.lastModified instanceof Date && h.lastModified.getTime() > Date.now() - 600_000)
+  t.equal(sha256(await readAll(c.getRange('obj/a.bin'))), sha256(body))
+  await c.delete('obj/a.bin')
+  await t.rejects(c.head('obj/a.bin'), O3NotFoundError)
+  await t.rejects(readAll(c.getRange('obj/a.bin')), O3NotFoundError)
+})
+
+t.test('ranges: first byte, last byte, a middle span, past the end', async (t) => {
+  const c = open(info, 'client-test')
+  const body = randomBytes(3 * MiB + 17)
+  await c.put('ranges.bin', body)
+  t.same(await c.getBytes('ranges.bin', 0, 0), body.subarray(0, 1), 'bytes=0-0')
+  t.same(await c.getBytes('ranges.bin', body.length - 1, body.length - 1), body.subarray(-1), 'the last byte')
+  t.same(await c.getBytes('ranges.bin', MiB - 3, 2 * MiB + 5), body.subarray(MiB - 3, 2 * MiB + 6), 'across a MiB boundary')
+  t.same(await c.getBytes('ranges.bin', body.length - 10, body.length + 1000), body.subarray(-10), 'an end past EOF is cut at EOF')
+  t.same(await readAll(c.getRange('ranges.bin', { start: 5 })), body.subarray(5), 'open-ended')
+  await t.rejects(c.getBytes('ranges.bin', body.length, body.length + 5), O3UsageError, 'a start past EOF')
+  t.throws(() => c.getRange('ranges.bin', { start: 10, end: 2 }), O3UsageError)
+})
+
+t.test('list: past 1,000 keys, nested prefixes with a delimiter', async (t) => {
+  const c = open(info, 'client-test/many')
+  const keys = Array.from({ length: 1105 }, (_, i) => `k${String(i).padStart(5, '0')}`)
+  for (let i = 0; i < keys.length; i += 32) await Promise.all(keys.slice(i, i + 32).map((k) => c.put(k, k)))
+  await Promise.all(['d1/x', 'd1/y', 'd1/sub/z', 'd2/w', 'top'].map((k) => c.put(`tree/${k}`, k)))
+  const all = await collect(c.list('', {}))
+  t.equal(all.filter((e) => e.type === 'object' && e.key.startsWith('k')).length, 1105, 'every key across pages')
+  const top = await collect(c.list('tree/', { delimiter: '/' }))
+  t.same(top.filter((e) => e.type === 'prefix').map((e) => e.type === 'prefix' && e.prefix).sort(), ['tree/d1/', 'tree/d2/'])
+  t.same(top.filter((e) => e.type === 'object').map((e) => e.type === 'object' && e.key), ['tree/top'])
+  const d1 = await collect(c.list('tree/d1/', { delimiter: '/' }))
+  t.same(d1.map((e) => (e.type === 'object' ? e.key : e.prefix)).sort(), ['tree/d1/sub/', 'tree/d1/x', 'tree/d1/y'])
+})
+
+t.test('multipart: round trip, and abort leaves no upload', async (t) => {
+  const c = open(info, 'client-test/mp')
+  const parts = [randomBytes(5 * MiB), randomBytes(5 * MiB), randomBytes(1234)]
+  const id = await c.createMultipartUpload('big.bin')
+  t.same((await collect(c.listMultipartUploads(''))).map((u) => u.uploadId), [id], 'listed while in progress')
+  const done = await Promise.all(parts.map((p, i) => c.uploadPart('big.bin', id, i + 1, p)))
+  await c.completeMultipartUpload('big.bin', id, done.reverse())
+  const all = Buffer.concat(parts)
+  t.equal(sha256(await readAll(c.getRange('big.bin'))), sha256(all))
+  t.equal((await c.head('big.bin')).size, all.length)
+
+  const id2 = await c.createMultipartUpload('aborted.bin')
+  await c.uploadPart('aborted.bin', id2, 1, randomBytes(5 * MiB))
+  await c.abortMultipartUpload('aborted.bin', id2)
+  t.same(await collect(c.listMultipartUploads('')), [], 'no upload left')
+  await t.rejects(c.uploadPart('aborted.bin', id2, 2, randomBytes(10)), O3NotFoundError, 'its parts are gone')
+  await t.rejects(c.head('aborted.bin'), O3NotFoundError, 'no object')
+})
+
+t.test('a 5 s outage in the middle of a read is survived with the right bytes', async (t) => {
+  const body = randomBytes(24 * MiB)
+  await open(info, 'client-test').put('outage.bin', body)
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  const c = open(info, 'client-test', {}, proxy.endpoint)
+  proxy.setBandwidth(8 * MiB)
+  const reading = readAll(c.getRange('outage.bin'))
+  await new Promise((r) => setTimeout(r, 800))
+  const started = Date.now()
+  await proxy.outage(5000)
+  proxy.setBandwidth(null)
+  t.equal(sha256(await reading), sha256(body))
+  t.ok(Date.now() - started >= 4900)
+  t.ok(c.stats.retries >= 1, `retried (${c.stats.retries})`)
+  await proxy.outage(5000).then(() => undefined)
+  t.equal((await c.head('outage.bin')).size, body.length, 'a request made while the server is gone')
+})
+
+t.test('a body reset midway resumes from the last byte received', async (t) => {
+  const body = randomBytes(16 * MiB)
+  await open(info, 'client-test').put('reset.bin', body)
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  const c = open(info, 'client-test', {}, proxy.endpoint)
+  proxy.resetAfterBytes(5 * MiB, { count: 2 })
+  const got = await readAll(c.getRange('reset.bin'))
+  t.equal(sha256(got), sha256(body))
+  t.equal(proxy.resets, 2, 'two connections were cut')
+  t.ok(c.stats.bytesReceived < body.length * 1.5, `resumed rather than restarted (${c.stats.bytesReceived} bytes received)`)
+})
+
+t.test('bad credentials: O3AuthError at once, never retried', async (t) => {
+  const c = open(info, 'client-test', {}, info.endpoint, 'not-the-secret')
+  const started = Date.now()
+  await t.rejects(c.head('x'), O3AuthError)
+  await t.rejects(c.checkBucket(), O3AuthError)
+  t.ok(Date.now() - started < 2000, `took ${Date.now() - started} ms`)
+  t.equal(c.stats.retries, 0)
+})
+
+t.test('unreachable endpoint: a clear error naming the endpoint', async (t) => {
+  const proxy = await startFaultProxy({ targetPort: 9 })
+  const port = proxy.port
+  await proxy.close()
+  const c = open(info, 'client-test', { retry: { maxAttempts: 3, baseDelayMs: 50 } }, `http://127.0.0.1:${port}`)
+  const err = await c.head('x').then(() => undefined, (e: Error) => e)
+  t.type(err, O3UnreachableError)
+  t.match(err?.message, `127.0.0.1:${port}`)
+  t.match(err?.message, /O3_ENDPOINT/)
+  t.equal(c.stats.retries, 2, 'retried as a transient failure first')
+})
+
+t.test('a client on bucket/prefix cannot address keys outside it', async (t) => {
+  const outside = open(info, 'client-test')
+  await outside.put('secret.txt', 'outside')
+  await outside.put('data2/x', 'sibling prefix')
+  const c = open(info, 'client-test/data')
+  await c.put('inside.txt', 'inside')
+  for (const bad of ['../secret.txt', '/secret.txt', 'a/../../secret.txt', '..', './x', 'a//b', '%2e%2e%2Fsecret.txt', 'a%2fb', 'a\\..\\b']) {
+    await t.rejects(c.head(bad), O3UsageError, `head ${bad}`)
+    t.throws(() => c.getRange(bad), O3UsageError, `get ${bad}`)
+    await t.rejects(c.put(bad, 'x'), O3UsageError, `put ${bad}`)
+  }
+  t.throws(() => O3Client.open('client-test/../x'), O3UsageError)
+  t.throws(() => O3Client.open('Bad_Bucket'), O3UsageError)
+  const listed = await collect(c.list(''))
+  t.same(listed.map((e) => e.type === 'object' && e.key), ['inside.txt'], 'the sibling prefix data2/ is not listed')
+  t.equal((await outside.head('data/inside.txt')).size, 6, 'keys are stored under the prefix')
+})
+
+t.test('the connection pool is bounded and closed on teardown', async (t) => {
+  await open(info, 'client-test').put('pool.txt', 'x')
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  const c = open(info, 'client-test', { maxSockets: 3 }, proxy.endpoint)
+  await Promise.all(Array.from({ length: 40 }, () => c.head('pool.txt')))
+  t.ok(proxy.connections <= 3, `${proxy.connections} connections for 40 requests`)
+  c.close()
+  await new Promise((r) => setTimeout(r, 300))
+  t.equal(proxy.active, 0, 'sockets closed')
+})
+
+t.test('no secret appears in any log line or error message', async (t) => {
+  const lines: string[] = []
+  const sink = new Writable({ write(chunk, _enc, cb) { lines.push(String(chunk)); cb() } })
+  const logger = pino({ level: 'trace' }, sink)
+  const privateKey = 'ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80'
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  const messages: string[] = []
+  const capture = (e: unknown) => { messages.push(String((e as Error).message), JSON.stringify(e), String((e as Error).stack)) }
+  const good = open(info, 'client-test', { logger }, proxy.endpoint)
+  await good.put('log.txt', 'x')
+  proxy.resetAfterBytes(0, { count: 2 })
+  await good.head('log.txt')
+  const bad = open(info, 'client-test', { logger }, info.endpoint, 'wrong-secret-value')
+  await bad.head('log.txt').catch(capture)
+  await open(info, 'client-test', { logger, retry: { maxAttempts: 2, baseDelayMs: 10 } }, 'http://127.0.0.1:1').head('x').catch(capture)
+  const { signerFromHex } = await import('../lib/signer.js')
+  try { signerFromHex(privateKey.slice(0, 60), 'AKAVE_PRIVATE_KEY') } catch (e) { capture(e) }
+  t.ok(lines.some((l) => l.includes('retrying')), 'the retries were logged')
+  const everything = [...lines, ...messages].join('\n')
+  for (const secret of [info.secretAccessKey, 'wrong-secret-value', info.accessKeyId, privateKey, privateKey.slice(0, 60)]) {
+    t.notOk(everything.includes(secret), `${secret.length}-char secret absent`)
+  }
+})
