@@ -200,3 +200,13 @@ t.test('no secret appears in any log line or error message', async (t) => {
     t.notOk(everything.includes(secret), `${secret.length}-char secret absent`)
   }
 })
+
+t.test('a 4xx whose message mentions "aborted" is final, not retried', async (t) => {
+  const c = open(info, 'client-test')
+  const id = await c.createMultipartUpload('gone.bin')
+  await c.abortMultipartUpload('gone.bin', id)
+  const started = Date.now()
+  await t.rejects(c.uploadPart('gone.bin', id, 1, Buffer.from('x')), O3NotFoundError)
+  t.equal(c.stats.retries, 0)
+  t.ok(Date.now() - started < 2000, `took ${Date.now() - started} ms`)
+})

@@ -72,6 +72,10 @@ export interface O3Stats {
   bytesSent: number
 }
 
+// The SDK is pinned to a version that supports Node 20; its warning about future releases would
+// only clutter every command's output.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true'
+
 type RawHeaders = Record<string, string>
 const RAW_HEADERS = Symbol('rawHeaders')
 

@@ -12,35 +12,35 @@ export class O3Error extends Error {
 
 /** Bad or missing credentials. Never retried: retrying cannot make a wrong key right. */
 export class O3AuthError extends O3Error {
-  override readonly exitCode = 77
+  override readonly exitCode: number = 77
 }
 
 /** The bucket or key does not exist. */
 export class O3NotFoundError extends O3Error {
-  override readonly exitCode = 66
+  override readonly exitCode: number = 66
 }
 
 /** A transport failure that outlasted the retry policy (resets, timeouts, 5xx, throttling). */
 export class O3StreamError extends O3Error {
-  override readonly exitCode = 74
+  override readonly exitCode: number = 74
 }
 
 /** The endpoint could not be reached at all (refused, DNS, no route) after retries. */
 export class O3UnreachableError extends O3StreamError {
-  override readonly exitCode = 69
+  override readonly exitCode: number = 69
 }
 
 /** The bytes read do not match what was expected (checksum, CID, size or ETag). */
 export class O3IntegrityError extends O3Error {
-  override readonly exitCode = 65
+  override readonly exitCode: number = 65
 }
 
 /** The request is invalid as asked: a key outside the client's prefix, a range past the end. */
 export class O3UsageError extends O3Error {
-  override readonly exitCode = 64
+  override readonly exitCode: number = 64
 }
 
 /** Configuration cannot be used: malformed endpoint, unreadable key file, bad private key. */
 export class O3ConfigError extends O3Error {
-  override readonly exitCode = 78
+  override readonly exitCode: number = 78
 }

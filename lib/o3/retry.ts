@@ -32,7 +32,7 @@ const TRANSIENT_CODES = new Set([
   ...UNREACHABLE_CODES, 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE',
   'TimeoutError', 'RequestTimeout', 'RequestTimeTooSkewed', 'SlowDown', 'Throttling', 'ThrottlingException',
   'TooManyRequests', 'InternalError', 'ServiceUnavailable', 'RequestTimeoutException', 'UND_ERR_SOCKET',
-  'ERR_HTTP2_STREAM_ERROR', 'PreconditionFailed',
+  'ERR_HTTP2_STREAM_ERROR',
 ])
 
 interface Raw {
@@ -55,15 +55,15 @@ export function httpStatus(err: unknown): number | undefined {
   return e?.$metadata?.httpStatusCode ?? e?.$response?.statusCode
 }
 
-/** Whether a retry could help: throttling, 5xx, connection resets and timeouts. PreconditionFailed is not. */
+/** Whether a retry could help: throttling, 5xx, connection resets and timeouts. */
 export function isTransient(err: unknown): boolean {
   if (err instanceof O3Error) return err instanceof O3StreamError
   const code = errorCode(err)
-  if (code === 'PreconditionFailed') return false
   const status = httpStatus(err)
-  if (status !== undefined && (status === 429 || status >= 500)) return true
+  // A server that answered has said what it meant: only throttling, 5xx and request timeouts retry.
+  if (status !== undefined) return status === 429 || status >= 500 || code === 'RequestTimeout' || code === 'SlowDown'
   if (TRANSIENT_CODES.has(code)) return true
-  // Aborted sockets surface as plain Errors whose message is all there is to go on.
+  // Broken sockets surface as plain Errors whose message is all there is to go on.
   return /socket hang up|ECONNRESET|aborted|premature close|timed? ?out/i.test((err as Raw)?.message ?? '')
 }
 

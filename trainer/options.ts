@@ -1,0 +1,156 @@
+import { readFileSync } from 'node:fs'
+import { Command, InvalidArgumentError, Option } from 'commander'
+
+/** Everything `o3train` takes; the CLI, a config file and library callers share this shape. */
+export interface TrainOptions {
+  /** A directory (often an o3mount mountpoint) or `o3://bucket/prefix`, which is mounted for the run. */
+  data: string
+  dataset: 'fashion-mnist' | 'imagefolder'
+  model: 'cnn' | 'mlp' | 'resnet'
+  epochs: number
+  batch: number
+  lr: number
+  optimizer: 'sgd' | 'adam'
+  momentum: number
+  weightDecay: number
+  device: 'auto' | 'cpu' | 'cuda'
+  seed: number
+  threads?: number
+  /** Image side for imagefolder data. */
+  imageSize: number
+  /** `o3://bucket/prefix/run`; no checkpoints when absent. */
+  ckpt?: string
+  /** A number of steps, or `epoch`. */
+  ckptEvery: number | 'epoch'
+  /** `auto` (from latest if any), `none`, a checkpoint name, or a CID. */
+  resume: string
+  keepLast: number
+  keepEvery: number
+  /** Evaluate on the test split after each epoch (fashion-mnist only). */
+  evaluate: boolean
+  endpoint?: string
+  region?: string
+  credentialsFile?: string
+  profile?: string
+}
+
+export const DEFAULTS: Omit<TrainOptions, 'data'> = {
+  dataset: 'fashion-mnist',
+  model: 'cnn',
+  epochs: 1,
+  batch: 64,
+  lr: 0.01,
+  optimizer: 'sgd',
+  momentum: 0.9,
+  weightDecay: 0,
+  device: 'auto',
+  seed: 1,
+  imageSize: 64,
+  ckptEvery: 'epoch',
+  resume: 'auto',
+  keepLast: 3,
+  keepEvery: 0,
+  evaluate: true,
+}
+
+export class OptionsError extends Error {
+  readonly exitCode = 64
+}
+
+const positiveInt = (name: string) => (v: string): number => {
+  const n = Number(v)
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`)
+  return n
+}
+const nonNegInt = (name: string) => (v: string): number => {
+  const n = Number(v)
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be an integer >= 0`)
+  return n
+}
+const positiveNum = (name: string) => (v: string): number => {
+  const n = Number(v)
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number`)
+  return n
+}
+const nonNegNum = (name: string) => (v: string): number => {
+  const n = Number(v)
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a number >= 0`)
+  return n
+}
+const every = (v: string): number | 'epoch' => (v === 'epoch' ? 'epoch' : positiveInt('--ckpt-every')(v))
+
+/** Checks a whole options object (from flags merged over a config file) and fills defaults. */
+export function validateOptions(raw: Partial<TrainOptions> & Record<string, unknown>): TrainOptions {
+  const known = new Set([...Object.keys(DEFAULTS), 'data', 'threads', 'ckpt', 'endpoint', 'region', 'credentialsFile', 'profile'])
+  for (const k of Object.keys(raw)) if (!known.has(k)) throw new OptionsError(`unknown option "${k}"; see o3train --help`)
+  const o = { ...DEFAULTS, ...raw } as TrainOptions
+  if (!o.data) throw new OptionsError('--data is required: a directory (e.g. an o3mount mountpoint) or o3://bucket/prefix')
+  const oneOf = <T extends string>(name: string, v: T, allowed: readonly T[]) => {
+    if (!allowed.includes(v)) throw new OptionsError(`${name} must be one of ${allowed.join(', ')} (got ${JSON.stringify(v)})`)
+  }
+  oneOf('--dataset', o.dataset, ['fashion-mnist', 'imagefolder'])
+  oneOf('--model', o.model, ['cnn', 'mlp', 'resnet'])
+  oneOf('--optimizer', o.optimizer, ['sgd', 'adam'])
+  oneOf('--device', o.device, ['auto', 'cpu', 'cuda'])
+  for (const [name, v] of [['epochs', o.epochs], ['batch', o.batch], ['imageSize', o.imageSize]] as const) {
+    if (!Number.isInteger(v) || v <= 0) throw new OptionsError(`${name} must be a positive integer (got ${v})`)
+  }
+  if (!(o.lr > 0)) throw new OptionsError(`lr must be a positive number (got ${o.lr})`)
+  if (o.ckptEvery !== 'epoch' && !(Number.isInteger(o.ckptEvery) && o.ckptEvery > 0)) throw new OptionsError('ckptEvery must be a number of steps or "epoch"')
+  if (o.ckpt && !/^o3:\/\/[^/]+\/.+/.test(o.ckpt)) throw new OptionsError(`--ckpt must look like o3://bucket/prefix/run (got ${o.ckpt})`)
+  return o
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new OptionsError(`cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code}`)
+  }
+  try {
+    const parsed = JSON.parse(text) as unknown
+    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')
+    return parsed as Record<string, unknown>
+  } catch (err) {
+    throw new OptionsError(`config file ${path} is not a JSON object: ${(err as Error).message}`)
+  }
+}
+
+/** Parses argv: flags win over the config file, which wins over the defaults. */
+export function parseTrainArgs(argv: string[]): TrainOptions {
+  const cmd = new Command('o3train')
+    .description('Train a model on files (an o3mount mountpoint or any directory), checkpointing to O3')
+    .option('--config <file>', 'a JSON file with any of the options below (camelCase keys); flags win')
+    .option('--data <dir|o3://bucket/prefix>', 'training data: a directory, or an O3 location to mount for the run')
+    .addOption(new Option('--dataset <kind>', 'data layout').choices(['fashion-mnist', 'imagefolder']))
+    .addOption(new Option('--model <name>', 'model').choices(['cnn', 'mlp', 'resnet']))
+    .option('--epochs <n>', `epochs (default ${DEFAULTS.epochs})`, positiveInt('--epochs'))
+    .option('--batch <n>', `batch size (default ${DEFAULTS.batch})`, positiveInt('--batch'))
+    .option('--lr <x>', `learning rate (default ${DEFAULTS.lr})`, positiveNum('--lr'))
+    .addOption(new Option('--optimizer <name>', `optimizer (default ${DEFAULTS.optimizer})`).choices(['sgd', 'adam']))
+    .option('--momentum <x>', `SGD momentum (default ${DEFAULTS.momentum})`, nonNegNum('--momentum'))
+    .option('--weight-decay <x>', 'weight decay (default 0)', nonNegNum('--weight-decay'))
+    .addOption(new Option('--device <d>', 'auto picks cuda when available').choices(['auto', 'cpu', 'cuda']))
+    .option('--seed <n>', `seed for weights and shuffling (default ${DEFAULTS.seed})`, nonNegInt('--seed'))
+    .option('--threads <n>', 'CPU threads for torch', positiveInt('--threads'))
+    .option('--image-size <n>', `image side for imagefolder (default ${DEFAULTS.imageSize})`, positiveInt('--image-size'))
+    .option('--ckpt <o3://bucket/prefix/run>', 'where checkpoints go; none when absent')
+    .option('--ckpt-every <steps|epoch>', 'checkpoint every N steps, or at the end of each epoch (default epoch)', every)
+    .option('--resume <auto|none|name|cid>', 'resume from latest (auto), nothing, a checkpoint name, or a CID (default auto)')
+    .option('--keep-last <n>', `keep the last N checkpoints (default ${DEFAULTS.keepLast})`, positiveInt('--keep-last'))
+    .option('--keep-every <k>', 'also keep every Kth checkpoint (default 0: none)', nonNegInt('--keep-every'))
+    .option('--no-evaluate', 'skip the test-set evaluation after each epoch')
+    .option('--endpoint <url>', 'O3 endpoint (else O3_ENDPOINT, AWS_ENDPOINT_URL, default)')
+    .option('--region <r>', 'O3 region (else O3_REGION, AWS_REGION, akave-network)')
+    .option('--credentials-file <file>', 'file with O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY lines (keys are never taken from argv)')
+    .option('--profile <name>', 'AWS profile for credentials')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+  cmd.parse(argv, { from: 'user' })
+  const { config, ...flags } = cmd.opts<Record<string, unknown>>()
+  const fromFile = typeof config === 'string' ? readConfigFile(config) : {}
+  // commander reports `evaluate: true` for an absent --no-evaluate; only an explicit flag overrides the file.
+  if (cmd.getOptionValueSource('evaluate') === 'default') delete flags.evaluate
+  return validateOptions({ ...fromFile, ...flags })
+}
