@@ -210,3 +210,18 @@ t.test('a 4xx whose message mentions "aborted" is final, not retried', async (t)
   t.equal(c.stats.retries, 0)
   t.ok(Date.now() - started < 2000, `took ${Date.now() - started} ms`)
 })
+
+t.test('no credentials anywhere: O3AuthError that says where to set them', async (t) => {
+  const config = resolveConfig({ endpoint: info.endpoint, region: info.region }, {})
+  const saved = { ...process.env }
+  t.teardown(() => { process.env = saved })
+  for (const k of Object.keys(process.env)) if (/^(AWS_|O3_)/.test(k)) delete process.env[k]
+  process.env.AWS_SHARED_CREDENTIALS_FILE = '/nonexistent'
+  process.env.AWS_CONFIG_FILE = '/nonexistent'
+  process.env.AWS_EC2_METADATA_DISABLED = 'true'
+  const c = O3Client.open('client-test', { config })
+  t.teardown(() => c.close())
+  const err = await c.head('x').then(() => undefined, (e: Error) => e)
+  t.type(err, O3AuthError)
+  t.match(err?.message, /no credentials found; set O3_ACCESS_KEY_ID and O3_SECRET_ACCESS_KEY/)
+})

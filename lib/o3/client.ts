@@ -2,7 +2,7 @@ import http from 'node:http'
 import https from 'node:https'
 import { Readable } from 'node:stream'
 import {
-  S3Client, HeadObjectCommand, HeadBucketCommand, ListObjectsV2Command, GetObjectCommand, PutObjectCommand,
+  S3Client, HeadObjectCommand, HeadBucketCommand, CreateBucketCommand, ListObjectsV2Command, GetObjectCommand, PutObjectCommand,
   CreateMultipartUploadCommand, UploadPartCommand, CompleteMultipartUploadCommand, AbortMultipartUploadCommand,
   ListMultipartUploadsCommand, DeleteObjectCommand, type S3ClientConfig,
 } from '@aws-sdk/client-s3'
@@ -169,6 +169,15 @@ export class O3Client {
   /** Checks that the bucket exists and the credentials are accepted. */
   async checkBucket(signal?: AbortSignal): Promise<void> {
     await this.call(`bucket ${this.scope.bucket}`, (s) => this.s3.send(new HeadBucketCommand({ Bucket: this.scope.bucket }), { abortSignal: s }), signal)
+  }
+
+  /** Creates the bucket; one that already exists and is ours is fine. */
+  async createBucket(signal?: AbortSignal): Promise<void> {
+    try {
+      await this.call(`create bucket ${this.scope.bucket}`, (s) => this.s3.send(new CreateBucketCommand({ Bucket: this.scope.bucket }), { abortSignal: s }), signal)
+    } catch (err) {
+      if ((err as { cause?: { name?: string } }).cause?.name !== 'BucketAlreadyOwnedByYou') throw err
+    }
   }
 
   async head(key: string, signal?: AbortSignal): Promise<ObjectInfo> {

@@ -24,7 +24,7 @@ export function backoffDelay(policy: RetryPolicy, retry: number): number {
 
 const AUTH_CODES = new Set([
   'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AccessDenied', 'InvalidToken', 'ExpiredToken',
-  'AuthorizationHeaderMalformed', 'CredentialsProviderError', 'InvalidClientTokenId', 'Forbidden', 'Unauthorized',
+  'AuthorizationHeaderMalformed', 'InvalidClientTokenId', 'Forbidden', 'Unauthorized',
 ])
 const NOT_FOUND_CODES = new Set(['NoSuchKey', 'NoSuchBucket', 'NotFound', 'NoSuchUpload'])
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN'])
@@ -73,6 +73,12 @@ export function toO3Error(err: unknown, what: string, endpoint: string): O3Error
   const code = errorCode(err)
   const status = httpStatus(err)
   const detail = (err as Raw)?.message?.split('\n')[0] ?? String(err)
+  if (code === 'CredentialsProviderError') {
+    return new O3AuthError(
+      `${what}: no credentials found; set O3_ACCESS_KEY_ID and O3_SECRET_ACCESS_KEY (or O3_CREDENTIALS_FILE, or an AWS profile)`,
+      { cause: err },
+    )
+  }
   if (AUTH_CODES.has(code) || status === 401 || status === 403) {
     return new O3AuthError(
       `${what}: the server rejected the credentials (${code}); check O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY (or your AWS profile) and the region`,

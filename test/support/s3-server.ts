@@ -12,10 +12,10 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import type { Test } from 'tap';
+import { projectRoot } from '../../lib/paths.js';
 
 export interface S3ServerInfo {
   endpoint: string;
@@ -32,7 +32,7 @@ export interface StartOptions {
   stopOnExit?: boolean;
 }
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const ROOT = projectRoot();
 const SCRIPT = path.join(ROOT, 'scripts', 's3-server');
 export const RUN_STATE_DIR = path.join(ROOT, '.tap', 's3-server');
 

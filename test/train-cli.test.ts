@@ -1,0 +1,245 @@
+// o3train end to end: real S3 server, real mounts, the real addon, real Fashion-MNIST (a subset
+// of it where a test restarts training many times), and faults from the proxy.
+import t from 'tap'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, relative } from 'node:path'
+import { readFile } from 'node:fs/promises'
+import { O3Client, resolveConfig } from '../lib/o3/index.js'
+import { cliCommand } from '../lib/paths.js'
+import { CheckpointStore } from '../trainer/checkpoint/index.js'
+import { createBucket, useS3Server } from './support/s3-server.js'
+import { startFaultProxy } from './support/fault-proxy.js'
+import { mount, mountEnv, isMounted } from './support/o3mount.js'
+import { writeFashionSubset } from './support/fashion-subset.js'
+import { buildImageFolder } from './support/imagefolder.js'
+
+const BUCKET = 'train-cli'
+const info = await useS3Server(t)
+await createBucket(info, BUCKET)
+
+function client(location: string, endpoint = info.endpoint): O3Client {
+  const config = resolveConfig({ endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey })
+  const c = O3Client.open(location, { config })
+  t.teardown(() => c.close())
+  return c
+}
+
+async function uploadDir(dir: string, location: string): Promise<void> {
+  const c = client(location)
+  const walk = (d: string): string[] => readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(d, e.name)) : [join(d, e.name)]))
+  for (const f of walk(dir)) await c.put(relative(dir, f), await readFile(f))
+}
+
+const scratch = mkdtempSync(join(tmpdir(), 'o3train-test-'))
+t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
+// 2,048 training and 512 test samples: 32 steps an epoch at batch 64.
+const subset = join(scratch, 'fmnist')
+writeFashionSubset(subset, 2048, 512)
+await uploadDir(subset, `${BUCKET}/fmnist`)
+
+interface Run {
+  child: ChildProcess
+  /** Resolves with the exit status once the process is gone. */
+  done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>
+  /** Resolves once stderr contains `text`. */
+  waitFor(text: string, timeoutMs?: number): Promise<void>
+  stderr(): string
+}
+
+const cli = cliCommand('trainer/cli.ts')
+function o3train(args: string[], env: NodeJS.ProcessEnv = {}): Run {
+  const child = spawn(process.execPath, [...cli.execArgv, cli.file, ...args], { cwd: scratch, env: mountEnv(info, env), stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.on('data', (d: Buffer) => (stdout += d))
+  child.stderr!.on('data', (d: Buffer) => (stderr += d))
+  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>((resolve) =>
+    child.once('exit', (code, signal) => setImmediate(() => resolve({ code, signal, stdout, stderr }))),
+  )
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  return {
+    child,
+    done,
+    stderr: () => stderr,
+    waitFor: (text, timeoutMs = 120_000) =>
+      new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`o3train never logged ${JSON.stringify(text)}:\n${stderr}`)), timeoutMs)
+        const check = () => {
+          if (stderr.includes(text)) {
+            clearTimeout(timer)
+            child.stderr!.off('data', check)
+            resolve()
+          }
+        }
+        child.stderr!.on('data', check)
+        void done.then(() => {
+          clearTimeout(timer)
+          if (stderr.includes(text)) resolve()
+          else reject(new Error(`o3train exited before logging ${JSON.stringify(text)}:\n${stderr}`))
+        })
+        check()
+      }),
+  }
+}
+
+interface Summary {
+  steps: number
+  step: number
+  stopped: boolean
+  epochsCompleted: number
+  test?: { accuracy: number }
+  resumedFrom?: { name: string; step: number; cid: string }
+  checkpoints: { name: string; cid: string; step: number }[]
+}
+const summaryOf = (stdout: string): Summary => JSON.parse(stdout.trim().split('\n').at(-1)!) as Summary
+
+function store(run: string): CheckpointStore {
+  return new CheckpointStore(client(`${BUCKET}/${run}`))
+}
+
+const base = ['--dataset', 'fashion-mnist', '--model', 'cnn', '--batch', '64', '--lr', '0.05', '--seed', '7']
+
+t.test('--data o3://: mounts for the run, trains, checkpoints, unmounts at exit', async (t) => {
+  const r = o3train(['--data', `o3://${BUCKET}/fmnist`, ...base, '--epochs', '2', '--ckpt', `o3://${BUCKET}/runs/basic`, '--ckpt-every', 'epoch'])
+  const { code, stdout, stderr } = await r.done
+  t.equal(code, 0, stderr)
+  const s = summaryOf(stdout)
+  t.equal(s.epochsCompleted, 2)
+  t.equal(s.steps, 64)
+  t.ok(s.test && s.test.accuracy > 0.6, `test accuracy ${s.test?.accuracy} after 2 epochs on 2,048 samples`)
+  t.same(s.checkpoints.map((c) => c.step), [32, 64])
+  const mountpoint = /"mountpoint":"([^"]+)"/.exec(stderr)?.[1]
+  t.ok(mountpoint, 'it said where it mounted the data')
+  t.notOk(isMounted(mountpoint!), 'unmounted at exit')
+  const latest = await store('runs/basic').load('latest')
+  t.equal(latest.entry.cid, s.checkpoints[1]!.cid, 'latest is the final checkpoint, verified')
+  t.equal(latest.meta.step, 64)
+})
+
+t.test('kill -9 at 10 random moments: each restart resumes from the last complete checkpoint; final weights equal an uninterrupted run', async (t) => {
+  const args = ['--data', subset, ...base, '--epochs', '3', '--ckpt-every', '4']
+  const ref = await o3train([...args, '--ckpt', `o3://${BUCKET}/runs/ref`]).done
+  t.equal(ref.code, 0, ref.stderr)
+  const refFinal = summaryOf(ref.stdout).checkpoints.at(-1)!
+  t.equal(refFinal.step, 96)
+
+  const chaos = store('runs/chaos')
+  let lastStep = 0
+  for (let i = 0; i < 10; i++) {
+    const r = o3train([...args, '--ckpt', `o3://${BUCKET}/runs/chaos`])
+    await r.waitFor('"msg":"training"')
+    await new Promise((res) => setTimeout(res, Math.random() * 2500))
+    r.child.kill('SIGKILL')
+    const { signal, code } = await r.done
+    if (code === 0) break // it finished before the kill
+    t.equal(signal, 'SIGKILL')
+    const resumedAt = /"msg":"resumed"/.test(r.stderr()) ? Number(/"step":(\d+),"position"/.exec(r.stderr())?.[1]) : 0
+    t.equal(resumedAt, lastStep, `restart ${i + 1} resumed from the last complete checkpoint (step ${lastStep})`)
+    const latest = await chaos.readLatest()
+    if (latest) {
+      const loaded = await chaos.load('latest') // verified: sha256 and CID
+      t.ok(loaded.meta.step >= lastStep, `latest never goes back (${loaded.meta.step} >= ${lastStep})`)
+      lastStep = loaded.meta.step
+    }
+    t.same(await collect(client(`${BUCKET}/runs/chaos`).listMultipartUploads('')).then((u) => u.length <= 1), true, 'at most the killed upload is left')
+  }
+  const last = await o3train([...args, '--ckpt', `o3://${BUCKET}/runs/chaos`]).done
+  t.equal(last.code, 0, last.stderr)
+  const s = summaryOf(last.stdout)
+  if (lastStep > 0) t.equal(s.resumedFrom?.step, lastStep, 'resumed once more from the last complete checkpoint')
+  t.equal(s.checkpoints.at(-1)?.cid, refFinal.cid, 'the final checkpoint is byte-identical to the uninterrupted run (same CID)')
+  t.same(await collect(client(`${BUCKET}/runs/chaos`).listMultipartUploads('')), [], 'no multipart upload is left behind')
+})
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = []
+  for await (const x of it) out.push(x)
+  return out
+}
+
+t.test('the S3 server gone for 5 s during training: no error', async (t) => {
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  const r = o3train(['--data', `o3://${BUCKET}/fmnist`, ...base, '--epochs', '8', '--ckpt', `o3://${BUCKET}/runs/outage`, '--ckpt-every', '4'], { O3_ENDPOINT: proxy.endpoint })
+  await r.waitFor('"msg":"checkpoint committed"')
+  const started = Date.now()
+  await proxy.outage(5000)
+  const { code, stdout, stderr } = await r.done
+  t.equal(code, 0, stderr)
+  t.ok(Date.now() - started >= 0, 'ended after the outage')
+  t.match(stderr, /retrying O3 request/, 'requests failed during the outage and were retried')
+  const s = summaryOf(stdout)
+  t.equal(s.epochsCompleted, 8)
+  t.equal((await store('runs/outage').load('latest')).meta.step, s.step, 'the last checkpoint committed and verifies')
+})
+
+t.test('the mount killed during training: a clear error; with the mount back, it resumes', async (t) => {
+  const tree = buildImageFolder(join(scratch, 'images'), { perClass: 24 })
+  await uploadDir(tree.root, `${BUCKET}/images`)
+  const args = ['--dataset', 'imagefolder', '--model', 'resnet', '--image-size', '28', '--batch', '8', '--lr', '0.05', '--epochs', '40', '--ckpt', `o3://${BUCKET}/runs/img`, '--ckpt-every', '5']
+  const m = await mount(t, info, `${BUCKET}/images`)
+  const r = o3train(['--data', m.mountpoint, ...args])
+  await r.waitFor('"msg":"checkpoint committed"')
+  process.kill(m.pid, 'SIGKILL')
+  const { code, stderr } = await r.done
+  t.equal(code, 91, 'exits with the training-failure status')
+  const last = stderr.trim().split('\n').at(-1)!
+  t.match(last, /^o3train: reading the data failed \(.*\): check the mount under .*, then rerun; --resume auto continues from the last checkpoint$/)
+  await m.stop()
+
+  const again = await mount(t, info, `${BUCKET}/images`, { mountpoint: m.mountpoint })
+  const r2 = o3train(['--data', again.mountpoint, ...args.map((a) => (a === '40' ? '1' : a))])
+  await r2.waitFor('"msg":"resumed"')
+  r2.child.kill('SIGINT')
+  const done = await r2.done
+  t.equal(done.code, 0, done.stderr)
+  t.ok(summaryOf(done.stdout).resumedFrom, 'resumed from the checkpoint written before the mount died')
+})
+
+t.test('SIGINT: stop at a step boundary, final checkpoint, exit 0; a second signal exits at once, nothing half-written', async (t) => {
+  const r = o3train(['--data', subset, ...base, '--epochs', '50', '--ckpt', `o3://${BUCKET}/runs/sigint`, '--ckpt-every', 'epoch'])
+  await r.waitFor('"msg":"training"')
+  await new Promise((res) => setTimeout(res, 1500))
+  r.child.kill('SIGINT')
+  const { code, stdout, stderr } = await r.done
+  t.equal(code, 0, stderr)
+  const s = summaryOf(stdout)
+  t.equal(s.stopped, true)
+  t.ok(s.step > 0 && s.step < 50 * 32)
+  t.equal((await store('runs/sigint').load('latest')).meta.step, s.step, 'the final checkpoint is at the step where it stopped')
+
+  const r2 = o3train(['--data', subset, ...base, '--epochs', '50', '--ckpt', `o3://${BUCKET}/runs/sigint2`, '--ckpt-every', '2'])
+  await r2.waitFor('"msg":"checkpoint upload started"')
+  r2.child.kill('SIGINT')
+  await new Promise((res) => setTimeout(res, 20))
+  r2.child.kill('SIGINT')
+  const d2 = await r2.done
+  t.equal(d2.code, 130, 'a second signal exits at once')
+  t.same(await collect(client(`${BUCKET}/runs/sigint2`).listMultipartUploads('')), [], 'the upload in flight was aborted')
+  const latest = await store('runs/sigint2').readLatest()
+  if (latest) t.ok((await store('runs/sigint2').load('latest')).meta.step > 0, 'latest, if any, points at a complete checkpoint')
+})
+
+t.test('bad input: one line, a distinct exit code, no secret printed', async (t) => {
+  const cases: [string[], number, RegExp][] = [
+    [['--data', subset, '--epochs', '0'], 64, /--epochs must be a positive integer/],
+    [['--data', subset, '--ckpt', 'bucket/x'], 64, /--ckpt must look like o3:\/\/bucket\/prefix\/run/],
+    [['--epochs', '1'], 64, /--data is required/],
+    [['--data', join(scratch, 'nowhere')], 91, /no Fashion-MNIST files/],
+    [['--data', subset, '--ckpt', `o3://no-such-bucket-x/run`], 66, /not found/],
+  ]
+  for (const [args, exitCode, message] of cases) {
+    const { code, stderr, stdout } = await o3train(args).done
+    t.equal(code, exitCode, `${args.join(' ')} -> ${exitCode}`)
+    t.match(stderr.trim().split('\n').at(-1), message)
+    t.notOk(`${stdout}${stderr}`.includes(info.secretAccessKey), 'the secret key is not printed')
+  }
+  const bad = await o3train(['--data', subset, '--ckpt', `o3://${BUCKET}/runs/badkey`], { O3_SECRET_ACCESS_KEY: 'definitely-wrong' }).done
+  t.equal(bad.code, 77)
+  t.match(bad.stderr, /rejected the credentials/)
+  t.notOk(bad.stderr.includes('definitely-wrong'))
+})

@@ -1,0 +1,5 @@
+export { CheckpointWriter, type WriterOptions, type SavedCheckpoint, type CommitStep } from './writer.js'
+export { CheckpointStore, type LoadedCheckpoint, type ReadOptions, type VerifyResult } from './store.js'
+export { type CheckpointMeta } from './meta.js'
+export { type StateTensor, type DType, type SafetensorsHeader, encodeHeader, parseHeader, parseSafetensors } from './safetensors.js'
+export { type CheckpointRecord, type Manifest, type ManifestEntry, type LatestPointer, checkpointName, dataKey, sidecarKey } from './records.js'

@@ -1,0 +1,166 @@
+import { O3IntegrityError } from '../../lib/o3/errors.js'
+import { recoverAddress, type Signer } from '../../lib/signer.js'
+import { normalizeCid } from '../../lib/cid.js'
+
+/** Object keys inside a run's prefix. */
+export const MANIFEST_KEY = 'manifest.json'
+export const LATEST_KEY = 'latest'
+export const CHECKPOINT_DIR = 'checkpoints/'
+
+/** Names sort by step as strings too, so that listings come out in training order. */
+export function checkpointName(step: number): string {
+  if (!Number.isSafeInteger(step) || step < 0) throw new RangeError(`step ${step} is not a non-negative integer`)
+  return `step-${String(step).padStart(10, '0')}`
+}
+
+export function dataKey(name: string): string {
+  return `${CHECKPOINT_DIR}${name}.safetensors`
+}
+
+export function sidecarKey(name: string): string {
+  return `${dataKey(name)}.cid`
+}
+
+/** What a sidecar attests about one checkpoint; signed as a whole when a key is configured. */
+export interface CheckpointRecord {
+  version: 1
+  name: string
+  cid: string
+  sha256: string
+  size: number
+  time: string
+  step: number
+  epoch: number
+  model: string
+  /** Akave's identifiers of the stored form, as HeadObject returned them; never our CID. */
+  networkRootCid?: string
+  networkState?: string
+  signer?: string
+  signature?: string
+}
+
+/** One checkpoint in the run's manifest. `seq` numbers saves 1, 2, 3… and drives retention. */
+export interface ManifestEntry {
+  seq: number
+  name: string
+  cid: string
+  sha256: string
+  size: number
+  step: number
+  epoch: number
+  time: string
+  signer?: string
+}
+
+export interface Manifest {
+  version: 1
+  checkpoints: ManifestEntry[]
+}
+
+/** The commit marker: the checkpoint a resume starts from. */
+export interface LatestPointer {
+  version: 1
+  name: string
+  cid: string
+  seq: number
+  time: string
+}
+
+/** JSON with keys sorted at every level: the exact bytes a signature covers. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`
+  }
+  return JSON.stringify(value)
+}
+
+/** The EIP-191 message of a record: everything but the signature, canonically encoded. */
+export function signedMessage(record: CheckpointRecord): string {
+  const { signature: _signature, ...rest } = record
+  return `o3ckpt checkpoint record\n${canonicalJson(rest)}`
+}
+
+export function signRecord(fields: Omit<CheckpointRecord, 'signer' | 'signature'>, signer: Signer | undefined): CheckpointRecord {
+  // Absent, not undefined: the stored JSON and the signed message must hold the same fields.
+  const record = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)) as unknown as CheckpointRecord
+  if (!signer) return record
+  const withSigner: CheckpointRecord = { ...record, signer: signer.address }
+  return { ...withSigner, signature: signer.sign(signedMessage(withSigner)) }
+}
+
+/**
+ * Throws O3IntegrityError if the record carries a signature that does not recover to its signer,
+ * or if `expectedSigner` is given and the record is unsigned or signed by someone else. Returns
+ * the verified signer, if any.
+ */
+export function checkSignature(record: CheckpointRecord, what: string, expectedSigner?: string): string | undefined {
+  if (record.signature === undefined && record.signer === undefined) {
+    if (expectedSigner) throw new O3IntegrityError(`${what}: unsigned, but a signature by ${expectedSigner} is required`)
+    return undefined
+  }
+  const recovered = record.signature ? recoverAddress(signedMessage(record), record.signature) : undefined
+  if (!recovered || !record.signer || recovered.toLowerCase() !== record.signer.toLowerCase()) {
+    throw new O3IntegrityError(`${what}: bad signature (claims ${record.signer ?? 'no signer'}, recovers to ${recovered ?? 'nothing'}); the record was altered or forged`)
+  }
+  if (expectedSigner && recovered.toLowerCase() !== expectedSigner.toLowerCase()) {
+    throw new O3IntegrityError(`${what}: signed by ${recovered}, not by the required ${expectedSigner}`)
+  }
+  return recovered
+}
+
+/** The CID alone on the first line (so that `cat` or `head -1` gives it), then the record. */
+export function formatSidecar(record: CheckpointRecord): string {
+  return `${record.cid}\n${JSON.stringify(record, null, 2)}\n`
+}
+
+export function parseSidecar(text: string, what: string): CheckpointRecord {
+  const nl = text.indexOf('\n')
+  const first = (nl < 0 ? text : text.slice(0, nl)).trim()
+  let record: CheckpointRecord
+  try {
+    record = JSON.parse(text.slice(nl + 1)) as CheckpointRecord
+  } catch {
+    throw new O3IntegrityError(`${what}: sidecar is not a CID line followed by JSON`)
+  }
+  if (record?.version !== 1 || typeof record.cid !== 'string' || typeof record.sha256 !== 'string' || !Number.isSafeInteger(record.size)) {
+    throw new O3IntegrityError(`${what}: sidecar record is malformed`)
+  }
+  if (normalizeCid(first) !== normalizeCid(record.cid)) throw new O3IntegrityError(`${what}: sidecar's first line ${first} differs from its record's CID ${record.cid}`)
+  return record
+}
+
+/** Throws O3IntegrityError where the sidecar and the manifest disagree about a checkpoint. */
+export function checkRecordAgainstEntry(record: CheckpointRecord, entry: ManifestEntry, what: string): void {
+  const diffs: string[] = []
+  if (record.name !== entry.name) diffs.push(`name ${record.name} vs ${entry.name}`)
+  if (normalizeCid(record.cid) !== normalizeCid(entry.cid)) diffs.push(`CID ${record.cid} vs ${entry.cid}`)
+  if (record.sha256 !== entry.sha256) diffs.push(`sha256 ${record.sha256} vs ${entry.sha256}`)
+  if (record.size !== entry.size) diffs.push(`size ${record.size} vs ${entry.size}`)
+  if (record.step !== entry.step) diffs.push(`step ${record.step} vs ${entry.step}`)
+  if ((record.signer ?? '') !== (entry.signer ?? '')) diffs.push(`signer ${record.signer ?? 'none'} vs ${entry.signer ?? 'none'}`)
+  if (diffs.length > 0) throw new O3IntegrityError(`${what}: sidecar disagrees with the manifest (${diffs.join('; ')}); one of them was altered`)
+}
+
+export function parseManifest(text: string, what: string): Manifest {
+  let m: Manifest
+  try {
+    m = JSON.parse(text) as Manifest
+  } catch {
+    throw new O3IntegrityError(`${what}: manifest is not JSON`)
+  }
+  if (m?.version !== 1 || !Array.isArray(m.checkpoints)) throw new O3IntegrityError(`${what}: manifest is malformed`)
+  return m
+}
+
+export function parseLatest(text: string, what: string): LatestPointer {
+  let p: LatestPointer
+  try {
+    p = JSON.parse(text) as LatestPointer
+  } catch {
+    throw new O3IntegrityError(`${what}: latest pointer is not JSON`)
+  }
+  if (p?.version !== 1 || typeof p.name !== 'string' || typeof p.cid !== 'string') throw new O3IntegrityError(`${what}: latest pointer is malformed`)
+  return p
+}

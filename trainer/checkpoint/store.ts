@@ -1,0 +1,213 @@
+import { ContentHasher, CID_BLOCK_SIZE, normalizeCid, verifyDigest, type ContentDigest } from '../../lib/cid.js'
+import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client } from '../../lib/o3/index.js'
+import { silentLogger, type Logger } from '../../lib/log.js'
+import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
+import {
+  LATEST_KEY, MANIFEST_KEY, checkRecordAgainstEntry, checkSignature, dataKey, parseLatest, parseManifest, parseSidecar, sidecarKey,
+  type CheckpointRecord, type LatestPointer, type Manifest, type ManifestEntry,
+} from './records.js'
+import { decodeMeta, type CheckpointMeta } from './meta.js'
+
+export interface ReadOptions {
+  signal?: AbortSignal
+  /** Refuse checkpoints not signed by this address (0x…). */
+  expectedSigner?: string
+}
+
+export interface LoadedCheckpoint {
+  entry: ManifestEntry
+  record: CheckpointRecord
+  meta: CheckpointMeta
+  header: SafetensorsHeader
+  /** Views of one buffer holding the whole verified file. */
+  tensors: StateTensor[]
+}
+
+/**
+ * Read side of a run's checkpoints in O3: `latest` -> manifest -> sidecar -> data. Nothing is
+ * returned before the bytes have been checked against the recorded sha256 and CID.
+ */
+export class CheckpointStore {
+  protected readonly log: Logger
+
+  constructor(readonly client: O3Client, logger?: Logger) {
+    this.log = logger ?? silentLogger
+  }
+
+  /** `o3://bucket/prefix` of the run, for messages. */
+  get location(): string {
+    return `o3://${this.client.location}`
+  }
+
+  protected where(key: string): string {
+    return `${this.location}/${key}`
+  }
+
+  protected async readText(key: string, signal?: AbortSignal): Promise<string | undefined> {
+    try {
+      const chunks: Buffer[] = []
+      for await (const c of this.client.getRange(key, { signal })) chunks.push(c as Buffer)
+      return Buffer.concat(chunks).toString('utf8')
+    } catch (err) {
+      if (err instanceof O3NotFoundError) return undefined
+      throw err
+    }
+  }
+
+  /** The run's manifest; empty when the run has none yet. */
+  async readManifest(signal?: AbortSignal): Promise<Manifest> {
+    const text = await this.readText(MANIFEST_KEY, signal)
+    return text === undefined ? { version: 1, checkpoints: [] } : parseManifest(text, this.where(MANIFEST_KEY))
+  }
+
+  async readLatest(signal?: AbortSignal): Promise<LatestPointer | undefined> {
+    const text = await this.readText(LATEST_KEY, signal)
+    return text === undefined ? undefined : parseLatest(text, this.where(LATEST_KEY))
+  }
+
+  /** Finds a checkpoint by `latest`, by name (`step-0000000100`, with or without `.safetensors`) or by CID. */
+  async resolve(ref: string, signal?: AbortSignal): Promise<ManifestEntry> {
+    const manifest = await this.readManifest(signal)
+    let found: ManifestEntry | undefined
+    if (ref === 'latest') {
+      const latest = await this.readLatest(signal)
+      if (!latest) throw new O3NotFoundError(`${this.location} has no committed checkpoint (no ${LATEST_KEY})`)
+      found = this.latestEntry(manifest, latest)
+    } else {
+      const name = ref.replace(/\.safetensors$/, '')
+      found = manifest.checkpoints.find((e) => e.name === name)
+      if (!found && /^(baf|Qm)/.test(ref)) {
+        const cid = normalizeCid(ref)
+        found = manifest.checkpoints.find((e) => e.cid === cid)
+      }
+    }
+    if (!found) throw new O3NotFoundError(`${this.location}: no checkpoint ${JSON.stringify(ref)} in ${MANIFEST_KEY}; run \`o3ckpt ls\` to see them`)
+    return found
+  }
+
+  private latestEntry(manifest: Manifest, latest: LatestPointer): ManifestEntry {
+    const entry = manifest.checkpoints.find((e) => e.name === latest.name)
+    if (!entry) throw new O3IntegrityError(`${this.where(LATEST_KEY)} names ${latest.name}, which ${MANIFEST_KEY} does not list`)
+    if (normalizeCid(entry.cid) !== normalizeCid(latest.cid)) throw new O3IntegrityError(`${this.where(LATEST_KEY)}: CID ${latest.cid} differs from the manifest's ${entry.cid}`)
+    return entry
+  }
+
+  /** The sidecar of a checkpoint, checked against the manifest and its signature. */
+  async readRecord(entry: ManifestEntry, options: ReadOptions = {}): Promise<CheckpointRecord> {
+    const key = sidecarKey(entry.name)
+    const text = await this.readText(key, options.signal)
+    if (text === undefined) throw new O3NotFoundError(`${this.where(key)} is missing`)
+    const record = parseSidecar(text, this.where(key))
+    checkRecordAgainstEntry(record, entry, this.where(key))
+    checkSignature(record, this.where(key), options.expectedSigner)
+    return record
+  }
+
+  /**
+   * Streams a checkpoint's bytes to `consume` while hashing them, then checks size, sha256 and CID
+   * against the manifest. What `consume` received is only trustworthy once this resolves.
+   */
+  async download(entry: ManifestEntry, consume: (chunk: Buffer) => Promise<void> | void, signal?: AbortSignal): Promise<ContentDigest> {
+    const key = dataKey(entry.name)
+    const hasher = new ContentHasher()
+    let size = 0
+    for await (const chunk of this.client.getRange(key, { signal }) as AsyncIterable<Buffer>) {
+      size += chunk.length
+      if (size > entry.size) throw new O3IntegrityError(`${this.where(key)} is longer than its recorded ${entry.size} bytes`)
+      await Promise.all([hasher.update(chunk), consume(chunk)])
+    }
+    const digest = await hasher.digest()
+    verifyDigest(this.where(key), digest, entry)
+    return digest
+  }
+
+  /** The whole verified file in one buffer, hashed in place (no second copy). */
+  async fetchVerified(entry: ManifestEntry, signal?: AbortSignal): Promise<Buffer> {
+    const key = dataKey(entry.name)
+    const buf = Buffer.allocUnsafeSlow(entry.size)
+    const hasher = new ContentHasher()
+    let pos = 0
+    let hashed = 0
+    for await (const chunk of this.client.getRange(key, { signal }) as AsyncIterable<Buffer>) {
+      if (pos + chunk.length > buf.length) throw new O3IntegrityError(`${this.where(key)} is longer than its recorded ${entry.size} bytes`)
+      chunk.copy(buf, pos)
+      pos += chunk.length
+      // Whole 1 MiB blocks of `buf` are hashed where they lie.
+      const aligned = pos - (pos % CID_BLOCK_SIZE)
+      if (aligned - hashed >= 8 * CID_BLOCK_SIZE) {
+        await hasher.update(buf.subarray(hashed, aligned))
+        hashed = aligned
+      }
+    }
+    await hasher.update(buf.subarray(hashed, pos))
+    verifyDigest(this.where(key), await hasher.digest(), entry)
+    return buf
+  }
+
+  /** Downloads, verifies and parses a checkpoint. */
+  async load(ref: string | ManifestEntry, options: ReadOptions = {}): Promise<LoadedCheckpoint> {
+    const entry = typeof ref === 'string' ? await this.resolve(ref, options.signal) : ref
+    const record = await this.readRecord(entry, options)
+    const file = await this.fetchVerified(entry, options.signal)
+    const { header, tensors } = parseSafetensors(file, this.where(dataKey(entry.name)))
+    return { entry, record, header, tensors, meta: decodeMeta(header.metadata, this.where(dataKey(entry.name))) }
+  }
+
+  /**
+   * The checkpoint to resume from: the one `latest` names or, if it fails verification, the newest
+   * earlier one that passes (each failure logged as a warning). Undefined when nothing was ever
+   * committed; O3IntegrityError when checkpoints exist but none verifies.
+   */
+  async resume(options: ReadOptions = {}): Promise<LoadedCheckpoint | undefined> {
+    const manifest = await this.readManifest(options.signal)
+    let latest: LatestPointer | undefined
+    try {
+      latest = await this.readLatest(options.signal)
+    } catch (err) {
+      if (!(err instanceof O3IntegrityError)) throw err
+      this.log.warn({ err: err.message }, 'latest pointer unreadable; trying the manifest\'s checkpoints')
+    }
+    const committed = latest ? manifest.checkpoints.filter((e) => e.seq <= latest.seq) : manifest.checkpoints
+    if (!latest && committed.length === 0) return undefined
+    const candidates = [...committed].sort((a, b) => b.seq - a.seq)
+    const failures: string[] = []
+    for (const entry of candidates) {
+      try {
+        if (latest && entry.name === latest.name) this.latestEntry(manifest, latest)
+        const loaded = await this.load(entry, options)
+        if (failures.length > 0) this.log.warn({ checkpoint: entry.name, cid: entry.cid, skipped: failures }, 'resuming from an earlier checkpoint')
+        return loaded
+      } catch (err) {
+        if (!(err instanceof O3IntegrityError || err instanceof O3NotFoundError)) throw err
+        failures.push(`${entry.name}: ${err.message}`)
+        this.log.warn({ checkpoint: entry.name, err: err.message }, 'checkpoint failed verification; falling back to the previous one')
+      }
+    }
+    throw new O3IntegrityError(`${this.location}: no checkpoint passes verification (${failures.join(' | ') || 'latest names none'})`)
+  }
+
+  /** The safetensors header of a stored checkpoint, read with two ranged GETs. */
+  async readHeader(entry: ManifestEntry, signal?: AbortSignal): Promise<SafetensorsHeader> {
+    const key = dataKey(entry.name)
+    const first = await this.client.getBytes(key, 0, 7, { signal })
+    const n = headerLength(first, entry.size, this.where(key))
+    const prefix = await this.client.getBytes(key, 0, 8 + n - 1, { signal })
+    return parseHeader(prefix, entry.size, this.where(key))
+  }
+
+  /** Full check of one checkpoint: sidecar, signature, bytes. Never throws for a bad checkpoint. */
+  async verify(entry: ManifestEntry, options: ReadOptions = {}): Promise<VerifyResult> {
+    try {
+      const record = await this.readRecord(entry, options)
+      const digest = await this.download(entry, () => undefined, options.signal)
+      return { entry, ok: true, signer: record.signer, digest }
+    } catch (err) {
+      if (!(err instanceof O3Error) || err instanceof O3UsageError) throw err
+      return { entry, ok: false, error: err }
+    }
+  }
+}
+
+export type VerifyResult =
+  | { entry: ManifestEntry; ok: true; signer?: string; digest: ContentDigest }
+  | { entry: ManifestEntry; ok: false; error: O3Error }

@@ -1,0 +1,245 @@
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import path from 'node:path'
+import { ContentHasher, type ContentDigest } from '../../lib/cid.js'
+import { O3IntegrityError, O3UsageError, type O3Client } from '../../lib/o3/index.js'
+import { loadSigner, type Signer } from '../../lib/signer.js'
+import type { Logger } from '../../lib/log.js'
+import { encodeHeader, type StateTensor } from './safetensors.js'
+import { MultipartSink } from './multipart.js'
+import { encodeMeta, type CheckpointMeta } from './meta.js'
+import { CheckpointStore } from './store.js'
+import {
+  CHECKPOINT_DIR, LATEST_KEY, MANIFEST_KEY, checkpointName, dataKey, formatSidecar, signRecord, sidecarKey,
+  type CheckpointRecord, type LatestPointer, type Manifest, type ManifestEntry,
+} from './records.js'
+
+/** The commit steps in their order; `part` fires after each stored part of the data. */
+export type CommitStep = 'part' | 'data' | 'sidecar' | 'manifest' | 'latest'
+
+export interface WriterOptions {
+  /** Multipart part size in bytes; O3 prefers large parts. Default 16 MiB. */
+  partSize?: number
+  /** Parts uploading at once. Default 4. Peak extra memory is partSize x (parallel + 1). */
+  parallel?: number
+  /** Where each sidecar is also written on local disk. Default `checkpoints/<bucket>/<prefix>`. */
+  localDir?: string
+  /** Retention: keep the newest N checkpoints (default: keep all)… */
+  keepLast?: number
+  /** …and also every Kth save (by save number). */
+  keepEvery?: number
+  /** Signs each record; default from AKAVE_PRIVATE_KEY / AKAVE_PRIVATE_KEY_FILE, `null` for none. */
+  signer?: Signer | null
+  logger?: Logger
+  /** Runs after each commit step (tests use it to crash between steps). */
+  onStep?: (step: CommitStep, name: string) => void
+}
+
+export interface SavedCheckpoint {
+  entry: ManifestEntry
+  record: CheckpointRecord
+  digest: ContentDigest
+}
+
+const MiB = 1 << 20
+
+/**
+ * Writes a run's checkpoints to O3 in one pass each: safetensors bytes into a multipart upload,
+ * sha256 and CID computed on the same buffers, then the commit sequence data -> sidecar ->
+ * manifest -> `latest`. A run has one writer at a time: opening one clears what a crashed
+ * predecessor left (multipart uploads, uncommitted objects).
+ */
+export class CheckpointWriter extends CheckpointStore {
+  private readonly partSize: number
+  private readonly parallel: number
+  private readonly localDir: string
+  private readonly signer: Signer | undefined
+  private inflight: Promise<SavedCheckpoint> | undefined
+
+  private constructor(client: O3Client, private manifest: Manifest, private readonly options: WriterOptions) {
+    super(client, options.logger)
+    this.partSize = options.partSize ?? 16 * MiB
+    this.parallel = options.parallel ?? 4
+    this.localDir = options.localDir ?? path.join('checkpoints', client.scope.bucket, client.scope.prefix)
+    this.signer = options.signer === null ? undefined : options.signer ?? loadSigner()
+    for (const [k, v] of [['keepLast', options.keepLast], ['keepEvery', options.keepEvery]] as const) {
+      if (v !== undefined && !(Number.isSafeInteger(v) && v >= 1)) throw new O3UsageError(`${k} must be a positive integer (got ${v})`)
+    }
+  }
+
+  static async open(client: O3Client, options: WriterOptions = {}): Promise<CheckpointWriter> {
+    const reader = new CheckpointStore(client, options.logger)
+    const manifest = await reader.readManifest()
+    const writer = new CheckpointWriter(client, manifest, options)
+    await writer.clearLeftovers(await reader.readLatest())
+    return writer
+  }
+
+  /** Address that signs this writer's records, if any. */
+  get signerAddress(): string | undefined {
+    return this.signer?.address
+  }
+
+  /** Checkpoints committed so far, oldest first. */
+  get checkpoints(): readonly ManifestEntry[] {
+    return this.manifest.checkpoints
+  }
+
+  private async clearLeftovers(latest: LatestPointer | undefined): Promise<void> {
+    for await (const u of this.client.listMultipartUploads(CHECKPOINT_DIR)) {
+      this.log.warn({ key: u.key }, 'aborting a multipart upload left by an interrupted save')
+      await this.client.abortMultipartUpload(u.key, u.uploadId)
+    }
+    // Entries after `latest` were never committed: a crash hit between manifest and latest.
+    const committed = this.manifest.checkpoints.filter((e) => latest !== undefined && e.seq <= latest.seq)
+    if (committed.length !== this.manifest.checkpoints.length) {
+      this.manifest = { version: 1, checkpoints: committed }
+      await this.putJson(MANIFEST_KEY, this.manifest)
+    }
+    const keep = new Set(committed.flatMap((e) => [dataKey(e.name), sidecarKey(e.name)]))
+    for await (const o of this.client.list(CHECKPOINT_DIR)) {
+      if (o.type === 'object' && !keep.has(o.key)) {
+        this.log.warn({ key: o.key }, 'deleting an object no committed checkpoint refers to')
+        await this.client.delete(o.key)
+      }
+    }
+  }
+
+  private async putJson(key: string, value: unknown, signal?: AbortSignal): Promise<void> {
+    await this.client.put(key, `${JSON.stringify(value, null, 2)}\n`, { contentType: 'application/json', signal })
+  }
+
+  /**
+   * Saves `state` and commits it. The buffers must not change until this settles. Waits for a
+   * background save still in flight first, so that at most one upload runs at a time.
+   */
+  async save(state: readonly StateTensor[], meta: CheckpointMeta, options: { signal?: AbortSignal } = {}): Promise<SavedCheckpoint> {
+    await this.flush()
+    return this.saveNow(state, meta, options.signal)
+  }
+
+  /**
+   * Starts saving `state` in the background and returns once the upload has started, so that
+   * training goes on meanwhile. The buffers become the writer's until the save completes: pass a
+   * snapshot (the trainer's `stateDict()` copies out of the live tensors). If a previous
+   * background save is still running this waits for it first, and rethrows its failure.
+   */
+  async saveAsync(state: readonly StateTensor[], meta: CheckpointMeta, options: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.flush()
+    const p = this.saveNow(state, meta, options.signal)
+    // Reported by flush(); logged now so that a failure is seen even if nobody flushes.
+    p.catch((err: Error) => this.log.error({ step: meta.step, err: err.message }, 'background checkpoint failed'))
+    this.inflight = p
+  }
+
+  /** Waits for the background save, if any; returns its result or throws its failure. */
+  async flush(): Promise<SavedCheckpoint | undefined> {
+    const p = this.inflight
+    if (!p) return undefined
+    try {
+      return await p
+    } finally {
+      if (this.inflight === p) this.inflight = undefined
+    }
+  }
+
+  private step(step: CommitStep, name: string): void {
+    this.options.onStep?.(step, name)
+  }
+
+  private async saveNow(state: readonly StateTensor[], meta: CheckpointMeta, signal?: AbortSignal): Promise<SavedCheckpoint> {
+    const name = checkpointName(meta.step)
+    if (this.manifest.checkpoints.some((e) => e.name === name)) {
+      throw new O3UsageError(`${this.location}: checkpoint ${name} already exists; each step is saved once`)
+    }
+    const key = dataKey(name)
+    const started = Date.now()
+    const header = encodeHeader(state, encodeMeta(meta))
+    const hasher = new ContentHasher()
+    const sink = await MultipartSink.open(this.client, key, {
+      partSize: this.partSize,
+      parallel: this.parallel,
+      signal,
+      contentType: 'application/octet-stream',
+      tap: (part) => hasher.update(part),
+      onPartStored: () => this.step('part', name),
+    })
+    let digest: ContentDigest
+    try {
+      await sink.write(header)
+      for (const t of state) await sink.write(t.data)
+      // finish() hands the last part to the hasher, so digest() must come after it.
+      await sink.finish()
+      digest = await hasher.digest()
+    } catch (err) {
+      await sink.abort(err).catch((abortErr: Error) => this.log.error({ key, err: abortErr.message }, 'could not abort the multipart upload; the next writer will'))
+      throw err
+    }
+    this.step('data', name)
+
+    const head = await this.client.head(key, signal)
+    if (head.size !== digest.size) throw new O3IntegrityError(`${this.where(key)}: server reports ${head.size} bytes after writing ${digest.size}`)
+    const record = signRecord(
+      {
+        version: 1, name, cid: digest.cid, sha256: digest.sha256, size: digest.size, time: new Date().toISOString(),
+        step: meta.step, epoch: meta.epoch, model: meta.model, networkRootCid: head.networkRootCid, networkState: head.networkState,
+      },
+      this.signer,
+    )
+    const sidecar = formatSidecar(record)
+    await this.client.put(sidecarKey(name), sidecar, { contentType: 'text/plain; charset=utf-8', signal })
+    await this.writeLocalSidecar(name, sidecar)
+    this.step('sidecar', name)
+
+    const seq = this.manifest.checkpoints.reduce((m, e) => Math.max(m, e.seq), 0) + 1
+    const entry: ManifestEntry = {
+      seq, name, cid: record.cid, sha256: record.sha256, size: record.size, step: meta.step, epoch: meta.epoch, time: record.time, signer: record.signer,
+    }
+    const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints, entry] }
+    await this.putJson(MANIFEST_KEY, manifest, signal)
+    this.manifest = manifest
+    this.step('manifest', name)
+
+    const latest: LatestPointer = { version: 1, name, cid: record.cid, seq, time: record.time }
+    await this.putJson(LATEST_KEY, latest, signal)
+    this.step('latest', name)
+    this.log.info({ checkpoint: name, cid: record.cid, bytes: record.size, ms: Date.now() - started, signer: record.signer }, 'checkpoint committed')
+
+    await this.applyRetention(entry)
+    return { entry, record, digest }
+  }
+
+  private async writeLocalSidecar(name: string, text: string): Promise<void> {
+    await mkdir(this.localDir, { recursive: true })
+    const file = path.join(this.localDir, `${name}.safetensors.cid`)
+    const tmp = `${file}.${process.pid}.tmp`
+    await writeFile(tmp, text)
+    await rename(tmp, file)
+  }
+
+  /**
+   * Keeps the newest `keepLast` and every `keepEvery`th save. The manifest drops an entry before
+   * its objects go, so it never names a deleted checkpoint; a crash in between leaves objects that
+   * the next writer's open removes.
+   */
+  private async applyRetention(current: ManifestEntry): Promise<void> {
+    const { keepLast, keepEvery } = this.options
+    if (keepLast === undefined) return
+    const all = this.manifest.checkpoints
+    const newest = new Set(all.slice(-keepLast).map((e) => e.name))
+    const keep = (e: ManifestEntry) => e.name === current.name || newest.has(e.name) || (keepEvery !== undefined && e.seq % keepEvery === 0)
+    const drop = all.filter((e) => !keep(e))
+    if (drop.length === 0) return
+    this.manifest = { version: 1, checkpoints: all.filter(keep) }
+    await this.putJson(MANIFEST_KEY, this.manifest)
+    for (const e of drop) {
+      try {
+        await this.client.delete(sidecarKey(e.name))
+        await this.client.delete(dataKey(e.name))
+        await rm(path.join(this.localDir, `${e.name}.safetensors.cid`), { force: true })
+        this.log.info({ checkpoint: e.name }, 'retention removed a checkpoint')
+      } catch (err) {
+        this.log.warn({ checkpoint: e.name, err: (err as Error).message }, 'retention could not remove a checkpoint; the next writer will')
+      }
+    }
+  }
+}

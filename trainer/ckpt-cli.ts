@@ -1,0 +1,128 @@
+#!/usr/bin/env node
+/**
+ * `o3ckpt`: inspect and fetch a run's checkpoints in O3. Every byte it hands over has been checked
+ * against the recorded sha256 and CID; secrets come only from the environment (O3_*, AKAVE_*).
+ */
+import { createWriteStream } from 'node:fs'
+import { rename, rm } from 'node:fs/promises'
+import path from 'node:path'
+import { once } from 'node:events'
+import { Command, CommanderError } from 'commander'
+import { O3Client, O3Error, O3UsageError, type O3Flags } from '../lib/o3/index.js'
+import { CheckpointStore, type ManifestEntry } from './checkpoint/index.js'
+import { DTYPE_SIZE } from './checkpoint/safetensors.js'
+
+interface GlobalFlags extends O3Flags {
+  json?: boolean
+}
+
+function openStore(run: string, flags: GlobalFlags): CheckpointStore {
+  if (!/^(o3|s3):\/\//.test(run)) throw new O3UsageError(`run location ${JSON.stringify(run)} must look like o3://bucket/prefix/run`)
+  return new CheckpointStore(O3Client.open(run, flags))
+}
+
+function mib(n: number): string {
+  return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${n} B`
+}
+
+function print(line: string): void {
+  process.stdout.write(`${line}\n`)
+}
+
+async function ls(store: CheckpointStore, flags: GlobalFlags): Promise<void> {
+  const [manifest, latest] = await Promise.all([store.readManifest(), store.readLatest()])
+  if (flags.json) return print(JSON.stringify({ latest: latest?.name ?? null, checkpoints: manifest.checkpoints }, null, 2))
+  if (manifest.checkpoints.length === 0) return print(`${store.location}: no checkpoints`)
+  for (const e of manifest.checkpoints) {
+    const mark = e.name === latest?.name ? '*' : ' '
+    print(`${mark} ${e.name}  step ${e.step}  epoch ${e.epoch}  ${mib(e.size).padStart(11)}  ${e.cid}  ${e.signer ?? 'unsigned'}  ${e.time}`)
+  }
+}
+
+async function verify(store: CheckpointStore, ref: string | undefined, opts: { signer?: string }, flags: GlobalFlags): Promise<void> {
+  const entries: ManifestEntry[] = ref ? [await store.resolve(ref)] : (await store.readManifest()).checkpoints
+  if (entries.length === 0) throw new O3UsageError(`${store.location}: no checkpoints to verify`)
+  let failure: O3Error | undefined
+  for (const entry of entries) {
+    const r = await store.verify(entry, { expectedSigner: opts.signer })
+    if (flags.json) print(JSON.stringify(r.ok ? { name: entry.name, ok: true, cid: r.digest.cid, sha256: r.digest.sha256, signer: r.signer ?? null } : { name: entry.name, ok: false, error: r.error.message }))
+    else if (r.ok) print(`OK    ${entry.name}  ${r.digest.cid}  sha256 ${r.digest.sha256}  ${r.signer ? `signed by ${r.signer}` : 'unsigned'}`)
+    else print(`FAIL  ${entry.name}  ${r.error.message}`)
+    if (!r.ok) failure ??= r.error
+  }
+  if (failure) throw failure
+}
+
+async function get(store: CheckpointStore, ref: string, opts: { output?: string }): Promise<void> {
+  const entry = await store.resolve(ref)
+  await store.readRecord(entry)
+  const out = path.resolve(opts.output ?? `${entry.name}.safetensors`)
+  // Written beside the target and renamed only once verified, so `out` is never half or wrong.
+  const tmp = `${out}.${process.pid}.partial`
+  const file = createWriteStream(tmp, { flags: 'wx' })
+  try {
+    await store.download(entry, async (chunk) => {
+      if (!file.write(chunk)) await once(file, 'drain')
+    })
+    file.end()
+    await once(file, 'close')
+    await rename(tmp, out)
+  } catch (err) {
+    file.destroy()
+    await rm(tmp, { force: true })
+    throw err
+  }
+  print(`${out}  ${entry.cid}  ${mib(entry.size)}  verified`)
+}
+
+async function show(store: CheckpointStore, ref: string): Promise<void> {
+  const entry = await store.resolve(ref)
+  const [record, header] = await Promise.all([store.readRecord(entry), store.readHeader(entry)])
+  print(JSON.stringify({
+    record,
+    metadata: header.metadata,
+    headerBytes: header.dataStart,
+    tensors: header.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: t.offsets[1] - t.offsets[0], elementBytes: DTYPE_SIZE[t.dtype] })),
+  }, null, 2))
+}
+
+async function main(argv: string[]): Promise<void> {
+  const program = new Command('o3ckpt')
+    .description('List, verify, fetch and inspect content-addressed checkpoints in Akave O3')
+    .option('--endpoint <url>', 'O3 endpoint (else O3_ENDPOINT, default https://o3-rc2.akave.xyz)')
+    .option('--region <region>', 'O3 region (else O3_REGION, default akave-network)')
+    .option('--credentials-file <file>', 'file of O3_ACCESS_KEY_ID=… / O3_SECRET_ACCESS_KEY=… lines')
+    .option('--profile <name>', 'AWS shared-config profile')
+    .option('--json', 'machine-readable output')
+    .exitOverride()
+    .showHelpAfterError()
+  let store: CheckpointStore | undefined
+  const withStore = <A extends unknown[]>(fn: (s: CheckpointStore, ...rest: A) => Promise<void>) => async (run: string, ...rest: A) => {
+    store = openStore(run, program.opts<GlobalFlags>())
+    await fn(store, ...rest)
+  }
+  program.command('ls').argument('<run>', 'o3://bucket/prefix/run').description('checkpoints with CIDs, sizes and signers (* = latest)')
+    .action(withStore((s) => ls(s, program.opts())))
+  program.command('verify').argument('<run>').argument('[checkpoint]', 'name, CID or "latest"; all when omitted')
+    .option('--signer <address>', 'also require a signature by this 0x address')
+    .description('download, recompute sha256 and CID, compare with sidecar and manifest, check signatures')
+    .action(withStore((s, ref: string | undefined, opts: { signer?: string }) => verify(s, ref, opts, program.opts())))
+  program.command('get').argument('<run>').argument('<checkpoint>', 'name, CID or "latest"').option('-o, --output <file>', 'destination (default <name>.safetensors)')
+    .description('download a checkpoint to a local file, verified before it appears')
+    .action(withStore((s, ref: string, opts: { output?: string }) => get(s, ref, opts)))
+  program.command('show').argument('<run>').argument('<checkpoint>', 'name, CID or "latest"')
+    .description('the sidecar record, safetensors metadata and tensor table')
+    .action(withStore((s, ref: string) => show(s, ref)))
+  try {
+    await program.parseAsync(argv)
+  } finally {
+    store?.client.close()
+  }
+}
+
+main(process.argv).catch((err: unknown) => {
+  if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 64)
+  const message = err instanceof Error ? err.message : String(err)
+  process.stderr.write(`o3ckpt: ${message.split('\n')[0]}\n`)
+  process.exit(err instanceof O3Error ? err.exitCode : 70)
+})

@@ -1,0 +1,99 @@
+#!/usr/bin/env node
+/**
+ * o3train: trains on files (an o3mount mountpoint, any directory, or an O3 location it mounts for
+ * the run) and checkpoints to O3. The first SIGINT/SIGTERM stops at a step boundary and writes a
+ * final checkpoint; a second exits at once, aborting any upload in flight.
+ */
+import { join } from 'node:path'
+import { tmpdir } from 'node:os'
+import { CommanderError } from 'commander'
+import { createLogger } from '../lib/log.js'
+import { installShutdown } from '../lib/shutdown.js'
+import { O3Error } from '../lib/o3/index.js'
+import { loadSigner } from '../lib/signer.js'
+import { AddonLoadError } from '../addon/index.js'
+import { parseTrainArgs, OptionsError } from './options.js'
+import { mountForRun, type RunMount } from './run-mount.js'
+import { train, type TrainSummary } from './run.js'
+
+const EXIT_ADDON = 90
+const EXIT_TRAINING = 91
+
+function printSummary(s: TrainSummary): void {
+  const lines = [
+    `device: ${s.device.type} (${s.device.name})`,
+    s.resumedFrom ? `resumed from: ${s.resumedFrom.name} (step ${s.resumedFrom.step}, ${s.resumedFrom.cid})` : undefined,
+    `trained: ${s.steps} steps, ${s.samples} samples in ${s.seconds.toFixed(1)} s (${s.samplesPerSecond.toFixed(0)} samples/s); run at step ${s.step}, ${s.epochsCompleted} epochs complete${s.stopped ? ' (stopped early)' : ''}`,
+    s.test ? `test: accuracy ${(s.test.accuracy * 100).toFixed(2)}%, loss ${s.test.loss.toFixed(4)}` : undefined,
+    ...s.checkpoints.map((c) => `checkpoint: ${c.name} ${c.cid}`),
+  ]
+  if (process.stdout.isTTY) console.log(lines.filter(Boolean).join('\n'))
+  else console.log(JSON.stringify({ event: 'summary', ...s }))
+}
+
+async function main(): Promise<number> {
+  const o = parseTrainArgs(process.argv.slice(2))
+  const log = createLogger('o3train')
+  const signer = loadSigner()
+  if (signer) log.info({ signer: signer.address }, 'checkpoint records will be signed')
+  const stop = new AbortController()
+  const kill = new AbortController()
+  let mount: RunMount | undefined
+  const shutdown = installShutdown({
+    onRequest: (sig) => {
+      log.warn({ signal: sig }, 'stopping at the next step boundary and writing a final checkpoint; send it again to exit at once')
+      stop.abort()
+    },
+    onForce: async (sig) => {
+      log.warn({ signal: sig }, 'exiting now; aborting the upload in flight')
+      kill.abort()
+      // Let the writer abort its multipart upload before the process goes.
+      await new Promise((r) => setTimeout(r, 1500))
+      await mount?.close()
+    },
+  })
+  try {
+    let dataDir = o.data
+    if (o.data.startsWith('o3://')) {
+      mount = await mountForRun(o.data, o, join(tmpdir(), `o3train-mount-${process.pid}.log`))
+      log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
+      dataDir = mount.dir
+    }
+    const summary = await train(o, dataDir, {
+      logger: log,
+      progress: true,
+      stop: stop.signal,
+      kill: kill.signal,
+      onStart: (s) => log.info({ device: s.device, dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
+    })
+    printSummary(summary)
+    return 0
+  } catch (err) {
+    // A mount that died under the loader surfaces as ENOTCONN or EIO on a data file.
+    if (!(err instanceof O3Error) && /ENOTCONN|EIO|Transport endpoint|Input\/output error/i.test(String((err as Error).message))) {
+      const where = mount ? `the o3mount this run started at ${mount.dir}` : `the mount under ${o.data}, if it is one`
+      throw Object.assign(new Error(`reading the data failed (${(err as Error).message.split('\n')[0]}): check ${where}, then rerun; --resume auto continues from the last checkpoint`), { exitCode: EXIT_TRAINING })
+    }
+    throw err
+  } finally {
+    shutdown.dispose()
+    await mount?.close()
+  }
+}
+
+function exitCode(err: unknown): number {
+  if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 64
+  if (err instanceof OptionsError || err instanceof O3Error) return err.exitCode
+  if (err instanceof AddonLoadError) return EXIT_ADDON
+  const code = (err as { exitCode?: unknown }).exitCode
+  return typeof code === 'number' ? code : EXIT_TRAINING
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    const code = exitCode(err)
+    if (!(err instanceof CommanderError)) console.error(`o3train: ${(err instanceof Error ? err.message : String(err)).split('\n')[0]}`)
+    process.exit(code)
+  },
+)

@@ -1,0 +1,185 @@
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
+import { CheckpointWriter, type LoadedCheckpoint } from './checkpoint/index.js'
+import { O3Client } from '../lib/o3/index.js'
+import { createProgress, type Progress } from '../lib/progress.js'
+import { silentLogger, type Logger } from '../lib/log.js'
+import type { TrainOptions } from './options.js'
+
+export interface TrainHooks {
+  logger?: Logger
+  /** Progress bars on a TTY, JSON lines otherwise; off for library use unless asked. */
+  progress?: boolean
+  /** Aborted: stop at the next step boundary and write a final checkpoint. */
+  stop?: AbortSignal
+  /** Aborted: give up at once, aborting any upload in flight. */
+  kill?: AbortSignal
+  /** Called once training is set up (device chosen, resume done), e.g. to report where it starts. */
+  onStart?: (info: StartInfo) => void
+}
+
+export interface StartInfo {
+  device: DeviceInfo
+  dataDir: string
+  resumedFrom?: { name: string; cid: string; step: number }
+  step: number
+  epoch: number
+}
+
+export interface TrainSummary {
+  device: DeviceInfo
+  /** Steps this process trained, and the run's step count at the end. */
+  steps: number
+  step: number
+  epochsCompleted: number
+  samples: number
+  seconds: number
+  samplesPerSecond: number
+  /** Test-set results after the last epoch trained (fashion-mnist). */
+  test?: { loss: number; accuracy: number }
+  resumedFrom?: { name: string; cid: string; step: number }
+  checkpoints: { name: string; cid: string; step: number }[]
+  /** True when a stop request ended the run early. */
+  stopped: boolean
+}
+
+/** Steps between checks of a stop request when nothing else bounds a training call. */
+const STEP_CHUNK = 50
+
+/** Finds the idx files: `root` itself or torchvision's `root/FashionMNIST/raw` layout. */
+export function fashionMnistDir(root: string): string {
+  for (const dir of [root, join(root, 'FashionMNIST', 'raw'), join(root, 'fashion-mnist')]) {
+    if (['train-images-idx3-ubyte', 'train-images-idx3-ubyte.gz'].some((f) => existsSync(join(dir, f)))) return dir
+  }
+  throw new Error(`no Fashion-MNIST files (train-images-idx3-ubyte[.gz]) in ${root} or ${join(root, 'FashionMNIST', 'raw')}; check --data`)
+}
+
+function dataSpecs(o: TrainOptions, dataDir: string): { train: DataSpec; test?: DataSpec } {
+  if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize } }
+  const dir = fashionMnistDir(dataDir)
+  return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: dir, split: 'test' } }
+}
+
+/** `o3://bucket/prefix/run` -> an O3 client scoped to it. */
+function openRunClient(o: TrainOptions, logger: Logger): O3Client {
+  return O3Client.open(o.ckpt!.replace(/^o3:\/\//, ''), { endpoint: o.endpoint, region: o.region, credentialsFile: o.credentialsFile, profile: o.profile, logger })
+}
+
+async function restore(o: TrainOptions, writer: CheckpointWriter): Promise<LoadedCheckpoint | undefined> {
+  if (o.resume === 'none') {
+    if (writer.checkpoints.length > 0) {
+      throw new Error(`${o.ckpt} already has ${writer.checkpoints.length} checkpoints; use --resume auto to continue it, or a new --ckpt location`)
+    }
+    return undefined
+  }
+  return o.resume === 'auto' ? writer.resume() : writer.load(o.resume)
+}
+
+/**
+ * Trains per `o` on the files in `dataDir`: resumes from the run's checkpoints, trains epoch by
+ * epoch with checkpoints uploading in the background, evaluates after each epoch, and on a stop
+ * request ends at a step boundary with a final checkpoint.
+ */
+export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks = {}): Promise<TrainSummary> {
+  const log = hooks.logger ?? silentLogger
+  const specs = dataSpecs(o, dataDir)
+  const trainer = await Trainer.create({
+    model: o.model,
+    device: o.device,
+    seed: o.seed,
+    threads: o.threads,
+    optimizer: { type: o.optimizer, lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay },
+    data: specs.train,
+    batchSize: o.batch,
+  })
+  let client: O3Client | undefined
+  try {
+    client = o.ckpt ? openRunClient(o, log) : undefined
+    const writer = client ? await CheckpointWriter.open(client, { keepLast: o.keepLast, keepEvery: o.keepEvery || undefined, logger: log }) : undefined
+    const loaded = writer ? await restore(o, writer) : undefined
+    let step = 0
+    if (loaded) {
+      await trainer.loadStateDict(loaded.tensors)
+      step = loaded.meta.step
+      log.info({ checkpoint: loaded.entry.name, cid: loaded.entry.cid, step, position: trainer.position }, 'resumed')
+    }
+    const resumedFrom = loaded ? { name: loaded.entry.name, cid: loaded.entry.cid, step } : undefined
+    hooks.onStart?.({ device: trainer.device, dataDir, resumedFrom, step, epoch: trainer.position.epoch })
+
+    const startStep = step
+    let lastSavedStep = step
+    const config = { model: trainer.model, dataset: o.dataset, batch: o.batch, epochs: o.epochs, seed: o.seed, optimizer: o.optimizer, lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay }
+    /** Snapshots the state, then uploads it: in the background during training, in the foreground at the end. */
+    const checkpoint = async (background: boolean) => {
+      if (!writer || step === lastSavedStep) return
+      lastSavedStep = step
+      const meta = { step, epoch: trainer.position.epoch, model: `${o.dataset}-${o.model}`, config, dataPosition: trainer.position }
+      const state = await trainer.stateDict()
+      if (background) {
+        await writer.saveAsync(state, meta, { signal: hooks.kill })
+        log.info({ step, epoch: meta.epoch }, 'checkpoint upload started')
+      } else {
+        const done = await writer.save(state, meta, { signal: hooks.kill })
+        log.info({ step, epoch: meta.epoch, cid: done.record.cid }, 'checkpoint saved')
+      }
+    }
+
+    const batchesPerEpoch = Math.ceil(trainer.dataset.epochSize / o.batch)
+    let steps = 0
+    let samples = 0
+    let seconds = 0
+    let test: TrainSummary['test']
+    let stopped = false
+    while (trainer.position.epoch < o.epochs && !stopped) {
+      const epoch = trainer.position.epoch
+      const bar: Progress | undefined = hooks.progress ? createProgress(`epoch ${epoch + 1}/${o.epochs}`, { unit: 'samples' }) : undefined
+      const epochStarted = Date.now()
+      let epochSamples = 0
+      while (trainer.position.epoch === epoch) {
+        if (hooks.stop?.aborted) {
+          stopped = true
+          break
+        }
+        const left = batchesPerEpoch - Math.ceil(trainer.position.index / o.batch)
+        const toCheckpoint = o.ckptEvery === 'epoch' || !writer ? Infinity : o.ckptEvery - (step % o.ckptEvery)
+        const n = Math.min(left, toCheckpoint, STEP_CHUNK)
+        const r = await trainer.trainSteps(n, {
+          onProgress: bar && ((p) => bar.update({ done: p.index === 0 ? p.total : p.index, total: p.total, fields: { loss: p.loss, 'samples/s': (epochSamples + p.samples) / ((Date.now() - epochStarted) / 1000) } })),
+        })
+        steps += r.steps
+        step += r.steps
+        samples += r.samples
+        epochSamples += r.samples
+        seconds += r.seconds
+        if (o.ckptEvery !== 'epoch' && step % o.ckptEvery === 0) await checkpoint(true)
+      }
+      if (specs.test && o.evaluate && !stopped) {
+        const e = await trainer.evaluate(specs.test)
+        test = { loss: e.loss, accuracy: e.accuracy }
+      }
+      bar?.stop({ ...(test ? { 'test acc': `${(test.accuracy * 100).toFixed(2)}%` } : {}) })
+      log.info({ epoch: epoch + 1, seconds: (Date.now() - epochStarted) / 1000, samples: epochSamples, ...test }, stopped ? 'stopped' : 'epoch done')
+      if (!stopped && o.ckptEvery === 'epoch') await checkpoint(true)
+    }
+    await writer?.flush()
+    // A stop request, or a run whose last steps fell between checkpoints: save where it ended.
+    if (stopped || (o.ckptEvery !== 'epoch' && step !== lastSavedStep)) await checkpoint(false)
+    return {
+      device: trainer.device,
+      steps,
+      step,
+      epochsCompleted: trainer.position.epoch,
+      samples,
+      seconds,
+      samplesPerSecond: seconds > 0 ? samples / seconds : 0,
+      test,
+      resumedFrom,
+      checkpoints: (writer?.checkpoints ?? []).filter((e) => e.step > startStep).map((e) => ({ name: e.name, cid: e.cid, step: e.step })),
+      stopped,
+    }
+  } finally {
+    trainer.close()
+    client?.close()
+  }
+}
