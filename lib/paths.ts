@@ -29,5 +29,6 @@ export function cliCommand(source: string): { file: string; execArgv: string[] }
   const compiled = !fileURLToPath(import.meta.url).endsWith('.ts')
   return compiled
     ? { file: join(projectRoot(), 'dist', source.replace(/\.ts$/, '.js')), execArgv: [] }
-    : { file: join(projectRoot(), source), execArgv: ['--import', 'tsx'] }
+    : // Resolved here: a bare `tsx` would be looked up from the child's working directory.
+      { file: join(projectRoot(), source), execArgv: ['--import', import.meta.resolve('tsx')] }
 }

@@ -19,6 +19,9 @@ import { train, type TrainSummary } from './run.js'
 const EXIT_ADDON = 90
 const EXIT_TRAINING = 91
 
+/** Aborted by a second signal; the forced-exit handler then owns the process's exit. */
+const kill = new AbortController()
+
 function printSummary(s: TrainSummary): void {
   const lines = [
     `device: ${s.device.type} (${s.device.name})`,
@@ -37,8 +40,8 @@ async function main(): Promise<number> {
   const signer = loadSigner()
   if (signer) log.info({ signer: signer.address }, 'checkpoint records will be signed')
   const stop = new AbortController()
-  const kill = new AbortController()
   let mount: RunMount | undefined
+  let training: Promise<unknown> | undefined
   const shutdown = installShutdown({
     onRequest: (sig) => {
       log.warn({ signal: sig }, 'stopping at the next step boundary and writing a final checkpoint; send it again to exit at once')
@@ -47,8 +50,10 @@ async function main(): Promise<number> {
     onForce: async (sig) => {
       log.warn({ signal: sig }, 'exiting now; aborting the upload in flight')
       kill.abort()
-      // Let the writer abort its multipart upload before the process goes.
-      await new Promise((r) => setTimeout(r, 1500))
+      // The writer aborts its multipart upload when the signal fires; wait for that, but not forever.
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([training?.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 10_000)))])
+      clearTimeout(timer)
       await mount?.close()
     },
   })
@@ -59,14 +64,15 @@ async function main(): Promise<number> {
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
     }
-    const summary = await train(o, dataDir, {
+    const run = train(o, dataDir, {
       logger: log,
       progress: true,
       stop: stop.signal,
       kill: kill.signal,
       onStart: (s) => log.info({ device: s.device, dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
     })
-    printSummary(summary)
+    training = run
+    printSummary(await run)
     return 0
   } catch (err) {
     // A mount that died under the loader surfaces as ENOTCONN or EIO on a data file.
@@ -90,8 +96,11 @@ function exitCode(err: unknown): number {
 }
 
 main().then(
-  (code) => process.exit(code),
+  (code) => {
+    if (!kill.signal.aborted) process.exit(code)
+  },
   (err: unknown) => {
+    if (kill.signal.aborted) return
     const code = exitCode(err)
     if (!(err instanceof CommanderError)) console.error(`o3train: ${(err instanceof Error ? err.message : String(err)).split('\n')[0]}`)
     process.exit(code)

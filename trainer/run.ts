@@ -131,7 +131,11 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     let seconds = 0
     let test: TrainSummary['test']
     let stopped = false
-    while (trainer.position.epoch < o.epochs && !stopped) {
+    while (trainer.position.epoch < o.epochs) {
+      if (hooks.stop?.aborted) {
+        stopped = true
+        break
+      }
       const epoch = trainer.position.epoch
       const bar: Progress | undefined = hooks.progress ? createProgress(`epoch ${epoch + 1}/${o.epochs}`, { unit: 'samples' }) : undefined
       const epochStarted = Date.now()

@@ -57,7 +57,12 @@ export class MultipartSink {
       throw new O3UsageError(`multipart: part size must be at least 5 MiB and parallelism at least 1 (got ${options.partSize}, ${options.parallel})`)
     }
     options.signal?.throwIfAborted()
-    const uploadId = await client.createMultipartUpload(key, { contentType: options.contentType, signal: options.signal })
+    // Not cancelled midway: a create cut short can leave an upload on the server whose id we never learn.
+    const uploadId = await client.createMultipartUpload(key, { contentType: options.contentType })
+    if (options.signal?.aborted) {
+      await client.abortMultipartUpload(key, uploadId)
+      options.signal.throwIfAborted()
+    }
     return new MultipartSink(client, key, uploadId, options)
   }
 
@@ -168,7 +173,9 @@ export class MultipartSink {
     }
     this.close()
     await this.until(() => this.inFlight.size === 0)
-    const { etag } = await this.client.completeMultipartUpload(this.key, this.uploadId, this.parts, this.options.signal)
+    this.options.signal?.throwIfAborted()
+    // Like the create, the completion runs to its end once started, so that the caller knows which way it went.
+    const { etag } = await this.client.completeMultipartUpload(this.key, this.uploadId, this.parts)
     return { etag, size: this.bytes }
   }
 
