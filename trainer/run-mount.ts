@@ -1,8 +1,8 @@
-import { execFileSync, fork, type ChildProcess } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { cliCommand } from '../lib/paths.js'
+import { launchMount } from '../fs-driver/launch.js'
 import type { TrainOptions } from './options.js'
 
 export interface RunMount {
@@ -12,33 +12,25 @@ export interface RunMount {
   close(): Promise<void>
 }
 
-/** A mount that lives no longer than the run: o3mount in its own process (a process must not read its own FUSE mount). */
+/** Mounts `o3://bucket/prefix` for one run; the mount goes away with the run, even if the run is killed. */
 export async function mountForRun(location: string, o: Pick<TrainOptions, 'endpoint' | 'region' | 'credentialsFile' | 'profile'>, logFile: string): Promise<RunMount> {
   const dir = mkdtempSync(join(tmpdir(), 'o3train-data-'))
-  const args = [dir, location.replace(/^o3:\/\//, ''), '--metadata-ttl', 'indefinite', '--log-file', logFile]
+  const args = [dir, location.replace(/^o3:\/\//, ''), '--metadata-ttl', 'indefinite']
   for (const [flag, v] of [['--endpoint', o.endpoint], ['--region', o.region], ['--credentials-file', o.credentialsFile], ['--profile', o.profile]] as const) {
     if (v) args.push(flag, v)
   }
-  const cli = cliCommand('fs-driver/cli.ts')
-  const child: ChildProcess = fork(cli.file, args, {
-    execArgv: cli.execArgv,
-    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-    env: { ...process.env, O3MOUNT_DAEMON_CHILD: '1' },
-  })
-  const exited = new Promise<number>((resolve) => child.once('exit', (code, sig) => resolve(code ?? (sig ? 128 : 1))))
-  const ready = await new Promise<{ error?: string; exitCode?: number } | undefined>((resolve) => {
-    child.once('message', (m: { ready?: unknown; error?: string; exitCode?: number }) => resolve(m.ready ? undefined : m))
-    void exited.then((code) => resolve({ error: `o3mount exited (${code}) before mounting; see ${logFile}`, exitCode: code }))
-  })
-  if (ready) {
+  let launched
+  try {
+    launched = await launchMount(args, { logFile, detached: false })
+  } catch (err) {
     rmdirSync(dir)
-    throw Object.assign(new Error(`cannot mount ${location}: ${ready.error}`), { exitCode: ready.exitCode })
+    throw err
   }
-  child.disconnect()
+  const { child, exited, info } = launched
   let closed = false
   return {
     dir,
-    pid: child.pid!,
+    pid: info.pid,
     async close() {
       if (closed) return
       closed = true

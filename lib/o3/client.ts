@@ -8,7 +8,7 @@ import {
 } from '@aws-sdk/client-s3'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
 import { resolveConfig, type O3Config, type O3Flags } from './config.js'
-import { O3StreamError, O3UsageError } from './errors.js'
+import { O3IntegrityError, O3StreamError, O3UsageError } from './errors.js'
 import { DEFAULT_RETRY, isFinal, toO3Error, withRetry, type RetryPolicy } from './retry.js'
 import { fullKey, fullPrefix, parseLocation, relativeKey, type Scope } from './scope.js'
 import { silentLogger, type Logger } from '../log.js'
@@ -247,6 +247,12 @@ export class O3Client {
     let failures = 0
     for (;;) {
       const opened = await this.call(what, (s) => this.openRange(Key, pos, options.end, etag, s), options.signal)
+      // Checked as well as sent: a server that ignores If-Match must still not mix two versions.
+      if (etag !== undefined && opened.etag !== etag) {
+        opened.body.destroy()
+        this.stats.errors++
+        throw new O3IntegrityError(`${what}: the object changed while it was being read (ETag ${opened.etag}, expected ${etag})`)
+      }
       etag ??= opened.etag
       expected ??= opened.length
       try {

@@ -1,0 +1,315 @@
+/**
+ * The native libtorch trainer, typed. Every call that can take time runs on native threads and
+ * returns a promise; the event loop stays free while a model trains.
+ *
+ * The addon is `build/Release/o3_trainer.node` (built by `scripts/build-addon`, which
+ * `scripts/setup` runs), or the file named by `O3_TRAINER_ADDON`.
+ */
+import { existsSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import path from 'node:path'
+import { projectRoot } from './paths.js'
+
+export type ModelName = 'mlp' | 'cnn' | 'resnet'
+
+/** (Fashion-)MNIST idx files in `root` (gzipped or not): `train-*` or `t10k-*`. */
+export interface MnistData {
+  kind: 'mnist'
+  root: string
+  split: 'train' | 'test'
+}
+
+/** `root/<class>/**.{jpg,jpeg,png}`; labels are class indices in sorted directory order. */
+export interface ImageFolderData {
+  kind: 'imagefolder'
+  root: string
+  /** Images are decoded to RGB and resized (bilinear) to imageSize x imageSize. Default 64. */
+  imageSize?: number
+}
+
+export type DataSpec = MnistData | ImageFolderData
+
+export interface OptimizerOptions {
+  type: 'sgd' | 'adam'
+  lr: number
+  /** SGD only. */
+  momentum?: number
+  weightDecay?: number
+}
+
+export interface TrainerOptions {
+  model: ModelName
+  /**
+   * Hyperparameters; missing ones take defaults. mlp: hidden 256, layers 2, dropout 0.2;
+   * cnn: channels 32, hidden 128, dropout 0.25; resnet: width 16, blocks 1 (per stage, 3 stages).
+   */
+  modelConfig?: Record<string, number>
+  /** 'auto' (default) picks CUDA when this libtorch has it and a GPU is visible. */
+  device?: 'auto' | 'cpu' | 'cuda'
+  /** Seeds parameter initialisation, dropout and the shuffle order. Default 0. */
+  seed?: number
+  /** torch intra-op threads. Process-wide: the last trainer created sets it. 0: torch's default. */
+  threads?: number
+  optimizer: OptimizerOptions
+  data: DataSpec
+  batchSize: number
+  /** Shuffle each epoch (seeded by seed and epoch). Default true. */
+  shuffle?: boolean
+  /** Sharding for multi-process training: this process visits every worldSize-th sample. */
+  rank?: number
+  worldSize?: number
+  /** Batches assembled ahead of training. Default 4. */
+  prefetch?: number
+  /** Threads reading and decoding samples. Default 2. */
+  workers?: number
+}
+
+/** Element types, named as safetensors names them. */
+export type DType = 'F32' | 'F64' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL'
+
+/**
+ * One named tensor of a trainer's state: little-endian, row-major bytes. Names: `model.<param or
+ * buffer>`, `optim.<param>.<momentum_buffer|step|exp_avg|exp_avg_sq>`, `rng.cpu`, `rng.cuda`
+ * (CUDA only), `loader.position` (I64 [seed, epoch, index]).
+ */
+export interface StateTensor {
+  name: string
+  dtype: DType
+  shape: number[]
+  data: Buffer
+}
+
+export interface Position {
+  epoch: number
+  /** Samples of this rank's share of the epoch already trained on. */
+  index: number
+}
+
+export interface Progress extends Position {
+  /** Steps and samples done so far in this call. */
+  step: number
+  samples: number
+  /** Mean loss of the step's batch. */
+  loss: number
+  /** Samples per epoch for this rank. */
+  total: number
+}
+
+export interface TrainCallOptions {
+  /** Called on the JS thread after every step. An exception it throws rejects the call when it ends. */
+  onProgress?: (p: Progress) => void
+}
+
+export interface TrainResult {
+  /** Mean loss over the samples of this call. */
+  loss: number
+  steps: number
+  samples: number
+  seconds: number
+}
+
+export interface EvalResult {
+  loss: number
+  accuracy: number
+  samples: number
+}
+
+export interface DeviceInfo {
+  type: 'cpu' | 'cuda'
+  /** The GPU's name, or the CPU model. */
+  name: string
+}
+
+/** The model as built, every hyperparameter filled in: what checkpoint metadata records. */
+export interface ModelInfo {
+  name: ModelName
+  config: Record<string, number>
+}
+
+export interface DatasetInfo {
+  size: number
+  /** Samples this rank visits per epoch. */
+  epochSize: number
+  classes: number
+  /** Channels, height, width of one sample. */
+  shape: [number, number, number]
+}
+
+export interface ImageFolderListing {
+  classes: string[]
+  samples: { path: string; label: number }[]
+}
+
+/** The addon could not be loaded; the message says how to fix it. */
+export class AddonLoadError extends Error {
+  override name = 'AddonLoadError'
+}
+
+interface NativeTrainer {
+  info(): { device: DeviceInfo; model: ModelInfo; dataset: DatasetInfo }
+  position(): Position
+  /** steps < 0: to the end of the current epoch. */
+  train(steps: number, onProgress?: (p: Progress) => void): Promise<TrainResult>
+  evaluate(data: DataSpec, batchSize: number): Promise<EvalResult>
+  stateDict(): Promise<StateTensor[]>
+  loadStateDict(state: StateTensor[]): Promise<void>
+  cancel(): void
+  destroy(): void
+}
+
+interface NativeAddon {
+  createTrainer(options: TrainerOptions): Promise<NativeTrainer>
+  listImageFolder(root: string): Promise<ImageFolderListing>
+}
+
+const ADDON_FILE = 'o3_trainer.node'
+
+/** Where the addon is loaded from: `O3_TRAINER_ADDON`, else the cmake-js build in the project. */
+export function addonPath(): string {
+  return process.env.O3_TRAINER_ADDON ?? path.join(projectRoot(), 'build', 'Release', ADDON_FILE)
+}
+
+const REBUILD = 'run scripts/setup (or npm run build:addon)'
+
+/** Turns a failed load of `file` into one line that says what is wrong and how to fix it. */
+function explainLoadError(file: string, err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err)
+  const firstLine = message.split('\n')[0]
+  if (!existsSync(file)) return `trainer addon not built (${file} is missing): ${REBUILD}`
+  const missingLib = /([^\s:]+\.so[.\d]*): cannot open shared object file/.exec(message)
+  if (missingLib) {
+    const what = /torch|c10/.test(missingLib[1]) ? 'libtorch not found' : `a library the addon needs is missing`
+    return (
+      `${what} (${missingLib[1]}) loading ${file}: ${REBUILD}; for another libtorch set LIBTORCH ` +
+      `to an unpacked libtorch and run scripts/build-addon`
+    )
+  }
+  if (/undefined symbol|version `[^']+' not found/.test(message)) {
+    return (
+      `the libtorch found at run time does not match the one ${file} was built against (${firstLine.trim()}): ` +
+      `rebuild with npm run build:addon, or remove the other libtorch from LD_LIBRARY_PATH`
+    )
+  }
+  if (/NODE_MODULE_VERSION|did not self-register|wrong ELF class|invalid ELF header/.test(message)) {
+    return `${file} was built for another Node.js or platform (${firstLine.trim()}): ${REBUILD}`
+  }
+  return `cannot load the trainer addon ${file}: ${firstLine.trim()}`
+}
+
+let addon: NativeAddon | undefined
+
+/** Loads the addon once; throws AddonLoadError with a one-line fix when it cannot. */
+export function loadAddon(): NativeAddon {
+  if (addon) return addon
+  // torch runs its own intra-op threads; OpenBLAS adding its own per call oversubscribes the cores.
+  // OpenBLAS reads this when libtorch loads it, so it must be set before the addon loads.
+  process.env.OPENBLAS_NUM_THREADS ??= '1'
+  const file = addonPath()
+  try {
+    addon = createRequire(import.meta.url)(file) as NativeAddon
+  } catch (err) {
+    throw new AddonLoadError(explainLoadError(file, err), { cause: err })
+  }
+  return addon
+}
+
+/** The files and labels an ImageFolder dataset at `root` holds, in the loader's order. */
+export function listImageFolder(root: string): Promise<ImageFolderListing> {
+  return loadAddon().listImageFolder(root)
+}
+
+/** A model, its optimizer and its data loader on one device. */
+export class Trainer {
+  readonly device: DeviceInfo
+  readonly model: ModelInfo
+  readonly dataset: DatasetInfo
+  #native: NativeTrainer | undefined
+  /** Calls run one after another, in the order made. */
+  #tail: Promise<unknown> = Promise.resolve()
+
+  private constructor(native: NativeTrainer) {
+    this.#native = native
+    const info = native.info()
+    this.device = info.device
+    this.model = info.model
+    this.dataset = info.dataset
+  }
+
+  /** Opens the data and builds the model (both off the JS thread). Rejects on bad options or data. */
+  static async create(options: TrainerOptions): Promise<Trainer> {
+    return new Trainer(await loadAddon().createTrainer(options))
+  }
+
+  /** Where the loader stands; updated after every step, also while training runs. */
+  get position(): Position {
+    return this.#live().position()
+  }
+
+  /** Trains to the end of the current epoch (all of it when at its start). */
+  trainEpoch(options: TrainCallOptions = {}): Promise<TrainResult> {
+    return this.#train(-1, options)
+  }
+
+  /** Trains n batches, continuing into the next epoch as needed. */
+  trainSteps(n: number, options: TrainCallOptions = {}): Promise<TrainResult> {
+    if (!Number.isInteger(n) || n < 0) return Promise.reject(new RangeError('n must be a non-negative integer'))
+    return this.#train(n, options)
+  }
+
+  /** Loss and accuracy over the whole dataset (eval mode, in order); leaves training state alone. */
+  evaluate(data: DataSpec, batchSize = 1000): Promise<EvalResult> {
+    return this.#enqueue(() => this.#live().evaluate(data, batchSize))
+  }
+
+  /**
+   * The whole training state (see StateTensor for names): a snapshot, each buffer over a private
+   * native copy (not copied again into the JS heap).
+   */
+  stateDict(): Promise<StateTensor[]> {
+    return this.#enqueue(() => this.#live().stateDict())
+  }
+
+  /**
+   * Restores a stateDict(); names, dtypes and shapes are all checked before anything changes.
+   * Do not modify the buffers until the promise settles.
+   */
+  loadStateDict(state: StateTensor[]): Promise<void> {
+    return this.#enqueue(() => this.#live().loadStateDict(state))
+  }
+
+  /** Frees the native trainer. A running call ends after its current step; queued calls reject. */
+  close(): void {
+    this.#native?.destroy()
+    this.#native = undefined
+  }
+
+  #live(): NativeTrainer {
+    if (!this.#native) throw new Error('trainer is closed')
+    return this.#native
+  }
+
+  #enqueue<T>(op: () => Promise<T>): Promise<T> {
+    const result = this.#tail.then(op)
+    this.#tail = result.catch(() => undefined)
+    return result
+  }
+
+  #train(steps: number, { onProgress }: TrainCallOptions): Promise<TrainResult> {
+    return this.#enqueue(async () => {
+      let callbackError: unknown
+      let failed = false
+      const report = onProgress
+        ? (p: Progress) => {
+            try {
+              onProgress(p)
+            } catch (err) {
+              if (!failed) [failed, callbackError] = [true, err]
+            }
+          }
+        : undefined
+      const result = await this.#live().train(steps, report)
+      if (failed) throw callbackError
+      return result
+    })
+  }
+}

@@ -1,0 +1,111 @@
+#include "dataset.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <filesystem>
+
+#include "error.h"
+#include "idx_file.h"
+#include "image_decode.h"
+
+namespace o3 {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr int64_t kMnistClasses = 10;
+
+class MnistDataset final : public Dataset {
+ public:
+  MnistDataset(const std::string& imagesPath, const std::string& labelsPath)
+      : images_(readIdxFile(imagesPath)), labels_(readIdxFile(labelsPath)) {
+    if (images_.dims.size() != 3) throw fileError(imagesPath, "expected a 3-dimensional idx array of images");
+    if (labels_.dims.size() != 1) throw fileError(labelsPath, "expected a 1-dimensional idx array of labels");
+    if (labels_.dims[0] != images_.dims[0])
+      throw fileError(labelsPath, std::to_string(labels_.dims[0]) + " labels for " +
+                                      std::to_string(images_.dims[0]) + " images in " + imagesPath);
+    for (uint8_t l : labels_.data)
+      if (l >= kMnistClasses) throw fileError(labelsPath, "label " + std::to_string(l) + " out of range 0-9");
+  }
+  int64_t size() const override { return images_.dims[0]; }
+  SampleShape shape() const override { return {1, images_.dims[1], images_.dims[2]}; }
+  int64_t numClasses() const override { return kMnistClasses; }
+  int64_t load(int64_t i, uint8_t* out) const override {
+    const int64_t n = shape().bytes();
+    std::memcpy(out, images_.data.data() + i * n, size_t(n));
+    return labels_.data[size_t(i)];
+  }
+
+ private:
+  IdxArray images_, labels_;
+};
+
+class ImageFolderDataset final : public Dataset {
+ public:
+  ImageFolderDataset(ImageFolderListing listing, int imageSize)
+      : listing_(std::move(listing)), size_(imageSize) {}
+  int64_t size() const override { return int64_t(listing_.samples.size()); }
+  SampleShape shape() const override { return {3, size_, size_}; }
+  int64_t numClasses() const override { return int64_t(listing_.classes.size()); }
+  int64_t load(int64_t i, uint8_t* out) const override {
+    const ImageFolderEntry& e = listing_.samples[size_t(i)];
+    const Image img = resizeBilinear(decodeImageFile(e.path), int(size_), int(size_));
+    const size_t plane = size_t(size_) * size_t(size_);
+    for (size_t p = 0; p < plane; ++p)
+      for (size_t c = 0; c < 3; ++c) out[c * plane + p] = img.rgb[p * 3 + c];
+    return e.label;
+  }
+
+ private:
+  ImageFolderListing listing_;
+  int64_t size_;
+};
+
+bool isImageName(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
+}
+
+// The idx files may be gzipped or not; prefer the .gz the Debian package ships.
+std::string findIdxFile(const std::string& root, const std::string& base) {
+  for (const char* suffix : {".gz", ""}) {
+    const std::string p = (fs::path(root) / (base + suffix)).string();
+    if (fs::exists(p)) return p;
+  }
+  throw fileError((fs::path(root) / base).string() + "[.gz]", "not found");
+}
+
+}  // namespace
+
+ImageFolderListing listImageFolder(const std::string& root) {
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) throw fileError(root, "not a directory");
+  ImageFolderListing out;
+  for (const auto& entry : fs::directory_iterator(root, fs::directory_options::follow_directory_symlink))
+    if (entry.is_directory()) out.classes.push_back(entry.path().filename().string());
+  std::sort(out.classes.begin(), out.classes.end());
+  for (size_t label = 0; label < out.classes.size(); ++label) {
+    std::vector<std::string> files;
+    const fs::path dir = fs::path(root) / out.classes[label];
+    for (const auto& entry : fs::recursive_directory_iterator(dir, fs::directory_options::follow_directory_symlink))
+      if (entry.is_regular_file() && isImageName(entry.path())) files.push_back(entry.path().string());
+    std::sort(files.begin(), files.end());
+    for (auto& f : files) out.samples.push_back({std::move(f), int64_t(label)});
+  }
+  if (out.samples.empty()) throw fileError(root, "no JPEG or PNG images in class directories");
+  return out;
+}
+
+std::shared_ptr<const Dataset> openDataset(const DataSpec& spec) {
+  if (spec.kind == DataSpec::Kind::ImageFolder) {
+    if (spec.imageSize < 8 || spec.imageSize > 1024) throw Error("imageSize must be between 8 and 1024");
+    return std::make_shared<ImageFolderDataset>(listImageFolder(spec.root), spec.imageSize);
+  }
+  if (spec.split != "train" && spec.split != "test") throw Error("mnist split must be 'train' or 'test'");
+  const std::string prefix = spec.split == "train" ? "train" : "t10k";
+  return std::make_shared<MnistDataset>(findIdxFile(spec.root, prefix + "-images-idx3-ubyte"),
+                                        findIdxFile(spec.root, prefix + "-labels-idx1-ubyte"));
+}
+
+}  // namespace o3

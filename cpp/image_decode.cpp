@@ -1,0 +1,130 @@
+#include "image_decode.h"
+
+// jpeglib.h needs size_t and FILE declared first.
+#include <cstdio>
+#include <csetjmp>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include <jpeglib.h>
+#include <png.h>
+
+#include "error.h"
+
+namespace o3 {
+namespace {
+
+std::vector<uint8_t> readWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw fileError(path, "cannot open");
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw fileError(path, "read error");
+  return bytes;
+}
+
+struct JpegErrorManager {
+  jpeg_error_mgr base;
+  jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+[[noreturn]] void jpegFail(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegErrorManager*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  longjmp(err->jump, 1);
+}
+
+// libjpeg only warns about truncated or corrupt entropy data and then pads the image with grey;
+// a training set must not silently contain such images, so warnings are errors here.
+void jpegMessage(j_common_ptr cinfo, int level) {
+  if (level < 0) jpegFail(cinfo);
+}
+
+// Kept free of C++ objects with destructors between setjmp and any longjmp back into it.
+Image decodeJpeg(const std::string& path, const std::vector<uint8_t>& bytes) {
+  Image img;
+  jpeg_decompress_struct cinfo;
+  JpegErrorManager err;
+  cinfo.err = jpeg_std_error(&err.base);
+  err.base.error_exit = jpegFail;
+  err.base.emit_message = jpegMessage;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    throw fileError(path, std::string("corrupt JPEG: ") + err.message);
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&cinfo, TRUE);
+  cinfo.out_color_space = JCS_RGB;
+  jpeg_start_decompress(&cinfo);
+  img.width = static_cast<int>(cinfo.output_width);
+  img.height = static_cast<int>(cinfo.output_height);
+  img.rgb.resize(size_t(img.width) * img.height * 3);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = img.rgb.data() + size_t(cinfo.output_scanline) * img.width * 3;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return img;
+}
+
+// libpng's simplified API reports errors through its return value, no setjmp needed.
+Image decodePng(const std::string& path, const std::vector<uint8_t>& bytes) {
+  png_image png;
+  std::memset(&png, 0, sizeof png);
+  png.version = PNG_IMAGE_VERSION;
+  if (!png_image_begin_read_from_memory(&png, bytes.data(), bytes.size()))
+    throw fileError(path, std::string("corrupt PNG: ") + png.message);
+  png.format = PNG_FORMAT_RGB;
+  Image img;
+  img.width = static_cast<int>(png.width);
+  img.height = static_cast<int>(png.height);
+  img.rgb.resize(PNG_IMAGE_SIZE(png));
+  if (!png_image_finish_read(&png, nullptr, img.rgb.data(), 0, nullptr)) {
+    const std::string message = png.message;
+    png_image_free(&png);
+    throw fileError(path, "corrupt PNG: " + message);
+  }
+  return img;
+}
+
+}  // namespace
+
+Image decodeImageFile(const std::string& path) {
+  const std::vector<uint8_t> bytes = readWholeFile(path);
+  static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (bytes.size() >= 8 && std::memcmp(bytes.data(), kPng, 8) == 0) return decodePng(path, bytes);
+  if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF)
+    return decodeJpeg(path, bytes);
+  throw fileError(path, bytes.empty() ? "empty file" : "neither a JPEG nor a PNG image");
+}
+
+Image resizeBilinear(const Image& src, int width, int height) {
+  if (src.width == width && src.height == height) return src;
+  Image dst;
+  dst.width = width;
+  dst.height = height;
+  dst.rgb.resize(size_t(width) * height * 3);
+  const float sx = float(src.width) / width, sy = float(src.height) / height;
+  for (int y = 0; y < height; ++y) {
+    const float fy = std::max(0.0f, (y + 0.5f) * sy - 0.5f);
+    const int y0 = std::min(int(fy), src.height - 1), y1 = std::min(y0 + 1, src.height - 1);
+    const float wy = fy - y0;
+    for (int x = 0; x < width; ++x) {
+      const float fx = std::max(0.0f, (x + 0.5f) * sx - 0.5f);
+      const int x0 = std::min(int(fx), src.width - 1), x1 = std::min(x0 + 1, src.width - 1);
+      const float wx = fx - x0;
+      for (int c = 0; c < 3; ++c) {
+        auto at = [&](int yy, int xx) { return float(src.rgb[(size_t(yy) * src.width + xx) * 3 + c]); };
+        const float top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx;
+        const float bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx;
+        dst.rgb[(size_t(y) * width + x) * 3 + c] = uint8_t(top * (1 - wy) + bottom * wy + 0.5f);
+      }
+    }
+  }
+  return dst;
+}
+
+}  // namespace o3

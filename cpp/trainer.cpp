@@ -1,0 +1,228 @@
+#include "trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
+#include <torch/utils.h>
+
+#ifdef O3_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+#include <chrono>
+#include <fstream>
+
+#include "trainer_impl.h"
+
+namespace o3 {
+namespace {
+
+namespace F = torch::nn::functional;
+
+std::string cpuModelName() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos)
+      return line.substr(line.find(':') + 2);
+  return "cpu";
+}
+
+std::string gpuName(torch::Device device) {
+#ifdef O3_WITH_CUDA
+  return at::cuda::getDeviceProperties(device.index())->name;
+#else
+  return "cuda:" + std::to_string(device.index());
+#endif
+}
+
+torch::Device chooseDevice(const std::string& requested) {
+  if (requested == "cpu") return torch::kCPU;
+  if (requested != "auto" && requested != "cuda")
+    throw Error("device must be 'auto', 'cpu' or 'cuda', not '" + requested + "'");
+  if (torch::cuda::is_available()) return torch::Device(torch::kCUDA, 0);
+  if (requested == "cuda") throw Error("device 'cuda' requested, but this libtorch has no CUDA support or no GPU is visible");
+  return torch::kCPU;
+}
+
+// Parameter initialisation draws from torch's process-wide default generator; holding this while
+// seeding it and building makes a model depend on its seed only, even with trainers created
+// concurrently.
+std::mutex& modelInitMutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::unique_ptr<torch::optim::Optimizer> makeOptimizer(const OptimizerSpec& s, const std::vector<torch::Tensor>& params) {
+  if (!(s.lr > 0)) throw Error("optimizer lr must be > 0");
+  if (!(s.weightDecay >= 0)) throw Error("optimizer weightDecay must be >= 0");
+  if (!(s.momentum >= 0)) throw Error("optimizer momentum must be >= 0");
+  if (s.type == "sgd")
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(s.lr).momentum(s.momentum).weight_decay(s.weightDecay));
+  if (s.type == "adam") {
+    if (s.momentum != 0) throw Error("momentum applies to sgd only (adam uses its betas)");
+    return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(s.lr).weight_decay(s.weightDecay));
+  }
+  throw Error("optimizer type must be 'sgd' or 'adam', not '" + s.type + "'");
+}
+
+struct BatchTensors {
+  torch::Tensor images, labels;
+};
+
+// Views the batch's host buffer as tensors on `device`, images scaled to [-1, 1]. The buffer is
+// the allocator's tensor, so a CUDA copy from pinned memory is asynchronous and the caching host
+// allocator knows not to reuse the buffer before the copy is done.
+BatchTensors toDevice(const Batch& batch, const SampleShape& shape, torch::Device device) {
+  const torch::Tensor bytes = *std::static_pointer_cast<torch::Tensor>(batch.storage.owner);
+  const int64_t labelBytes = batch.count * int64_t(sizeof(int64_t));
+  torch::Tensor labels = bytes.slice(0, 0, labelBytes).view(torch::kInt64);
+  torch::Tensor images = bytes.slice(0, labelBytes).view({batch.count, shape.channels, shape.height, shape.width});
+  const bool async = device.is_cuda();
+  return {images.to(device, async).to(torch::kFloat).mul_(2.0 / 255).sub_(1.0), labels.to(device, async)};
+}
+
+TrainResult runTraining(Trainer::Impl& m, int64_t maxSteps, bool untilEpochEnd, const ProgressFn& onProgress) {
+  const auto started = std::chrono::steady_clock::now();
+  const SampleShape shape = m.loader->dataset().shape();
+  auto& net = *m.model.net;
+  net.train();
+  // Summed on the device: reading each step's loss would make a CUDA step wait for the GPU.
+  torch::Tensor lossSum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(m.device));
+  TrainResult r{0, 0, 0, 0};
+  while ((untilEpochEnd || r.steps < maxSteps) && !m.cancelled) {
+    const Batch batch = m.loader->next();
+    const BatchTensors t = toDevice(batch, shape, m.device);
+    m.optimizer->zero_grad();
+    const torch::Tensor loss = F::cross_entropy(net.forward(t.images), t.labels);
+    loss.backward();
+    m.optimizer->step();
+    lossSum.add_(loss.detach(), double(batch.count));
+    r.steps += 1;
+    r.samples += batch.count;
+    m.syncPosition();
+    if (onProgress) onProgress({r.steps, r.samples, loss.item<double>(), batch.next, m.loader->epochSize()});
+    if (untilEpochEnd && batch.next.epoch != batch.start.epoch) break;
+  }
+  r.loss = r.samples ? lossSum.item<double>() / double(r.samples) : 0;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return r;
+}
+
+// Puts the model in eval mode for its lifetime, then back in training mode.
+class EvalMode {
+ public:
+  explicit EvalMode(torch::nn::Module& net) : net_(net) { net_.eval(); }
+  ~EvalMode() { net_.train(); }
+
+ private:
+  torch::nn::Module& net_;
+};
+
+}  // namespace
+
+HostAllocator Trainer::Impl::allocator() const {
+  const bool pinned = device.is_cuda();
+  return [pinned](size_t bytes) {
+    auto t = std::make_shared<torch::Tensor>(
+        torch::empty({int64_t(bytes)}, torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(pinned)));
+    return HostBuffer{t->data_ptr<uint8_t>(), t};
+  };
+}
+
+Trainer::Trainer(const TrainerOptions& opts) : impl_(std::make_unique<Impl>()) {
+  translateTorchErrors([&] {
+    Impl& m = *impl_;
+    m.opts = opts;
+    if (opts.threads > 0) at::set_num_threads(opts.threads);
+    m.device = chooseDevice(opts.device);
+    m.deviceInfo = m.device.is_cuda() ? DeviceInfo{"cuda", gpuName(m.device)} : DeviceInfo{"cpu", cpuModelName()};
+    if (m.device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
+
+    auto dataset = openDataset(opts.data);
+    m.cpuGenerator = at::detail::createCPUGenerator(opts.seed);
+    const at::Generator dropoutGenerator =
+        m.device.is_cuda() ? at::globalContext().defaultGenerator(m.device) : m.cpuGenerator;
+    {
+      std::lock_guard<std::mutex> lock(modelInitMutex());
+      torch::manual_seed(opts.seed);
+      m.model = makeModel(opts.model, dataset->shape(), dataset->numClasses(), dropoutGenerator);
+    }
+    m.model.net->to(m.device);
+    m.optimizer = makeOptimizer(opts.optimizer, m.model.net->parameters());
+
+    LoaderOptions lo;
+    lo.batchSize = opts.batchSize;
+    lo.sampler = {opts.seed, opts.shuffle, opts.rank, opts.worldSize};
+    lo.prefetch = opts.prefetch;
+    lo.workers = opts.workers;
+    m.loader = std::make_unique<BatchLoader>(std::move(dataset), lo, m.allocator());
+    m.syncPosition();
+  });
+}
+
+Trainer::~Trainer() = default;
+
+const DeviceInfo& Trainer::device() const { return impl_->deviceInfo; }
+const ModelSpec& Trainer::model() const { return impl_->model.resolved; }
+
+DatasetInfo Trainer::dataset() const {
+  const Dataset& d = impl_->loader->dataset();
+  return {d.size(), impl_->loader->epochSize(), d.numClasses(), d.shape()};
+}
+
+Position Trainer::position() const {
+  std::lock_guard<std::mutex> lock(impl_->positionMutex);
+  return impl_->position;
+}
+
+void Trainer::cancel() { impl_->cancelled = true; }
+
+TrainResult Trainer::trainSteps(int64_t steps, const ProgressFn& onProgress) {
+  if (steps < 0) throw Error("steps must be >= 0");
+  return translateTorchErrors([&] { return runTraining(*impl_, steps, false, onProgress); });
+}
+
+TrainResult Trainer::trainEpoch(const ProgressFn& onProgress) {
+  return translateTorchErrors([&] { return runTraining(*impl_, 0, true, onProgress); });
+}
+
+EvalResult Trainer::evaluate(const DataSpec& data, int64_t batchSize) {
+  return translateTorchErrors([&] {
+    Impl& m = *impl_;
+    LoaderOptions lo;
+    lo.batchSize = batchSize;
+    lo.sampler.shuffle = false;
+    lo.prefetch = m.opts.prefetch;
+    lo.workers = m.opts.workers;
+    BatchLoader loader(openDataset(data), lo, m.allocator());
+    const SampleShape want = m.loader->dataset().shape(), got = loader.dataset().shape();
+    if (want.channels != got.channels || want.height != got.height || want.width != got.width)
+      throw Error("evaluation images are " + std::to_string(got.channels) + "x" + std::to_string(got.height) + "x" +
+                  std::to_string(got.width) + " but the model takes " + std::to_string(want.channels) + "x" +
+                  std::to_string(want.height) + "x" + std::to_string(want.width));
+    if (loader.dataset().numClasses() > m.loader->dataset().numClasses())
+      throw Error("evaluation data has more classes than the model");
+
+    torch::NoGradGuard noGrad;
+    EvalMode evalMode(*m.model.net);
+    const auto acc = torch::TensorOptions().dtype(torch::kDouble).device(m.device);
+    torch::Tensor lossSum = torch::zeros({}, acc), correct = torch::zeros({}, acc);
+    int64_t samples = 0;
+    do {
+      const Batch batch = loader.next();
+      const BatchTensors t = toDevice(batch, got, m.device);
+      const torch::Tensor logits = m.model.net->forward(t.images);
+      lossSum.add_(F::cross_entropy(logits, t.labels, F::CrossEntropyFuncOptions().reduction(torch::kSum)));
+      correct.add_(logits.argmax(1).eq(t.labels).sum());
+      samples += batch.count;
+    } while (loader.position().epoch == 0);
+    return EvalResult{lossSum.item<double>() / double(samples), correct.item<double>() / double(samples), samples};
+  });
+}
+
+}  // namespace o3

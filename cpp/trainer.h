@@ -1,0 +1,113 @@
+// The training core: a model, its optimizer and its data loader on one device. Torch-free
+// interface (the torch parts live behind Impl) so that the binding compiles without torch headers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "batch_loader.h"
+#include "dataset.h"
+#include "model_spec.h"
+#include "state_tensor.h"
+
+namespace o3 {
+
+struct OptimizerSpec {
+  std::string type = "adam";  // "sgd" or "adam"
+  double lr = 1e-3;
+  double momentum = 0;  // sgd only
+  double weightDecay = 0;
+};
+
+struct TrainerOptions {
+  ModelSpec model;
+  std::string device = "auto";  // "auto" (cuda when available), "cpu" or "cuda"
+  uint64_t seed = 0;
+  int threads = 0;  // torch intra-op threads (process-wide); 0 leaves torch's default
+  OptimizerSpec optimizer;
+  DataSpec data;
+  int64_t batchSize = 64;
+  bool shuffle = true;
+  int64_t rank = 0;
+  int64_t worldSize = 1;
+  int prefetch = 4;
+  int workers = 2;
+};
+
+struct DeviceInfo {
+  std::string type;  // "cpu" or "cuda"
+  std::string name;  // GPU or CPU model
+};
+
+struct DatasetInfo {
+  int64_t size;       // samples in the whole dataset
+  int64_t epochSize;  // samples this rank visits per epoch
+  int64_t classes;
+  SampleShape shape;
+};
+
+struct Progress {
+  int64_t step;     // steps done in this call
+  int64_t samples;  // samples done in this call
+  double loss;      // mean loss of this step's batch
+  Position position;
+  int64_t total;  // samples per epoch (this rank)
+};
+using ProgressFn = std::function<void(const Progress&)>;
+
+struct TrainResult {
+  double loss;  // mean over the samples trained in this call
+  int64_t steps;
+  int64_t samples;
+  double seconds;
+};
+
+struct EvalResult {
+  double loss;
+  double accuracy;
+  int64_t samples;
+};
+
+class Trainer {
+ public:
+  // Opens the data, builds the model (seeded) and optimizer on the chosen device. Throws o3::Error.
+  explicit Trainer(const TrainerOptions& opts);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // The methods below are not reentrant: the caller runs one at a time. position() and cancel()
+  // may be called from any thread at any time.
+  const DeviceInfo& device() const;
+  const ModelSpec& model() const;  // with every default filled in
+  DatasetInfo dataset() const;
+  Position position() const;
+
+  // Trains `steps` batches, crossing epoch boundaries as needed; `onProgress` (may be empty) is
+  // called after every step on the training thread.
+  TrainResult trainSteps(int64_t steps, const ProgressFn& onProgress);
+  // Trains up to the end of the current epoch (all of it when at its start).
+  TrainResult trainEpoch(const ProgressFn& onProgress);
+  // Loss and accuracy of the model (in eval mode, no gradients) over a whole dataset, in order.
+  EvalResult evaluate(const DataSpec& data, int64_t batchSize);
+
+  // Every model parameter and buffer ("model.*"), optimizer state ("optim.<param>.<field>"),
+  // random generator state ("rng.cpu", and "rng.cuda" on CUDA) and loader state
+  // ("loader.position": I64 [seed, epoch, index]), as private CPU copies.
+  std::vector<StateTensor> stateDict();
+  // Restores all of the above. Checks every name, dtype and shape before changing anything.
+  void loadStateDict(const std::vector<StateTensor>& state);
+
+  // Makes a running train call, and any later one, return after at most one more step.
+  void cancel();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace o3

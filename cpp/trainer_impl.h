@@ -1,0 +1,48 @@
+// Trainer's torch-side state, shared by the files that implement Trainer (training, state dict).
+#pragma once
+
+#include <torch/optim/optimizer.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+
+#include "batch_loader.h"
+#include "error.h"
+#include "models.h"
+#include "trainer.h"
+
+namespace o3 {
+
+struct Trainer::Impl {
+  TrainerOptions opts;
+  torch::Device device{torch::kCPU};
+  DeviceInfo deviceInfo;
+  at::Generator cpuGenerator;  // the trainer's own: dropout on CPU draws from it
+  BuiltModel model;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<BatchLoader> loader;
+  std::atomic<bool> cancelled{false};
+
+  mutable std::mutex positionMutex;  // position is read from other threads while training
+  Position position;
+  void syncPosition() {
+    std::lock_guard<std::mutex> lock(positionMutex);
+    position = loader->position();
+  }
+
+  // Where batches are assembled: pinned memory when the copy to the device can be asynchronous.
+  HostAllocator allocator() const;
+};
+
+// Runs f, turning torch's errors (whose what() carries a C++ backtrace) into one-line o3::Errors.
+template <class F>
+auto translateTorchErrors(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    throw Error(e.what_without_backtrace());
+  }
+}
+
+}  // namespace o3

@@ -1,0 +1,53 @@
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import type { Logger } from '../lib/log.js'
+
+export interface MountInfo {
+  /** `major:minor` of the mount's anonymous device. */
+  device: string
+  fsType: string
+  source: string
+}
+
+const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
+
+/** The mount at exactly `mountpoint` in /proc/self/mountinfo (the top one, if stacked); no FUSE request is made. */
+export function findMount(mountpoint: string): MountInfo | undefined {
+  let found: MountInfo | undefined
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ')
+    if (f.length < 10 || unescape(f[4]!) !== mountpoint) continue
+    const dash = f.indexOf('-', 6)
+    found = { device: f[2]!, fsType: f[dash + 1] ?? '', source: unescape(f[dash + 2] ?? '') }
+  }
+  return found
+}
+
+/**
+ * Raises the kernel side of the mount: its readahead (the bdi's read_ahead_kb, which libfuse can
+ * only lower) and, where the fusectl filesystem is mounted, the connection's background request
+ * limit. Failure only costs speed, so it is logged, not fatal.
+ */
+export function tuneKernel(mountpoint: string, o: { readAheadKb: number; maxBackground: number }, log: Logger): void {
+  const m = findMount(mountpoint)
+  if (!m) {
+    log.warn({ mountpoint }, 'mount not found in /proc/self/mountinfo; kernel readahead left as is')
+    return
+  }
+  const done: Record<string, number> = {}
+  const write = (path: string, value: number) => {
+    try {
+      writeFileSync(path, `${value}\n`)
+      done[path] = Number(readFileSync(path, 'utf8'))
+    } catch (err) {
+      log.warn({ path, code: (err as NodeJS.ErrnoException).code }, 'cannot raise a kernel limit for the mount (needs root); reads will be slower')
+    }
+  }
+  write(`/sys/class/bdi/${m.device}/read_ahead_kb`, o.readAheadKb)
+  const minor = m.device.split(':')[1]!
+  const conn = `/sys/fs/fuse/connections/${minor}`
+  if (existsSync(conn)) {
+    write(`${conn}/max_background`, o.maxBackground)
+    write(`${conn}/congestion_threshold`, Math.floor((o.maxBackground * 3) / 4))
+  }
+  log.info({ device: m.device, ...done }, 'kernel tuning applied')
+}

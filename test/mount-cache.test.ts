@@ -1,0 +1,111 @@
+// The data path's caches: the disk tier survives a remount and never returns a corrupt block,
+// and one memory budget holds with a hundred files streaming at once.
+import t from 'tap'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import fs from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { O3Client, resolveConfig } from '../lib/o3/index.js'
+import type { StatsSnapshot } from '../fs-driver/stats.js'
+import { mapLimit } from '../scripts/bench/util.js'
+import { createBucket, useS3Server } from './support/s3-server.js'
+import { mount, type Mounted } from './support/o3mount.js'
+
+const MiB = 1 << 20
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+const BUCKET = `mount-cache-${process.pid}`
+const info = await useS3Server(t)
+await createBucket(info, BUCKET)
+const client = O3Client.open(BUCKET, { config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+t.teardown(() => client.close())
+
+/** Polls the stats file (rewritten every 2 s) until `ok` holds. */
+async function statsWhen(m: Mounted, ok: (s: StatsSnapshot) => boolean, ms = 15_000): Promise<StatsSnapshot> {
+  const end = Date.now() + ms
+  for (;;) {
+    const s = m.stats()
+    if (ok(s) || Date.now() > end) return s
+    await sleep(250)
+  }
+}
+
+function blockFiles(cacheDir: string): string[] {
+  const root = path.join(cacheDir, 'blocks')
+  return readdirSync(root).flatMap((d) => readdirSync(path.join(root, d)).map((f) => path.join(root, d, f)))
+}
+
+t.test('the disk cache survives a remount and a corrupt block is fetched again', async (t) => {
+  const cacheDir = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-cache-')), 'cache')
+  t.teardown(() => rmSync(path.dirname(cacheDir), { recursive: true, force: true }))
+  const body = randomBytes(8 * MiB + 5)
+  await client.put('cached.bin', body)
+  const args = ['--cache-dir', cacheDir]
+
+  const first = await mount(t, info, BUCKET, { args })
+  t.equal(statSync(cacheDir).mode & 0o777, 0o700, 'the cache directory is private')
+  t.equal(sha256(await fs.readFile(path.join(first.mountpoint, 'cached.bin'))), sha256(body))
+  const s1 = await statsWhen(first, (s) => s.cache.diskWrites >= 9)
+  t.equal(s1.cache.diskWrites, 9, 'all 9 blocks written to disk')
+  await first.stop()
+
+  const second = await mount(t, info, BUCKET, { args })
+  t.equal(sha256(await fs.readFile(path.join(second.mountpoint, 'cached.bin'))), sha256(body), 'same bytes after the remount')
+  const s2 = await statsWhen(second, (s) => s.cache.diskHits >= 9)
+  t.equal(s2.cache.diskHits, 9, 'every block came from the disk cache')
+  t.equal(s2.fetch.bytesFetched, 0, 'nothing was fetched from the server')
+  await second.stop()
+
+  // Flip one byte in the middle of one block file (past its 16-byte header).
+  const victim = blockFiles(cacheDir).sort()[0]!
+  const raw = readFileSync(victim)
+  raw[16 + 1000] ^= 0xff
+  writeFileSync(victim, raw)
+
+  const third = await mount(t, info, BUCKET, { args })
+  t.equal(sha256(await fs.readFile(path.join(third.mountpoint, 'cached.bin'))), sha256(body), 'the corrupt block was not returned')
+  const s3 = await statsWhen(third, (s) => s.cache.diskCorrupt >= 1 && s.cache.diskHits >= 8)
+  t.equal(s3.cache.diskCorrupt, 1, 'the corruption was detected')
+  t.equal(s3.fetch.blocksFetched, 1, 'only that block was fetched again')
+  t.match(third.log(), /failed its checksum/)
+  await third.stop()
+})
+
+t.test('a hundred files streaming at once stay within the memory budget', async (t) => {
+  const N = 100
+  const SIZE = 2 * MiB + 4096
+  const bodies = Array.from({ length: N }, () => randomBytes(SIZE))
+  await mapLimit(bodies.map((b, i) => [i, b] as const), 8, ([i, b]) => client.put(`hundred/${i}.bin`, b))
+  const budget = 128 * MiB
+  const m = await mount(t, info, BUCKET, { args: ['--cache-mem', '128M'] })
+  const rssBefore = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${m.pid}/status`, 'utf8'))![1]) * 1024
+  const handles = await Promise.all(bodies.map((_, i) => fs.open(path.join(m.mountpoint, 'hundred', `${i}.bin`))))
+  let peak = 0
+  const sampler = setInterval(() => {
+    const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${m.pid}/status`, 'utf8'))![1]) * 1024
+    peak = Math.max(peak, rss)
+  }, 50)
+  try {
+    const ok = await Promise.all(handles.map(async (h, i) => {
+      const chunks: Buffer[] = []
+      const buf = Buffer.alloc(128 * 1024)
+      for (let pos = 0; ; ) {
+        const { bytesRead } = await h.read(buf, 0, buf.length, pos)
+        if (bytesRead === 0) break
+        chunks.push(Buffer.from(buf.subarray(0, bytesRead)))
+        pos += bytesRead
+      }
+      return sha256(Buffer.concat(chunks)) === sha256(bodies[i]!)
+    }))
+    t.equal(ok.filter(Boolean).length, N, 'every file read exactly')
+  } finally {
+    clearInterval(sampler)
+    await Promise.all(handles.map((h) => h.close()))
+  }
+  t.comment(`RSS before ${(rssBefore / MiB).toFixed(0)} MiB, peak ${(peak / MiB).toFixed(0)} MiB, budget ${budget / MiB} MiB`)
+  t.ok(peak < budget + 100 * MiB, `peak RSS ${(peak / MiB).toFixed(0)} MiB < budget + 100 MiB`)
+  const s = m.stats()
+  t.ok(s.memory.cacheBytes + s.memory.inflightBytes <= budget, 'cache and readahead together within the budget')
+  await m.stop()
+})

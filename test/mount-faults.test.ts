@@ -1,0 +1,83 @@
+// Network faults between the mount and a real server (through the fault proxy): an outage
+// during a sequential read is survived with exact bytes; a server that stops answering turns
+// into EIO within the operation timeout instead of a hung read.
+import t, { type Test } from 'tap'
+import { createHash, randomBytes } from 'node:crypto'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { O3Client, resolveConfig } from '../lib/o3/index.js'
+import { startFaultProxy } from './support/fault-proxy.js'
+import { createBucket, useS3Server } from './support/s3-server.js'
+import { mount } from './support/o3mount.js'
+
+const MiB = 1 << 20
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+const BUCKET = `mount-faults-${process.pid}`
+const info = await useS3Server(t)
+await createBucket(info, BUCKET)
+const client = O3Client.open(BUCKET, { config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+t.teardown(() => client.close())
+
+async function viaProxy(t: Test) {
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  return proxy
+}
+
+t.test('a 5 s outage during a sequential read is survived with exact bytes', async (t) => {
+  const body = randomBytes(48 * MiB)
+  await client.put('outage.bin', body)
+  const proxy = await viaProxy(t)
+  const m = await mount(t, info, BUCKET, { env: { O3_ENDPOINT: proxy.endpoint } })
+  // Slow enough that the read is still going when the server disappears.
+  proxy.setBandwidth(2_000_000)
+  const reading = (async () => {
+    const fh = await fs.open(path.join(m.mountpoint, 'outage.bin'))
+    const hash = createHash('sha256')
+    const buf = Buffer.alloc(128 * 1024)
+    let pos = 0
+    try {
+      for (;;) {
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
+        if (bytesRead === 0) break
+        hash.update(buf.subarray(0, bytesRead))
+        pos += bytesRead
+      }
+    } finally {
+      await fh.close()
+    }
+    return { digest: hash.digest('hex'), pos }
+  })()
+  await sleep(1_000)
+  const t0 = Date.now()
+  await proxy.outage(5_000)
+  t.ok(Date.now() - t0 >= 4_900, 'the server was unreachable for 5 s')
+  proxy.setBandwidth(null)
+  const got = await reading
+  t.equal(got.pos, body.length, 'read to the end')
+  t.equal(got.digest, sha256(body), 'exact bytes')
+  const s = m.stats()
+  t.equal(s.reads.errors, 0, 'no read failed')
+  t.ok(s.o3.retries > 0, `the client retried (${s.o3.retries} retries)`)
+})
+
+t.test('a server that stops answering gives EIO within the operation timeout', async (t) => {
+  await client.put('stall.bin', randomBytes(4 * MiB))
+  const proxy = await viaProxy(t)
+  const m = await mount(t, info, BUCKET, { env: { O3_ENDPOINT: proxy.endpoint }, args: ['--op-timeout', '3s'] })
+  const file = path.join(m.mountpoint, 'stall.bin')
+  await fs.stat(file)
+  const fh = await fs.open(file)
+  try {
+    proxy.stall(30_000)
+    const t0 = Date.now()
+    await t.rejects(fh.read(Buffer.alloc(4096), 0, 4096, 0), { code: 'EIO' })
+    const took = Date.now() - t0
+    t.ok(took >= 2_500 && took < 10_000, `failed after ${took} ms`)
+  } finally {
+    proxy.clear()
+    await fh.close()
+  }
+  t.match(m.log(), /no answer within 3000 ms/)
+})

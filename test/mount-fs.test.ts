@@ -1,0 +1,173 @@
+// The filesystem as a user sees it: trees, stats, exact bytes, concurrency, EROFS, prefixes,
+// keys that cannot be file names, metadata TTLs and an object replaced under an open file.
+import t from 'tap'
+import { createHash, randomBytes } from 'node:crypto'
+import { constants } from 'node:fs'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { PutObjectCommand } from '@aws-sdk/client-s3'
+import { O3Client, resolveConfig } from '../lib/o3/index.js'
+import { mapLimit } from '../scripts/bench/util.js'
+import { createBucket, s3Client, useS3Server } from './support/s3-server.js'
+import { mount } from './support/o3mount.js'
+
+const MiB = 1 << 20
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+const BUCKET = `mount-fs-${process.pid}`
+
+const info = await useS3Server(t)
+await createBucket(info, BUCKET)
+const client = O3Client.open(BUCKET, { config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+t.teardown(() => client.close())
+
+const files = new Map<string, Buffer>([
+  ['tree/a.txt', Buffer.from('alpha\n')],
+  ['tree/b/c.txt', Buffer.from('charlie\n')],
+  ['tree/b/d/e.bin', randomBytes(3 * MiB + 17)],
+  ['tree/empty.bin', Buffer.alloc(0)],
+  ['big.bin', randomBytes(6 * MiB + 123)],
+  ['other/secret.txt', Buffer.from('not under tree/\n')],
+  ...Array.from({ length: 32 }, (_, i) => [`many/f${String(i).padStart(2, '0')}.bin`, randomBytes(256 * 1024 + i)] as [string, Buffer]),
+])
+await mapLimit([...files], 8, ([k, v]) => client.put(k, v))
+// Keys that cannot be path components go in through the raw SDK: our client refuses to write them.
+const raw = s3Client(info)
+const badKeys = ['tree/bad//x.txt', 'tree/back\\slash.txt', `tree/${'n'.repeat(300)}.txt`]
+for (const Key of badKeys) await raw.send(new PutObjectCommand({ Bucket: BUCKET, Key, Body: 'bad' }))
+raw.destroy()
+
+const m = await mount(t, info, BUCKET)
+const at = (p: string) => path.join(m.mountpoint, p)
+
+t.test('directories and stats come from the listing', async (t) => {
+  t.same((await fs.readdir(m.mountpoint)).sort(), ['big.bin', 'many', 'other', 'tree'])
+  // `tree/bad//x.txt` makes a directory `bad` whose only child has an empty name.
+  t.same((await fs.readdir(at('tree'))).sort(), ['a.txt', 'b', 'bad', 'empty.bin'], 'keys that cannot be names are skipped')
+  t.same(await fs.readdir(at('tree/bad')), [], 'an empty path component is skipped')
+  t.same((await fs.readdir(at('tree/b/d'))).sort(), ['e.bin'])
+  const st = await fs.stat(at('tree/b/d/e.bin'))
+  t.equal(st.size, 3 * MiB + 17)
+  t.equal(st.mode & 0o7777, 0o444)
+  t.equal(st.uid, process.getuid!())
+  t.ok(Math.abs(st.mtimeMs - Date.now()) < 10 * 60_000, 'mtime is the object LastModified')
+  const dir = await fs.stat(at('tree/b'))
+  t.ok(dir.isDirectory())
+  t.equal(dir.mode & 0o7777, 0o555)
+  t.equal((await fs.stat(at('tree/empty.bin'))).size, 0)
+  t.equal((await fs.readFile(at('tree/empty.bin'))).length, 0)
+  for (const p of ['nope', 'tree/nope.txt', 'tree/b/d/e.bin/x', 'nope/deeper']) {
+    await t.rejects(fs.stat(at(p)), { code: p.endsWith('/x') ? 'ENOTDIR' : 'ENOENT' }, p)
+  }
+  const warnings = m.log().split('\n').filter((l) => l.includes('skipping key'))
+  t.equal(warnings.length, badKeys.length, 'one warning per unusable key')
+})
+
+t.test('bytes are exact: whole files, random ranges, block boundaries, EOF', async (t) => {
+  for (const [k, v] of files) {
+    if (k.startsWith('many/')) continue
+    t.equal(sha256(await fs.readFile(at(k))), sha256(v), k)
+  }
+  const big = files.get('big.bin')!
+  const fh = await fs.open(at('big.bin'))
+  try {
+    const offsets: [number, number][] = []
+    for (let i = 0; i < 200; i++) {
+      const pos = Math.floor(Math.random() * big.length)
+      offsets.push([pos, 1 + Math.floor(Math.random() * 300_000)])
+    }
+    for (let b = 1; b <= 6; b++) offsets.push([b * MiB - 5, 10], [b * MiB - 1, 2], [b * MiB, 1])
+    offsets.push([big.length - 1, 10], [big.length, 10], [big.length + 5000, 10], [0, big.length + 100])
+    for (const [pos, len] of offsets) {
+      const buf = Buffer.alloc(len)
+      const { bytesRead } = await fh.read(buf, 0, len, pos)
+      const want = big.subarray(pos, pos + len)
+      if (bytesRead !== want.length || !buf.subarray(0, bytesRead).equals(want)) {
+        t.fail(`read at ${pos} of ${len}: got ${bytesRead} bytes, wanted ${want.length}`)
+      }
+    }
+  } finally {
+    await fh.close()
+  }
+  t.pass('all ranges matched')
+})
+
+t.test('many concurrent readers', async (t) => {
+  const many = [...files].filter(([k]) => k.startsWith('many/'))
+  const same = Array.from({ length: 8 }, () => ['tree/b/d/e.bin', files.get('tree/b/d/e.bin')!] as [string, Buffer])
+  const got = await Promise.all([...many, ...same].map(async ([k, v]) => sha256(await fs.readFile(at(k))) === sha256(v)))
+  t.equal(got.filter(Boolean).length, many.length + same.length, 'every reader got exact bytes')
+})
+
+t.test('every write operation fails with EROFS', async (t) => {
+  const ops: [string, () => Promise<unknown>][] = [
+    ['create', () => fs.writeFile(at('new.txt'), 'x')],
+    ['open for writing', () => fs.open(at('tree/a.txt'), 'r+')],
+    ['append', () => fs.appendFile(at('tree/a.txt'), 'x')],
+    ['truncate', () => fs.truncate(at('tree/a.txt'), 0)],
+    ['mkdir', () => fs.mkdir(at('newdir'))],
+    ['unlink', () => fs.unlink(at('tree/a.txt'))],
+    ['rmdir', () => fs.rmdir(at('tree/b/d'))],
+    ['rename', () => fs.rename(at('tree/a.txt'), at('tree/z.txt'))],
+    ['symlink', () => fs.symlink('a.txt', at('tree/link'))],
+    ['link', () => fs.link(at('tree/a.txt'), at('tree/hard'))],
+    ['chmod', () => fs.chmod(at('tree/a.txt'), 0o777)],
+    ['chown', () => fs.chown(at('tree/a.txt'), 1, 1)],
+    ['utimes', () => fs.utimes(at('tree/a.txt'), new Date(), new Date())],
+    ['mknod via O_CREAT|O_EXCL', () => fs.open(at('tree/fifo'), constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY)],
+  ]
+  for (const [name, op] of ops) await t.rejects(op(), { code: 'EROFS' }, name)
+  t.equal((await fs.readFile(at('tree/a.txt'), 'utf8')), 'alpha\n', 'nothing changed')
+})
+
+t.test('a prefix mount shows only what is under the prefix', async (t) => {
+  const p = await mount(t, info, `${BUCKET}/tree`)
+  t.same((await fs.readdir(p.mountpoint)).sort(), ['a.txt', 'b', 'bad', 'empty.bin'])
+  t.equal(await fs.readFile(path.join(p.mountpoint, 'b/c.txt'), 'utf8'), 'charlie\n')
+  await t.rejects(fs.stat(path.join(p.mountpoint, 'other')), { code: 'ENOENT' })
+  await t.rejects(fs.stat(path.join(p.mountpoint, 'big.bin')), { code: 'ENOENT' })
+  t.equal(path.resolve(p.mountpoint, '..', 'other'), path.join(path.dirname(p.mountpoint), 'other'), '.. leaves the mount, not the prefix')
+  await p.stop()
+})
+
+t.test('metadata is cached for the TTL, and refreshed after it', async (t) => {
+  const p = await mount(t, info, BUCKET, { args: ['--metadata-ttl', '6s'] })
+  const touch = async () => {
+    await fs.readdir(path.join(p.mountpoint, 'tree'))
+    await fs.stat(path.join(p.mountpoint, 'tree/a.txt'))
+    await fs.stat(path.join(p.mountpoint, 'tree/late.txt')).catch(() => {})
+  }
+  await touch()
+  await t.rejects(fs.stat(path.join(p.mountpoint, 'tree/late.txt')), { code: 'ENOENT' })
+  await sleep(2_100) // the stats file is rewritten every 2 s
+  const before = p.stats().metadata
+  for (let i = 0; i < 20; i++) await touch()
+  await sleep(2_100)
+  const after = p.stats().metadata
+  t.equal(after.listRequests, before.listRequests, 'repeated listings and stats hit the cache')
+  t.equal(after.headRequests, before.headRequests, 'negative lookups hit the cache')
+  await client.put('tree/late.txt', 'late\n')
+  await sleep(2_500)
+  t.equal(await fs.readFile(path.join(p.mountpoint, 'tree/late.txt'), 'utf8'), 'late\n', 'a new object shows up once the TTL has passed')
+  await client.delete('tree/late.txt')
+  await p.stop()
+})
+
+t.test('an object replaced while open fails reads with EIO instead of mixing versions', async (t) => {
+  const first = randomBytes(24 * MiB)
+  await client.put('replace.bin', first)
+  const p = await mount(t, info, BUCKET)
+  const fh = await fs.open(path.join(p.mountpoint, 'replace.bin'))
+  try {
+    const head = Buffer.alloc(4096)
+    await fh.read(head, 0, head.length, 0)
+    t.ok(head.equals(first.subarray(0, 4096)), 'read before the replacement')
+    await client.put('replace.bin', randomBytes(24 * MiB))
+    const tail = Buffer.alloc(4096)
+    await t.rejects(fh.read(tail, 0, tail.length, 20 * MiB), { code: 'EIO' }, 'an uncached block of the old version cannot be read')
+  } finally {
+    await fh.close()
+  }
+  t.match(p.log(), /replaced while open/)
+  await p.stop()
+})

@@ -1,0 +1,41 @@
+// A directory of 10,000 objects: listed completely (ten pages of ListObjectsV2), and stat of
+// every entry answered from that listing, with no request per file.
+import t from 'tap'
+import { execFile } from 'node:child_process'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { O3Client, resolveConfig } from '../lib/o3/index.js'
+import { mapLimit } from '../scripts/bench/util.js'
+import { createBucket, useS3Server } from './support/s3-server.js'
+import { mount } from './support/o3mount.js'
+
+const N = 10_000
+const BUCKET = `mount-listing-${process.pid}`
+const info = await useS3Server(t)
+await createBucket(info, BUCKET)
+const client = O3Client.open(BUCKET, { maxSockets: 16, config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+t.teardown(() => client.close())
+
+const name = (i: number) => `obj-${String(i).padStart(5, '0')}.txt`
+await mapLimit(Array.from({ length: N }, (_, i) => i), 16, (i) => client.put(`flat/${name(i)}`, `${i}\n`))
+
+t.test('10,000 objects in one directory', async (t) => {
+  const m = await mount(t, info, BUCKET)
+  const dir = path.join(m.mountpoint, 'flat')
+  const names = await fs.readdir(dir)
+  t.equal(names.length, N)
+  t.same(names.sort(), Array.from({ length: N }, (_, i) => name(i)))
+  const ls = await new Promise<string>((resolve, reject) =>
+    execFile('ls', ['-lR', m.mountpoint], { maxBuffer: 1 << 26 }, (err, out) => (err ? reject(err) : resolve(out))))
+  const files = ls.split('\n').filter((l) => l.startsWith('-r--r--r--'))
+  t.equal(files.length, N, 'ls -lR shows every object')
+  t.ok(files.every((l) => / [0-9]+ [A-Z][a-z]{2} /.test(l)), 'with sizes and dates')
+  t.equal(await fs.readFile(path.join(dir, name(9_999)), 'utf8'), '9999\n')
+  await sleep(2_100) // the stats file is rewritten every 2 s
+  const s = m.stats()
+  t.ok(s.metadata.listRequests <= 3, `listed with ${s.metadata.listRequests} listings`)
+  // Only the lookup of `flat` itself, before the root was listed, needs a HEAD.
+  t.ok(s.metadata.headRequests <= 2, `no HEAD per file (${s.metadata.headRequests})`)
+  t.ok(s.o3.requests < 30, `${s.o3.requests} requests in all`)
+})

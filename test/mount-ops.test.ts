@@ -1,0 +1,150 @@
+// Start-up checks (each with its own exit status and a one-line message), the ways a mount
+// ends, and recovery from a mount whose process was killed.
+import t, { type Test } from 'tap'
+import { execFile } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import fs from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { O3Client, resolveConfig } from '../lib/o3/index.js'
+import { ExitCode } from '../fs-driver/exit-codes.js'
+import { createBucket, useS3Server } from './support/s3-server.js'
+import { isMounted, mount, mountEnv, runCli, tempMountpoint } from './support/o3mount.js'
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const BUCKET = `mount-ops-${process.pid}`
+const info = await useS3Server(t)
+await createBucket(info, BUCKET)
+const client = O3Client.open(BUCKET, { config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+t.teardown(() => client.close())
+await client.put('hello.txt', 'hello\n')
+
+/** The CLI failed with `code` and said so in one line that names the problem. */
+function failedWith(t: Test, r: { code: number | null; stderr: string }, code: number, pattern: RegExp): void {
+  t.equal(r.code, code, `exit status ${code}`)
+  const lines = r.stderr.trim().split('\n')
+  t.equal(lines.length, 1, `one line: ${r.stderr.trim()}`)
+  t.match(lines[0], pattern)
+}
+
+async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(100)) if (cond()) return true
+  return cond()
+}
+
+t.test('start-up checks on the mountpoint and options', async (t) => {
+  const base = mkdtempSync(path.join(tmpdir(), 'o3mount-checks-'))
+  t.teardown(() => rmSync(base, { recursive: true, force: true }))
+  failedWith(t, await runCli(info, [path.join(base, 'missing'), BUCKET]), ExitCode.mountpointMissing, /does not exist.*mkdir/)
+  writeFileSync(path.join(base, 'file'), 'x')
+  failedWith(t, await runCli(info, [path.join(base, 'file'), BUCKET]), ExitCode.mountpointNotDirectory, /not a directory/)
+  mkdirSync(path.join(base, 'full'))
+  writeFileSync(path.join(base, 'full', 'x'), 'x')
+  failedWith(t, await runCli(info, [path.join(base, 'full'), BUCKET]), ExitCode.mountpointNotEmpty, /not empty/)
+  mkdirSync(path.join(base, 'empty'))
+  failedWith(t, await runCli(info, [path.join(base, 'empty'), BUCKET, '--block-size', '3M']), ExitCode.badOption, /--block-size/)
+  failedWith(t, await runCli(info, [path.join(base, 'empty'), BUCKET, '--metadata-ttl', 'soon']), ExitCode.badOption, /--metadata-ttl/)
+  failedWith(t, await runCli(info, [path.join(base, 'empty')]), ExitCode.badOption, /usage/)
+  t.notOk(isMounted(path.join(base, 'empty')))
+})
+
+t.test('start-up checks on the server', async (t) => {
+  const mp = tempMountpoint(t)
+  failedWith(t, await runCli(info, [mp, 'no-such-bucket-o3m']), 66, /bucket no-such-bucket-o3m does not exist/)
+  failedWith(t, await runCli(info, [mp, BUCKET], { O3_SECRET_ACCESS_KEY: 'wrong' }), 77, /rejected the credentials/)
+  // A port that was just free: nothing listens there.
+  const t0 = Date.now()
+  failedWith(t, await runCli(info, [mp, BUCKET], { O3_ENDPOINT: 'http://127.0.0.1:9' }), 69, /cannot reach http:\/\/127\.0\.0\.1:9/)
+  t.ok(Date.now() - t0 < 30_000, 'an unreachable endpoint fails within seconds')
+  t.notOk(isMounted(mp))
+})
+
+t.test('no /dev/fuse, no libfuse', async (t) => {
+  const mp = tempMountpoint(t)
+  const dummy = path.join(mp, '..', `o3mount-dummy-${process.pid}`)
+  writeFileSync(dummy, '')
+  t.teardown(() => rmSync(dummy, { force: true }))
+  const cli = `${process.execPath} --import tsx fs-driver/cli.ts ${mp} ${BUCKET}`
+  // A private mount namespace hides the real device or library from this one command only.
+  const hide = (target: string) =>
+    new Promise<{ code: number | null; stderr: string }>((resolve) =>
+      execFile('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount --bind ${dummy} ${target} && exec ${cli}`], { cwd: ROOT, env: mountEnv(info) }, (err, _out, stderr) =>
+        resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stderr })),
+    )
+  failedWith(t, await hide('/dev/fuse'), ExitCode.noFuse, /\/dev\/fuse/)
+  failedWith(t, await hide('/lib/x86_64-linux-gnu/libfuse.so.2'), ExitCode.noFuse, /libfuse/)
+})
+
+t.test('already mounted; SIGTERM unmounts; credentials stay out of argv', async (t) => {
+  const m = await mount(t, info, BUCKET)
+  t.notMatch(readFileSync(`/proc/${m.pid}/cmdline`, 'utf8'), info.secretAccessKey === 'testing' ? /testing/ : new RegExp(info.secretAccessKey))
+  failedWith(t, await runCli(info, [m.mountpoint, BUCKET]), ExitCode.alreadyMounted, /already mounted/)
+  t.equal(await fs.readFile(path.join(m.mountpoint, 'hello.txt'), 'utf8'), 'hello\n', 'the first mount still works')
+  m.child.kill('SIGTERM')
+  const code = await new Promise<number | null>((r) => m.child.once('exit', (c) => r(c)))
+  t.equal(code, 0, 'exits 0')
+  t.notOk(isMounted(m.mountpoint), 'unmounted')
+})
+
+t.test('fusermount -u and o3mount --unmount both end the mount process', async (t) => {
+  for (const how of ['fusermount', 'o3mount'] as const) {
+    const m = await mount(t, info, BUCKET)
+    if (how === 'fusermount') await new Promise((r) => execFile('fusermount', ['-u', m.mountpoint], r))
+    else t.equal((await runCli(info, ['--unmount', m.mountpoint])).code, 0, '--unmount exits 0')
+    t.ok(await waitFor(() => m.child.exitCode !== null, 10_000), `${how}: the mount process exited`)
+    t.equal(m.child.exitCode, 0)
+    t.notOk(isMounted(m.mountpoint))
+    failedWith(t, await runCli(info, ['--unmount', m.mountpoint]), ExitCode.notMounted, /is not mounted/)
+  }
+})
+
+t.test('kill -9 leaves a dead mount that the next mount clears', async (t) => {
+  const mp = tempMountpoint(t)
+  const first = await mount(t, info, BUCKET, { mountpoint: mp })
+  first.child.kill('SIGKILL')
+  await new Promise((r) => first.child.once('exit', r))
+  await t.rejects(fs.stat(path.join(mp, 'hello.txt')), { code: 'ENOTCONN' }, 'the old mount is dead')
+  const second = await mount(t, info, BUCKET, { mountpoint: mp })
+  t.equal(await fs.readFile(path.join(mp, 'hello.txt'), 'utf8'), 'hello\n', 'a fresh mount on the same path works')
+  t.match(second.log(), /clearing a stale mount/)
+  await second.stop()
+  await first.stop()
+})
+
+t.test('--daemon detaches and prints the PID and log path', async (t) => {
+  const mp = tempMountpoint(t)
+  const logDir = mkdtempSync(path.join(tmpdir(), 'o3mount-daemon-'))
+  const log = path.join(logDir, 'mount.log')
+  let pid = 0
+  t.teardown(async () => {
+    await new Promise((r) => execFile('fusermount', ['-u', '-z', mp], r))
+    if (pid) {
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {
+        // already gone
+      }
+    }
+    rmSync(logDir, { recursive: true, force: true })
+  })
+  const r = await runCli(info, [mp, BUCKET, '--daemon', '--log-file', log])
+  t.equal(r.code, 0, r.stderr)
+  const m = /pid (\d+); log (\S+);/.exec(r.stdout)
+  t.ok(m, r.stdout)
+  pid = Number(m![1])
+  t.equal(m![2], log)
+  t.ok(isMounted(mp))
+  t.equal(await fs.readFile(path.join(mp, 'hello.txt'), 'utf8'), 'hello\n')
+  t.match(readFileSync(log, 'utf8'), /"msg":"mounted"/)
+  t.equal((await runCli(info, ['--unmount', mp])).code, 0)
+  t.ok(await waitFor(() => {
+    try {
+      process.kill(pid, 0)
+      return false
+    } catch {
+      return true
+    }
+  }, 10_000), 'the daemon exited after the unmount')
+})

@@ -1,0 +1,153 @@
+// Runs the real o3mount CLI in its own process (a process that serves a FUSE mount must never
+// read from it synchronously) and guarantees the mount and the process are gone after the test.
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { Test } from 'tap'
+import type { S3ServerInfo } from './s3-server.js'
+import type { StatsSnapshot } from '../../fs-driver/stats.js'
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+/** The newest modification time of the sources the CLI is built from. */
+function newestSource(): number {
+  let newest = 0
+  const walk = (dir: string) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name)
+      if (e.isDirectory()) walk(p)
+      else if (e.name.endsWith('.ts')) newest = Math.max(newest, statSync(p).mtimeMs)
+    }
+  }
+  walk(path.join(ROOT, 'fs-driver'))
+  walk(path.join(ROOT, 'lib'))
+  return newest
+}
+
+/**
+ * The built CLI when dist/ is up to date (as `npm test` leaves it: the tsx loader alone adds some
+ * 20 MiB to the mount's RSS, which the memory test measures), else the sources through tsx, so
+ * that a test never runs stale code.
+ */
+const BUILT = path.join(ROOT, 'dist', 'fs-driver', 'cli.js')
+const CLI = existsSync(BUILT) && statSync(BUILT).mtimeMs >= newestSource() ? [BUILT] : ['--import', 'tsx', path.join(ROOT, 'fs-driver', 'cli.ts')]
+
+export function mountEnv(info: S3ServerInfo, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    O3_ENDPOINT: info.endpoint,
+    O3_REGION: info.region,
+    O3_ACCESS_KEY_ID: info.accessKeyId,
+    O3_SECRET_ACCESS_KEY: info.secretAccessKey,
+    O3_LOG_LEVEL: 'info',
+    ...extra,
+  }
+}
+
+export interface Mounted {
+  mountpoint: string
+  pid: number
+  statsFile: string
+  child: ChildProcess
+  /** Everything the mount wrote to stderr so far (its JSON log). */
+  log(): string
+  stats(): StatsSnapshot
+  /** Unmounts (lazily) and waits for the process to exit; safe to call twice. */
+  stop(): Promise<void>
+}
+
+const live = new Map<number, string>()
+process.on('exit', () => {
+  for (const [pid, mp] of live) {
+    try {
+      execFileSync('fusermount', ['-u', '-z', mp], { stdio: 'ignore' })
+    } catch {
+      // not mounted any more
+    }
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {
+      // already gone
+    }
+  }
+})
+
+export function tempMountpoint(t: Test): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'o3mount-mnt-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise((resolve) => child.once('exit', () => resolve()))
+}
+
+/** Mounts `location` and resolves once the kernel serves it. */
+export async function mount(t: Test, info: S3ServerInfo, location: string, opts: { mountpoint?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<Mounted> {
+  const mountpoint = opts.mountpoint ?? tempMountpoint(t)
+  const statsFile = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-stats-')), 'stats.json')
+  const child = spawn(process.execPath, [...CLI, mountpoint, location, '--stats-file', statsFile, ...(opts.args ?? [])], {
+    cwd: ROOT,
+    env: mountEnv(info, opts.env),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let output = ''
+  child.stdout!.on('data', (d: Buffer) => (output += d.toString()))
+  child.stderr!.on('data', (d: Buffer) => (output += d.toString()))
+  live.set(child.pid!, mountpoint)
+  let stopped: Promise<void> | undefined
+  const stop = (): Promise<void> => {
+    stopped ??= (async () => {
+      await new Promise<void>((resolve) => execFile('fusermount', ['-u', '-z', mountpoint], () => resolve()))
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5_000)
+      child.kill('SIGTERM')
+      await exited(child)
+      clearTimeout(timer)
+      live.delete(child.pid!)
+      rmSync(path.dirname(statsFile), { recursive: true, force: true })
+    })()
+    return stopped
+  }
+  t.teardown(stop)
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`o3mount did not mount within 60 s:\n${output}`)), 60_000)
+    const onData = () => {
+      if (output.includes('"msg":"mounted"')) {
+        clearTimeout(timer)
+        child.stderr!.off('data', onData)
+        resolve()
+      }
+    }
+    child.stderr!.on('data', onData)
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`o3mount exited with ${code} before mounting:\n${output}`))
+    })
+  })
+  return {
+    mountpoint,
+    pid: child.pid!,
+    statsFile,
+    child,
+    log: () => output,
+    stats: () => JSON.parse(readFileSync(statsFile, 'utf8')) as StatsSnapshot,
+    stop,
+  }
+}
+
+/** Runs the CLI to completion (start-up checks, --unmount, --daemon) and returns what it said. */
+export function runCli(info: S3ServerInfo, args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [...CLI, ...args], { cwd: ROOT, env: mountEnv(info, env), timeout: timeoutMs }, (err, stdout, stderr) => {
+      const code = err ? ((err as { code?: unknown }).code as number | null) : 0
+      resolve({ code: typeof code === 'number' ? code : null, stdout, stderr })
+    })
+  })
+}
+
+/** Whether anything is mounted at `mountpoint` (read from /proc, so a dead mount does not hang the check). */
+export function isMounted(mountpoint: string): boolean {
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === mountpoint)
+}
