@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import path from 'node:path'
-import { projectRoot } from './paths.js'
+import { projectRoot } from '../lib/paths.js'
 
 export type ModelName = 'mlp' | 'cnn' | 'resnet'
 

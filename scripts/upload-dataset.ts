@@ -10,7 +10,7 @@ import { readdir, stat } from 'node:fs/promises'
 import { join, relative } from 'node:path'
 import { ContentHasher } from '../lib/cid.js'
 import { O3Client, O3Error } from '../lib/o3/index.js'
-import { MultipartSink } from '../trainer/checkpoint/multipart.js'
+import { MultipartSink } from '../lib/o3/multipart.js'
 
 const PART = 16 << 20
 

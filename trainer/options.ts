@@ -57,26 +57,19 @@ export class OptionsError extends Error {
   readonly exitCode = 64
 }
 
-const positiveInt = (name: string) => (v: string): number => {
+/** A commander parser for a number flag: an integer or any finite number, > 0 or >= 0. */
+const numberArg = (name: string, { integer, positive }: { integer: boolean; positive: boolean }) => (v: string): number => {
   const n = Number(v)
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`)
+  if (!(integer ? Number.isInteger(n) : Number.isFinite(n)) || (positive ? n <= 0 : n < 0)) {
+    const what = positive ? `a positive ${integer ? 'integer' : 'number'}` : `${integer ? 'an integer' : 'a number'} >= 0`
+    throw new InvalidArgumentError(`${name} must be ${what}`)
+  }
   return n
 }
-const nonNegInt = (name: string) => (v: string): number => {
-  const n = Number(v)
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be an integer >= 0`)
-  return n
-}
-const positiveNum = (name: string) => (v: string): number => {
-  const n = Number(v)
-  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number`)
-  return n
-}
-const nonNegNum = (name: string) => (v: string): number => {
-  const n = Number(v)
-  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a number >= 0`)
-  return n
-}
+const positiveInt = (name: string) => numberArg(name, { integer: true, positive: true })
+const nonNegInt = (name: string) => numberArg(name, { integer: true, positive: false })
+const positiveNum = (name: string) => numberArg(name, { integer: false, positive: true })
+const nonNegNum = (name: string) => numberArg(name, { integer: false, positive: false })
 const every = (v: string): number | 'epoch' => (v === 'epoch' ? 'epoch' : positiveInt('--ckpt-every')(v))
 
 /** Checks a whole options object (from flags merged over a config file) and fills defaults. */

@@ -45,7 +45,7 @@ export interface TrainSummary {
 }
 
 /** Steps between checks of a stop request when nothing else bounds a training call. */
-const STEP_CHUNK = 50
+const STEP_CHUNK = 20
 
 /** Finds the idx files: `root` itself or torchvision's `root/FashionMNIST/raw` layout. */
 export function fashionMnistDir(root: string): string {

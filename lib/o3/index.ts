@@ -3,3 +3,4 @@ export { resolveConfig, DEFAULT_ENDPOINT, DEFAULT_REGION, type O3Config, type O3
 export * from './errors.js'
 export { parseLocation, checkRelativeKey, type Scope } from './scope.js'
 export { DEFAULT_RETRY, type RetryPolicy } from './retry.js'
+export { MultipartSink, type MultipartOptions } from './multipart.js'

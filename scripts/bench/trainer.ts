@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import { Trainer } from '../../addon/index.js'
-import { projectRoot } from '../../addon/paths.js'
+import { projectRoot } from '../../lib/paths.js'
 import type { BenchModule, BenchRow } from './types.js'
 
 const DATA = '/usr/share/datasets/fashion-mnist'

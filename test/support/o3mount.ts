@@ -4,12 +4,12 @@ import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_pro
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { projectRoot } from '../../lib/paths.js'
 import type { Test } from 'tap'
 import type { S3ServerInfo } from './s3-server.js'
 import type { StatsSnapshot } from '../../fs-driver/stats.js'
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+const ROOT = projectRoot()
 /** The newest modification time of the sources the CLI is built from. */
 function newestSource(): number {
   let newest = 0

@@ -5,7 +5,7 @@ import { O3IntegrityError, O3UsageError, type O3Client } from '../../lib/o3/inde
 import { loadSigner, type Signer } from '../../lib/signer.js'
 import type { Logger } from '../../lib/log.js'
 import { encodeHeader, type StateTensor } from './safetensors.js'
-import { MultipartSink } from './multipart.js'
+import { MultipartSink } from '../../lib/o3/multipart.js'
 import { encodeMeta, type CheckpointMeta } from './meta.js'
 import { CheckpointStore } from './store.js'
 import {

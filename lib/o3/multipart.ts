@@ -1,5 +1,5 @@
-import type { CompletedPart, O3Client } from '../../lib/o3/index.js'
-import { O3UsageError } from '../../lib/o3/errors.js'
+import type { CompletedPart, O3Client } from './client.js'
+import { O3UsageError } from './errors.js'
 
 export interface MultipartOptions {
   /** Bytes per part (S3 needs at least 5 MiB for every part but the last). */
