@@ -44,7 +44,7 @@ void readExactly(gzFile f, const std::string& path, uint8_t* out, size_t n, cons
 
 IdxArray readIdxFile(const std::string& path) {
   GzHandle f(gzopen(path.c_str(), "rb"));
-  if (!f) throw fileError(path, "cannot open");
+  if (!f) throw openError(path);
   gzbuffer(f.get(), 1 << 20);
 
   uint8_t magic[4];

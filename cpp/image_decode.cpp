@@ -4,8 +4,7 @@
 #include <cstdio>
 #include <csetjmp>
 #include <cstring>
-#include <fstream>
-#include <iterator>
+#include <memory>
 
 #include <jpeglib.h>
 #include <png.h>
@@ -15,11 +14,16 @@
 namespace o3 {
 namespace {
 
+// stdio rather than ifstream: libstdc++'s filebuf throws its own exception on a read error
+// (a FUSE mount that died, say), whose message would not name the file.
 std::vector<uint8_t> readWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw fileError(path, "cannot open");
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw fileError(path, "read error");
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!f) throw openError(path);
+  std::vector<uint8_t> bytes;
+  uint8_t chunk[1 << 16];
+  size_t got;
+  while ((got = std::fread(chunk, 1, sizeof chunk, f.get())) > 0) bytes.insert(bytes.end(), chunk, chunk + got);
+  if (std::ferror(f.get())) throw fileError(path, std::string("read error: ") + std::strerror(errno));
   return bytes;
 }
 

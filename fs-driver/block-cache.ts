@@ -252,8 +252,7 @@ export class BlockCache {
     let filled = 0
     this.o.counters.getRequests++
     try {
-      for await (const chunk of this.o.client.getRange(obj.key, { start, end, ifMatch: obj.etag })) {
-        const c = chunk as Buffer
+      for await (const c of this.o.client.iterateRange(obj.key, { start, end, ifMatch: obj.etag })) {
         this.gc.add(c.length)
         let off = 0
         while (off < c.length && cur < last) {

@@ -190,7 +190,8 @@ t.test('the mount killed during training: a clear error; with the mount back, it
   const { code, stderr } = await r.done
   t.equal(code, 91, 'exits with the training-failure status')
   const last = stderr.trim().split('\n').at(-1)!
-  t.match(last, /^o3train: reading the data failed \(.*\): check the mount under .*, then rerun; --resume auto continues from the last checkpoint$/)
+  t.match(last, /^o3train: reading the data failed \(.*Transport endpoint is not connected; .*: ENOTCONN\): check the mount under .*, then rerun; --resume auto continues from the last checkpoint$/)
+  t.match(last, `(${m.mountpoint}/`, 'it names the file that could not be read')
   await m.stop()
 
   const again = await mount(t, info, `${BUCKET}/images`, { mountpoint: m.mountpoint })

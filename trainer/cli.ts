@@ -4,6 +4,7 @@
  * the run) and checkpoints to O3. The first SIGINT/SIGTERM stops at a step boundary and writes a
  * final checkpoint; a second exits at once, aborting any upload in flight.
  */
+import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { CommanderError } from 'commander'
@@ -57,8 +58,8 @@ async function main(): Promise<number> {
       await mount?.close()
     },
   })
+  let dataDir = o.data
   try {
-    let dataDir = o.data
     if (o.data.startsWith('o3://')) {
       mount = await mountForRun(o.data, o, join(tmpdir(), `o3train-mount-${process.pid}.log`))
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
@@ -75,15 +76,26 @@ async function main(): Promise<number> {
     printSummary(await run)
     return 0
   } catch (err) {
-    // A mount that died under the loader surfaces as ENOTCONN or EIO on a data file.
-    if (!(err instanceof O3Error) && /ENOTCONN|EIO|Transport endpoint|Input\/output error/i.test(String((err as Error).message))) {
-      const where = mount ? `the o3mount this run started at ${mount.dir}` : `the mount under ${o.data}, if it is one`
-      throw Object.assign(new Error(`reading the data failed (${(err as Error).message.split('\n')[0]}): check ${where}, then rerun; --resume auto continues from the last checkpoint`), { exitCode: EXIT_TRAINING })
+    const broken = err instanceof O3Error ? undefined : unreadable(dataDir)
+    if (broken) {
+      const where = mount ? `the o3mount this run started at ${mount.dir}` : `the mount under ${dataDir}, if it is one`
+      throw Object.assign(new Error(`reading the data failed (${(err as Error).message.split('\n')[0]}; ${dataDir}: ${broken}): check ${where}, then rerun; --resume auto continues from the last checkpoint`), { exitCode: EXIT_TRAINING })
     }
     throw err
   } finally {
     shutdown.dispose()
     await mount?.close()
+  }
+}
+
+/** Why the data directory cannot be read any more (a mount that died answers ENOTCONN or EIO), if it cannot. */
+function unreadable(dir: string): string | undefined {
+  try {
+    readdirSync(dir)
+    return undefined
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    return code === 'ENOTCONN' || code === 'EIO' ? code : undefined
   }
 }
 

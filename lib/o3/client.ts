@@ -231,12 +231,17 @@ export class O3Client {
    * same retry policy as every other request.
    */
   getRange(key: string, options: RangeOptions = {}): Readable {
+    return Readable.from(this.iterateRange(key, options), { objectMode: false, highWaterMark: 1 << 20 })
+  }
+
+  /** The chunks of getRange() without a stream around them, for consumers in this process. */
+  iterateRange(key: string, options: RangeOptions = {}): AsyncGenerator<Buffer> {
     const Key = fullKey(this.scope, key)
     const start = options.start ?? 0
     if (options.end !== undefined && options.end < start) {
       throw new O3UsageError(`get ${this.scope.bucket}/${Key}: range end ${options.end} is before start ${start}`)
     }
-    return Readable.from(this.rangeChunks(Key, start, options), { objectMode: false, highWaterMark: 1 << 20 })
+    return this.rangeChunks(Key, start, options)
   }
 
   private async *rangeChunks(Key: string, start: number, options: RangeOptions): AsyncGenerator<Buffer> {
@@ -280,8 +285,8 @@ export class O3Client {
   /** Reads `[start, end]` (inclusive) into one buffer; shorter only where the object ends first. */
   async getBytes(key: string, start: number, end: number, options: Omit<RangeOptions, 'start' | 'end'> = {}): Promise<Buffer> {
     const chunks: Buffer[] = []
-    for await (const c of this.getRange(key, { ...options, start, end })) chunks.push(c as Buffer)
-    return Buffer.concat(chunks)
+    for await (const c of this.iterateRange(key, { ...options, start, end })) chunks.push(c)
+    return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
   }
 
   /** PUT of a whole object. Buffers are retried; a stream body is sent once. */
