@@ -4,6 +4,7 @@
  * benchmark in order (later areas compare with earlier ones' numbers), and writes the results
  * as a table between the bench markers of README.md, with the machine and the date.
  */
+import './bench/threadpool.js'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, tmpdir, totalmem, release } from 'node:os'
 import { join } from 'node:path'
