@@ -153,7 +153,7 @@ interface NativeTrainer {
   evaluate(data: DataSpec, batchSize: number): Promise<EvalResult>
   stateDict(): Promise<StateTensor[]>
   loadStateDict(state: StateTensor[]): Promise<void>
-  cancel(): void
+  stopAfterStep(): void
   destroy(): void
 }
 
@@ -275,6 +275,11 @@ export class Trainer {
    */
   loadStateDict(state: StateTensor[]): Promise<void> {
     return this.#enqueue(() => this.#live().loadStateDict(state))
+  }
+
+  /** Makes the running (or next) training call return after its current step; later calls run normally. */
+  stopAfterStep(): void {
+    this.#native?.stopAfterStep()
   }
 
   /** Frees the native trainer. A running call ends after its current step; queued calls reject. */

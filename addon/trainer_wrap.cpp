@@ -123,7 +123,7 @@ Napi::Function TrainerWrap::Define(Napi::Env env) {
                          InstanceMethod<&TrainerWrap::Evaluate>("evaluate"),
                          InstanceMethod<&TrainerWrap::StateDict>("stateDict"),
                          InstanceMethod<&TrainerWrap::LoadStateDict>("loadStateDict"),
-                         InstanceMethod<&TrainerWrap::Cancel>("cancel"),
+                         InstanceMethod<&TrainerWrap::StopAfterStep>("stopAfterStep"),
                          InstanceMethod<&TrainerWrap::Destroy>("destroy"),
                      });
 }
@@ -191,8 +191,8 @@ Napi::Value TrainerWrap::LoadStateDict(const Napi::CallbackInfo& info) {
       [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); }, info[0]);
 }
 
-Napi::Value TrainerWrap::Cancel(const Napi::CallbackInfo& info) {
-  if (trainer_) trainer_->cancel();
+Napi::Value TrainerWrap::StopAfterStep(const Napi::CallbackInfo& info) {
+  if (trainer_) trainer_->stopAfterStep();
   return info.Env().Undefined();
 }
 

@@ -28,7 +28,7 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
   Napi::Value Evaluate(const Napi::CallbackInfo& info);
   Napi::Value StateDict(const Napi::CallbackInfo& info);
   Napi::Value LoadStateDict(const Napi::CallbackInfo& info);
-  Napi::Value Cancel(const Napi::CallbackInfo& info);
+  Napi::Value StopAfterStep(const Napi::CallbackInfo& info);
   Napi::Value Destroy(const Napi::CallbackInfo& info);
 
   // Workers hold their own reference, so destroying the wrapper mid-operation is safe.

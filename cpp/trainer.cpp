@@ -94,7 +94,7 @@ TrainResult runTraining(Trainer::Impl& m, int64_t maxSteps, bool untilEpochEnd, 
   // Summed on the device: reading each step's loss would make a CUDA step wait for the GPU.
   torch::Tensor lossSum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(m.device));
   TrainResult r{0, 0, 0, 0};
-  while ((untilEpochEnd || r.steps < maxSteps) && !m.cancelled) {
+  while ((untilEpochEnd || r.steps < maxSteps) && !m.cancelled && !m.stopRequested) {
     const Batch batch = m.loader->next();
     const BatchTensors t = toDevice(batch, shape, m.device);
     m.optimizer->zero_grad();
@@ -108,6 +108,7 @@ TrainResult runTraining(Trainer::Impl& m, int64_t maxSteps, bool untilEpochEnd, 
     if (onProgress) onProgress({r.steps, r.samples, loss.item<double>(), batch.next, m.loader->epochSize()});
     if (untilEpochEnd && batch.next.epoch != batch.start.epoch) break;
   }
+  m.stopRequested = false;
   r.loss = r.samples ? lossSum.item<double>() / double(r.samples) : 0;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return r;
@@ -181,6 +182,7 @@ Position Trainer::position() const {
 }
 
 void Trainer::cancel() { impl_->cancelled = true; }
+void Trainer::stopAfterStep() { impl_->stopRequested = true; }
 
 TrainResult Trainer::trainSteps(int64_t steps, const ProgressFn& onProgress) {
   if (steps < 0) throw Error("steps must be >= 0");

@@ -103,6 +103,8 @@ class Trainer {
 
   // Makes a running train call, and any later one, return after at most one more step.
   void cancel();
+  // Makes the running (or next) train call return after its current step; later calls run normally.
+  void stopAfterStep();
 
   struct Impl;
 

@@ -23,6 +23,7 @@ struct Trainer::Impl {
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<BatchLoader> loader;
   std::atomic<bool> cancelled{false};
+  std::atomic<bool> stopRequested{false};  // cleared when the train call it stopped returns
 
   mutable std::mutex positionMutex;  // position is read from other threads while training
   Position position;

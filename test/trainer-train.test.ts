@@ -70,3 +70,28 @@ t.test('close() during training ends the call early and later calls reject', asy
   await t.rejects(queued, /trainer is closed/)
   t.throws(() => trainer.position, /trainer is closed/)
 })
+
+t.test('stopAfterStep ends the running call after its current step; the next call runs normally', async (t) => {
+  const trainer = await Trainer.create({
+    model: 'mlp',
+    seed: 1,
+    optimizer: { type: 'sgd', lr: 0.01 },
+    data: { kind: 'mnist', root: FASHION_MNIST, split: 'train' },
+    batchSize: 64,
+  })
+  t.teardown(() => trainer.close())
+  let requestedAt = -1
+  const stopped = await trainer.trainEpoch({
+    onProgress: (p) => {
+      if (p.step === 3) {
+        requestedAt = p.step
+        trainer.stopAfterStep()
+      }
+    },
+  })
+  // Progress is delivered asynchronously, so the native loop may finish a step or two more first.
+  t.ok(stopped.steps >= requestedAt && stopped.steps <= requestedAt + 3, `stopped after ${stopped.steps} of ${Math.ceil(60000 / 64)} steps`)
+  t.same(trainer.position, { epoch: 0, index: stopped.steps * 64 }, 'the position is where it stopped')
+  const next = await trainer.trainSteps(5)
+  t.equal(next.steps, 5, 'the next call is not stopped')
+})

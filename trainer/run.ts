@@ -44,7 +44,7 @@ export interface TrainSummary {
   stopped: boolean
 }
 
-/** Steps between checks of a stop request when nothing else bounds a training call. */
+/** The longest training call, so that progress and checkpoint timing stay fine-grained. */
 const STEP_CHUNK = 20
 
 /** Finds the idx files: `root` itself or torchvision's `root/FashionMNIST/raw` layout. */
@@ -125,6 +125,8 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
       }
     }
 
+    // A stop request ends the training call in flight after its current step.
+    hooks.stop?.addEventListener('abort', () => trainer.stopAfterStep(), { once: true })
     const batchesPerEpoch = Math.ceil(trainer.dataset.epochSize / o.batch)
     let steps = 0
     let samples = 0
