@@ -1,5 +1,6 @@
 import { fork, type ChildProcess } from 'node:child_process'
 import { openSync, closeSync, readFileSync } from 'node:fs'
+import { constants } from 'node:os'
 import { cliCommand } from '../lib/paths.js'
 import { ExitCode, MountError } from './exit-codes.js'
 import type { MountedInfo } from './mount.js'
@@ -31,7 +32,9 @@ export async function launchMount(args: string[], options: { logFile: string; de
     env: { ...(options.env ?? process.env), [LAUNCHED_AS]: options.detached ? 'daemon' : 'tied' },
   })
   closeSync(logFd)
-  const exited = new Promise<number>((resolve) => child.once('exit', (code, sig) => resolve(code ?? (sig ? 128 : ExitCode.internal))))
+  const exited = new Promise<number>((resolve) =>
+    child.once('exit', (code, sig) => resolve(code ?? (sig ? 128 + (constants.signals[sig] ?? 0) : ExitCode.internal))),
+  )
   const outcome = await new Promise<MountedInfo | MountError>((resolve) => {
     child.once('message', (m: { ready?: MountedInfo; error?: string; exitCode?: number }) =>
       resolve(m.ready ?? new MountError(m.error ?? 'failed to mount', m.exitCode ?? ExitCode.internal)),

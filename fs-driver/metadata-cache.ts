@@ -90,7 +90,12 @@ export class MetadataCache {
     // probe, and take whichever answers first, so that its siblings' lookups cost nothing.
     const fromListing = this.readdir(parent).then((entries) => entries.get(name) ?? null)
     fromListing.catch(() => {})
-    return (await Promise.any([flight, fromListing])) ?? undefined
+    try {
+      return (await Promise.any([flight, fromListing])) ?? undefined
+    } catch (err) {
+      // Both failed: report the probe's own error (an O3AuthError, say), not Promise.any's wrapper.
+      throw err instanceof AggregateError ? err.errors[0] : err
+    }
   }
 
   private async probe(path: string): Promise<Entry | null> {

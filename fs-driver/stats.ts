@@ -80,7 +80,10 @@ export class StatsReporter {
 
   snapshot(): StatsSnapshot {
     const c = this.src.counters
-    const hits = c.memHits + c.diskHits
+    // Demand block reads served without fetching for them: disk-tier reads by prefetch are not
+    // demand reads, so the disk tier's hits would overcount.
+    const demand = c.memHits + c.memMisses
+    const demandFetches = c.blocksFetched - c.blocksPrefetched
     return {
       time: new Date().toISOString(),
       pid: process.pid,
@@ -89,7 +92,7 @@ export class StatsReporter {
       uptimeSec: Math.round((Date.now() - this.started) / 1000),
       cache: {
         memHits: c.memHits, memMisses: c.memMisses, diskHits: c.diskHits, diskMisses: c.diskMisses, diskCorrupt: c.diskCorrupt,
-        diskWrites: c.diskWrites, diskBytes: this.src.diskBytes(), hitRatio: c.memHits + c.memMisses === 0 ? 0 : hits / (c.memHits + c.memMisses),
+        diskWrites: c.diskWrites, diskBytes: this.src.diskBytes(), hitRatio: demand === 0 ? 0 : Math.max(0, 1 - demandFetches / demand),
       },
       fetch: { bytesFetched: c.bytesFetched, blocksFetched: c.blocksFetched, blocksPrefetched: c.blocksPrefetched, prefetchWasted: c.prefetchWasted, getRequests: c.getRequests },
       o3: { ...this.src.o3() },

@@ -38,7 +38,7 @@ async function uploadFile(client: O3Client, path: string, key: string) {
       for await (const c of createReadStream(path, { highWaterMark: 4 << 20 })) await sink.write(c as Buffer)
       await sink.finish()
     } catch (err) {
-      await sink.abort(err)
+      await sink.abort(err).catch(() => {})
       throw err
     }
   }

@@ -3,10 +3,8 @@
  * `o3ckpt`: inspect and fetch a run's checkpoints in O3. Every byte it hands over has been checked
  * against the recorded sha256 and CID; secrets come only from the environment (O3_*, AKAVE_*).
  */
-import { createWriteStream } from 'node:fs'
-import { rename, rm } from 'node:fs/promises'
+import { open, rename, rm } from 'node:fs/promises'
 import path from 'node:path'
-import { once } from 'node:events'
 import { Command, CommanderError } from 'commander'
 import { O3Client, O3Error, O3UsageError, type O3Flags } from '../lib/o3/index.js'
 import { CheckpointStore, type ManifestEntry } from './checkpoint/index.js'
@@ -59,16 +57,17 @@ async function get(store: CheckpointStore, ref: string, opts: { output?: string 
   const out = path.resolve(opts.output ?? `${entry.name}.safetensors`)
   // Written beside the target and renamed only once verified, so `out` is never half or wrong.
   const tmp = `${out}.${process.pid}.partial`
-  const file = createWriteStream(tmp, { flags: 'wx' })
+  // Opened before the download so that a failure to create it (a leftover .partial, no
+  // permission) is an ordinary rejection with a one-line message.
+  const file = await open(tmp, 'wx')
   try {
     await store.download(entry, async (chunk) => {
-      if (!file.write(chunk)) await once(file, 'drain')
+      await file.write(chunk)
     })
-    file.end()
-    await once(file, 'close')
+    await file.close()
     await rename(tmp, out)
   } catch (err) {
-    file.destroy()
+    await file.close().catch(() => {})
     await rm(tmp, { force: true })
     throw err
   }

@@ -4,7 +4,7 @@
  * the run) and checkpoints to O3. The first SIGINT/SIGTERM stops at a step boundary and writes a
  * final checkpoint; a second exits at once, aborting any upload in flight.
  */
-import { readdirSync } from 'node:fs'
+import { readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { CommanderError } from 'commander'
@@ -40,13 +40,11 @@ async function main(): Promise<number> {
   const log = createLogger('o3train')
   const signer = loadSigner()
   if (signer) log.info({ signer: signer.address }, 'checkpoint records will be signed')
-  const stop = new AbortController()
   let mount: RunMount | undefined
   let training: Promise<unknown> | undefined
   const shutdown = installShutdown({
     onRequest: (sig) => {
       log.warn({ signal: sig }, 'stopping at the next step boundary and writing a final checkpoint; send it again to exit at once')
-      stop.abort()
     },
     onForce: async (sig) => {
       log.warn({ signal: sig }, 'exiting now; aborting the upload in flight')
@@ -59,21 +57,25 @@ async function main(): Promise<number> {
     },
   })
   let dataDir = o.data
+  // Kept when the run fails, for the mount's side of the story; removed after a clean run.
+  const mountLog = join(tmpdir(), `o3train-mount-${process.pid}.log`)
+  let succeeded = false
   try {
     if (o.data.startsWith('o3://')) {
-      mount = await mountForRun(o.data, o, join(tmpdir(), `o3train-mount-${process.pid}.log`))
+      mount = await mountForRun(o.data, o, mountLog)
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
     }
     const run = train(o, dataDir, {
       logger: log,
       progress: true,
-      stop: stop.signal,
+      stop: shutdown.signal,
       kill: kill.signal,
       onStart: (s) => log.info({ device: s.device, dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
     })
     training = run
     printSummary(await run)
+    succeeded = true
     return 0
   } catch (err) {
     const broken = err instanceof O3Error ? undefined : unreadable(dataDir)
@@ -85,6 +87,7 @@ async function main(): Promise<number> {
   } finally {
     shutdown.dispose()
     await mount?.close()
+    if (mount && succeeded) rmSync(mountLog, { force: true })
   }
 }
 

@@ -1,8 +1,8 @@
-import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { launchMount } from '../fs-driver/launch.js'
+import { fusermountUnmount } from '../fs-driver/preflight.js'
 import type { TrainOptions } from './options.js'
 
 export interface RunMount {
@@ -15,7 +15,7 @@ export interface RunMount {
 /** Mounts `o3://bucket/prefix` for one run; the mount goes away with the run, even if the run is killed. */
 export async function mountForRun(location: string, o: Pick<TrainOptions, 'endpoint' | 'region' | 'credentialsFile' | 'profile'>, logFile: string): Promise<RunMount> {
   const dir = mkdtempSync(join(tmpdir(), 'o3train-data-'))
-  const args = [dir, location.replace(/^o3:\/\//, ''), '--metadata-ttl', 'indefinite']
+  const args = [dir, location, '--metadata-ttl', 'indefinite']
   for (const [flag, v] of [['--endpoint', o.endpoint], ['--region', o.region], ['--credentials-file', o.credentialsFile], ['--profile', o.profile]] as const) {
     if (v) args.push(flag, v)
   }
@@ -40,12 +40,9 @@ export async function mountForRun(location: string, o: Pick<TrainOptions, 'endpo
         await exited
         clearTimeout(timer)
       }
-      // A mount that was killed leaves the mountpoint disconnected (ENOTCONN) until it is lazily unmounted.
-      try {
-        execFileSync('fusermount', ['-u', '-z', dir], { stdio: 'ignore' })
-      } catch {
-        // Not mounted any more: the normal case after a clean stop.
-      }
+      // A mount that was killed leaves the mountpoint disconnected (ENOTCONN) until it is lazily
+      // unmounted; after a clean stop there is nothing to unmount.
+      await fusermountUnmount(dir).catch(() => {})
       rmdirSync(dir)
     },
   }

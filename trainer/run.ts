@@ -63,7 +63,7 @@ function dataSpecs(o: TrainOptions, dataDir: string): { train: DataSpec; test?: 
 
 /** `o3://bucket/prefix/run` -> an O3 client scoped to it. */
 function openRunClient(o: TrainOptions, logger: Logger): O3Client {
-  return O3Client.open(o.ckpt!.replace(/^o3:\/\//, ''), { endpoint: o.endpoint, region: o.region, credentialsFile: o.credentialsFile, profile: o.profile, logger })
+  return O3Client.open(o.ckpt!, { endpoint: o.endpoint, region: o.region, credentialsFile: o.credentialsFile, profile: o.profile, logger })
 }
 
 async function restore(o: TrainOptions, writer: CheckpointWriter): Promise<LoadedCheckpoint | undefined> {
@@ -94,9 +94,10 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     batchSize: o.batch,
   })
   let client: O3Client | undefined
+  let writer: CheckpointWriter | undefined
   try {
     client = o.ckpt ? openRunClient(o, log) : undefined
-    const writer = client ? await CheckpointWriter.open(client, { keepLast: o.keepLast, keepEvery: o.keepEvery || undefined, logger: log }) : undefined
+    writer = client ? await CheckpointWriter.open(client, { keepLast: o.keepLast, keepEvery: o.keepEvery || undefined, logger: log }) : undefined
     const loaded = writer ? await restore(o, writer) : undefined
     let step = 0
     if (loaded) {
@@ -186,6 +187,9 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     }
   } finally {
     trainer.close()
+    // Training failed with a checkpoint still uploading: let it commit (or abort cleanly) before
+    // the client closes under it, unless the caller asked to give up at once.
+    if (writer && !hooks.kill?.aborted) await writer.flush().catch((err: Error) => log.error({ err: err.message }, 'the checkpoint in flight failed'))
     client?.close()
   }
 }

@@ -289,7 +289,7 @@ export class O3Client {
     return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
   }
 
-  /** PUT of a whole object. Buffers are retried; a stream body is sent once. */
+  /** PUT of a whole object held in memory, retried under the client's policy. */
   async put(key: string, body: Buffer | Uint8Array | string, options: PutOptions = {}): Promise<{ etag: string }> {
     const Key = fullKey(this.scope, key)
     const Body = typeof body === 'string' ? Buffer.from(body) : body

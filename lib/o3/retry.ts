@@ -94,7 +94,8 @@ export function toO3Error(err: unknown, what: string, endpoint: string): O3Error
   if (code === 'PreconditionFailed' || status === 412) {
     return new O3IntegrityError(`${what}: the object changed while it was being read (ETag no longer matches)`, { cause: err })
   }
-  const sysCode = errorCode((err as Raw)?.cause) ?? code
+  const cause = (err as Raw)?.cause
+  const sysCode = cause ? errorCode(cause) : code
   if (UNREACHABLE_CODES.has(code) || UNREACHABLE_CODES.has(sysCode)) {
     return new O3UnreachableError(`${what}: cannot reach ${endpoint} (${code}); check O3_ENDPOINT and the network`, { cause: err })
   }

@@ -67,11 +67,6 @@ export function encodeHeader(tensors: readonly Pick<StateTensor, 'name' | 'dtype
   return out
 }
 
-/** Length of the whole file that `encodeHeader` starts, without building it. */
-export function encodedSize(header: Buffer, tensors: readonly { data: Buffer }[]): number {
-  return tensors.reduce((n, t) => n + t.data.length, header.length)
-}
-
 /** Reads the header length from the first 8 bytes and checks it against the file size. */
 export function headerLength(first8: Buffer, fileSize: number | undefined, what: string): number {
   if (first8.length < 8) throw new O3IntegrityError(`${what}: ${first8.length} bytes is too short for a safetensors file`)
