@@ -5,8 +5,8 @@ import path from 'node:path'
 import t from 'tap'
 import { signerFromHex } from '../lib/signer.js'
 import { CheckpointWriter, dataKey } from '../trainer/checkpoint/index.js'
-import { createBucket, useS3Server } from './support/s3-server.js'
-import { credentialsEnv, openClient, syntheticState, tempDir } from './fixtures/ckpt.js'
+import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
+import { openClient, syntheticState, tempDir } from './fixtures/ckpt.js'
 
 const MiB = 1 << 20
 const info = await useS3Server(t)
@@ -17,7 +17,7 @@ const run = `o3://${bucket}/runs/cli`
 function o3ckpt(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(process.execPath, ['--no-warnings', '--import', 'tsx', 'trainer/ckpt-cli.ts', ...args], {
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, ...credentialsEnv(info) },
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, ...serverEnv(info) },
     }, (err, stdout, stderr) => resolve({ code: err ? (err.code as number) : 0, stdout, stderr }))
   })
 }

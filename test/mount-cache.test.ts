@@ -7,10 +7,9 @@ import fs from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { O3Client, resolveConfig } from '../lib/o3/index.js'
 import type { StatsSnapshot } from '../fs-driver/stats.js'
 import { mapLimit } from '../scripts/bench/util.js'
-import { createBucket, useS3Server } from './support/s3-server.js'
+import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { mount, type Mounted } from './support/o3mount.js'
 
 const MiB = 1 << 20
@@ -18,7 +17,7 @@ const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const BUCKET = `mount-cache-${process.pid}`
 const info = await useS3Server(t)
 await createBucket(info, BUCKET)
-const client = O3Client.open(BUCKET, { config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 
 /** Polls the stats file (rewritten every 2 s) until `ok` holds. */

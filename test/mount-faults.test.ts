@@ -6,9 +6,8 @@ import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { O3Client, resolveConfig } from '../lib/o3/index.js'
 import { startFaultProxy } from './support/fault-proxy.js'
-import { createBucket, useS3Server } from './support/s3-server.js'
+import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { mount } from './support/o3mount.js'
 
 const MiB = 1 << 20
@@ -16,7 +15,7 @@ const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const BUCKET = `mount-faults-${process.pid}`
 const info = await useS3Server(t)
 await createBucket(info, BUCKET)
-const client = O3Client.open(BUCKET, { config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 
 async function viaProxy(t: Test) {

@@ -7,9 +7,8 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
-import { O3Client, resolveConfig } from '../lib/o3/index.js'
 import { mapLimit } from '../scripts/bench/util.js'
-import { createBucket, s3Client, useS3Server } from './support/s3-server.js'
+import { createBucket, s3Client, serverClient, useS3Server } from './support/s3-server.js'
 import { mount } from './support/o3mount.js'
 
 const MiB = 1 << 20
@@ -18,7 +17,7 @@ const BUCKET = `mount-fs-${process.pid}`
 
 const info = await useS3Server(t)
 await createBucket(info, BUCKET)
-const client = O3Client.open(BUCKET, { config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 
 const files = new Map<string, Buffer>([

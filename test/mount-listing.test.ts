@@ -5,16 +5,15 @@ import { execFile } from 'node:child_process'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { O3Client, resolveConfig } from '../lib/o3/index.js'
 import { mapLimit } from '../scripts/bench/util.js'
-import { createBucket, useS3Server } from './support/s3-server.js'
+import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { mount } from './support/o3mount.js'
 
 const N = 10_000
 const BUCKET = `mount-listing-${process.pid}`
 const info = await useS3Server(t)
 await createBucket(info, BUCKET)
-const client = O3Client.open(BUCKET, { maxSockets: 16, config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+const client = serverClient(info, BUCKET, { maxSockets: 16 })
 t.teardown(() => client.close())
 
 const name = (i: number) => `obj-${String(i).padStart(5, '0')}.txt`

@@ -7,16 +7,15 @@ import { mkdtempSync, readFileSync, rmSync, mkdirSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { gunzipSync } from 'node:zlib'
-import { O3Client, resolveConfig } from '../lib/o3/index.js'
 import { mapLimit } from '../scripts/bench/util.js'
 import { buildImageFolder, FASHION_MNIST } from './support/imagefolder.js'
-import { createBucket, useS3Server } from './support/s3-server.js'
+import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { mount } from './support/o3mount.js'
 
 const BUCKET = `mount-loaders-${process.pid}`
 const info = await useS3Server(t)
 await createBucket(info, BUCKET)
-const client = O3Client.open(BUCKET, { config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 const local = mkdtempSync(path.join(tmpdir(), 'o3mount-loaders-'))
 t.teardown(() => rmSync(local, { recursive: true, force: true }))

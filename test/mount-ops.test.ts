@@ -8,16 +8,15 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { O3Client, resolveConfig } from '../lib/o3/index.js'
 import { ExitCode } from '../fs-driver/exit-codes.js'
-import { createBucket, useS3Server } from './support/s3-server.js'
+import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { isMounted, mount, mountEnv, runCli, tempMountpoint } from './support/o3mount.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const BUCKET = `mount-ops-${process.pid}`
 const info = await useS3Server(t)
 await createBucket(info, BUCKET)
-const client = O3Client.open(BUCKET, { config: resolveConfig({ endpoint: info.endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }) })
+const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 await client.put('hello.txt', 'hello\n')
 

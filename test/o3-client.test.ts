@@ -3,15 +3,14 @@ import { createHash, randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import { pino } from 'pino'
 import { O3Client, resolveConfig, O3AuthError, O3NotFoundError, O3UnreachableError, O3UsageError, type O3ClientOptions } from '../lib/o3/index.js'
-import { createBucket, useS3Server, type S3ServerInfo } from './support/s3-server.js'
+import { createBucket, serverClient, useS3Server, type S3ServerInfo } from './support/s3-server.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 
 const MiB = 1 << 20
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
 function open(info: S3ServerInfo, location: string, extra: O3ClientOptions = {}, endpoint = info.endpoint, secret = info.secretAccessKey): O3Client {
-  const config = resolveConfig({ endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: secret })
-  const client = O3Client.open(location, { config, ...extra })
+  const client = serverClient({ ...info, secretAccessKey: secret }, location, { ...extra, endpoint })
   t.teardown(() => client.close())
   return client
 }

@@ -6,10 +6,10 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { readFile } from 'node:fs/promises'
-import { O3Client, resolveConfig } from '../lib/o3/index.js'
+import type { O3Client } from '../lib/o3/index.js'
 import { cliCommand } from '../lib/paths.js'
 import { CheckpointStore } from '../trainer/checkpoint/index.js'
-import { createBucket, useS3Server } from './support/s3-server.js'
+import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 import { mount, mountEnv, isMounted } from './support/o3mount.js'
 import { writeFashionSubset } from './support/fashion-subset.js'
@@ -20,8 +20,7 @@ const info = await useS3Server(t)
 await createBucket(info, BUCKET)
 
 function client(location: string, endpoint = info.endpoint): O3Client {
-  const config = resolveConfig({ endpoint, region: info.region }, { O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey })
-  const c = O3Client.open(location, { config })
+  const c = serverClient(info, location, { endpoint })
   t.teardown(() => c.close())
   return c
 }

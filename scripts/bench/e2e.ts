@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { createBucket } from '../../test/support/s3-server.js'
-import { FASHION_MNIST_DIR } from '../../test/support/fashion-subset.js'
+import { FASHION_MNIST } from '../../test/support/imagefolder.js'
 import { DEFAULTS, type TrainOptions } from '../../trainer/options.js'
 import { train } from '../../trainer/run.js'
 import { mountForRun } from '../../trainer/run-mount.js'
@@ -24,12 +24,12 @@ export const run: BenchModule = async (ctx) => {
   const upload = await import('../../lib/o3/index.js')
   const client = upload.O3Client.open('bench-e2e/fashion-mnist')
   const { readdirSync, readFileSync } = await import('node:fs')
-  for (const f of readdirSync(FASHION_MNIST_DIR)) await client.put(f, readFileSync(join(FASHION_MNIST_DIR, f)))
+  for (const f of readdirSync(FASHION_MNIST)) await client.put(f, readFileSync(join(FASHION_MNIST, f)))
   client.close()
 
   const rows: BenchRow[] = []
   ctx.log('epoch from a local copy')
-  const local = await epoch(FASHION_MNIST_DIR)
+  const local = await epoch(FASHION_MNIST)
   const mount = await mountForRun('o3://bench-e2e/fashion-mnist', {}, join(ctx.workDir, 'e2e-mount.log'))
   try {
     ctx.log('epoch from the mount, cold')

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import { O3Client } from '../../lib/o3/client.js'
-import { resolveConfig } from '../../lib/o3/config.js'
+import type { O3Client } from '../../lib/o3/client.js'
+import { serverClient, serverEnv } from '../../test/support/s3-server.js'
 import type { BenchContext } from './types.js'
 
 export const MiB = 1 << 20
@@ -8,22 +8,12 @@ export const GiB = 1 << 30
 
 /** An O3 client on the bench's server, with the credentials passed in-process rather than via env. */
 export function benchClient(ctx: BenchContext, location: string, maxSockets = 16): O3Client {
-  const config = resolveConfig({ endpoint: ctx.server.endpoint, region: ctx.server.region }, {
-    O3_ACCESS_KEY_ID: ctx.server.accessKeyId,
-    O3_SECRET_ACCESS_KEY: ctx.server.secretAccessKey,
-  })
-  return O3Client.open(location, { config, maxSockets })
+  return serverClient(ctx.server, location, { maxSockets })
 }
 
 /** The environment a child process (a mount, a peer) needs to reach the bench's server. */
 export function benchEnv(ctx: BenchContext): NodeJS.ProcessEnv {
-  return {
-    ...process.env,
-    O3_ENDPOINT: ctx.server.endpoint,
-    O3_REGION: ctx.server.region,
-    O3_ACCESS_KEY_ID: ctx.server.accessKeyId,
-    O3_SECRET_ACCESS_KEY: ctx.server.secretAccessKey,
-  }
+  return { ...process.env, ...serverEnv(ctx.server) }
 }
 
 /** Uploads `size` random bytes as one object, in 16 MiB parts, 4 at a time. */

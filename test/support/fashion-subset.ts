@@ -1,12 +1,12 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { gunzipSync, gzipSync } from 'node:zlib'
+import { FASHION_MNIST } from './imagefolder.js'
 
-export const FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
 /** idx header: magic (type, rank), then one big-endian u32 per dimension. */
 function idxSlice(file: string, count: number): Buffer {
-  const all = gunzipSync(readFileSync(join(FASHION_MNIST_DIR, file)))
+  const all = gunzipSync(readFileSync(join(FASHION_MNIST, file)))
   const rank = all[3]!
   const dims = Array.from({ length: rank }, (_, i) => all.readUInt32BE(4 + 4 * i))
   if (count > dims[0]!) throw new Error(`${file} has only ${dims[0]} items`)

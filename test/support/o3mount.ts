@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { projectRoot } from '../../lib/paths.js'
 import type { Test } from 'tap'
-import type { S3ServerInfo } from './s3-server.js'
+import { serverEnv, type S3ServerInfo } from './s3-server.js'
 import type { StatsSnapshot } from '../../fs-driver/stats.js'
 
 const ROOT = projectRoot()
@@ -36,10 +36,7 @@ const CLI = existsSync(BUILT) && statSync(BUILT).mtimeMs >= newestSource() ? [BU
 export function mountEnv(info: S3ServerInfo, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   return {
     ...process.env,
-    O3_ENDPOINT: info.endpoint,
-    O3_REGION: info.region,
-    O3_ACCESS_KEY_ID: info.accessKeyId,
-    O3_SECRET_ACCESS_KEY: info.secretAccessKey,
+    ...serverEnv(info),
     O3_LOG_LEVEL: 'info',
     ...extra,
   }

@@ -16,6 +16,7 @@ import { promisify } from 'node:util';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import type { Test } from 'tap';
 import { projectRoot } from '../../lib/paths.js';
+import { O3Client, resolveConfig, type O3ClientOptions } from '../../lib/o3/index.js';
 
 export interface S3ServerInfo {
   endpoint: string;
@@ -173,6 +174,20 @@ export async function useS3Server(t: Test): Promise<S3ServerInfo> {
   t.teardown(() => own.stop());
   const { stop: _stop, ...info } = own;
   return info;
+}
+
+/** The four settings that reach this server; what a client or a child process needs of its info. */
+export type ServerCredentials = Pick<S3ServerInfo, 'endpoint' | 'region' | 'accessKeyId' | 'secretAccessKey'>;
+
+/** The O3_* variables that point a child process (a mount, a trainer, a CLI) at this server. */
+export function serverEnv(info: ServerCredentials): Record<string, string> {
+  return { O3_ENDPOINT: info.endpoint, O3_REGION: info.region, O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey };
+}
+
+/** Our O3 client on this server, credentials passed in-process; `endpoint` overrides the server's (a fault proxy in front of it). */
+export function serverClient(info: ServerCredentials, location: string, options: O3ClientOptions = {}): O3Client {
+  const { endpoint = info.endpoint, ...rest } = options;
+  return O3Client.open(location, { ...rest, config: resolveConfig({ endpoint, region: info.region }, serverEnv(info)) });
 }
 
 export function s3Client(info: S3ServerInfo): S3Client {
