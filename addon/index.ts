@@ -8,6 +8,7 @@
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import path from 'node:path'
+import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { projectRoot } from '../lib/paths.js'
 
 export type ModelName = 'mlp' | 'cnn' | 'resnet'
@@ -141,8 +142,10 @@ export interface ImageFolderListing {
 }
 
 /** The addon could not be loaded; the message says how to fix it. */
-export class AddonLoadError extends Error {
-  override name = 'AddonLoadError'
+export class AddonLoadError extends CliError {
+  constructor(message: string) {
+    super(message, ExitCode.addon)
+  }
 }
 
 interface NativeTrainer {
@@ -208,7 +211,7 @@ export function loadAddon(): NativeAddon {
   try {
     addon = createRequire(import.meta.url)(file) as NativeAddon
   } catch (err) {
-    throw new AddonLoadError(explainLoadError(file, err), { cause: err })
+    throw new AddonLoadError(explainLoadError(file, err))
   }
   return addon
 }

@@ -5,10 +5,12 @@
  * (O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY, O3_CREDENTIALS_FILE, or the AWS chain), never from argv.
  */
 import { resolve } from 'node:path'
-import { Command, Option } from 'commander'
-import { O3Error } from '../lib/o3/errors.js'
+import { Option, type Command } from 'commander'
+import { addO3Flags } from '../lib/cli/o3-flags.js'
+import { newCommand, oneLine, runCli } from '../lib/cli/run-cli.js'
 import { createLogger } from '../lib/log.js'
-import { ExitCode, MountError } from './exit-codes.js'
+import { ExitCode } from '../lib/cli/exit-codes.js'
+import { MountError } from './mount-error.js'
 import { findMount } from './kernel-tuning.js'
 import { serveMount } from './mount.js'
 import { LAUNCHED_AS, launchMount } from './launch.js'
@@ -45,15 +47,12 @@ interface RawOptions {
 }
 
 function program(): Command {
-  return new Command('o3mount')
+  const cmd = newCommand('o3mount')
     .description('Mount an O3 bucket (or the part under a prefix) read-only with FUSE.')
     .argument('[mountpoint]', 'an empty directory')
     .argument('[location]', 'bucket[/prefix]')
     .option('--unmount <mountpoint>', 'unmount a mount made by o3mount and exit')
-    .option('--endpoint <url>', 'S3 endpoint (default: O3_ENDPOINT, else Akave O3)')
-    .option('--region <region>', 'region (default: O3_REGION, else akave-network)')
-    .option('--credentials-file <path>', 'file of O3_ACCESS_KEY_ID=/O3_SECRET_ACCESS_KEY= lines')
-    .option('--profile <name>', 'AWS shared-config profile')
+  return addO3Flags(cmd)
     .option('--file-mode <mode>', 'permission bits of files', '0444')
     .option('--dir-mode <mode>', 'permission bits of directories', '0555')
     .option('--allow-other', 'let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)')
@@ -73,7 +72,6 @@ function program(): Command {
     .option('--log-file <path>', 'log here instead of stderr (the default for --daemon)')
     .option('--daemon', 'detach once mounted; prints the PID and the log path')
     .addOption(new Option('--debug-fuse', 'libfuse debug output').hideHelp())
-    .addHelpText('after', '\nCredentials come from O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY (or O3_CREDENTIALS_FILE, or the AWS chain), never from the command line.')
 }
 
 function toMountOptions(mountpoint: string, location: string, r: RawOptions): MountOptions {
@@ -151,25 +149,10 @@ async function main(): Promise<number> {
       if (isChild) process.send?.({ ready: info })
     })
   } catch (err) {
-    if (isChild) process.send?.({ error: oneLine(err), exitCode: exitCodeOf(err) })
+    const code = (err as { exitCode?: unknown }).exitCode
+    if (isChild) process.send?.({ error: oneLine(err), exitCode: typeof code === 'number' ? code : ExitCode.internal })
     throw err
   }
 }
 
-function oneLine(err: unknown): string {
-  return (err instanceof Error ? err.message : String(err)).split('\n')[0]!
-}
-
-function exitCodeOf(err: unknown): number {
-  if (err instanceof MountError || err instanceof O3Error) return err.exitCode
-  return ExitCode.internal
-}
-
-main().then(
-  (code) => process.exit(code),
-  (err) => {
-    console.error(`o3mount: ${oneLine(err)}`)
-    if (!(err instanceof MountError || err instanceof O3Error)) console.error((err as Error).stack)
-    process.exit(exitCodeOf(err))
-  },
-)
+runCli('o3mount', main, { usageExit: ExitCode.badOption })

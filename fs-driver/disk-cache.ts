@@ -5,7 +5,8 @@ import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from '../lib/log.js'
-import { ExitCode, MountError } from './exit-codes.js'
+import { ExitCode } from '../lib/cli/exit-codes.js'
+import { MountError } from './mount-error.js'
 import type { MountCounters } from './stats.js'
 
 /**

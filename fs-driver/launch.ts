@@ -2,7 +2,8 @@ import { fork, type ChildProcess } from 'node:child_process'
 import { openSync, closeSync, readFileSync } from 'node:fs'
 import { constants } from 'node:os'
 import { cliCommand } from '../lib/paths.js'
-import { ExitCode, MountError } from './exit-codes.js'
+import { ExitCode } from '../lib/cli/exit-codes.js'
+import { MountError } from './mount-error.js'
 import type { MountedInfo } from './mount.js'
 
 /**

@@ -1,4 +1,5 @@
-import { ExitCode, MountError } from './exit-codes.js'
+import { ExitCode } from '../lib/cli/exit-codes.js'
+import { MountError } from './mount-error.js'
 
 const MiB = 1 << 20
 

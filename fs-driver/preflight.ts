@@ -5,7 +5,8 @@ import { O3Client } from '../lib/o3/client.js'
 import type { O3Config } from '../lib/o3/config.js'
 import { O3AuthError, O3Error, O3NotFoundError, O3UnreachableError } from '../lib/o3/errors.js'
 import type { Logger } from '../lib/log.js'
-import { ExitCode, MountError } from './exit-codes.js'
+import { ExitCode } from '../lib/cli/exit-codes.js'
+import { MountError } from './mount-error.js'
 import { findMount } from './kernel-tuning.js'
 
 const run = promisify(execFile)

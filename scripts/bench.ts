@@ -5,12 +5,13 @@
  * as a table between the bench markers of README.md, with the machine and the date.
  */
 import './bench/threadpool.js'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { cpus, tmpdir, totalmem, release } from 'node:os'
 import { join } from 'node:path'
 import { Command } from 'commander'
 import { startS3Server } from '../test/support/s3-server.js'
 import type { BenchContext, BenchModule, BenchRow } from './bench/types.js'
+import { writeReadmeSection } from './readme.js'
 
 const AREAS: Record<string, () => Promise<BenchModule>> = {
   o3: async () => (await import('./bench/o3-client.js')).run,
@@ -19,9 +20,6 @@ const AREAS: Record<string, () => Promise<BenchModule>> = {
   checkpoint: async () => (await import('./bench/checkpoint.js')).run,
   e2e: async () => (await import('./bench/e2e.js')).run,
 }
-
-const START = '<!-- bench:start -->'
-const END = '<!-- bench:end -->'
 
 function machine(): string {
   const cpu = cpus()[0]?.model.trim() ?? 'unknown CPU'
@@ -57,13 +55,7 @@ async function main(): Promise<void> {
   const md = `Measured by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}, ${machine()}; S3 server: OpenStack Swift s3api on loopback.\n\n${table(rows)}`
   console.log(md)
   // A partial run only prints: the README's table always comes from one complete run.
-  if (opts.readme && !opts.only) {
-    const readme = readFileSync('README.md', 'utf8')
-    const a = readme.indexOf(START)
-    const b = readme.indexOf(END)
-    if (a < 0 || b < a) throw new Error(`README.md has no ${START} ... ${END} section to fill`)
-    writeFileSync('README.md', `${readme.slice(0, a + START.length)}\n${md}\n${readme.slice(b)}`)
-  }
+  if (opts.readme && !opts.only) writeReadmeSection('bench', md)
 }
 
 main().catch((err) => {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { ExitCode } from '../fs-driver/exit-codes.js'
+import { ExitCode } from '../lib/cli/exit-codes.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { isMounted, mount, mountEnv, runCli, tempMountpoint } from './support/o3mount.js'
 

@@ -5,7 +5,8 @@
  */
 import { open, rename, rm } from 'node:fs/promises'
 import path from 'node:path'
-import { Command, CommanderError } from 'commander'
+import { addO3Flags } from '../lib/cli/o3-flags.js'
+import { newCommand, runCli } from '../lib/cli/run-cli.js'
 import { O3Client, O3Error, O3UsageError, type O3Flags } from '../lib/o3/index.js'
 import { CheckpointStore, type ManifestEntry } from './checkpoint/index.js'
 import { DTYPE_SIZE } from './checkpoint/safetensors.js'
@@ -30,7 +31,11 @@ function print(line: string): void {
 async function ls(store: CheckpointStore, flags: GlobalFlags): Promise<void> {
   const [manifest, latest] = await Promise.all([store.readManifest(), store.readLatest()])
   if (flags.json) return print(JSON.stringify({ latest: latest?.name ?? null, checkpoints: manifest.checkpoints }, null, 2))
-  if (manifest.checkpoints.length === 0) return print(`${store.location}: no checkpoints`)
+  if (manifest.checkpoints.length === 0) {
+    // A missing bucket has no manifest either: say which one it is, with its exit status.
+    await store.client.checkBucket()
+    return print(`${store.location}: no checkpoints`)
+  }
   for (const e of manifest.checkpoints) {
     const mark = e.name === latest?.name ? '*' : ' '
     print(`${mark} ${e.name}  step ${e.step}  epoch ${e.epoch}  ${mib(e.size).padStart(11)}  ${e.cid}  ${e.signer ?? 'unsigned'}  ${e.time}`)
@@ -85,16 +90,9 @@ async function show(store: CheckpointStore, ref: string): Promise<void> {
   }, null, 2))
 }
 
-async function main(argv: string[]): Promise<void> {
-  const program = new Command('o3ckpt')
-    .description('List, verify, fetch and inspect content-addressed checkpoints in Akave O3')
-    .option('--endpoint <url>', 'O3 endpoint (else O3_ENDPOINT, default https://o3-rc2.akave.xyz)')
-    .option('--region <region>', 'O3 region (else O3_REGION, default akave-network)')
-    .option('--credentials-file <file>', 'file of O3_ACCESS_KEY_ID=… / O3_SECRET_ACCESS_KEY=… lines')
-    .option('--profile <name>', 'AWS shared-config profile')
+async function main(): Promise<number> {
+  const program = addO3Flags(newCommand('o3ckpt').description('List, verify, fetch and inspect content-addressed checkpoints in Akave O3'))
     .option('--json', 'machine-readable output')
-    .exitOverride()
-    .showHelpAfterError()
   let store: CheckpointStore | undefined
   const withStore = <A extends unknown[]>(fn: (s: CheckpointStore, ...rest: A) => Promise<void>) => async (run: string, ...rest: A) => {
     store = openStore(run, program.opts<GlobalFlags>())
@@ -113,15 +111,11 @@ async function main(argv: string[]): Promise<void> {
     .description('the sidecar record, safetensors metadata and tensor table')
     .action(withStore((s, ref: string) => show(s, ref)))
   try {
-    await program.parseAsync(argv)
+    await program.parseAsync(process.argv)
   } finally {
     store?.client.close()
   }
+  return 0
 }
 
-main(process.argv).catch((err: unknown) => {
-  if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 64)
-  const message = err instanceof Error ? err.message : String(err)
-  process.stderr.write(`o3ckpt: ${message.split('\n')[0]}\n`)
-  process.exit(err instanceof O3Error ? err.exitCode : 70)
-})
+runCli('o3ckpt', main)

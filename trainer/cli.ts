@@ -7,18 +7,15 @@
 import { readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
-import { CommanderError } from 'commander'
+import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
+import { runCli } from '../lib/cli/run-cli.js'
 import { createLogger } from '../lib/log.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { O3Error } from '../lib/o3/index.js'
 import { loadSigner } from '../lib/signer.js'
-import { AddonLoadError } from '../addon/index.js'
-import { parseTrainArgs, OptionsError } from './options.js'
+import { parseTrainArgs } from './options.js'
 import { mountForRun, type RunMount } from './run-mount.js'
 import { train, type TrainSummary } from './run.js'
-
-const EXIT_ADDON = 90
-const EXIT_TRAINING = 91
 
 /** Aborted by a second signal; the forced-exit handler then owns the process's exit. */
 const kill = new AbortController()
@@ -81,8 +78,10 @@ async function main(): Promise<number> {
     const broken = err instanceof O3Error ? undefined : unreadable(dataDir)
     if (broken) {
       const where = mount ? `the o3mount this run started at ${mount.dir}` : `the mount under ${dataDir}, if it is one`
-      throw Object.assign(new Error(`reading the data failed (${(err as Error).message.split('\n')[0]}; ${dataDir}: ${broken}): check ${where}, then rerun; --resume auto continues from the last checkpoint`), { exitCode: EXIT_TRAINING })
+      throw new CliError(`reading the data failed (${(err as Error).message.split('\n')[0]}; ${dataDir}: ${broken}): check ${where}, then rerun; --resume auto continues from the last checkpoint`, ExitCode.training)
     }
+    // Whatever else stops training (a native error, a failed step) is a training failure, not a bug.
+    if (!(err instanceof O3Error || err instanceof CliError)) throw new CliError((err as Error).message ?? String(err), ExitCode.training)
     throw err
   } finally {
     shutdown.dispose()
@@ -102,22 +101,4 @@ function unreadable(dir: string): string | undefined {
   }
 }
 
-function exitCode(err: unknown): number {
-  if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 64
-  if (err instanceof OptionsError || err instanceof O3Error) return err.exitCode
-  if (err instanceof AddonLoadError) return EXIT_ADDON
-  const code = (err as { exitCode?: unknown }).exitCode
-  return typeof code === 'number' ? code : EXIT_TRAINING
-}
-
-main().then(
-  (code) => {
-    if (!kill.signal.aborted) process.exit(code)
-  },
-  (err: unknown) => {
-    if (kill.signal.aborted) return
-    const code = exitCode(err)
-    if (!(err instanceof CommanderError)) console.error(`o3train: ${(err instanceof Error ? err.message : String(err)).split('\n')[0]}`)
-    process.exit(code)
-  },
-)
+runCli('o3train', main, { exitOwnedElsewhere: () => kill.signal.aborted })

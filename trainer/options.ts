@@ -1,8 +1,12 @@
 import { readFileSync } from 'node:fs'
-import { Command, InvalidArgumentError, Option } from 'commander'
+import { InvalidArgumentError, Option } from 'commander'
+import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
+import { addO3Flags } from '../lib/cli/o3-flags.js'
+import { newCommand } from '../lib/cli/run-cli.js'
+import type { O3Flags } from '../lib/o3/index.js'
 
 /** Everything `o3train` takes; the CLI, a config file and library callers share this shape. */
-export interface TrainOptions {
+export interface TrainOptions extends O3Flags {
   /** A directory (often an o3mount mountpoint) or `o3://bucket/prefix`, which is mounted for the run. */
   data: string
   dataset: 'fashion-mnist' | 'imagefolder'
@@ -28,10 +32,6 @@ export interface TrainOptions {
   keepEvery: number
   /** Evaluate on the test split after each epoch (fashion-mnist only). */
   evaluate: boolean
-  endpoint?: string
-  region?: string
-  credentialsFile?: string
-  profile?: string
 }
 
 export const DEFAULTS: Omit<TrainOptions, 'data'> = {
@@ -53,8 +53,10 @@ export const DEFAULTS: Omit<TrainOptions, 'data'> = {
   evaluate: true,
 }
 
-export class OptionsError extends Error {
-  readonly exitCode = 64
+export class OptionsError extends CliError {
+  constructor(message: string) {
+    super(message, ExitCode.usage)
+  }
 }
 
 /** A commander parser for a number flag: an integer or any finite number, > 0 or >= 0. */
@@ -112,7 +114,7 @@ function readConfigFile(path: string): Record<string, unknown> {
 
 /** Parses argv: flags win over the config file, which wins over the defaults. */
 export function parseTrainArgs(argv: string[]): TrainOptions {
-  const cmd = new Command('o3train')
+  const cmd = newCommand('o3train')
     .description('Train a model on files (an o3mount mountpoint or any directory), checkpointing to O3')
     .option('--config <file>', 'a JSON file with any of the options below (camelCase keys); flags win')
     .option('--data <dir|o3://bucket/prefix>', 'training data: a directory, or an O3 location to mount for the run')
@@ -134,13 +136,7 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
     .option('--keep-last <n>', `keep the last N checkpoints (default ${DEFAULTS.keepLast})`, positiveInt('--keep-last'))
     .option('--keep-every <k>', 'also keep every Kth checkpoint (default 0: none)', nonNegInt('--keep-every'))
     .option('--no-evaluate', 'skip the test-set evaluation after each epoch')
-    .option('--endpoint <url>', 'O3 endpoint (else O3_ENDPOINT, AWS_ENDPOINT_URL, default)')
-    .option('--region <r>', 'O3 region (else O3_REGION, AWS_REGION, akave-network)')
-    .option('--credentials-file <file>', 'file with O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY lines (keys are never taken from argv)')
-    .option('--profile <name>', 'AWS profile for credentials')
-    .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
-  cmd.parse(argv, { from: 'user' })
+  addO3Flags(cmd).parse(argv, { from: 'user' })
   const { config, ...flags } = cmd.opts<Record<string, unknown>>()
   const fromFile = typeof config === 'string' ? readConfigFile(config) : {}
   // commander reports `evaluate: true` for an absent --no-evaluate; only an explicit flag overrides the file.

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { launchMount } from '../fs-driver/launch.js'
 import { fusermountUnmount } from '../fs-driver/preflight.js'
-import type { TrainOptions } from './options.js'
+import { o3FlagsToArgv } from '../lib/cli/o3-flags.js'
+import type { O3Flags } from '../lib/o3/index.js'
 
 export interface RunMount {
   dir: string
@@ -13,12 +14,9 @@ export interface RunMount {
 }
 
 /** Mounts `o3://bucket/prefix` for one run; the mount goes away with the run, even if the run is killed. */
-export async function mountForRun(location: string, o: Pick<TrainOptions, 'endpoint' | 'region' | 'credentialsFile' | 'profile'>, logFile: string): Promise<RunMount> {
+export async function mountForRun(location: string, o: O3Flags, logFile: string): Promise<RunMount> {
   const dir = mkdtempSync(join(tmpdir(), 'o3train-data-'))
-  const args = [dir, location, '--metadata-ttl', 'indefinite']
-  for (const [flag, v] of [['--endpoint', o.endpoint], ['--region', o.region], ['--credentials-file', o.credentialsFile], ['--profile', o.profile]] as const) {
-    if (v) args.push(flag, v)
-  }
+  const args = [dir, location, '--metadata-ttl', 'indefinite', ...o3FlagsToArgv(o)]
   let launched
   try {
     launched = await launchMount(args, { logFile, detached: false })

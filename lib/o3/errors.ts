@@ -1,9 +1,11 @@
+import { ExitCode } from '../cli/exit-codes.js'
+
 /**
  * Typed errors of the O3 client. Each message names what went wrong and what to do about it,
  * and never contains a credential. `exitCode` gives every CLI the same distinct exit status.
  */
 export class O3Error extends Error {
-  readonly exitCode: number = 70
+  readonly exitCode: number = ExitCode.internal
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options)
     this.name = new.target.name
@@ -12,35 +14,35 @@ export class O3Error extends Error {
 
 /** Bad or missing credentials. Never retried: retrying cannot make a wrong key right. */
 export class O3AuthError extends O3Error {
-  override readonly exitCode: number = 77
+  override readonly exitCode: number = ExitCode.auth
 }
 
 /** The bucket or key does not exist. */
 export class O3NotFoundError extends O3Error {
-  override readonly exitCode: number = 66
+  override readonly exitCode: number = ExitCode.notFound
 }
 
 /** A transport failure that outlasted the retry policy (resets, timeouts, 5xx, throttling). */
 export class O3StreamError extends O3Error {
-  override readonly exitCode: number = 74
+  override readonly exitCode: number = ExitCode.stream
 }
 
 /** The endpoint could not be reached at all (refused, DNS, no route) after retries. */
 export class O3UnreachableError extends O3StreamError {
-  override readonly exitCode: number = 69
+  override readonly exitCode: number = ExitCode.unreachable
 }
 
 /** The bytes read do not match what was expected (checksum, CID, size or ETag). */
 export class O3IntegrityError extends O3Error {
-  override readonly exitCode: number = 65
+  override readonly exitCode: number = ExitCode.integrity
 }
 
 /** The request is invalid as asked: a key outside the client's prefix, a range past the end. */
 export class O3UsageError extends O3Error {
-  override readonly exitCode: number = 64
+  override readonly exitCode: number = ExitCode.usage
 }
 
 /** Configuration cannot be used: malformed endpoint, unreadable key file, bad private key. */
 export class O3ConfigError extends O3Error {
-  override readonly exitCode: number = 78
+  override readonly exitCode: number = ExitCode.config
 }
