@@ -11,12 +11,11 @@ import { newCommand, oneLine, runCli } from '../lib/cli/run-cli.js'
 import { createLogger } from '../lib/log.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
-import { findMount } from './kernel-tuning.js'
+import { findMount, fusermountUnmount } from './mount-table.js'
 import { serveMount } from './mount.js'
 import { LAUNCHED_AS, launchMount } from './launch.js'
 import { checkOptions, parseCount, parseDuration, parseMode, parseSize, type MountOptions } from './options.js'
 import { defaultLogFile, defaultStatsFile } from './paths.js'
-import { fusermountUnmount } from './preflight.js'
 
 
 interface RawOptions {

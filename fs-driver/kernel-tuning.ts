@@ -1,26 +1,6 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import type { Logger } from '../lib/log.js'
-
-export interface MountInfo {
-  /** `major:minor` of the mount's anonymous device. */
-  device: string
-  fsType: string
-  source: string
-}
-
-const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
-
-/** The mount at exactly `mountpoint` in /proc/self/mountinfo (the top one, if stacked); no FUSE request is made. */
-export function findMount(mountpoint: string): MountInfo | undefined {
-  let found: MountInfo | undefined
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' ')
-    if (f.length < 10 || unescape(f[4]!) !== mountpoint) continue
-    const dash = f.indexOf('-', 6)
-    found = { device: f[2]!, fsType: f[dash + 1] ?? '', source: unescape(f[dash + 2] ?? '') }
-  }
-  return found
-}
+import { findMount } from './mount-table.js'
 
 /**
  * Raises the kernel side of the mount: its readahead (the bdi's read_ahead_kb, which libfuse can

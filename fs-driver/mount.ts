@@ -9,10 +9,11 @@ import { DiskCache } from './data-cache/disk-cache.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
 import { O3Filesystem } from './filesystem.js'
-import { findMount, tuneKernel } from './kernel-tuning.js'
+import { tuneKernel } from './kernel-tuning.js'
 import { MetadataCache } from './metadata-cache.js'
 import type { MountOptions } from './options.js'
-import { checkBucket, checkFuse, checkMountpoint, fusermountUnmount } from './preflight.js'
+import { findMount, fusermountUnmount } from './mount-table.js'
+import { checkBucket, checkFuse, checkMountpoint } from './preflight.js'
 import { MountCounters, StatsReporter } from './stats.js'
 
 /** Largest read the kernel sends to a libfuse2 filesystem. */

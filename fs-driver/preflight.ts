@@ -1,20 +1,11 @@
-import { execFile } from 'node:child_process'
 import { constants, accessSync, readdirSync, statSync } from 'node:fs'
-import { promisify } from 'node:util'
 import { O3Client } from '../lib/o3/client.js'
 import type { O3Config } from '../lib/o3/config.js'
 import { O3AuthError, O3Error, O3NotFoundError, O3UnreachableError } from '../lib/o3/errors.js'
 import type { Logger } from '../lib/log.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
-import { findMount } from './kernel-tuning.js'
-
-const run = promisify(execFile)
-
-/** Lazy unmount; also what clears a mount whose daemon died (ENOTCONN). */
-export async function fusermountUnmount(mountpoint: string, lazy = true): Promise<void> {
-  await run('fusermount', lazy ? ['-u', '-z', mountpoint] : ['-u', mountpoint])
-}
+import { findMount, fusermountUnmount, fusermountVersion } from './mount-table.js'
 
 /** /dev/fuse, fusermount and libfuse (through fuse-native's binding) must all be there. */
 export async function checkFuse(): Promise<void> {
@@ -25,7 +16,7 @@ export async function checkFuse(): Promise<void> {
     throw new MountError('/dev/fuse is missing or not accessible; load the fuse module (modprobe fuse) or run the container with --device /dev/fuse', ExitCode.noFuse)
   }
   try {
-    await run('fusermount', ['-V'])
+    await fusermountVersion()
   } catch {
     throw new MountError('fusermount is not installed; install it with apt-get install -y fuse', ExitCode.noFuse)
   }
