@@ -3,6 +3,15 @@ import type { Logger } from '../lib/log.js'
 import { findMount } from './mount-table.js'
 
 /**
+ * The connection's background request limits, named as both libfuse's mount options and the
+ * fusectl files call them. Past the congestion threshold the kernel stops queueing readahead;
+ * three quarters of max_background is the kernel's own default ratio.
+ */
+export function backgroundLimits(maxBackground: number): { max_background: number; congestion_threshold: number } {
+  return { max_background: maxBackground, congestion_threshold: Math.floor((maxBackground * 3) / 4) }
+}
+
+/**
  * Raises the kernel side of the mount: its readahead (the bdi's read_ahead_kb, which libfuse can
  * only lower) and, where the fusectl filesystem is mounted, the connection's background request
  * limit. Failure only costs speed, so it is logged, not fatal.
@@ -26,8 +35,7 @@ export function tuneKernel(mountpoint: string, o: { readAheadKb: number; maxBack
   const minor = m.device.split(':')[1]!
   const conn = `/sys/fs/fuse/connections/${minor}`
   if (existsSync(conn)) {
-    write(`${conn}/max_background`, o.maxBackground)
-    write(`${conn}/congestion_threshold`, Math.floor((o.maxBackground * 3) / 4))
+    for (const [name, value] of Object.entries(backgroundLimits(o.maxBackground))) write(`${conn}/${name}`, value)
   }
   log.info({ device: m.device, ...done }, 'kernel tuning applied')
 }

@@ -9,7 +9,7 @@ import { DiskCache } from './data-cache/disk-cache.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
 import { O3Filesystem } from './filesystem.js'
-import { tuneKernel } from './kernel-tuning.js'
+import { backgroundLimits, tuneKernel } from './kernel-tuning.js'
 import { MetadataCache } from './metadata-cache.js'
 import type { MountOptions } from './options.js'
 import { findMount, fusermountUnmount } from './mount-table.js'
@@ -87,7 +87,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       attrTimeout: kernelTtl,
       debug: o.debugFuse,
     },
-    ['ro', `max_background=${o.maxBackground}`, `congestion_threshold=${Math.floor((o.maxBackground * 3) / 4)}`, `negative_timeout=${Math.min(kernelTtl, 60)}`],
+    ['ro', ...Object.entries(backgroundLimits(o.maxBackground)).map(([name, value]) => `${name}=${value}`), `negative_timeout=${Math.min(kernelTtl, 60)}`],
   )
 
   const stats = new StatsReporter(
