@@ -6,9 +6,10 @@
  */
 import { resolve } from 'node:path'
 import { Option, type Command } from 'commander'
-import { addO3Flags } from '../lib/cli/o3-flags.js'
+import { addO3Flags, pickO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, oneLine, runCli } from '../lib/cli/run-cli.js'
 import { createLogger } from '../lib/log.js'
+import type { O3Flags } from '../lib/o3/config.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
 import { findMount, fusermountUnmount } from './mount-table.js'
@@ -18,12 +19,8 @@ import { checkOptions, parseCount, parseDuration, parseMode, parseSize, type Mou
 import { defaultLogFile, defaultStatsFile } from './paths.js'
 
 
-interface RawOptions {
+interface RawOptions extends O3Flags {
   unmount?: string
-  endpoint?: string
-  region?: string
-  credentialsFile?: string
-  profile?: string
   fileMode: string
   dirMode: string
   allowOther?: boolean
@@ -77,10 +74,7 @@ function toMountOptions(mountpoint: string, location: string, r: RawOptions): Mo
   const o: MountOptions = {
     mountpoint: resolve(mountpoint),
     location,
-    endpoint: r.endpoint,
-    region: r.region,
-    credentialsFile: r.credentialsFile,
-    profile: r.profile,
+    ...pickO3Flags(r),
     fileMode: parseMode(r.fileMode, '--file-mode'),
     dirMode: parseMode(r.dirMode, '--dir-mode'),
     allowOther: !!r.allowOther,

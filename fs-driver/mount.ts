@@ -3,6 +3,7 @@ import type { FuseOps, FuseOptions } from 'fuse-native'
 import { O3Client } from '../lib/o3/client.js'
 import { resolveConfig } from '../lib/o3/config.js'
 import type { Logger } from '../lib/log.js'
+import { pickO3Flags } from '../lib/cli/o3-flags.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { BlockCache } from './data-cache/block-cache.js'
 import { DiskCache } from './data-cache/disk-cache.js'
@@ -49,7 +50,7 @@ export interface MountedInfo {
 export async function serveMount(o: MountOptions, statsFile: string, log: Logger, onReady: (info: MountedInfo) => void): Promise<number> {
   await checkFuse()
   await checkMountpoint(o.mountpoint, log)
-  const config = resolveConfig({ endpoint: o.endpoint, region: o.region, credentialsFile: o.credentialsFile, profile: o.profile })
+  const config = resolveConfig(pickO3Flags(o))
   await checkBucket(o.location, config)
 
   const counters = new MountCounters()

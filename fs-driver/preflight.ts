@@ -4,6 +4,7 @@ import type { O3Config } from '../lib/o3/config.js'
 import { O3AuthError, O3Error, O3NotFoundError, O3UnreachableError } from '../lib/o3/errors.js'
 import type { Logger } from '../lib/log.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
+import { oneLine } from '../lib/cli/run-cli.js'
 import { MountError } from './mount-error.js'
 import { findMount, fusermountUnmount, fusermountVersion } from './mount-table.js'
 
@@ -23,7 +24,7 @@ export async function checkFuse(): Promise<void> {
   try {
     await import('fuse-native')
   } catch (err) {
-    throw new MountError(`libfuse cannot be loaded (${(err as Error).message.split('\n')[0]}); install it with apt-get install -y libfuse2`, ExitCode.noFuse)
+    throw new MountError(`libfuse cannot be loaded (${oneLine(err)}); install it with apt-get install -y libfuse2`, ExitCode.noFuse)
   }
 }
 
@@ -41,7 +42,7 @@ export async function checkMountpoint(mountpoint: string, log: Logger): Promise<
     try {
       await fusermountUnmount(mountpoint)
     } catch (err) {
-      throw new MountError(`${mountpoint} holds a dead mount that fusermount could not clear (${(err as Error).message.split('\n')[0]}); run fusermount -u -z ${mountpoint}`, ExitCode.alreadyMounted)
+      throw new MountError(`${mountpoint} holds a dead mount that fusermount could not clear (${oneLine(err)}); run fusermount -u -z ${mountpoint}`, ExitCode.alreadyMounted)
     }
   }
   let st
@@ -69,7 +70,7 @@ export async function checkBucket(location: string, config: O3Config): Promise<v
     if (err instanceof O3NotFoundError) throw new MountError(`bucket ${bucket} does not exist at ${config.endpoint}; check the name (and O3_ENDPOINT)`, err.exitCode)
     if (err instanceof O3AuthError) throw new MountError(`the server rejected the credentials for bucket ${bucket}; check O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY (from ${config.sources.credentials}) and the region`, err.exitCode)
     if (err instanceof O3UnreachableError) throw new MountError(`cannot reach ${config.endpoint} (from ${config.sources.endpoint}); check O3_ENDPOINT and the network`, err.exitCode)
-    if (err instanceof O3Error) throw new MountError(`${err.message.split('\n')[0]}`, err.exitCode)
+    if (err instanceof O3Error) throw new MountError(oneLine(err), err.exitCode)
     throw err
   } finally {
     client.close()
