@@ -8,7 +8,7 @@
 import { createReadStream } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
 import { join, relative } from 'node:path'
-import { ContentHasher } from '../lib/cid.js'
+import { ContentHasher } from '../lib/content/cid.js'
 import { O3Client, O3Error } from '../lib/o3/index.js'
 import { MultipartSink } from '../lib/o3/multipart.js'
 

@@ -1,7 +1,7 @@
-import { O3IntegrityError } from '../../lib/o3/errors.js'
+import { O3IntegrityError } from '../lib/o3/errors.js'
 // The trainer's own types, so that stateDict() output is saved and loaded as is (type-only:
 // importing them does not load the native addon).
-import type { DType, StateTensor } from '../../addon/index.js'
+import type { DType, StateTensor } from '../addon/index.js'
 
 export type { DType, StateTensor }
 

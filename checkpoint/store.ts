@@ -1,6 +1,6 @@
-import { ContentHasher, CID_BLOCK_SIZE, normalizeCid, verifyDigest, type ContentDigest } from '../../lib/cid.js'
-import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client } from '../../lib/o3/index.js'
-import { silentLogger, type Logger } from '../../lib/log.js'
+import { ContentHasher, CID_BLOCK_SIZE, normalizeCid, verifyDigest, type ContentDigest } from '../lib/content/cid.js'
+import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client } from '../lib/o3/index.js'
+import { silentLogger, type Logger } from '../lib/log.js'
 import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
 import {
   LATEST_KEY, MANIFEST_KEY, checkRecordAgainstEntry, checkSignature, dataKey, parseLatest, parseManifest, parseSidecar, sidecarKey,

@@ -1,6 +1,6 @@
-import { O3IntegrityError } from '../../lib/o3/errors.js'
-import { recoverAddress, type Signer } from '../../lib/signer.js'
-import { normalizeCid } from '../../lib/cid.js'
+import { O3IntegrityError } from '../lib/o3/errors.js'
+import { recoverAddress, type Signer } from '../lib/content/signer.js'
+import { normalizeCid } from '../lib/content/cid.js'
 
 /** Object keys inside a run's prefix. */
 export const MANIFEST_KEY = 'manifest.json'
