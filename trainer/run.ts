@@ -73,7 +73,7 @@ async function restore(o: TrainOptions, writer: CheckpointWriter): Promise<Loade
     }
     return undefined
   }
-  return o.resume === 'auto' ? writer.resume() : writer.load(o.resume)
+  return o.resume === 'auto' ? writer.store.resume() : writer.store.load(o.resume)
 }
 
 /**
