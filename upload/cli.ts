@@ -1,70 +1,143 @@
 #!/usr/bin/env node
 /**
- * Uploads a local directory tree to `o3://bucket/prefix`, each file with a `<file>.cid` sidecar
- * (the CID alone on the first line, as for checkpoints, then JSON with sha256 and size), so that
- * anyone can check the data a model was trained on with stock IPFS tools.
- * Usage: node dist/scripts/upload-dataset.js <dir> <o3://bucket/prefix> [--create-bucket]
+ * `o3upload`: puts a local directory tree into `o3://bucket/prefix`, each file with a `<file>.cid`
+ * sidecar (lib/content/sidecar.ts), so that the data a model was trained on can be checked with
+ * stock IPFS tools like its checkpoints. The first SIGINT/SIGTERM stops after the file in flight;
+ * a second aborts that file's upload at once, leaving neither parts nor a sidecar behind.
  */
 import { createReadStream } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
-import { join, relative } from 'node:path'
-import { ContentHasher } from '../lib/content/cid.js'
-import { O3Client, O3Error } from '../lib/o3/index.js'
-import { MultipartSink } from '../lib/o3/multipart.js'
+import path from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
+import { addO3Flags } from '../lib/cli/o3-flags.js'
+import { newCommand, runCli } from '../lib/cli/run-cli.js'
+import type { ContentDigest } from '../lib/content/cid.js'
+import { hashedUpload } from '../lib/content/hashed-upload.js'
+import { putSidecar } from '../lib/content/sidecar.js'
+import { createLogger } from '../lib/log.js'
+import { O3Client, O3NotFoundError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
+import { createProgress } from '../lib/progress.js'
+import { installShutdown } from '../lib/shutdown.js'
 
-const PART = 16 << 20
+interface UploadFlags extends O3Flags {
+  createBucket?: boolean
+}
 
-async function* files(dir: string): AsyncGenerator<string> {
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name)
-    if (e.isDirectory()) yield* files(p)
-    else if (e.isFile()) yield p
+interface LocalFile {
+  file: string
+  /** Its path below the directory, `/`-separated: the key below the prefix. */
+  key: string
+  size: number
+}
+
+/** Aborted by a second signal; the forced-exit handler then owns the process's exit. */
+const kill = new AbortController()
+
+/** Every regular file below `dir`, by key; local `.cid` files are left out, since each upload writes its own. */
+async function listFiles(dir: string): Promise<LocalFile[]> {
+  if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw new CliError(`${dir} is not a directory; give the local directory to upload`, ExitCode.usage)
+  const files: LocalFile[] = []
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (!e.isFile() || e.name.endsWith('.cid')) continue
+    const file = path.join(e.parentPath, e.name)
+    files.push({ file, key: path.relative(dir, file).split(path.sep).join('/'), size: (await stat(file)).size })
+  }
+  return files.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+}
+
+/** The file's bytes, each chunk counted as it goes to the upload. */
+async function* readCounted(file: string, count: (bytes: number) => void): AsyncGenerator<Buffer> {
+  for await (const chunk of createReadStream(file, { highWaterMark: 4 << 20 }) as AsyncIterable<Buffer>) {
+    count(chunk.length)
+    yield chunk
   }
 }
 
-/** Streams one file into O3 (multipart when large) while hashing it; returns its digest. */
-async function uploadFile(client: O3Client, path: string, key: string) {
-  const size = (await stat(path)).size
-  const hasher = new ContentHasher()
-  if (size <= PART) {
-    const chunks: Buffer[] = []
-    for await (const c of createReadStream(path)) chunks.push(c as Buffer)
-    const body = Buffer.concat(chunks)
-    await hasher.update(body)
-    await client.put(key, body)
-  } else {
-    const sink = await MultipartSink.open(client, key, { partSize: PART, parallel: 4, tap: (part) => hasher.update(part) })
-    try {
-      for await (const c of createReadStream(path, { highWaterMark: 4 << 20 })) await sink.write(c as Buffer)
-      await sink.finish()
-    } catch (err) {
-      await sink.abort(err).catch(() => {})
-      throw err
-    }
-  }
-  return hasher.digest()
+/** The data, then its sidecar: a file whose data did not complete never gets one. */
+async function uploadFile(client: O3Client, f: LocalFile, count: (bytes: number) => void, signal: AbortSignal): Promise<ContentDigest> {
+  const digest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, { signal })
+  await putSidecar(client, f.key, { ...digest, time: new Date().toISOString() }, signal)
+  return digest
 }
 
-async function main(): Promise<void> {
-  const [dir, location, flag] = process.argv.slice(2)
-  if (!dir || !location?.startsWith('o3://')) throw new Error('usage: upload-dataset <dir> <o3://bucket/prefix> [--create-bucket]')
-  const client = O3Client.open(location.slice('o3://'.length))
+async function openBucket(client: O3Client, create: boolean): Promise<void> {
+  if (create) return client.createBucket()
   try {
-    if (flag === '--create-bucket') await client.createBucket()
-    else await client.checkBucket()
-    for await (const path of files(dir)) {
-      const key = relative(dir, path)
-      const d = await uploadFile(client, path, key)
-      const sidecar = `${d.cid}\n${JSON.stringify({ cid: d.cid, sha256: d.sha256, size: d.size, time: new Date().toISOString() })}\n`
-      await client.put(`${key}.cid`, sidecar, { contentType: 'text/plain; charset=utf-8' })
-      console.log(`${location}/${key}  ${d.size} bytes  ${d.cid}`)
-    }
+    await client.checkBucket()
+  } catch (err) {
+    if (err instanceof O3NotFoundError) throw new O3NotFoundError(`${err.message}; pass --create-bucket to create it`)
+    throw err
+  }
+}
+
+async function main(): Promise<number> {
+  const program = addO3Flags(
+    newCommand('o3upload')
+      .description('Upload a local directory tree to Akave O3, each file with a <file>.cid sidecar: its CID on the first line, then its sha256, size and time')
+      .argument('<dir>', 'local directory to upload')
+      .argument('<location>', 'o3://bucket/prefix to upload it to')
+      .option('--create-bucket', 'create the bucket if it does not exist'),
+  )
+  await program.parseAsync(process.argv)
+  const [dir, location] = program.args as [string, string]
+  const flags = program.opts<UploadFlags>()
+  if (!/^(o3|s3):\/\//.test(location)) throw new O3UsageError(`location ${JSON.stringify(location)} must look like o3://bucket/prefix`)
+  const files = await listFiles(dir)
+  const client = O3Client.open(location, flags)
+  try {
+    await openBucket(client, flags.createBucket === true)
+    return await uploadAll(client, files, location.replace(/\/+$/, ''))
   } finally {
     client.close()
   }
 }
 
-main().catch((err: unknown) => {
-  console.error(`upload-dataset: ${(err instanceof Error ? err.message : String(err)).split('\n')[0]}`)
-  process.exit(err instanceof O3Error ? err.exitCode : 1)
-})
+/** Uploads `files` in turn with progress and the two-signal stop; results on stdout. */
+async function uploadAll(client: O3Client, files: LocalFile[], where: string): Promise<number> {
+  const log = createLogger('o3upload')
+  let inFlight: Promise<unknown> | undefined
+  const shutdown = installShutdown({
+    onRequest: (sig) => log.warn({ signal: sig }, 'stopping after the file in flight; send it again to abort that one too'),
+    onForce: async (sig) => {
+      log.warn({ signal: sig }, 'aborting the upload in flight')
+      kill.abort(new Error(`aborted by a second ${sig}`))
+      // The upload aborts its multipart upload when the signal fires; wait for that, but not forever.
+      await Promise.race([inFlight?.catch(() => undefined), delay(10_000, undefined, { ref: false })])
+    },
+  })
+  // One JSON line per file when piped; on a terminal the bar, then a summary.
+  const tty = process.stdout.isTTY === true
+  const total = files.reduce((n, f) => n + f.size, 0)
+  const progress = createProgress(`upload to ${where}`, { unit: 'bytes' })
+  let bytes = 0
+  let done = 0
+  let stored = 0
+  const report = () => progress.update({ done: bytes, total, fields: { files: `${done}/${files.length}` } })
+  const count = (n: number) => {
+    bytes += n
+    report()
+  }
+  try {
+    report()
+    for (const f of files) {
+      if (shutdown.requested) break
+      const upload = uploadFile(client, f, count, kill.signal)
+      inFlight = upload
+      const d = await upload
+      done++
+      stored += d.size
+      report()
+      if (!tty) process.stdout.write(`${JSON.stringify({ event: 'file', location: `${where}/${f.key}`, ...d })}\n`)
+    }
+  } finally {
+    progress.stop({ files: `${done}/${files.length}` })
+    shutdown.dispose()
+  }
+  const summary = { event: 'summary', location: where, files: done, bytes: stored }
+  process.stdout.write(tty ? `uploaded ${done} files (${stored} bytes) to ${where}\n` : `${JSON.stringify(summary)}\n`)
+  if (done < files.length) throw new CliError(`stopped by a signal after ${done} of ${files.length} files; run the same command again to upload them all`, ExitCode.interrupted)
+  return 0
+}
+
+runCli('o3upload', main, { exitOwnedElsewhere: () => kill.signal.aborted })
