@@ -126,24 +126,22 @@ export function checkRecordAgainstEntry(record: CheckpointRecord, entry: Manifes
   if (diffs.length > 0) throw new O3IntegrityError(`${what}: sidecar disagrees with the manifest (${diffs.join('; ')}); one of them was altered`)
 }
 
-export function parseManifest(text: string, what: string): Manifest {
-  let m: Manifest
+function parseJson(text: string, what: string, kind: string): unknown {
   try {
-    m = JSON.parse(text) as Manifest
+    return JSON.parse(text)
   } catch {
-    throw new O3IntegrityError(`${what}: manifest is not JSON`)
+    throw new O3IntegrityError(`${what}: ${kind} is not JSON`)
   }
+}
+
+export function parseManifest(text: string, what: string): Manifest {
+  const m = parseJson(text, what, 'manifest') as Manifest
   if (m?.version !== 1 || !Array.isArray(m.checkpoints)) throw new O3IntegrityError(`${what}: manifest is malformed`)
   return m
 }
 
 export function parseLatest(text: string, what: string): LatestPointer {
-  let p: LatestPointer
-  try {
-    p = JSON.parse(text) as LatestPointer
-  } catch {
-    throw new O3IntegrityError(`${what}: latest pointer is not JSON`)
-  }
+  const p = parseJson(text, what, 'latest pointer') as LatestPointer
   if (p?.version !== 1 || typeof p.name !== 'string' || typeof p.cid !== 'string') throw new O3IntegrityError(`${what}: latest pointer is malformed`)
   return p
 }
