@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
-import { CheckpointWriter, type LoadedCheckpoint } from './checkpoint/index.js'
+import { CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
 import { O3Client } from '../lib/o3/index.js'
 import { createProgress, type Progress } from '../lib/progress.js'
 import { silentLogger, type Logger } from '../lib/log.js'
@@ -73,7 +73,7 @@ async function restore(o: TrainOptions, writer: CheckpointWriter): Promise<Loade
     }
     return undefined
   }
-  return o.resume === 'auto' ? writer.resume() : writer.load(o.resume)
+  return o.resume === 'auto' ? writer.store.resume() : writer.store.load(o.resume)
 }
 
 /**
