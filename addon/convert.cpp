@@ -164,6 +164,8 @@ Napi::Object fromTrainResult(Napi::Env env, const o3::TrainResult& r) {
   o.Set("steps", double(r.steps));
   o.Set("samples", double(r.samples));
   o.Set("seconds", r.seconds);
+  o.Set("epochEnded", r.epochEnded);
+  o.Set("epoch", double(r.epoch));
   return o;
 }
 

@@ -89,12 +89,21 @@ export interface TrainCallOptions {
   onProgress?: (p: Progress) => void
 }
 
+export interface TrainStepsOptions extends TrainCallOptions {
+  /** End the call early after the last batch of the current epoch (see TrainResult.epochEnded). */
+  toEpochEnd?: boolean
+}
+
 export interface TrainResult {
   /** Mean loss over the samples of this call. */
   loss: number
   steps: number
   samples: number
   seconds: number
+  /** The call's last step trained the last batch of its epoch. */
+  epochEnded: boolean
+  /** The epoch of the call's last step (the one that ended, if epochEnded); the current one if no step ran. */
+  epoch: number
 }
 
 export interface EvalResult {
@@ -139,8 +148,8 @@ export class AddonLoadError extends CliError {
 interface NativeTrainer {
   info(): { device: DeviceInfo; model: ModelInfo; dataset: DatasetInfo }
   position(): Position
-  /** steps < 0: to the end of the current epoch. */
-  train(steps: number, onProgress?: (p: Progress) => void): Promise<TrainResult>
+  /** maxSteps < 0: no step limit (toEpochEnd must be set). */
+  train(maxSteps: number, toEpochEnd: boolean, onProgress?: (p: Progress) => void): Promise<TrainResult>
   evaluate(data: DataSpec, batchSize: number): Promise<EvalResult>
   stateDict(): Promise<StateTensor[]>
   loadStateDict(state: StateTensor[]): Promise<void>
@@ -238,13 +247,13 @@ export class Trainer {
 
   /** Trains to the end of the current epoch (all of it when at its start). */
   trainEpoch(options: TrainCallOptions = {}): Promise<TrainResult> {
-    return this.#train(-1, options)
+    return this.#train(-1, true, options)
   }
 
-  /** Trains n batches, continuing into the next epoch as needed. */
-  trainSteps(n: number, options: TrainCallOptions = {}): Promise<TrainResult> {
+  /** Trains n batches, continuing into the next epoch as needed unless `toEpochEnd`. */
+  trainSteps(n: number, { toEpochEnd = false, ...options }: TrainStepsOptions = {}): Promise<TrainResult> {
     if (!Number.isInteger(n) || n < 0) return Promise.reject(new RangeError('n must be a non-negative integer'))
-    return this.#train(n, options)
+    return this.#train(n, toEpochEnd, options)
   }
 
   /** Loss and accuracy over the whole dataset (eval mode, in order); leaves training state alone. */
@@ -290,7 +299,7 @@ export class Trainer {
     return result
   }
 
-  #train(steps: number, { onProgress }: TrainCallOptions): Promise<TrainResult> {
+  #train(maxSteps: number, toEpochEnd: boolean, { onProgress }: TrainCallOptions): Promise<TrainResult> {
     return this.#enqueue(async () => {
       let callbackError: unknown
       let failed = false
@@ -303,7 +312,7 @@ export class Trainer {
             }
           }
         : undefined
-      const result = await this.#live().train(steps, report)
+      const result = await this.#live().train(maxSteps, toEpochEnd, report)
       if (failed) throw callbackError
       return result
     })

@@ -86,15 +86,15 @@ BatchTensors toDevice(const Batch& batch, const SampleShape& shape, torch::Devic
   return {images.to(device, async).to(torch::kFloat).mul_(2.0 / 255).sub_(1.0), labels.to(device, async)};
 }
 
-TrainResult runTraining(Trainer::Impl& m, int64_t maxSteps, bool untilEpochEnd, const ProgressFn& onProgress) {
+TrainResult runTraining(Trainer::Impl& m, int64_t maxSteps, bool toEpochEnd, const ProgressFn& onProgress) {
   const auto started = std::chrono::steady_clock::now();
   const SampleShape shape = m.loader->dataset().shape();
   auto& net = *m.model.net;
   net.train();
   // Summed on the device: reading each step's loss would make a CUDA step wait for the GPU.
   torch::Tensor lossSum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(m.device));
-  TrainResult r{0, 0, 0, 0};
-  while ((untilEpochEnd || r.steps < maxSteps) && !m.cancelled && !m.stopRequested) {
+  TrainResult r{0, 0, 0, 0, false, m.loader->position().epoch};
+  while ((maxSteps < 0 || r.steps < maxSteps) && !m.cancelled && !m.stopRequested) {
     const Batch batch = m.loader->next();
     const BatchTensors t = toDevice(batch, shape, m.device);
     m.optimizer->zero_grad();
@@ -106,7 +106,9 @@ TrainResult runTraining(Trainer::Impl& m, int64_t maxSteps, bool untilEpochEnd, 
     r.samples += batch.count;
     m.syncPosition();
     if (onProgress) onProgress({r.steps, r.samples, loss.item<double>(), batch.next, m.loader->epochSize()});
-    if (untilEpochEnd && batch.next.epoch != batch.start.epoch) break;
+    r.epochEnded = batch.next.epoch != batch.start.epoch;
+    r.epoch = batch.start.epoch;
+    if (toEpochEnd && r.epochEnded) break;
   }
   m.stopRequested = false;
   r.loss = r.samples ? lossSum.item<double>() / double(r.samples) : 0;
@@ -184,13 +186,9 @@ Position Trainer::position() const {
 void Trainer::cancel() { impl_->cancelled = true; }
 void Trainer::stopAfterStep() { impl_->stopRequested = true; }
 
-TrainResult Trainer::trainSteps(int64_t steps, const ProgressFn& onProgress) {
-  if (steps < 0) throw Error("steps must be >= 0");
-  return translateTorchErrors([&] { return runTraining(*impl_, steps, false, onProgress); });
-}
-
-TrainResult Trainer::trainEpoch(const ProgressFn& onProgress) {
-  return translateTorchErrors([&] { return runTraining(*impl_, 0, true, onProgress); });
+TrainResult Trainer::train(int64_t maxSteps, bool toEpochEnd, const ProgressFn& onProgress) {
+  if (maxSteps < 0 && !toEpochEnd) throw Error("training without a step limit must stop at the epoch end");
+  return translateTorchErrors([&] { return runTraining(*impl_, maxSteps, toEpochEnd, onProgress); });
 }
 
 EvalResult Trainer::evaluate(const DataSpec& data, int64_t batchSize) {

@@ -63,6 +63,8 @@ struct TrainResult {
   int64_t steps;
   int64_t samples;
   double seconds;
+  bool epochEnded;  // the last step trained the last batch of its epoch
+  int64_t epoch;    // the epoch of the last step (the one that ended), or the current one if none ran
 };
 
 struct EvalResult {
@@ -86,11 +88,11 @@ class Trainer {
   DatasetInfo dataset() const;
   Position position() const;
 
-  // Trains `steps` batches, crossing epoch boundaries as needed; `onProgress` (may be empty) is
+  // Trains up to `maxSteps` batches (no limit when < 0), crossing epoch boundaries unless
+  // `toEpochEnd`, which ends the call after the last batch of the current epoch: the sampler
+  // knows where epochs end, so callers need not count batches. `onProgress` (may be empty) is
   // called after every step on the training thread.
-  TrainResult trainSteps(int64_t steps, const ProgressFn& onProgress);
-  // Trains up to the end of the current epoch (all of it when at its start).
-  TrainResult trainEpoch(const ProgressFn& onProgress);
+  TrainResult train(int64_t maxSteps, bool toEpochEnd, const ProgressFn& onProgress);
   // Loss and accuracy of the model (in eval mode, no gradients) over a whole dataset, in order.
   EvalResult evaluate(const DataSpec& data, int64_t batchSize);
 

@@ -134,7 +134,6 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
 
     // A stop request ends the training call in flight after its current step.
     hooks.stop?.addEventListener('abort', () => trainer.stopAfterStep(), { once: true })
-    const batchesPerEpoch = Math.ceil(trainer.dataset.epochSize / o.batch)
     let steps = 0
     let samples = 0
     let seconds = 0
@@ -149,15 +148,16 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
       const bar: Progress | undefined = hooks.progress ? createProgress(`epoch ${epoch + 1}/${o.epochs}`, { unit: 'samples' }) : undefined
       const epochStarted = Date.now()
       let epochSamples = 0
-      while (trainer.position.epoch === epoch) {
+      let epochEnded = false
+      while (!epochEnded) {
         if (hooks.stop?.aborted) {
           stopped = true
           break
         }
-        const left = batchesPerEpoch - Math.ceil(trainer.position.index / o.batch)
         const toCheckpoint = o.ckptEvery === 'epoch' || !writer ? Infinity : o.ckptEvery - (step % o.ckptEvery)
-        const n = Math.min(left, toCheckpoint, STEP_CHUNK)
-        const r = await trainer.trainSteps(n, {
+        // The trainer ends the call at the epoch's last batch; it knows where that is.
+        const r = await trainer.trainSteps(Math.min(toCheckpoint, STEP_CHUNK), {
+          toEpochEnd: true,
           onProgress: bar && ((p) => bar.update({ done: p.index === 0 ? p.total : p.index, total: p.total, fields: { loss: p.loss, 'samples/s': (epochSamples + p.samples) / ((Date.now() - epochStarted) / 1000) } })),
         })
         steps += r.steps
@@ -165,6 +165,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
         samples += r.samples
         epochSamples += r.samples
         seconds += r.seconds
+        epochEnded = r.epochEnded
         if (o.ckptEvery !== 'epoch' && step % o.ckptEvery === 0) await checkpoint(true)
       }
       if (specs.test && o.evaluate && !stopped) {
