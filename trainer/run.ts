@@ -56,7 +56,8 @@ export function fashionMnistDir(root: string): string {
 }
 
 function dataSpecs(o: TrainOptions, dataDir: string): { train: DataSpec; test?: DataSpec } {
-  if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize } }
+  if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize, channels: o.channels } }
+  if (o.dataset === 'webdataset') return { train: { kind: 'webdataset', root: dataDir, imageSize: o.imageSize, channels: o.channels, shards: o.shards } }
   const dir = fashionMnistDir(dataDir)
   return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: dir, split: 'test' } }
 }
