@@ -8,6 +8,8 @@ import path from 'node:path'
 import { gunzipSync, gzipSync } from 'node:zlib'
 import t from 'tap'
 import { Trainer, type DataSpec, type StateTensor, type TrainerOptions } from '../addon/index.js'
+import { parseTrainArgs } from '../trainer/options.js'
+import { train } from '../trainer/run.js'
 import { directorySink, writeShards } from '../upload/webdataset.js'
 import { FASHION_MNIST } from './support/imagefolder.js'
 import { mount } from './support/o3mount.js'
@@ -127,6 +129,16 @@ for s in range(2):
   t.same(await tr.evaluate(gray(dirs.PAX!, { shards: 'part-{0..1}.tar' } as Partial<DataSpec>), 8), want, 'a brace pattern names the shards')
 })
 
+t.test('o3train: --dataset webdataset, --shards and --channels reach the loader', async (t) => {
+  const args = ['--data', ours, '--dataset', 'webdataset', '--image-size', '28', '--model', 'mlp', '--device', 'cpu', '--batch', '8', '--threads', '2']
+  const o = parseTrainArgs([...args, '--shards', 'shard-{000000..000003}.tar', '--channels', '1'])
+  const s = await train(o, ours)
+  t.equal(s.samples, written.shards.slice(0, 4).reduce((n, x) => n + x.samples, 0), 'one epoch over the four shards named')
+  t.equal(s.epochsCompleted, 1)
+  t.throws(() => parseTrainArgs([...args, '--channels', '2']), /--channels must be 1 or 3/)
+  t.throws(() => parseTrainArgs(['--data', ours, '--shards', 'a.tar']), /--shards applies to --dataset webdataset only/)
+})
+
 const stateBytes = (s: StateTensor[]) => Object.fromEntries(s.map((x) => [x.name, x.data.toString('base64')]))
 
 t.test('a resumed run ends bit-identical to an uninterrupted one', async (t) => {
@@ -165,8 +177,8 @@ t.test('truncated and corrupt shards name the shard and the offset', async (t) =
   const bytes = readFileSync(one)
   const second = 512 + Math.ceil(parseInt(bytes.toString('ascii', 124, 135), 8) / 512) * 512 // the .cls member's header
   const cases: [string, Buffer, RegExp][] = [
-    ['cut-mid-member', bytes.subarray(0, 3000), /truncated tar: the file ends at offset \d+ inside a member's data|ends at offset 3000/],
-    ['cut-at-boundary', bytes.subarray(0, 2048), /ends at offset 2048 without the end-of-archive marker/],
+    ['cut-mid-member', bytes.subarray(0, 612), /truncated tar: the file ends at offset 612 inside a member's data/],
+    ['cut-at-boundary', bytes.subarray(0, second + 1024), new RegExp(`ends at offset ${second + 1024} without the end-of-archive marker`)],
     ['bad-checksum', Buffer.concat([bytes.subarray(0, second + 20), Buffer.from('Z'), bytes.subarray(second + 21)]), new RegExp(`tar header at offset ${second} is corrupt \\(checksum mismatch\\)`)],
     ['bad-label', Buffer.concat([bytes.subarray(0, second + 512), Buffer.from('x'), bytes.subarray(second + 513)]), new RegExp(`member 0+\\.cls at offset ${second}: the class index must be a non-negative integer, not 'x'`)],
   ]
