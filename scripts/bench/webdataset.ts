@@ -2,7 +2,7 @@
 // epoch of the CNN from shards on a cold mount, from the PNG files on a cold mount, and from
 // local shards. Each cold case gets a mount of its own, so neither cache has seen the data.
 import { execFileSync } from 'node:child_process'
-import { readdirSync, readFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { createBucket } from '../../test/support/s3-server.js'
@@ -10,7 +10,7 @@ import { FASHION_MNIST } from '../../test/support/imagefolder.js'
 import { DEFAULTS, type TrainOptions } from '../../trainer/options.js'
 import { train } from '../../trainer/run.js'
 import { mountForRun } from '../../trainer/run-mount.js'
-import { directorySink, writeShards } from '../../upload/webdataset.js'
+import { directorySink, listImageTree, writeShards } from '../../upload/webdataset.js'
 import type { BenchContext, BenchRow } from './types.js'
 import { benchClient, mapLimit, MiB } from './util.js'
 
@@ -30,10 +30,6 @@ for split in ('train', 't10k'):
         d = os.path.join(root, str(l)); os.makedirs(d, exist_ok=True)
         Image.frombytes('L', (28, 28), images[i * 784:(i + 1) * 784]).save(os.path.join(d, f'{split}-{i:05d}.png'))
 `, FASHION_MNIST, root])
-}
-
-function filesUnder(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? filesUnder(join(dir, e.name)) : [join(dir, e.name)]))
 }
 
 async function epochSeconds(o: Partial<TrainOptions>, dataDir: string): Promise<number> {
@@ -62,7 +58,8 @@ export async function webdatasetRows(ctx: BenchContext, area: string): Promise<B
   const client = benchClient(ctx, BUCKET)
   try {
     ctx.log('webdataset: uploading the PNG files and the shards')
-    await mapLimit(filesUnder(pngs), 16, (f) => client.put(`png/${relative(pngs, f)}`, readFileSync(f)))
+    const { files } = await listImageTree(pngs)
+    await mapLimit(files, 16, (f) => client.put(`png/${relative(pngs, f.path)}`, readFileSync(f.path)))
     for (const s of written.shards) await client.put(`shards/${s.name}`, readFileSync(join(shards, s.name)))
   } finally {
     client.close()
