@@ -135,6 +135,7 @@ t.test('o3train: --dataset webdataset, --shards and --channels reach the loader'
   const s = await train(o, ours)
   t.equal(s.samples, written.shards.slice(0, 4).reduce((n, x) => n + x.samples, 0), 'one epoch over the four shards named')
   t.equal(s.epochsCompleted, 1)
+  t.equal(parseTrainArgs([...args, '--shuffle-window', '50']).shuffleWindow, 50)
   t.throws(() => parseTrainArgs([...args, '--channels', '2']), /--channels must be 1 or 3/)
   t.throws(() => parseTrainArgs(['--data', ours, '--shards', 'a.tar']), /--shards applies to --dataset webdataset only/)
 })

@@ -26,6 +26,8 @@ export interface TrainOptions extends O3Flags {
   channels: 1 | 3
   /** webdataset: shard names under --data, brace ranges allowed; default every `*.tar`. */
   shards?: string
+  /** webdataset: consecutive samples shuffled together. */
+  shuffleWindow: number
   /** `o3://bucket/prefix/run`; no checkpoints when absent. */
   ckpt?: string
   /** A number of steps, or `epoch`. */
@@ -51,6 +53,7 @@ export const DEFAULTS: Omit<TrainOptions, 'data'> = {
   seed: 1,
   imageSize: 64,
   channels: 3,
+  shuffleWindow: 1000,
   ckptEvery: 'epoch',
   resume: 'auto',
   keepLast: 3,
@@ -96,7 +99,7 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
   oneOf('--model', o.model, ['cnn', 'mlp', 'resnet'])
   oneOf('--optimizer', o.optimizer, ['sgd', 'adam'])
   oneOf('--device', o.device, ['auto', 'cpu', 'cuda'])
-  for (const [name, v] of [['epochs', o.epochs], ['batch', o.batch], ['imageSize', o.imageSize]] as const) {
+  for (const [name, v] of [['epochs', o.epochs], ['batch', o.batch], ['imageSize', o.imageSize], ['shuffleWindow', o.shuffleWindow]] as const) {
     if (!Number.isInteger(v) || v <= 0) throw new OptionsError(`${name} must be a positive integer (got ${v})`)
   }
   if (o.channels !== 1 && o.channels !== 3) throw new OptionsError(`channels must be 1 or 3 (got ${o.channels})`)
@@ -143,6 +146,7 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
     .option('--image-size <n>', `image side for imagefolder and webdataset (default ${DEFAULTS.imageSize})`, positiveInt('--image-size'))
     .option('--channels <n>', 'image channels for imagefolder and webdataset: 3 RGB (default), 1 gray', channelsArg)
     .option('--shards <pattern>', "webdataset shards under --data, e.g. 'train-{000000..000127}.tar' (default every *.tar)")
+    .option('--shuffle-window <n>', `webdataset: consecutive samples shuffled together (default ${DEFAULTS.shuffleWindow})`, positiveInt('--shuffle-window'))
     .option('--ckpt <o3://bucket/prefix/run>', 'where checkpoints go; none when absent')
     .option('--ckpt-every <steps|epoch>', 'checkpoint every N steps, or at the end of each epoch (default epoch)', every)
     .option('--resume <auto|none|name|cid>', 'resume from latest (auto), nothing, a checkpoint name, or a CID (default auto)')

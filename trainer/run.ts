@@ -93,6 +93,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     optimizer: { type: o.optimizer, lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay },
     data: specs.train,
     batchSize: o.batch,
+    shuffleWindow: o.shuffleWindow,
   })
   let client: O3Client | undefined
   let writer: CheckpointWriter | undefined
