@@ -7,13 +7,14 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { gunzipSync, gzipSync } from 'node:zlib'
 import t from 'tap'
+import { cliCommand } from '../lib/paths.js'
 import { Trainer, type DataSpec, type StateTensor, type TrainerOptions } from '../addon/index.js'
 import { parseTrainArgs } from '../trainer/options.js'
 import { train } from '../trainer/run.js'
 import { directorySink, writeShards } from '../upload/webdataset.js'
 import { FASHION_MNIST } from './support/imagefolder.js'
 import { mount } from './support/o3mount.js'
-import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
+import { serverEnv, useS3Server } from './support/s3-server.js'
 
 const work = mkdtempSync(path.join(tmpdir(), 'o3-webdataset-'))
 t.teardown(() => rmSync(work, { recursive: true, force: true }))
@@ -204,31 +205,55 @@ t.test('truncated and corrupt shards name the shard and the offset', async (t) =
   tr.close()
 })
 
-t.test('from a real mount: training on shards in O3, and Python tarfile reads them', async (t) => {
+/** Runs the o3upload CLI as a user would. */
+function o3upload(args: string[], env: Record<string, string>): { code: number; stdout: string; stderr: string } {
+  const cli = cliCommand('upload/cli.ts')
+  try {
+    return { code: 0, stdout: execFileSync(process.execPath, [...cli.execArgv, cli.file, ...args], { env: { ...process.env, ...env }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }), stderr: '' }
+  } catch (err) {
+    const e = err as { status: number; stdout: string; stderr: string }
+    return { code: e.status, stdout: e.stdout, stderr: e.stderr }
+  }
+}
+
+t.test('o3upload --webdataset: shards to O3, trained on through a real mount, read by Python tarfile', async (t) => {
   const info = await useS3Server(t)
   const bucket = `webdataset-${process.pid}`
-  await createBucket(info, bucket)
-  const client = serverClient(info, bucket)
-  t.teardown(() => client.close())
-  for (const s of written.shards) await client.put(`shards/${s.name}`, readFileSync(path.join(ours, s.name)))
+  const env = serverEnv(info)
+  const local = path.join(work, 'cli-shards')
+  const args = ['--webdataset', '--shard-size', '16K', tree]
+  const wrote = o3upload([...args, local], env)
+  t.equal(wrote.code, 0, wrote.stderr)
+  t.match(wrote.stdout, /"event":"shards".*"samples":120/)
+  const up = o3upload([...args, `o3://${bucket}/shards`, '--create-bucket'], env)
+  t.equal(up.code, 0, up.stderr)
+  const names = readdirSync(local).sort()
+  t.ok(names.length >= 3, `${names.length} shards`)
+  const bad = o3upload(['--webdataset', '--shard-size', 'lots', tree, local], env)
+  t.equal(bad.code, 64, `a bad --shard-size is a usage error: ${bad.stderr}`)
+  const empty = o3upload(['--webdataset', work + '/idx', local], env)
+  t.equal(empty.code, 64, `a directory without class folders of images is a usage error: ${empty.stderr}`)
+
   const m = await mount(t, info, `${bucket}/shards`)
-  const local = await Trainer.create(options(gray(ours)))
-  t.teardown(() => local.close())
+  const remote = readdirSync(m.mountpoint)
+  t.same(remote.filter((n) => n.endsWith('.tar')).sort(), names, 'the same shards')
+  t.ok(names.every((n) => remote.includes(`${n}.cid`)), 'each with a .cid sidecar')
+  const fromLocal = await Trainer.create(options(gray(local)))
+  t.teardown(() => fromLocal.close())
   const mounted = await Trainer.create(options(gray(m.mountpoint)))
   t.teardown(() => mounted.close())
-  const [a, b] = [await local.trainSteps(10), await mounted.trainSteps(10)]
+  const [a, b] = [await fromLocal.trainSteps(10), await mounted.trainSteps(10)]
   t.equal(b.loss, a.loss, 'the same losses as from local shards')
-  t.same(stateBytes(await mounted.stateDict()), stateBytes(await local.stateDict()), 'and the same weights')
+  t.same(stateBytes(await mounted.stateDict()), stateBytes(await fromLocal.stateDict()), 'and the same weights')
   mounted.close()
-  const listed = execFileSync('/usr/bin/python3', ['-c', `
-import json, sys, tarfile
+  const list = (file: string) =>
+    execFileSync('/usr/bin/python3', ['-c', `
+import hashlib, json, sys, tarfile
 with tarfile.open(sys.argv[1]) as t:
-    print(json.dumps([[m.name, len(t.extractfile(m).read())] for m in t.getmembers()]))
-`, path.join(m.mountpoint, written.shards[1]!.name)], { encoding: 'utf8' })
-  const members = JSON.parse(listed) as [string, number][]
-  t.equal(members.length, 2 * written.shards[1]!.samples)
-  const firstKey = written.samples[written.shards[0]!.samples]!
-  t.same(members[0], [`${firstKey.key}.png`, readFileSync(path.join(tree, firstKey.source)).length])
-  t.same(members[1], [`${firstKey.key}.cls`, String(firstKey.label).length])
+    print(json.dumps([[m.name, hashlib.sha256(t.extractfile(m).read()).hexdigest()] for m in t.getmembers()]))
+`, file], { encoding: 'utf8' })
+  const members = JSON.parse(list(path.join(m.mountpoint, names[1]!))) as [string, string][]
+  t.ok(members.length >= 2 && members.every(([n]) => /^\d{6}\.(png|cls)$/.test(n)), `${members.length} members named <key>.png|cls`)
+  t.same(members, JSON.parse(list(path.join(local, names[1]!))), 'tarfile reads the same members through the mount')
   await m.stop()
 })

@@ -8,6 +8,7 @@
  */
 import { mkdir, open, readdir, readFile } from 'node:fs/promises'
 import { extname, join, relative } from 'node:path'
+import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 
 const BLOCK = 512
 
@@ -58,7 +59,7 @@ export async function listImageTree(root: string): Promise<{ classes: string[]; 
   for (const [label, c] of classes.entries()) {
     for (const path of (await filesUnder(join(root, c))).sort(byCodeUnit)) files.push({ path, label })
   }
-  if (files.length === 0) throw new Error(`${root}: no JPEG or PNG images in class directories`)
+  if (files.length === 0) throw new CliError(`${root}: no JPEG or PNG images in class directories; give a directory with a folder per class`, ExitCode.usage)
   return { classes, files }
 }
 
