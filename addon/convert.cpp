@@ -66,11 +66,13 @@ o3::DataSpec toDataSpec(const Napi::Value& value, const std::string& path) {
   if (kind == "mnist") {
     spec.kind = o3::DataSpec::Kind::Mnist;
     spec.split = getString(o, path, "split", "train");
-  } else if (kind == "imagefolder") {
-    spec.kind = o3::DataSpec::Kind::ImageFolder;
+  } else if (kind == "imagefolder" || kind == "webdataset") {
+    spec.kind = kind == "imagefolder" ? o3::DataSpec::Kind::ImageFolder : o3::DataSpec::Kind::WebDataset;
     spec.imageSize = int(getInteger(o, path, "imageSize", spec.imageSize, 1));
+    spec.channels = int(getInteger(o, path, "channels", spec.channels, 1));
+    if (kind == "webdataset") spec.shards = getString(o, path, "shards", "");
   } else {
-    fail(o.Env(), path + ".kind", "must be 'mnist' or 'imagefolder'");
+    fail(o.Env(), path + ".kind", "must be 'mnist', 'imagefolder' or 'webdataset'");
   }
   return spec;
 }
@@ -100,6 +102,7 @@ o3::TrainerOptions toTrainerOptions(const Napi::Object& o) {
   opts.data = toDataSpec(field(o, "data"), path + ".data");
   opts.batchSize = getInteger(o, path, "batchSize", 0, 1);
   opts.shuffle = getBool(o, path, "shuffle", true);
+  opts.shuffleWindow = getInteger(o, path, "shuffleWindow", opts.shuffleWindow, 1);
   opts.rank = getInteger(o, path, "rank", 0, 0);
   opts.worldSize = getInteger(o, path, "worldSize", 1, 1);
   opts.prefetch = int(getInteger(o, path, "prefetch", opts.prefetch, 1));

@@ -25,11 +25,23 @@ export interface MnistData {
 export interface ImageFolderData {
   kind: 'imagefolder'
   root: string
-  /** Images are decoded to RGB and resized (bilinear) to imageSize x imageSize. Default 64. */
+  /** Images are decoded and resized (bilinear) to imageSize x imageSize. Default 64. */
   imageSize?: number
+  /** 3 (default): RGB, grayscale expanded. 1: gray, the same tensor an idx file gives for the same image. */
+  channels?: 1 | 3
 }
 
-export type DataSpec = MnistData | ImageFolderData
+/**
+ * WebDataset tar shards in `root`: samples are `<key>.png|jpg|jpeg` + `<key>.cls` (the class index
+ * as text). Shards are read sequentially and kept whole per rank; see shuffleWindow.
+ */
+export interface WebDatasetData extends Omit<ImageFolderData, 'kind'> {
+  kind: 'webdataset'
+  /** Shard names under root, with brace ranges: `train-{000000..000127}.tar`. Default: every `*.tar`. */
+  shards?: string
+}
+
+export type DataSpec = MnistData | ImageFolderData | WebDatasetData
 
 export interface OptimizerOptions {
   type: 'sgd' | 'adam'
@@ -57,6 +69,11 @@ export interface TrainerOptions {
   batchSize: number
   /** Shuffle each epoch (seeded by seed and epoch). Default true. */
   shuffle?: boolean
+  /**
+   * webdataset: the epoch visits this rank's shards in a seeded order and shuffles each window of
+   * this many consecutive samples. Default 1000.
+   */
+  shuffleWindow?: number
   /** Sharding for multi-process training: this process visits every worldSize-th sample. */
   rank?: number
   worldSize?: number

@@ -74,6 +74,7 @@ class BatchLoader {
   std::shared_ptr<const Dataset> dataset_;
   LoaderOptions opts_;
   HostAllocator allocate_;
+  std::vector<int64_t> shardSizes_;  // the dataset's, when it is stored in shards
   int64_t epochSize_;
   Position consumed_, planned_;
   std::shared_ptr<const std::vector<int64_t>> order_;

@@ -160,7 +160,7 @@ Trainer::Trainer(const TrainerOptions& opts) : impl_(std::make_unique<Impl>()) {
 
     LoaderOptions lo;
     lo.batchSize = opts.batchSize;
-    lo.sampler = {opts.seed, opts.shuffle, opts.rank, opts.worldSize};
+    lo.sampler = {opts.seed, opts.shuffle, opts.rank, opts.worldSize, opts.shuffleWindow};
     lo.prefetch = opts.prefetch;
     lo.workers = opts.workers;
     m.loader = std::make_unique<BatchLoader>(std::move(dataset), lo, m.allocator());

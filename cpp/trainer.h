@@ -31,6 +31,7 @@ struct TrainerOptions {
   DataSpec data;
   int64_t batchSize = 64;
   bool shuffle = true;
+  int64_t shuffleWindow = 1000;  // sharded (webdataset) data: samples shuffled together
   int64_t rank = 0;
   int64_t worldSize = 1;
   int prefetch = 4;

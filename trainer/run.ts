@@ -57,7 +57,8 @@ export function fashionMnistDir(root: string): string {
 }
 
 function dataSpecs(o: TrainOptions, dataDir: string): { train: DataSpec; test?: DataSpec } {
-  if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize } }
+  if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize, channels: o.channels } }
+  if (o.dataset === 'webdataset') return { train: { kind: 'webdataset', root: dataDir, imageSize: o.imageSize, channels: o.channels, shards: o.shards } }
   const dir = fashionMnistDir(dataDir)
   return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: dir, split: 'test' } }
 }
@@ -93,6 +94,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     optimizer: { type: o.optimizer, lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay },
     data: specs.train,
     batchSize: o.batch,
+    shuffleWindow: o.shuffleWindow,
   })
   let client: O3Client | undefined
   let writer: CheckpointWriter | undefined
