@@ -15,7 +15,7 @@ const trainer = await Trainer.create({
   device: 'cpu',
   seed: 7,
   threads: 1,
-  optimizer: { type: 'sgd', lr: 0.05, momentum: 0.9 },
+  optimizer: { type: 'sgd', lr: 0.01 },
   data: { kind: 'mnist', root: FASHION_MNIST, split: 'train' },
   batchSize: batch,
   workers: 1,
