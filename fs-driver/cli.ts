@@ -6,25 +6,21 @@
  */
 import { resolve } from 'node:path'
 import { Option, type Command } from 'commander'
-import { addO3Flags } from '../lib/cli/o3-flags.js'
+import { addO3Flags, pickO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, oneLine, runCli } from '../lib/cli/run-cli.js'
 import { createLogger } from '../lib/log.js'
+import type { O3Flags } from '../lib/o3/config.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
-import { findMount } from './kernel-tuning.js'
+import { findMount, fusermountUnmount } from './mount-table.js'
 import { serveMount } from './mount.js'
 import { LAUNCHED_AS, launchMount } from './launch.js'
 import { checkOptions, parseCount, parseDuration, parseMode, parseSize, type MountOptions } from './options.js'
 import { defaultLogFile, defaultStatsFile } from './paths.js'
-import { fusermountUnmount } from './preflight.js'
 
 
-interface RawOptions {
+interface RawOptions extends O3Flags {
   unmount?: string
-  endpoint?: string
-  region?: string
-  credentialsFile?: string
-  profile?: string
   fileMode: string
   dirMode: string
   allowOther?: boolean
@@ -78,10 +74,7 @@ function toMountOptions(mountpoint: string, location: string, r: RawOptions): Mo
   const o: MountOptions = {
     mountpoint: resolve(mountpoint),
     location,
-    endpoint: r.endpoint,
-    region: r.region,
-    credentialsFile: r.credentialsFile,
-    profile: r.profile,
+    ...pickO3Flags(r),
     fileMode: parseMode(r.fileMode, '--file-mode'),
     dirMode: parseMode(r.dirMode, '--dir-mode'),
     allowOther: !!r.allowOther,

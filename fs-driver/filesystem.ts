@@ -2,9 +2,9 @@ import { constants } from 'node:os'
 import type { FuseOps, FuseStat, FuseStatfs } from 'fuse-native'
 import { O3AuthError, O3IntegrityError } from '../lib/o3/errors.js'
 import type { Logger } from '../lib/log.js'
-import type { BlockCache, ObjectRef } from './block-cache.js'
+import type { BlockCache, ObjectRef } from './data-cache/block-cache.js'
 import type { Entry, MetadataCache } from './metadata-cache.js'
-import { Readahead } from './prefetcher.js'
+import { Readahead } from './prefetch/readahead.js'
 import type { MountCounters } from './stats.js'
 
 export interface FilesystemOptions {

@@ -1,25 +1,14 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import type { Logger } from '../lib/log.js'
+import { findMount } from './mount-table.js'
 
-export interface MountInfo {
-  /** `major:minor` of the mount's anonymous device. */
-  device: string
-  fsType: string
-  source: string
-}
-
-const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
-
-/** The mount at exactly `mountpoint` in /proc/self/mountinfo (the top one, if stacked); no FUSE request is made. */
-export function findMount(mountpoint: string): MountInfo | undefined {
-  let found: MountInfo | undefined
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' ')
-    if (f.length < 10 || unescape(f[4]!) !== mountpoint) continue
-    const dash = f.indexOf('-', 6)
-    found = { device: f[2]!, fsType: f[dash + 1] ?? '', source: unescape(f[dash + 2] ?? '') }
-  }
-  return found
+/**
+ * The connection's background request limits, named as both libfuse's mount options and the
+ * fusectl files call them. Past the congestion threshold the kernel stops queueing readahead;
+ * three quarters of max_background is the kernel's own default ratio.
+ */
+export function backgroundLimits(maxBackground: number): { max_background: number; congestion_threshold: number } {
+  return { max_background: maxBackground, congestion_threshold: Math.floor((maxBackground * 3) / 4) }
 }
 
 /**
@@ -46,8 +35,7 @@ export function tuneKernel(mountpoint: string, o: { readAheadKb: number; maxBack
   const minor = m.device.split(':')[1]!
   const conn = `/sys/fs/fuse/connections/${minor}`
   if (existsSync(conn)) {
-    write(`${conn}/max_background`, o.maxBackground)
-    write(`${conn}/congestion_threshold`, Math.floor((o.maxBackground * 3) / 4))
+    for (const [name, value] of Object.entries(backgroundLimits(o.maxBackground))) write(`${conn}/${name}`, value)
   }
   log.info({ device: m.device, ...done }, 'kernel tuning applied')
 }

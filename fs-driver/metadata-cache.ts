@@ -29,6 +29,16 @@ export function keyOf(path: string): string {
   return path.replace(/^\/+/, '')
 }
 
+/** The request for `path` already on its way, else a new one from `start`: callers asking at once share one request. */
+function joinFlight<V>(flights: Map<string, Promise<V>>, path: string, start: () => Promise<V>): Promise<V> {
+  let flight = flights.get(path)
+  if (!flight) {
+    flight = start().finally(() => flights.delete(path))
+    flights.set(path, flight)
+  }
+  return flight
+}
+
 /**
  * What the bucket looks like as a tree, cached with a TTL: complete directory listings (from
  * list-with-delimiter) answer both readdir and the stat of each child, and single lookups (HEAD plus
@@ -81,11 +91,7 @@ export class MetadataCache {
       return probe.entry ?? undefined
     }
     this.counters.metaMisses++
-    let flight = this.probeFlights.get(path)
-    if (!flight) {
-      flight = this.probe(path).finally(() => this.probeFlights.delete(path))
-      this.probeFlights.set(path, flight)
-    }
+    const flight = joinFlight(this.probeFlights, path, () => this.probe(path))
     // A loader opens files by name without listing first: list the parent once, alongside the
     // probe, and take whichever answers first, so that its siblings' lookups cost nothing.
     const fromListing = this.readdir(parent).then((entries) => entries.get(name) ?? null)
@@ -140,12 +146,7 @@ export class MetadataCache {
       return cached.entries
     }
     this.counters.metaMisses++
-    let flight = this.listingFlights.get(path)
-    if (!flight) {
-      flight = this.list(path).finally(() => this.listingFlights.delete(path))
-      this.listingFlights.set(path, flight)
-    }
-    return flight
+    return joinFlight(this.listingFlights, path, () => this.list(path))
   }
 
   private async list(path: string): Promise<Map<string, Entry>> {

@@ -3,16 +3,18 @@ import type { FuseOps, FuseOptions } from 'fuse-native'
 import { O3Client } from '../lib/o3/client.js'
 import { resolveConfig } from '../lib/o3/config.js'
 import type { Logger } from '../lib/log.js'
+import { pickO3Flags } from '../lib/cli/o3-flags.js'
 import { installShutdown } from '../lib/shutdown.js'
-import { BlockCache } from './block-cache.js'
-import { DiskCache } from './disk-cache.js'
+import { BlockCache } from './data-cache/block-cache.js'
+import { DiskCache } from './data-cache/disk-cache.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
 import { O3Filesystem } from './filesystem.js'
-import { findMount, tuneKernel } from './kernel-tuning.js'
+import { backgroundLimits, tuneKernel } from './kernel-tuning.js'
 import { MetadataCache } from './metadata-cache.js'
 import type { MountOptions } from './options.js'
-import { checkBucket, checkFuse, checkMountpoint, fusermountUnmount } from './preflight.js'
+import { findMount, fusermountUnmount } from './mount-table.js'
+import { checkBucket, checkFuse, checkMountpoint } from './preflight.js'
 import { MountCounters, StatsReporter } from './stats.js'
 
 /** Largest read the kernel sends to a libfuse2 filesystem. */
@@ -48,7 +50,7 @@ export interface MountedInfo {
 export async function serveMount(o: MountOptions, statsFile: string, log: Logger, onReady: (info: MountedInfo) => void): Promise<number> {
   await checkFuse()
   await checkMountpoint(o.mountpoint, log)
-  const config = resolveConfig({ endpoint: o.endpoint, region: o.region, credentialsFile: o.credentialsFile, profile: o.profile })
+  const config = resolveConfig(pickO3Flags(o))
   await checkBucket(o.location, config)
 
   const counters = new MountCounters()
@@ -86,7 +88,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       attrTimeout: kernelTtl,
       debug: o.debugFuse,
     },
-    ['ro', `max_background=${o.maxBackground}`, `congestion_threshold=${Math.floor((o.maxBackground * 3) / 4)}`, `negative_timeout=${Math.min(kernelTtl, 60)}`],
+    ['ro', ...Object.entries(backgroundLimits(o.maxBackground)).map(([name, value]) => `${name}=${value}`), `negative_timeout=${Math.min(kernelTtl, 60)}`],
   )
 
   const stats = new StatsReporter(

@@ -1,17 +1,14 @@
 import { ExitCode } from '../lib/cli/exit-codes.js'
+import type { O3Flags } from '../lib/o3/config.js'
 import { MountError } from './mount-error.js'
 
 const MiB = 1 << 20
 
 /** Everything that shapes one mount, after the command line has been parsed and checked. */
-export interface MountOptions {
+export interface MountOptions extends O3Flags {
   mountpoint: string
   /** `bucket[/prefix]`. */
   location: string
-  endpoint?: string
-  region?: string
-  credentialsFile?: string
-  profile?: string
   fileMode: number
   dirMode: number
   allowOther: boolean

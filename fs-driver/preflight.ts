@@ -1,20 +1,12 @@
-import { execFile } from 'node:child_process'
 import { constants, accessSync, readdirSync, statSync } from 'node:fs'
-import { promisify } from 'node:util'
 import { O3Client } from '../lib/o3/client.js'
 import type { O3Config } from '../lib/o3/config.js'
 import { O3AuthError, O3Error, O3NotFoundError, O3UnreachableError } from '../lib/o3/errors.js'
 import type { Logger } from '../lib/log.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
+import { oneLine } from '../lib/cli/run-cli.js'
 import { MountError } from './mount-error.js'
-import { findMount } from './kernel-tuning.js'
-
-const run = promisify(execFile)
-
-/** Lazy unmount; also what clears a mount whose daemon died (ENOTCONN). */
-export async function fusermountUnmount(mountpoint: string, lazy = true): Promise<void> {
-  await run('fusermount', lazy ? ['-u', '-z', mountpoint] : ['-u', mountpoint])
-}
+import { findMount, fusermountUnmount, fusermountVersion } from './mount-table.js'
 
 /** /dev/fuse, fusermount and libfuse (through fuse-native's binding) must all be there. */
 export async function checkFuse(): Promise<void> {
@@ -25,14 +17,14 @@ export async function checkFuse(): Promise<void> {
     throw new MountError('/dev/fuse is missing or not accessible; load the fuse module (modprobe fuse) or run the container with --device /dev/fuse', ExitCode.noFuse)
   }
   try {
-    await run('fusermount', ['-V'])
+    await fusermountVersion()
   } catch {
     throw new MountError('fusermount is not installed; install it with apt-get install -y fuse', ExitCode.noFuse)
   }
   try {
     await import('fuse-native')
   } catch (err) {
-    throw new MountError(`libfuse cannot be loaded (${(err as Error).message.split('\n')[0]}); install it with apt-get install -y libfuse2`, ExitCode.noFuse)
+    throw new MountError(`libfuse cannot be loaded (${oneLine(err)}); install it with apt-get install -y libfuse2`, ExitCode.noFuse)
   }
 }
 
@@ -50,7 +42,7 @@ export async function checkMountpoint(mountpoint: string, log: Logger): Promise<
     try {
       await fusermountUnmount(mountpoint)
     } catch (err) {
-      throw new MountError(`${mountpoint} holds a dead mount that fusermount could not clear (${(err as Error).message.split('\n')[0]}); run fusermount -u -z ${mountpoint}`, ExitCode.alreadyMounted)
+      throw new MountError(`${mountpoint} holds a dead mount that fusermount could not clear (${oneLine(err)}); run fusermount -u -z ${mountpoint}`, ExitCode.alreadyMounted)
     }
   }
   let st
@@ -78,7 +70,7 @@ export async function checkBucket(location: string, config: O3Config): Promise<v
     if (err instanceof O3NotFoundError) throw new MountError(`bucket ${bucket} does not exist at ${config.endpoint}; check the name (and O3_ENDPOINT)`, err.exitCode)
     if (err instanceof O3AuthError) throw new MountError(`the server rejected the credentials for bucket ${bucket}; check O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY (from ${config.sources.credentials}) and the region`, err.exitCode)
     if (err instanceof O3UnreachableError) throw new MountError(`cannot reach ${config.endpoint} (from ${config.sources.endpoint}); check O3_ENDPOINT and the network`, err.exitCode)
-    if (err instanceof O3Error) throw new MountError(`${err.message.split('\n')[0]}`, err.exitCode)
+    if (err instanceof O3Error) throw new MountError(oneLine(err), err.exitCode)
     throw err
   } finally {
     client.close()

@@ -2,7 +2,7 @@ import { mkdtempSync, rmdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { launchMount } from '../fs-driver/launch.js'
-import { fusermountUnmount } from '../fs-driver/preflight.js'
+import { fusermountUnmount } from '../fs-driver/mount-table.js'
 import { o3FlagsToArgv } from '../lib/cli/o3-flags.js'
 import type { O3Flags } from '../lib/o3/index.js'
 

@@ -1,8 +1,9 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
-import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from './checkpoint/index.js'
+import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
 import { distributedFromEnv } from './distributed.js'
+import { applyInitWeights } from './init-weights.js'
 import { O3Client } from '../lib/o3/index.js'
 import { createProgress, type Progress } from '../lib/progress.js'
 import { silentLogger, type Logger } from '../lib/log.js'
@@ -74,7 +75,8 @@ async function restore(o: TrainOptions, writer: CheckpointWriter | CheckpointSto
     }
     return undefined
   }
-  return o.resume === 'auto' ? writer.resume() : writer.load(o.resume)
+  const store = writer instanceof CheckpointWriter ? writer.store : writer
+  return o.resume === 'auto' ? store.resume() : store.load(o.resume)
 }
 
 /**
@@ -134,6 +136,11 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
       await trainer.loadStateDict(loaded.tensors)
       step = loaded.meta.step
       log.info({ checkpoint: loaded.entry.name, cid: loaded.entry.cid, step, position: trainer.position }, 'resumed')
+      // The checkpoint already descends from the --init weights: rerunning the same command continues the run.
+      if (o.init) log.warn({ init: o.init, checkpoint: loaded.entry.name }, '--init ignored: resuming from a checkpoint')
+    } else if (o.init) {
+      const tensors = await applyInitWeights(trainer, o.init)
+      log.info({ init: o.init, tensors }, 'model weights from --init')
     }
     const resumedFrom = loaded ? { name: loaded.entry.name, cid: loaded.entry.cid, step } : undefined
     hooks.onStart?.({ device: trainer.device, dataDir, resumedFrom, step, epoch: trainer.position.epoch })

@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import { findMount } from '../../fs-driver/kernel-tuning.js'
+import { findMount, fusermountUnmount } from '../../fs-driver/mount-table.js'
 import { createBucket } from '../../test/support/s3-server.js'
 import type { BenchContext, BenchModule, BenchRow } from './types.js'
 import { GiB, benchClient, benchEnv, mapLimit, mbps, percentile, uploadRandomObject } from './util.js'
@@ -76,7 +76,7 @@ async function mountPeer(peer: Peer, ctx: BenchContext): Promise<Running> {
   const child = peer.start(mp, ctx)
   const stop = async (): Promise<number> => {
     const rss = peakRss(child.pid!)
-    await exec('fusermount', ['-u', '-z', mp]).catch(() => {})
+    await fusermountUnmount(mp).catch(() => {})
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((r) => child.once('exit', r))
       child.kill('SIGTERM')

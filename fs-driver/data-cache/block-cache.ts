@@ -1,12 +1,12 @@
 import { LRUCache } from 'lru-cache'
-import type { O3Client } from '../lib/o3/client.js'
-import type { Logger } from '../lib/log.js'
-import { BlockPool } from './block-pool.js'
+import type { O3Client } from '../../lib/o3/client.js'
+import type { Logger } from '../../lib/log.js'
+import { BlockPool } from '../memory/block-pool.js'
 import type { DiskCache } from './disk-cache.js'
-import { FetchQueue, type FetchJob } from './fetch-queue.js'
-import { GcNudge } from './gc-nudge.js'
-import { MemoryBudget } from './memory-budget.js'
-import type { MountCounters } from './stats.js'
+import { FetchQueue, type FetchJob } from '../prefetch/fetch-queue.js'
+import { GcNudge } from '../memory/gc-nudge.js'
+import { MemoryBudget } from '../memory/memory-budget.js'
+import type { MountCounters } from '../stats.js'
 
 /** An object as pinned by an open file: every block read for it must come from this ETag. */
 export interface ObjectRef {

@@ -4,10 +4,10 @@ import { mkdir, open, readdir, rename, stat, unlink, writeFile } from 'node:fs/p
 import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { LRUCache } from 'lru-cache'
-import type { Logger } from '../lib/log.js'
-import { ExitCode } from '../lib/cli/exit-codes.js'
-import { MountError } from './mount-error.js'
-import type { MountCounters } from './stats.js'
+import type { Logger } from '../../lib/log.js'
+import { ExitCode } from '../../lib/cli/exit-codes.js'
+import { MountError } from '../mount-error.js'
+import type { MountCounters } from '../stats.js'
 
 /**
  * The on-disk block tier. Each block is one file named by the SHA-256 of its identity (key, ETag,
