@@ -74,13 +74,43 @@ export interface TrainerOptions {
    * this many consecutive samples. Default 1000.
    */
   shuffleWindow?: number
-  /** Sharding for multi-process training: this process visits every worldSize-th sample. */
+  /**
+   * This process's share of each epoch without any communication: global step k covers samples
+   * [k*G, (k+1)*G) of the epoch's order (G = batchSize x worldSize) and rank r takes its batchSize
+   * slice of them. Ignored when `distributed` is given.
+   */
   rank?: number
   worldSize?: number
+  /** Join a data-parallel job (see trainer/distributed.ts for reading torchrun's environment). */
+  distributed?: DistributedOptions
+  /**
+   * The last, incomplete global batch of an epoch: trained short (default for one process),
+   * dropped (default with `distributed`), or padded with the epoch's first samples.
+   */
+  lastBatch?: 'short' | 'drop' | 'pad'
+  /** Steps between progress reports, each of which reads the loss (a GPU sync). Default 10. */
+  progressEvery?: number
   /** Batches assembled ahead of training. Default 4. */
   prefetch?: number
   /** Threads reading and decoding samples. Default 2. */
   workers?: number
+}
+
+/** Where this process stands in a job, as torchrun describes it. */
+export interface DistributedOptions {
+  rank: number
+  worldSize: number
+  localRank: number
+  masterAddr: string
+  masterPort: number
+  /** Keys of each restart attempt live under their own prefix in the store. */
+  restartCount?: number
+  /** torchrun's agent hosts the TCPStore; otherwise rank 0 does. */
+  useAgentStore?: boolean
+  /** Network interface for Gloo; default: loopback for a loopback master, else the host's address. */
+  socketIfname?: string
+  /** A collective or rendezvous that takes longer fails the rank. Default 300. */
+  timeoutSeconds?: number
 }
 
 export type { DType, StateTensor }
@@ -95,7 +125,7 @@ export interface Progress extends Position {
   /** Steps and samples done so far in this call. */
   step: number
   samples: number
-  /** Mean loss of the step's batch. */
+  /** Mean loss of the step's batch (this rank's share of it). */
   loss: number
   /** Samples per epoch for this rank. */
   total: number
@@ -121,6 +151,10 @@ export interface TrainResult {
   epochEnded: boolean
   /** The epoch of the call's last step (the one that ended, if epochEnded); the current one if no step ran. */
   epoch: number
+  /** Of which in gradient all-reduces. */
+  commSeconds: number
+  /** Ended early by stopAfterStep() (agreed by every rank of a job) or close(). */
+  stopped: boolean
 }
 
 export interface EvalResult {
@@ -145,6 +179,9 @@ export interface DatasetInfo {
   size: number
   /** Samples this rank visits per epoch. */
   epochSize: number
+  stepsPerEpoch: number
+  /** Batch size x world size: a data position (epoch, global step) means the same samples for any world with this global batch. */
+  globalBatch: number
   classes: number
   /** Channels, height, width of one sample. */
   shape: [number, number, number]
@@ -162,8 +199,16 @@ export class AddonLoadError extends CliError {
   }
 }
 
+export interface WorldInfo {
+  rank: number
+  worldSize: number
+  localRank: number
+  /** True when joined to a job's other ranks. */
+  collectives: boolean
+}
+
 interface NativeTrainer {
-  info(): { device: DeviceInfo; model: ModelInfo; dataset: DatasetInfo }
+  info(): { device: DeviceInfo; model: ModelInfo; dataset: DatasetInfo; world: WorldInfo }
   position(): Position
   /** maxSteps < 0: no step limit (toEpochEnd must be set). */
   train(maxSteps: number, toEpochEnd: boolean, onProgress?: (p: Progress) => void): Promise<TrainResult>
@@ -240,6 +285,7 @@ export class Trainer {
   readonly device: DeviceInfo
   readonly model: ModelInfo
   readonly dataset: DatasetInfo
+  readonly world: WorldInfo
   #native: NativeTrainer | undefined
   /** Calls run one after another, in the order made. */
   #tail: Promise<unknown> = Promise.resolve()
@@ -250,6 +296,7 @@ export class Trainer {
     this.device = info.device
     this.model = info.model
     this.dataset = info.dataset
+    this.world = info.world
   }
 
   /** Opens the data and builds the model (both off the JS thread). Rejects on bad options or data. */
@@ -294,7 +341,10 @@ export class Trainer {
     return this.#enqueue(() => this.#live().loadStateDict(state))
   }
 
-  /** Makes the running (or next) training call return after its current step; later calls run normally. */
+  /**
+   * Makes the running (or next) training call return after its current step (in a job: after a
+   * step every rank agrees on, within progressEvery steps); later calls run normally.
+   */
   stopAfterStep(): void {
     this.#native?.stopAfterStep()
   }

@@ -12,8 +12,9 @@ BatchLoader::BatchLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions o
       allocate_(std::move(allocate)),
       epochSize_(0),
       pool_(std::max(1, opts.workers)) {
-  const SamplerOptions& s = opts_.sampler;
+  SamplerOptions& s = opts_.sampler;
   if (opts_.batchSize < 1) throw Error("batchSize must be at least 1");
+  s.batchSize = opts_.batchSize;
   if (s.worldSize < 1 || s.rank < 0 || s.rank >= s.worldSize) throw Error("rank must be in [0, worldSize)");
   opts_.prefetch = std::max(1, opts_.prefetch);
   shardSizes_ = dataset_->shardSizes();

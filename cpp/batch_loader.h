@@ -59,6 +59,7 @@ class BatchLoader {
   // Restarts from `pos` with shuffling seeded by `seed`; batches prefetched so far are dropped.
   void seek(Position pos, uint64_t seed);
   int64_t epochSize() const { return epochSize_; }
+  const SamplerOptions& sampler() const { return opts_.sampler; }
   const Dataset& dataset() const { return *dataset_; }
 
  private:

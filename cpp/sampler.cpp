@@ -1,5 +1,6 @@
 #include "sampler.h"
 
+#include <algorithm>
 #include <random>
 #include <string>
 
@@ -30,10 +31,39 @@ void shuffle(T first, T last, std::mt19937_64& rng) {
   for (auto n = size_t(last - first); n > 1; --n) std::swap(first[n - 1], first[below(rng, n)]);
 }
 
+// Global steps in an epoch, the last one possibly incomplete (Short, Pad) or none of it (Drop).
+int64_t globalSteps(int64_t datasetSize, const SamplerOptions& opts) {
+  const int64_t global = opts.batchSize * opts.worldSize;
+  return opts.lastBatch == LastBatch::Drop ? datasetSize / global : (datasetSize + global - 1) / global;
+}
+
 }  // namespace
 
+LastBatch lastBatchFromName(const std::string& name) {
+  if (name == "short") return LastBatch::Short;
+  if (name == "drop") return LastBatch::Drop;
+  if (name == "pad") return LastBatch::Pad;
+  throw Error("lastBatch must be 'short', 'drop' or 'pad', not '" + name + "'");
+}
+
 int64_t shardSize(int64_t datasetSize, const SamplerOptions& opts) {
-  return (datasetSize - opts.rank + opts.worldSize - 1) / opts.worldSize;
+  const int64_t steps = globalSteps(datasetSize, opts);
+  if (opts.lastBatch != LastBatch::Short || steps == 0) return steps * opts.batchSize;
+  // The last global batch's samples go to the lowest ranks first.
+  const int64_t last = datasetSize - (steps - 1) * opts.batchSize * opts.worldSize;
+  return (steps - 1) * opts.batchSize + std::clamp(last - opts.rank * opts.batchSize, int64_t(0), opts.batchSize);
+}
+
+int64_t toGlobalIndex(int64_t rankIndex, const SamplerOptions& opts) {
+  return rankIndex / opts.batchSize * opts.batchSize * opts.worldSize + rankIndex % opts.batchSize;
+}
+
+int64_t toRankIndex(int64_t globalIndex, const SamplerOptions& opts) {
+  if (opts.worldSize == 1) return globalIndex;
+  const int64_t global = opts.batchSize * opts.worldSize;
+  if (globalIndex % global != 0)
+    throw Error("data position " + std::to_string(globalIndex) + " is not on a boundary of the global batch of " + std::to_string(global));
+  return globalIndex / global * opts.batchSize;
 }
 
 std::vector<int64_t> epochOrder(int64_t datasetSize, int64_t epoch, const SamplerOptions& opts) {
@@ -43,10 +73,17 @@ std::vector<int64_t> epochOrder(int64_t datasetSize, int64_t epoch, const Sample
     std::mt19937_64 rng = seededRng({opts.seed, uint64_t(epoch)});
     shuffle(all.begin(), all.end(), rng);
   }
-  if (opts.worldSize == 1) return all;
+  const int64_t steps = globalSteps(datasetSize, opts), global = opts.batchSize * opts.worldSize;
   std::vector<int64_t> mine;
   mine.reserve(size_t(shardSize(datasetSize, opts)));
-  for (size_t i = size_t(opts.rank); i < all.size(); i += size_t(opts.worldSize)) mine.push_back(all[i]);
+  for (int64_t k = 0; k < steps; ++k) {
+    const int64_t first = k * global + opts.rank * opts.batchSize;
+    for (int64_t i = first; i < first + opts.batchSize; ++i) {
+      if (i < datasetSize) mine.push_back(all[size_t(i)]);
+      // Padding repeats the epoch's first samples, as PyTorch's DistributedSampler does.
+      else if (opts.lastBatch == LastBatch::Pad) mine.push_back(all[size_t(i % datasetSize)]);
+    }
+  }
   return mine;
 }
 

@@ -13,6 +13,7 @@ import { createLogger } from '../lib/log.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { O3Error } from '../lib/o3/index.js'
 import { loadSigner } from '../lib/content/signer.js'
+import { runUnderTorchrun } from './distributed.js'
 import { parseTrainArgs } from './options.js'
 import { mountForRun, type RunMount } from './run-mount.js'
 import { train, type TrainSummary } from './run.js'
@@ -33,7 +34,9 @@ function printSummary(s: TrainSummary): void {
 }
 
 async function main(): Promise<number> {
-  const o = parseTrainArgs(process.argv.slice(2))
+  const argv = process.argv.slice(2)
+  const o = parseTrainArgs(argv)
+  if (o.nprocPerNode !== undefined && process.env.WORLD_SIZE === undefined) return runUnderTorchrun(o.nprocPerNode, withoutNproc(argv))
   const log = createLogger('o3train')
   const signer = loadSigner()
   if (signer) log.info({ signer: signer.address }, 'checkpoint records will be signed')
@@ -88,6 +91,16 @@ async function main(): Promise<number> {
     await mount?.close()
     if (mount && succeeded) rmSync(mountLog, { force: true })
   }
+}
+
+/** argv less --nproc-per-node, for the ranks torchrun starts. */
+function withoutNproc(argv: string[]): string[] {
+  const out: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--nproc-per-node') i++
+    else if (!argv[i].startsWith('--nproc-per-node=')) out.push(argv[i])
+  }
+  return out
 }
 
 /** Why the data directory cannot be read any more (a mount that died answers ENOTCONN or EIO), if it cannot. */

@@ -40,6 +40,16 @@ export interface TrainOptions extends O3Flags {
   keepEvery: number
   /** Evaluate on the test split after each epoch (fashion-mnist only). */
   evaluate: boolean
+  /** Model hyperparameters (hidden, layers, channels, dropout, ...); the core rejects unknown ones. */
+  modelOpt: Record<string, number>
+  /** Seconds a collective may take before the rank exits non-zero (under torchrun). */
+  distTimeout: number
+  /** The last incomplete global batch of an epoch; default short for one process, drop for a job. */
+  lastBatch?: 'short' | 'drop' | 'pad'
+  /** Resume a checkpoint saved with another global batch at the start of its epoch. */
+  restartDataPosition: boolean
+  /** Re-run under a standalone torchrun with this many local ranks. */
+  nprocPerNode?: number
 }
 
 export const DEFAULTS: Omit<TrainOptions, 'data'> = {
@@ -61,6 +71,9 @@ export const DEFAULTS: Omit<TrainOptions, 'data'> = {
   keepLast: 3,
   keepEvery: 0,
   evaluate: true,
+  modelOpt: {},
+  distTimeout: 300,
+  restartDataPosition: false,
 }
 
 export class OptionsError extends CliError {
@@ -86,11 +99,17 @@ const channelsArg = (v: string): 1 | 3 => {
   if (v !== '1' && v !== '3') throw new InvalidArgumentError('--channels must be 1 or 3')
   return Number(v) as 1 | 3
 }
+/** `key=value` into the accumulated map, for a repeatable flag. */
+const modelOpt = (v: string, acc: Record<string, number> = {}): Record<string, number> => {
+  const m = /^([A-Za-z_]\w*)=(.+)$/.exec(v)
+  if (!m || !Number.isFinite(Number(m[2]))) throw new InvalidArgumentError(`--model-opt takes key=number (e.g. dropout=0), not ${JSON.stringify(v)}`)
+  return { ...acc, [m[1]]: Number(m[2]) }
+}
 const every = (v: string): number | 'epoch' => (v === 'epoch' ? 'epoch' : positiveInt('--ckpt-every')(v))
 
 /** Checks a whole options object (from flags merged over a config file) and fills defaults. */
 export function validateOptions(raw: Partial<TrainOptions> & Record<string, unknown>): TrainOptions {
-  const known = new Set([...Object.keys(DEFAULTS), 'data', 'threads', 'ckpt', 'init', 'shards', 'endpoint', 'region', 'credentialsFile', 'profile'])
+  const known = new Set([...Object.keys(DEFAULTS), 'data', 'threads', 'ckpt', 'init', 'shards', 'lastBatch', 'nprocPerNode', 'endpoint', 'region', 'credentialsFile', 'profile'])
   for (const k of Object.keys(raw)) if (!known.has(k)) throw new OptionsError(`unknown option "${k}"; see o3train --help`)
   const o = { ...DEFAULTS, ...raw } as TrainOptions
   if (!o.data) throw new OptionsError('--data is required: a directory (e.g. an o3mount mountpoint) or o3://bucket/prefix')
@@ -108,6 +127,11 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
   if (o.shards !== undefined && o.dataset !== 'webdataset') throw new OptionsError('--shards applies to --dataset webdataset only')
   if (!(o.lr > 0)) throw new OptionsError(`lr must be a positive number (got ${o.lr})`)
   if (o.ckptEvery !== 'epoch' && !(Number.isInteger(o.ckptEvery) && o.ckptEvery > 0)) throw new OptionsError('ckptEvery must be a number of steps or "epoch"')
+  if (o.lastBatch !== undefined) oneOf('--last-batch', o.lastBatch, ['short', 'drop', 'pad'])
+  if (!(o.distTimeout > 0)) throw new OptionsError(`distTimeout must be a positive number of seconds (got ${o.distTimeout})`)
+  if (!o.modelOpt || typeof o.modelOpt !== 'object' || Object.values(o.modelOpt).some((v) => typeof v !== 'number' || !Number.isFinite(v))) {
+    throw new OptionsError('modelOpt must map hyperparameter names to numbers')
+  }
   if (o.init !== undefined && (typeof o.init !== 'string' || o.init === '')) throw new OptionsError('--init must name a local safetensors file')
   if (o.ckpt && !/^o3:\/\/[^/]+\/.+/.test(o.ckpt)) throw new OptionsError(`--ckpt must look like o3://bucket/prefix/run (got ${o.ckpt})`)
   return o
@@ -157,6 +181,11 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
     .option('--keep-last <n>', `keep the last N checkpoints (default ${DEFAULTS.keepLast})`, positiveInt('--keep-last'))
     .option('--keep-every <k>', 'also keep every Kth checkpoint (default 0: none)', nonNegInt('--keep-every'))
     .option('--no-evaluate', 'skip the test-set evaluation after each epoch')
+    .option('--model-opt <key=value>', 'a model hyperparameter (hidden, layers, channels, dropout, ...); repeatable', modelOpt)
+    .option('--nproc-per-node <n>', 'run as N local ranks under a standalone torchrun', positiveInt('--nproc-per-node'))
+    .option('--dist-timeout <s>', `seconds a collective may wait for the other ranks before this rank exits (default ${DEFAULTS.distTimeout})`, positiveNum('--dist-timeout'))
+    .addOption(new Option('--last-batch <mode>', 'an epoch\'s last incomplete global batch (default: short for one process, drop under torchrun)').choices(['short', 'drop', 'pad']))
+    .option('--restart-data-position', 'resume a checkpoint saved with another global batch (batch x ranks) at the start of its epoch')
   addO3Flags(cmd).parse(argv, { from: 'user' })
   const { config, ...flags } = cmd.opts<Record<string, unknown>>()
   const fromFile = typeof config === 'string' ? readConfigFile(config) : {}
