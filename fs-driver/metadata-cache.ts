@@ -1,13 +1,14 @@
 import { LRUCache } from 'lru-cache'
 import type { O3Client } from '../lib/o3/client.js'
 import { O3NotFoundError } from '../lib/o3/errors.js'
+import { normalizeEtag } from '../lib/o3/etag.js'
 import { checkRelativeKey } from '../lib/o3/scope.js'
 import type { Logger } from '../lib/log.js'
 import type { MountCounters } from './stats.js'
 
 export type Entry =
   | { kind: 'dir' }
-  | { kind: 'file'; key: string; size: number; etag: string; mtime: Date }
+  | { kind: 'file'; key: string; size: number; etag: string; versionId?: string; mtime: Date }
 
 interface Listing {
   entries: Map<string, Entry>
@@ -131,7 +132,7 @@ export class MetadataCache {
     this.counters.headRequests++
     try {
       const h = await this.client.head(key)
-      return { kind: 'file', key, size: h.size, etag: h.etag, mtime: h.lastModified }
+      return { kind: 'file', key, size: h.size, etag: normalizeEtag(h.etag), versionId: h.versionId, mtime: h.lastModified }
     } catch (err) {
       if (err instanceof O3NotFoundError) return null
       throw err
@@ -168,7 +169,7 @@ export class MetadataCache {
           shadowed.push(name)
           continue
         }
-        entries.set(name, { kind: 'file', key: e.key, size: e.size, etag: e.etag, mtime: e.lastModified })
+        entries.set(name, { kind: 'file', key: e.key, size: e.size, etag: normalizeEtag(e.etag), mtime: e.lastModified })
       }
     }
     for (const name of shadowed) this.warnOnce(`${prefix}${name}`, `object ${prefix}${name} is hidden by the directory of the same name`)
