@@ -4,7 +4,7 @@
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import type { S3Client } from '@aws-sdk/client-s3'
-import { O3IntegrityError, normalizeEtag, type O3Client } from '../lib/o3/index.js'
+import { O3IntegrityError, normalizeEtag, type O3Client, type ObjectPin } from '../lib/o3/index.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 
 const BUCKET = `mount-pin-${process.pid}`
@@ -17,7 +17,7 @@ function open(): O3Client {
   return c
 }
 
-async function read(c: O3Client, key: string, pin?: { etag: string; versionId?: string }): Promise<Buffer> {
+async function read(c: O3Client, key: string, pin?: ObjectPin): Promise<Buffer> {
   const chunks: Buffer[] = []
   for await (const b of c.iterateRange(key, { start: 0, pin })) chunks.push(b)
   return Buffer.concat(chunks)
@@ -66,7 +66,7 @@ t.test('a pinned version id is sent: a version the server does not have is not r
   // Swift's s3api keeps versions only with object versioning set up, which the test server does
   // not have: it names no version id, and knows only the version "null".
   t.equal((await c.head('versioned.bin')).versionId, undefined, 'an unversioned bucket names no version')
-  const learnt = { etag }
+  const learnt: ObjectPin = { etag }
   await read(c, 'versioned.bin', learnt)
   t.equal(learnt.versionId, undefined, 'no version id is recorded where the server names none')
   t.ok((await read(c, 'versioned.bin', { etag, versionId: 'null' })).equals(body), 'version "null" is the unversioned object')
