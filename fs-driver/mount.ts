@@ -98,7 +98,9 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       counters,
       o3: () => client.stats,
       readahead: () => fs.readaheadStats(),
-      memory: () => ({ budgetBytes: blocks.budget.limit, cacheBytes: blocks.cachedBytes, inflightBytes: blocks.budget.inflightBytes, overflowBuffers: blocks.overflowBuffers }),
+      memory: () => ({
+        budgetBytes: blocks.budget.limit, cacheBytes: blocks.cachedBytes, inflightBytes: blocks.budget.inflightBytes, overflowBuffers: blocks.overflowBuffers, peakUsedBytes: blocks.budget.peakBytes,
+      }),
       diskBytes: () => disk?.bytes ?? 0,
       openFiles: () => fs.openFiles,
     },

@@ -53,14 +53,20 @@ export interface StatsSnapshot {
   metadata: { hits: number; misses: number; negativeHits: number; listRequests: number; headRequests: number }
   reads: { count: number; bytes: number; errors: number; timeouts: number; opens: number; openFiles: number }
   readahead: { streams: number; maxWindowBytes: number; totalWindowBytes: number }
-  memory: { budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; rssBytes: number; heapBytes: number; arrayBufferBytes: number }
+  memory: {
+    budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; rssBytes: number; heapBytes: number; arrayBufferBytes: number
+    /** The most cached plus in-flight block bytes held at once. */
+    peakUsedBytes: number
+    /** The process's peak resident set, as the kernel counts it (VmHWM). */
+    peakRssBytes: number
+  }
 }
 
 export interface StatsSources {
   counters: MountCounters
   o3: () => O3Stats
   readahead: () => { streams: number; maxWindowBytes: number; totalWindowBytes: number }
-  memory: () => { budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number }
+  memory: () => { budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; peakUsedBytes: number }
   diskBytes: () => number
   openFiles: () => number
 }
@@ -101,7 +107,7 @@ export class StatsReporter {
       readahead: this.src.readahead(),
       memory: (() => {
         const u = process.memoryUsage()
-        return { ...this.src.memory(), rssBytes: u.rss, heapBytes: u.heapUsed, arrayBufferBytes: u.arrayBuffers }
+        return { ...this.src.memory(), rssBytes: u.rss, heapBytes: u.heapUsed, arrayBufferBytes: u.arrayBuffers, peakRssBytes: process.resourceUsage().maxRSS * 1024 }
       })(),
     }
   }

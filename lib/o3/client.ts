@@ -216,21 +216,36 @@ export class O3Client {
    * page by page as the caller iterates.
    */
   async *list(prefix = '', options: { delimiter?: string; signal?: AbortSignal } = {}): AsyncGenerator<ListEntry> {
-    const Prefix = fullPrefix(this.scope, prefix)
     let token: string | undefined
     do {
-      const out = await this.call(
-        `list ${this.scope.bucket}/${Prefix}`,
-        (s) => this.s3.send(new ListObjectsV2Command({ Bucket: this.scope.bucket, Prefix, Delimiter: options.delimiter, ContinuationToken: token }), { abortSignal: s }),
-        options.signal,
-      )
-      for (const p of out.CommonPrefixes ?? []) if (p.Prefix) yield { type: 'prefix', prefix: relativeKey(this.scope, p.Prefix) }
-      for (const o of out.Contents ?? []) {
-        if (!o.Key) continue
-        yield { type: 'object', key: relativeKey(this.scope, o.Key), size: o.Size ?? 0, etag: o.ETag ?? '', lastModified: o.LastModified ?? new Date(0) }
-      }
-      token = out.IsTruncated ? out.NextContinuationToken : undefined
+      const page = await this.listPage(prefix, { ...options, token })
+      yield* page.entries
+      token = page.next
     } while (token)
+  }
+
+  /**
+   * One page of the listing under `prefix`: from `token` (a previous page's `next`), or from the
+   * first key that sorts after `prefix + startAfter`. `next` is absent on the last page.
+   */
+  async listPage(prefix: string, options: { delimiter?: string; startAfter?: string; token?: string; maxKeys?: number; signal?: AbortSignal } = {}): Promise<{ entries: ListEntry[]; next?: string }> {
+    const Prefix = fullPrefix(this.scope, prefix)
+    // Only a position in the sort order, never an address: it needs no key checks.
+    const StartAfter = options.startAfter ? `${Prefix}${options.startAfter}` : undefined
+    const out = await this.call(
+      `list ${this.scope.bucket}/${Prefix}`,
+      (s) => this.s3.send(new ListObjectsV2Command({
+        Bucket: this.scope.bucket, Prefix, Delimiter: options.delimiter, ContinuationToken: options.token, StartAfter, MaxKeys: options.maxKeys,
+      }), { abortSignal: s }),
+      options.signal,
+    )
+    const entries: ListEntry[] = []
+    for (const p of out.CommonPrefixes ?? []) if (p.Prefix) entries.push({ type: 'prefix', prefix: relativeKey(this.scope, p.Prefix) })
+    for (const o of out.Contents ?? []) {
+      if (!o.Key) continue
+      entries.push({ type: 'object', key: relativeKey(this.scope, o.Key), size: o.Size ?? 0, etag: o.ETag ?? '', lastModified: o.LastModified ?? new Date(0) })
+    }
+    return { entries, next: out.IsTruncated ? out.NextContinuationToken : undefined }
   }
 
   /** Opens one ranged GET and returns its body with the object's ETag, version and the bytes promised. */
