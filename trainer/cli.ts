@@ -4,8 +4,8 @@
  * the run) and checkpoints to O3. The first SIGINT/SIGTERM stops at a step boundary and writes a
  * final checkpoint; a second exits at once, aborting any upload in flight.
  */
-import { readdirSync, rmSync } from 'node:fs'
-import { join } from 'node:path'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { runCli } from '../lib/cli/run-cli.js'
@@ -58,10 +58,11 @@ async function main(): Promise<number> {
   })
   let dataDir = o.data
   // Kept when the run fails, for the mount's side of the story; removed after a clean run.
-  const mountLog = join(tmpdir(), `o3train-mount-${process.pid}.log`)
+  // A fresh private directory (mkdtemp makes it 0700): a fixed name in the shared temp dir could be taken first by another user.
+  const mountLog = o.data.startsWith('o3://') ? join(mkdtempSync(join(tmpdir(), 'o3train-')), 'mount.log') : undefined
   let succeeded = false
   try {
-    if (o.data.startsWith('o3://')) {
+    if (mountLog) {
       mount = await mountForRun(o.data, o, mountLog)
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
@@ -89,7 +90,7 @@ async function main(): Promise<number> {
   } finally {
     shutdown.dispose()
     await mount?.close()
-    if (mount && succeeded) rmSync(mountLog, { force: true })
+    if (mountLog && succeeded) rmSync(dirname(mountLog), { recursive: true, force: true })
   }
 }
 
