@@ -1,8 +1,8 @@
 #include "image_decode.h"
 
 // jpeglib.h needs size_t and FILE declared first.
-#include <cstdio>
 #include <csetjmp>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 
@@ -100,8 +100,7 @@ Image decodeImageFile(const std::string& path) {
   const std::vector<uint8_t> bytes = readWholeFile(path);
   static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   if (bytes.size() >= 8 && std::memcmp(bytes.data(), kPng, 8) == 0) return decodePng(path, bytes);
-  if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF)
-    return decodeJpeg(path, bytes);
+  if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF) return decodeJpeg(path, bytes);
   throw fileError(path, bytes.empty() ? "empty file" : "neither a JPEG nor a PNG image");
 }
 

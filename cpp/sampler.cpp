@@ -11,7 +11,8 @@ namespace {
 uint64_t below(std::mt19937_64& rng, uint64_t bound) {
   const uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
   uint64_t x;
-  do x = rng(); while (x >= limit);
+  do x = rng();
+  while (x >= limit);
   return x % bound;
 }
 

@@ -34,8 +34,8 @@ DType toDType(torch::ScalarType t) {
 }
 
 torch::ScalarType toScalarType(DType t) {
-  static const torch::ScalarType kTypes[] = {torch::kFloat, torch::kDouble, torch::kHalf,  torch::kBFloat16, torch::kLong,
-                                             torch::kInt,   torch::kShort,  torch::kChar,  torch::kByte,     torch::kBool};
+  static const torch::ScalarType kTypes[] = {torch::kFloat, torch::kDouble, torch::kHalf, torch::kBFloat16, torch::kLong,
+                                             torch::kInt,   torch::kShort,  torch::kChar, torch::kByte,     torch::kBool};
   return kTypes[size_t(t)];
 }
 
@@ -55,7 +55,8 @@ typename Map::key_type optimizerKey(const Map&, const torch::Tensor& param) {
 
 StateTensor exportTensor(std::string name, const torch::Tensor& t) {
   // A private contiguous CPU copy: the caller gets a snapshot that later training leaves alone.
-  const torch::Tensor copy = t.is_cpu() ? t.detach().clone(at::MemoryFormat::Contiguous) : t.detach().to(torch::kCPU).contiguous();
+  const torch::Tensor copy =
+      t.is_cpu() ? t.detach().clone(at::MemoryFormat::Contiguous) : t.detach().to(torch::kCPU).contiguous();
   auto owner = std::make_shared<torch::Tensor>(copy);
   StateTensor s;
   s.name = std::move(name);
@@ -97,7 +98,8 @@ class Entries {
         elements *= size_t(d);
       }
       if (elements * dtypeSize(s.dtype) != s.bytes)
-        throw Error("state '" + s.name + "': " + std::to_string(s.bytes) + " bytes do not hold " + dtypeName(s.dtype) + " " + describe(s.shape));
+        throw Error("state '" + s.name + "': " + std::to_string(s.bytes) + " bytes do not hold " + dtypeName(s.dtype) + " " +
+                    describe(s.shape));
       if (!byName_.emplace(s.name, &s).second) throw Error("state '" + s.name + "' appears twice");
     }
   }
@@ -110,7 +112,8 @@ class Entries {
     }
     const StateTensor& s = *it->second;
     if (s.dtype != dtype || s.shape != shape)
-      throw Error("state '" + name + "' is " + dtypeName(s.dtype) + " " + describe(s.shape) + ", expected " + dtypeName(dtype) + " " + describe(shape));
+      throw Error("state '" + name + "' is " + dtypeName(s.dtype) + " " + describe(s.shape) + ", expected " + dtypeName(dtype) +
+                  " " + describe(shape));
     used_.insert(name);
     return &s;
   }
@@ -204,9 +207,11 @@ std::vector<StateTensor> Trainer::stateDict() {
     for (const auto& b : m.model.net->named_buffers()) out.push_back(exportTensor("model." + b.key(), b.value()));
     for (auto& s : exportOptimizer(*m.optimizer, namedParameters(*m.model.net))) out.push_back(std::move(s));
     out.push_back(exportTensor("rng.cpu", generatorState(m.cpuGenerator)));
-    if (m.device.is_cuda()) out.push_back(exportTensor("rng.cuda", generatorState(at::globalContext().defaultGenerator(m.device))));
+    if (m.device.is_cuda())
+      out.push_back(exportTensor("rng.cuda", generatorState(at::globalContext().defaultGenerator(m.device))));
     const Position pos = m.loader->position();
-    out.push_back(exportTensor("loader.position", torch::tensor({int64_t(m.loader->seed()), pos.epoch, pos.index}, torch::kLong)));
+    out.push_back(
+        exportTensor("loader.position", torch::tensor({int64_t(m.loader->seed()), pos.epoch, pos.index}, torch::kLong)));
     return out;
   });
 }
@@ -234,8 +239,9 @@ void Trainer::loadStateDict(const std::vector<StateTensor>& state) {
     const StateTensor* loaderState = entries.take("loader.position", DType::I64, {3}, true);
     const Position position{readI64(*loaderState, 1), readI64(*loaderState, 2)};
     if (position.epoch < 0 || position.index < 0 || position.index > m.loader->epochSize())
-      throw Error("state 'loader.position' (epoch " + std::to_string(position.epoch) + ", index " + std::to_string(position.index) +
-                  ") is outside an epoch of " + std::to_string(m.loader->epochSize()) + " samples");
+      throw Error("state 'loader.position' (epoch " + std::to_string(position.epoch) + ", index " +
+                  std::to_string(position.index) + ") is outside an epoch of " + std::to_string(m.loader->epochSize()) +
+                  " samples");
     entries.checkAllUsed();
 
     torch::NoGradGuard noGrad;
