@@ -70,6 +70,8 @@ interface Exchange {
   etag: string
   /** Only for error responses: their XML body, for the error code. */
   errorBody?: Buffer[]
+  /** An error body sent chunked (Swift does): it ends with the zero-length chunk. */
+  chunked?: boolean
   resolve(etag: string): void
   reject(err: Error): void
 }
@@ -138,8 +140,7 @@ class Connection {
       this.headerLen += n
       this.parseHead(ex)
     } else if (ex.errorBody) {
-      ex.errorBody.push(Buffer.from(this.scratch.subarray(this.headerLen, this.headerLen + n)))
-      ex.remaining -= n
+      this.addErrorBytes(ex, this.scratch.subarray(0, n))
     } else {
       ex.sink.wrote(n)
       ex.received += n
@@ -161,8 +162,9 @@ class Connection {
       const i = line.indexOf(':')
       if (i > 0) headers.set(line.slice(0, i).trim().toLowerCase(), line.slice(i + 1).trim())
     }
-    const length = Number(headers.get('content-length') ?? NaN)
-    if (!status || !Number.isSafeInteger(length)) {
+    const chunked = status >= 300 && /chunked/i.test(headers.get('transfer-encoding') ?? '')
+    const length = chunked ? Infinity : Number(headers.get('content-length') ?? NaN)
+    if (!status || !(chunked || Number.isSafeInteger(length))) {
       // Chunked or malformed: this lean path reads Content-Length bodies only (every S3 GET has one).
       this.socket.destroy(socketError('EPROTO', `unexpected response: ${lines[0]} without Content-Length`))
       return
@@ -170,8 +172,10 @@ class Connection {
     ex.status = status
     ex.etag = headers.get('etag') ?? ''
     ex.remaining = length
-    if (status >= 300) ex.errorBody = []
-    else if (ex.ifMatch !== undefined && ex.etag !== ex.ifMatch) {
+    if (status >= 300) {
+      ex.errorBody = []
+      ex.chunked = chunked
+    } else if (ex.ifMatch !== undefined && ex.etag !== ex.ifMatch) {
       // Checked as well as sent: a server that ignores If-Match must still not mix two versions.
       this.socket.destroy()
       this.settle(ex, new O3IntegrityError(`the object changed while it was being read (ETag ${ex.etag}, expected ${ex.ifMatch})`))
@@ -182,8 +186,7 @@ class Connection {
     this.headerLen = 0
     for (let off = 0; off < extra.length; ) {
       if (ex.errorBody) {
-        ex.errorBody.push(Buffer.from(extra))
-        ex.remaining -= extra.length
+        this.addErrorBytes(ex, extra)
         break
       }
       const space = ex.sink.space()
@@ -195,6 +198,12 @@ class Connection {
       ex.remaining -= n
       off += n
     }
+  }
+
+  private addErrorBytes(ex: Exchange, bytes: Buffer): void {
+    ex.errorBody!.push(Buffer.from(bytes))
+    ex.remaining -= bytes.length
+    if (ex.chunked && Buffer.concat(ex.errorBody!).toString('latin1').endsWith('0\r\n\r\n')) ex.remaining = 0
   }
 
   private finish(ex: Exchange): void {
