@@ -10,6 +10,7 @@ import { createRequire } from 'node:module'
 import path from 'node:path'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { projectRoot } from '../lib/paths.js'
+import type { DType, StateTensor } from '../lib/state-tensor.js'
 
 export type ModelName = 'mlp' | 'cnn' | 'resnet'
 
@@ -65,20 +66,7 @@ export interface TrainerOptions {
   workers?: number
 }
 
-/** Element types, named as safetensors names them. */
-export type DType = 'F32' | 'F64' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL'
-
-/**
- * One named tensor of a trainer's state: little-endian, row-major bytes. Names: `model.<param or
- * buffer>`, `optim.<param>.<momentum_buffer|step|exp_avg|exp_avg_sq>`, `rng.cpu`, `rng.cuda`
- * (CUDA only), `loader.position` (I64 [seed, epoch, index]).
- */
-export interface StateTensor {
-  name: string
-  dtype: DType
-  shape: number[]
-  data: Buffer
-}
+export type { DType, StateTensor }
 
 export interface Position {
   epoch: number

@@ -5,7 +5,7 @@ import { UnixFS } from 'ipfs-unixfs'
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import { sha256 } from 'multiformats/hashes/sha2'
-import { ContentHasher, digestContent, verifyDigest, normalizeCid, CID_BLOCK_SIZE } from '../lib/cid.js'
+import { ContentHasher, digestContent, verifyDigest, normalizeCid, CID_BLOCK_SIZE } from '../lib/content/cid.js'
 import { O3IntegrityError } from '../lib/o3/errors.js'
 
 const MiB = 1 << 20

@@ -3,8 +3,8 @@ import { createHash } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { signerFromHex } from '../lib/signer.js'
-import { CheckpointWriter, dataKey } from '../trainer/checkpoint/index.js'
+import { signerFromHex } from '../lib/content/signer.js'
+import { CheckpointWriter, dataKey } from '../checkpoint/index.js'
 import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
 import { openClient, syntheticState, tempDir } from './fixtures/ckpt.js'
 
@@ -16,7 +16,7 @@ const run = `o3://${bucket}/runs/cli`
 
 function o3ckpt(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--no-warnings', '--import', 'tsx', 'trainer/ckpt-cli.ts', ...args], {
+    execFile(process.execPath, ['--no-warnings', '--import', 'tsx', 'checkpoint/cli.ts', ...args], {
       env: { PATH: process.env.PATH, HOME: process.env.HOME, ...serverEnv(info) },
     }, (err, stdout, stderr) => resolve({ code: err ? (err.code as number) : 0, stdout, stderr }))
   })

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { CheckpointStore, CheckpointWriter, dataKey, sidecarKey, type CommitStep } from '../trainer/checkpoint/index.js'
+import { CheckpointStore, CheckpointWriter, dataKey, sidecarKey, type CommitStep } from '../checkpoint/index.js'
 import { createBucket, useS3Server } from './support/s3-server.js'
 import { openClient, runSaveChild, syntheticState, tempDir } from './fixtures/ckpt.js'
 

@@ -2,7 +2,7 @@
 // trainer resumes from `latest` and trains the same steps; both end bit-identical. CPU only.
 import t from 'tap'
 import { Trainer, type StateTensor, type TrainerOptions } from '../addon/index.js'
-import { CheckpointStore, CheckpointWriter } from '../trainer/checkpoint/index.js'
+import { CheckpointStore, CheckpointWriter } from '../checkpoint/index.js'
 import { FASHION_MNIST } from './support/imagefolder.js'
 import { createBucket, useS3Server } from './support/s3-server.js'
 import { openClient, tempDir } from './fixtures/ckpt.js'

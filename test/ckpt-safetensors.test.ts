@@ -1,6 +1,6 @@
 import t from 'tap'
-import { encodeHeader, parseHeader, parseSafetensors, type StateTensor } from '../trainer/checkpoint/safetensors.js'
-import { decodeMeta, encodeMeta } from '../trainer/checkpoint/meta.js'
+import { encodeHeader, parseHeader, parseSafetensors, type StateTensor } from '../checkpoint/safetensors.js'
+import { decodeMeta, encodeMeta } from '../checkpoint/meta.js'
 import { O3IntegrityError } from '../lib/o3/errors.js'
 
 const tensors: StateTensor[] = [

@@ -3,11 +3,12 @@ import { readFileSync, readdirSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { pino } from 'pino'
-import { digestContent } from '../lib/cid.js'
+import { digestContent } from '../lib/content/cid.js'
 import { O3Client, O3IntegrityError, O3NotFoundError, O3StreamError, type CompletedPart } from '../lib/o3/index.js'
-import { CheckpointStore, CheckpointWriter, dataKey, sidecarKey, type StateTensor } from '../trainer/checkpoint/index.js'
+import { CheckpointStore, CheckpointWriter, dataKey, sidecarKey, type StateTensor } from '../checkpoint/index.js'
 import { createBucket, useS3Server } from './support/s3-server.js'
 import { openClient, runSaveChild, syntheticState, tempDir } from './fixtures/ckpt.js'
+import { keys, readAll, uploads } from './support/objects.js'
 
 const MiB = 1 << 20
 const info = await useS3Server(t)
@@ -16,24 +17,6 @@ await createBucket(info, bucket)
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const meta = (step: number) => ({ step, epoch: Math.floor(step / 100), model: 'test-model', config: { width: 8 }, dataPosition: { batch: step } })
-
-async function readAll(client: O3Client, key: string): Promise<Buffer> {
-  const chunks: Buffer[] = []
-  for await (const c of client.getRange(key)) chunks.push(c as Buffer)
-  return Buffer.concat(chunks)
-}
-
-async function uploads(client: O3Client): Promise<string[]> {
-  const out: string[] = []
-  for await (const u of client.listMultipartUploads('')) out.push(u.key)
-  return out
-}
-
-async function keys(client: O3Client): Promise<string[]> {
-  const out: string[] = []
-  for await (const o of client.list('')) if (o.type === 'object') out.push(o.key)
-  return out.sort()
-}
 
 function capture() {
   const lines: { level: number; msg: string; [k: string]: unknown }[] = []

@@ -1,8 +1,8 @@
 import t from 'tap'
 import { O3IntegrityError } from '../lib/o3/index.js'
-import { signerFromHex } from '../lib/signer.js'
-import { CheckpointStore, CheckpointWriter, sidecarKey, type ManifestEntry } from '../trainer/checkpoint/index.js'
-import { signedMessage, type CheckpointRecord } from '../trainer/checkpoint/records.js'
+import { signerFromHex } from '../lib/content/signer.js'
+import { CheckpointStore, CheckpointWriter, sidecarKey, type ManifestEntry } from '../checkpoint/index.js'
+import { signedMessage, type CheckpointRecord } from '../checkpoint/records.js'
 import { createBucket, useS3Server } from './support/s3-server.js'
 import { openClient, syntheticState, tempDir } from './fixtures/ckpt.js'
 

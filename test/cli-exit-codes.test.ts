@@ -19,7 +19,8 @@ function run(source: string, args: string[]): Promise<{ code: number | null; std
 const COMMANDS: [string, string, number][] = [
   ['o3mount', 'fs-driver/cli.ts', ExitCode.badOption],
   ['o3train', 'trainer/cli.ts', ExitCode.usage],
-  ['o3ckpt', 'trainer/ckpt-cli.ts', ExitCode.usage],
+  ['o3ckpt', 'checkpoint/cli.ts', ExitCode.usage],
+  ['o3upload', 'upload/cli.ts', ExitCode.usage],
 ]
 
 for (const [name, source, usage] of COMMANDS) {

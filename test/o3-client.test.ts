@@ -228,7 +228,7 @@ t.test('no secret appears in any log line or error message', async (t) => {
   const bad = open(info, 'client-test', { logger }, info.endpoint, 'wrong-secret-value')
   await bad.head('log.txt').catch(capture)
   await open(info, 'client-test', { logger, retry: { maxAttempts: 2, baseDelayMs: 10 } }, 'http://127.0.0.1:1').head('x').catch(capture)
-  const { signerFromHex } = await import('../lib/signer.js')
+  const { signerFromHex } = await import('../lib/content/signer.js')
   try { signerFromHex(privateKey.slice(0, 60), 'AKAVE_PRIVATE_KEY') } catch (e) { capture(e) }
   t.ok(lines.some((l) => l.includes('retrying')), 'the retries were logged')
   const everything = [...lines, ...messages].join('\n')

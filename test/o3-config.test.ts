@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { resolveConfig, DEFAULT_ENDPOINT, DEFAULT_REGION, O3ConfigError } from '../lib/o3/index.js'
-import { loadSigner, recoverAddress, signerFromHex } from '../lib/signer.js'
+import { loadSigner, recoverAddress, signerFromHex } from '../lib/content/signer.js'
 
 t.test('first match wins: flags, O3_*, AWS_*, defaults', async (t) => {
   const env = { O3_ENDPOINT: 'http://o3.example:1', AWS_ENDPOINT_URL: 'http://aws.example:2', O3_REGION: 'r-o3', AWS_REGION: 'r-aws' }

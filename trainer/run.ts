@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
-import { CheckpointWriter, type LoadedCheckpoint } from './checkpoint/index.js'
+import { CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
+import { applyInitWeights } from './init-weights.js'
 import { O3Client } from '../lib/o3/index.js'
 import { createProgress, type Progress } from '../lib/progress.js'
 import { silentLogger, type Logger } from '../lib/log.js'
@@ -73,7 +74,7 @@ async function restore(o: TrainOptions, writer: CheckpointWriter): Promise<Loade
     }
     return undefined
   }
-  return o.resume === 'auto' ? writer.resume() : writer.load(o.resume)
+  return o.resume === 'auto' ? writer.store.resume() : writer.store.load(o.resume)
 }
 
 /**
@@ -104,6 +105,11 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
       await trainer.loadStateDict(loaded.tensors)
       step = loaded.meta.step
       log.info({ checkpoint: loaded.entry.name, cid: loaded.entry.cid, step, position: trainer.position }, 'resumed')
+      // The checkpoint already descends from the --init weights: rerunning the same command continues the run.
+      if (o.init) log.warn({ init: o.init, checkpoint: loaded.entry.name }, '--init ignored: resuming from a checkpoint')
+    } else if (o.init) {
+      const tensors = await applyInitWeights(trainer, o.init)
+      log.info({ init: o.init, tensors }, 'model weights from --init')
     }
     const resumedFrom = loaded ? { name: loaded.entry.name, cid: loaded.entry.cid, step } : undefined
     hooks.onStart?.({ device: trainer.device, dataDir, resumedFrom, step, epoch: trainer.position.epoch })

@@ -2,11 +2,13 @@ import { Command, CommanderError } from 'commander'
 import { ExitCode } from './exit-codes.js'
 
 /**
- * A commander program that reports a bad flag with commander's own message and then the command's
- * usage exit status (instead of commander's default 1).
+ * A commander program that reports a bad flag with commander's own message, on one line that
+ * points at --help, and then the command's usage exit status (instead of commander's default 1).
  */
 export function newCommand(name: string): Command {
-  return new Command(name).exitOverride().showHelpAfterError(`(see ${name} --help)`)
+  return new Command(name).exitOverride().configureOutput({
+    outputError: (message, write) => write(`${message.trimEnd()} (see ${name} --help)\n`),
+  })
 }
 
 export interface RunCliOptions {

@@ -5,51 +5,19 @@ trained with Debian's python3-torch. Prints one JSON line.
 Run with /usr/bin/python3 and OPENBLAS_NUM_THREADS=1 (as the native trainer runs).
 """
 import argparse
-import gzip
 import json
 import os
-import struct
+import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+# The models and data preparation that evaluate.py uses: the native trainer's, in PyTorch.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "pytorch"))
 
-def read_idx(path):
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    rank = data[3]
-    dims = struct.unpack(">" + "I" * rank, data[4 : 4 + 4 * rank])
-    return torch.frombuffer(bytearray(data[4 + 4 * rank :]), dtype=torch.uint8).reshape(dims)
-
-
-def load(root, split):
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"))
-    labels = read_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz")).long()
-    return images.unsqueeze(1), labels
-
-
-class Cnn(nn.Module):
-    def __init__(self, channels=32, hidden=128, dropout=0.25, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, 2 * channels, 3, padding=1)
-        self.fc1 = nn.Linear(2 * channels * 7 * 7, hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden, classes)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = self.dropout(F.relu(self.fc1(x.flatten(1))))
-        return self.fc2(x)
-
-
-def scaled(images):
-    return images.float().mul_(2.0 / 255).sub_(1.0)
+from fashion_mnist import load_split, to_input as scaled  # noqa: E402
+from models import build_model  # noqa: E402
 
 
 def main():
@@ -64,8 +32,8 @@ def main():
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    images, labels = load(a.root, "train")
-    model = Cnn()
+    images, labels = load_split(a.root, "train")
+    model = build_model("cnn")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     order = torch.randperm(len(images))
     batches = (len(order) + a.batch - 1) // a.batch
@@ -88,7 +56,7 @@ def main():
     out = {"samples": samples, "seconds": seconds, "samplesPerSecond": samples / seconds, "loss": loss_sum / samples}
 
     if a.evaluate:
-        test_images, test_labels = load(a.root, "test")
+        test_images, test_labels = load_split(a.root, "test")
         model.eval()
         correct = 0
         with torch.no_grad():

@@ -1,6 +1,7 @@
-import { O3IntegrityError } from '../../lib/o3/errors.js'
-import { recoverAddress, type Signer } from '../../lib/signer.js'
-import { normalizeCid } from '../../lib/cid.js'
+import { O3IntegrityError } from '../lib/o3/errors.js'
+import { recoverAddress, type Signer } from '../lib/content/signer.js'
+import { normalizeCid } from '../lib/content/cid.js'
+import { parseSidecar, sidecarKeyOf, type SidecarRecord } from '../lib/content/sidecar.js'
 
 /** Object keys inside a run's prefix. */
 export const MANIFEST_KEY = 'manifest.json'
@@ -18,17 +19,13 @@ export function dataKey(name: string): string {
 }
 
 export function sidecarKey(name: string): string {
-  return `${dataKey(name)}.cid`
+  return sidecarKeyOf(dataKey(name))
 }
 
 /** What a sidecar attests about one checkpoint; signed as a whole when a key is configured. */
-export interface CheckpointRecord {
+export interface CheckpointRecord extends SidecarRecord {
   version: 1
   name: string
-  cid: string
-  sha256: string
-  size: number
-  time: string
   step: number
   epoch: number
   model: string
@@ -110,24 +107,10 @@ export function checkSignature(record: CheckpointRecord, what: string, expectedS
   return recovered
 }
 
-/** The CID alone on the first line (so that `cat` or `head -1` gives it), then the record. */
-export function formatSidecar(record: CheckpointRecord): string {
-  return `${record.cid}\n${JSON.stringify(record, null, 2)}\n`
-}
-
-export function parseSidecar(text: string, what: string): CheckpointRecord {
-  const nl = text.indexOf('\n')
-  const first = (nl < 0 ? text : text.slice(0, nl)).trim()
-  let record: CheckpointRecord
-  try {
-    record = JSON.parse(text.slice(nl + 1)) as CheckpointRecord
-  } catch {
-    throw new O3IntegrityError(`${what}: sidecar is not a CID line followed by JSON`)
-  }
-  if (record?.version !== 1 || typeof record.cid !== 'string' || typeof record.sha256 !== 'string' || !Number.isSafeInteger(record.size)) {
-    throw new O3IntegrityError(`${what}: sidecar record is malformed`)
-  }
-  if (normalizeCid(first) !== normalizeCid(record.cid)) throw new O3IntegrityError(`${what}: sidecar's first line ${first} differs from its record's CID ${record.cid}`)
+/** A checkpoint's record from its sidecar. */
+export function parseRecord(text: string, what: string): CheckpointRecord {
+  const record = parseSidecar<CheckpointRecord>(text, what)
+  if (record.version !== 1) throw new O3IntegrityError(`${what}: sidecar record has version ${JSON.stringify(record.version)}, not 1`)
   return record
 }
 
@@ -143,24 +126,22 @@ export function checkRecordAgainstEntry(record: CheckpointRecord, entry: Manifes
   if (diffs.length > 0) throw new O3IntegrityError(`${what}: sidecar disagrees with the manifest (${diffs.join('; ')}); one of them was altered`)
 }
 
-export function parseManifest(text: string, what: string): Manifest {
-  let m: Manifest
+function parseJson(text: string, what: string, kind: string): unknown {
   try {
-    m = JSON.parse(text) as Manifest
+    return JSON.parse(text)
   } catch {
-    throw new O3IntegrityError(`${what}: manifest is not JSON`)
+    throw new O3IntegrityError(`${what}: ${kind} is not JSON`)
   }
+}
+
+export function parseManifest(text: string, what: string): Manifest {
+  const m = parseJson(text, what, 'manifest') as Manifest
   if (m?.version !== 1 || !Array.isArray(m.checkpoints)) throw new O3IntegrityError(`${what}: manifest is malformed`)
   return m
 }
 
 export function parseLatest(text: string, what: string): LatestPointer {
-  let p: LatestPointer
-  try {
-    p = JSON.parse(text) as LatestPointer
-  } catch {
-    throw new O3IntegrityError(`${what}: latest pointer is not JSON`)
-  }
+  const p = parseJson(text, what, 'latest pointer') as LatestPointer
   if (p?.version !== 1 || typeof p.name !== 'string' || typeof p.cid !== 'string') throw new O3IntegrityError(`${what}: latest pointer is malformed`)
   return p
 }

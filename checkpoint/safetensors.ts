@@ -1,11 +1,8 @@
-import { O3IntegrityError } from '../../lib/o3/errors.js'
-// The trainer's own types, so that stateDict() output is saved and loaded as is (type-only:
-// importing them does not load the native addon).
-import type { DType, StateTensor } from '../../addon/index.js'
+import { O3IntegrityError } from '../lib/o3/errors.js'
+// The trainer's own tensor model, so that stateDict() output is saved and loaded as is.
+import { DTYPE_SIZE, type DType, type StateTensor } from '../lib/state-tensor.js'
 
 export type { DType, StateTensor }
-
-export const DTYPE_SIZE: Readonly<Record<DType, number>> = { F64: 8, I64: 8, F32: 4, I32: 4, F16: 2, BF16: 2, I16: 2, I8: 1, U8: 1, BOOL: 1 }
 
 export interface TensorEntry {
   name: string

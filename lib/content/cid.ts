@@ -6,7 +6,7 @@ import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import { create as createDigest } from 'multiformats/hashes/digest'
 import { sha256 } from 'multiformats/hashes/sha2'
-import { O3IntegrityError } from './o3/errors.js'
+import { O3IntegrityError } from '../o3/errors.js'
 
 /** UnixFS leaf size of `ipfs add --chunker=size-1048576`. */
 export const CID_BLOCK_SIZE = 1 << 20

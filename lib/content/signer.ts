@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import { secp256k1 } from '@noble/curves/secp256k1.js'
 import { keccak_256 } from '@noble/hashes/sha3.js'
 import { bytesToHex, hexToBytes, utf8ToBytes } from '@noble/hashes/utils.js'
-import { O3ConfigError } from './o3/errors.js'
+import { O3ConfigError } from '../o3/errors.js'
 
 /**
  * An Ethereum key that signs checkpoint records (EIP-191 personal messages). The private key

@@ -1,23 +1,27 @@
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { ContentHasher, type ContentDigest } from '../../lib/cid.js'
-import { O3IntegrityError, O3UsageError, type O3Client } from '../../lib/o3/index.js'
-import { loadSigner, type Signer } from '../../lib/signer.js'
-import type { Logger } from '../../lib/log.js'
+import type { ContentDigest } from '../lib/content/cid.js'
+import { hashedUpload } from '../lib/content/hashed-upload.js'
+import { putSidecar } from '../lib/content/sidecar.js'
+import { loadSigner, type Signer } from '../lib/content/signer.js'
+import { O3IntegrityError, O3UsageError, type O3Client } from '../lib/o3/index.js'
+import { silentLogger, type Logger } from '../lib/log.js'
 import { encodeHeader, type StateTensor } from './safetensors.js'
-import { MultipartSink } from '../../lib/o3/multipart.js'
 import { encodeMeta, type CheckpointMeta } from './meta.js'
 import { CheckpointStore } from './store.js'
 import {
-  CHECKPOINT_DIR, LATEST_KEY, MANIFEST_KEY, checkpointName, dataKey, formatSidecar, signRecord, sidecarKey,
+  CHECKPOINT_DIR, LATEST_KEY, MANIFEST_KEY, checkpointName, dataKey, sidecarKey, signRecord,
   type CheckpointRecord, type LatestPointer, type Manifest, type ManifestEntry,
 } from './records.js'
 
-/** The commit steps in their order; `part` fires after each stored part of the data. */
+/**
+ * The commit steps in their order; `part` fires after each stored part of the data when it goes
+ * as a multipart upload (a checkpoint no larger than one part is a single PUT).
+ */
 export type CommitStep = 'part' | 'data' | 'sidecar' | 'manifest' | 'latest'
 
 export interface WriterOptions {
-  /** Multipart part size in bytes; O3 prefers large parts. Default 16 MiB. */
+  /** Multipart part size in bytes; O3 prefers large parts. Default 16 MiB. A smaller checkpoint is one PUT. */
   partSize?: number
   /** Parts uploading at once. Default 4. Peak extra memory is partSize x (parallel + 1). */
   parallel?: number
@@ -40,26 +44,26 @@ export interface SavedCheckpoint {
   digest: ContentDigest
 }
 
-const MiB = 1 << 20
-
 /**
- * Writes a run's checkpoints to O3 in one pass each: safetensors bytes into a multipart upload,
- * sha256 and CID computed on the same buffers, then the commit sequence data -> sidecar ->
+ * Writes a run's checkpoints to O3 in one pass each: safetensors bytes into a multipart upload
+ * (one PUT when they fit in a part), sha256 and CID computed on the same buffers, then the commit sequence data -> sidecar ->
  * manifest -> `latest`. A run has one writer at a time: opening one clears what a crashed
  * predecessor left (multipart uploads, uncommitted objects).
  */
-export class CheckpointWriter extends CheckpointStore {
-  private readonly partSize: number
-  private readonly parallel: number
+export class CheckpointWriter {
+  private readonly log: Logger
   private readonly localDir: string
   private readonly signer: Signer | undefined
   private inflight: Promise<SavedCheckpoint> | undefined
 
-  private constructor(client: O3Client, private manifest: Manifest, private readonly options: WriterOptions) {
-    super(client, options.logger)
-    this.partSize = options.partSize ?? 16 * MiB
-    this.parallel = options.parallel ?? 4
-    this.localDir = options.localDir ?? path.join('checkpoints', client.scope.bucket, client.scope.prefix)
+  private constructor(
+    /** The run's read side, on the same client: resume and load go through it. */
+    readonly store: CheckpointStore,
+    private manifest: Manifest,
+    private readonly options: WriterOptions,
+  ) {
+    this.log = options.logger ?? silentLogger
+    this.localDir = options.localDir ?? path.join('checkpoints', this.client.scope.bucket, this.client.scope.prefix)
     this.signer = options.signer === null ? undefined : options.signer ?? loadSigner()
     for (const [k, v] of [['keepLast', options.keepLast], ['keepEvery', options.keepEvery]] as const) {
       if (v !== undefined && !(Number.isSafeInteger(v) && v >= 1)) throw new O3UsageError(`${k} must be a positive integer (got ${v})`)
@@ -67,11 +71,14 @@ export class CheckpointWriter extends CheckpointStore {
   }
 
   static async open(client: O3Client, options: WriterOptions = {}): Promise<CheckpointWriter> {
-    const reader = new CheckpointStore(client, options.logger)
-    const manifest = await reader.readManifest()
-    const writer = new CheckpointWriter(client, manifest, options)
-    await writer.clearLeftovers(await reader.readLatest())
+    const store = new CheckpointStore(client, options.logger)
+    const writer = new CheckpointWriter(store, await store.readManifest(), options)
+    await writer.clearLeftovers(await store.readLatest())
     return writer
+  }
+
+  private get client(): O3Client {
+    return this.store.client
   }
 
   /** Address that signs this writer's records, if any. */
@@ -149,35 +156,23 @@ export class CheckpointWriter extends CheckpointStore {
   private async saveNow(state: readonly StateTensor[], meta: CheckpointMeta, signal?: AbortSignal): Promise<SavedCheckpoint> {
     const name = checkpointName(meta.step)
     if (this.manifest.checkpoints.some((e) => e.name === name)) {
-      throw new O3UsageError(`${this.location}: checkpoint ${name} already exists; each step is saved once`)
+      throw new O3UsageError(`${this.store.location}: checkpoint ${name} already exists; each step is saved once`)
     }
     const key = dataKey(name)
     const started = Date.now()
     const header = encodeHeader(state, encodeMeta(meta))
-    const hasher = new ContentHasher()
-    const sink = await MultipartSink.open(this.client, key, {
-      partSize: this.partSize,
-      parallel: this.parallel,
+    const digest = await hashedUpload(this.client, key, [header, ...state.map((t) => t.data)], state.reduce((n, t) => n + t.data.length, header.length), {
+      partSize: this.options.partSize,
+      parallel: this.options.parallel,
       signal,
       contentType: 'application/octet-stream',
-      tap: (part) => hasher.update(part),
       onPartStored: () => this.step('part', name),
+      logger: this.log,
     })
-    let digest: ContentDigest
-    try {
-      await sink.write(header)
-      for (const t of state) await sink.write(t.data)
-      // finish() hands the last part to the hasher, so digest() must come after it.
-      await sink.finish()
-      digest = await hasher.digest()
-    } catch (err) {
-      await sink.abort(err).catch((abortErr: Error) => this.log.error({ key, err: abortErr.message }, 'could not abort the multipart upload; the next writer will'))
-      throw err
-    }
     this.step('data', name)
 
     const head = await this.client.head(key, signal)
-    if (head.size !== digest.size) throw new O3IntegrityError(`${this.where(key)}: server reports ${head.size} bytes after writing ${digest.size}`)
+    if (head.size !== digest.size) throw new O3IntegrityError(`${this.store.where(key)}: server reports ${head.size} bytes after writing ${digest.size}`)
     const record = signRecord(
       {
         version: 1, name, cid: digest.cid, sha256: digest.sha256, size: digest.size, time: new Date().toISOString(),
@@ -185,9 +180,7 @@ export class CheckpointWriter extends CheckpointStore {
       },
       this.signer,
     )
-    const sidecar = formatSidecar(record)
-    await this.client.put(sidecarKey(name), sidecar, { contentType: 'text/plain; charset=utf-8', signal })
-    await this.writeLocalSidecar(name, sidecar)
+    await this.writeLocalSidecar(name, await putSidecar(this.client, key, record, signal))
     this.step('sidecar', name)
 
     const seq = this.manifest.checkpoints.reduce((m, e) => Math.max(m, e.seq), 0) + 1

@@ -8,8 +8,8 @@ import path from 'node:path'
 import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, runCli } from '../lib/cli/run-cli.js'
 import { O3Client, O3Error, O3UsageError, type O3Flags } from '../lib/o3/index.js'
-import { CheckpointStore, type ManifestEntry } from './checkpoint/index.js'
-import { DTYPE_SIZE } from './checkpoint/safetensors.js'
+import { CheckpointStore, type ManifestEntry } from './index.js'
+import { DTYPE_SIZE } from '../lib/state-tensor.js'
 
 interface GlobalFlags extends O3Flags {
   json?: boolean

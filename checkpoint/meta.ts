@@ -1,4 +1,4 @@
-import { O3IntegrityError } from '../../lib/o3/errors.js'
+import { O3IntegrityError } from '../lib/o3/errors.js'
 
 /** What a trainer records with a checkpoint to resume exactly where it stopped. */
 export interface CheckpointMeta {

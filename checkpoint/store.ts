@@ -1,9 +1,9 @@
-import { ContentHasher, CID_BLOCK_SIZE, normalizeCid, verifyDigest, type ContentDigest } from '../../lib/cid.js'
-import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client } from '../../lib/o3/index.js'
-import { silentLogger, type Logger } from '../../lib/log.js'
+import { ContentHasher, CID_BLOCK_SIZE, normalizeCid, verifyDigest, type ContentDigest } from '../lib/content/cid.js'
+import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client } from '../lib/o3/index.js'
+import { silentLogger, type Logger } from '../lib/log.js'
 import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
 import {
-  LATEST_KEY, MANIFEST_KEY, checkRecordAgainstEntry, checkSignature, dataKey, parseLatest, parseManifest, parseSidecar, sidecarKey,
+  LATEST_KEY, MANIFEST_KEY, checkRecordAgainstEntry, checkSignature, dataKey, parseLatest, parseManifest, parseRecord, sidecarKey,
   type CheckpointRecord, type LatestPointer, type Manifest, type ManifestEntry,
 } from './records.js'
 import { decodeMeta, type CheckpointMeta } from './meta.js'
@@ -28,7 +28,7 @@ export interface LoadedCheckpoint {
  * returned before the bytes have been checked against the recorded sha256 and CID.
  */
 export class CheckpointStore {
-  protected readonly log: Logger
+  private readonly log: Logger
 
   constructor(readonly client: O3Client, logger?: Logger) {
     this.log = logger ?? silentLogger
@@ -39,11 +39,12 @@ export class CheckpointStore {
     return `o3://${this.client.location}`
   }
 
-  protected where(key: string): string {
+  /** `o3://bucket/prefix/key` of one of the run's objects, for messages. */
+  where(key: string): string {
     return `${this.location}/${key}`
   }
 
-  protected async readText(key: string, signal?: AbortSignal): Promise<string | undefined> {
+  private async readText(key: string, signal?: AbortSignal): Promise<string | undefined> {
     try {
       const chunks: Buffer[] = []
       for await (const c of this.client.getRange(key, { signal })) chunks.push(c as Buffer)
@@ -97,7 +98,7 @@ export class CheckpointStore {
     const key = sidecarKey(entry.name)
     const text = await this.readText(key, options.signal)
     if (text === undefined) throw new O3NotFoundError(`${this.where(key)} is missing`)
-    const record = parseSidecar(text, this.where(key))
+    const record = parseRecord(text, this.where(key))
     checkRecordAgainstEntry(record, entry, this.where(key))
     checkSignature(record, this.where(key), options.expectedSigner)
     return record

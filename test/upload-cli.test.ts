@@ -1,0 +1,127 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createHash, randomFillSync } from 'node:crypto'
+import { createReadStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import t from 'tap'
+import { ExitCode } from '../lib/cli/exit-codes.js'
+import { digestContent } from '../lib/content/cid.js'
+import { DEFAULT_PART_SIZE } from '../lib/content/hashed-upload.js'
+import { parseSidecar, sidecarKeyOf } from '../lib/content/sidecar.js'
+import { cliCommand } from '../lib/paths.js'
+import { startFaultProxy } from './support/fault-proxy.js'
+import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
+import { openClient, tempDir } from './fixtures/ckpt.js'
+import { keys, readAll, uploads } from './support/objects.js'
+
+const MiB = 1 << 20
+const info = await useS3Server(t)
+const bucket = `upload-cli-${process.pid}`
+await createBucket(info, bucket)
+
+interface Outcome {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+function o3upload(args: string[], env: Record<string, string> = serverEnv(info), started?: (child: ChildProcess) => void): Promise<Outcome> {
+  const cli = cliCommand('upload/cli.ts')
+  const child = spawn(process.execPath, [...cli.execArgv, cli.file, ...args], {
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  started?.(child)
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()))
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()))
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })))
+}
+
+function writeRandom(file: string, size: number): void {
+  mkdirSync(path.dirname(file), { recursive: true })
+  writeFileSync(file, randomFillSync(Buffer.allocUnsafe(size)))
+}
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+
+t.test('uploads a tree, one file multipart, each with a sidecar the shared reader accepts', async (t) => {
+  const dir = tempDir(t)
+  const sizes: Record<string, number> = { 'a.txt': 11, 'sub/b.bin': 300 << 10, 'sub/deeper/empty': 0, 'big.bin': DEFAULT_PART_SIZE + 3 * MiB + 5 }
+  for (const [key, size] of Object.entries(sizes)) writeRandom(path.join(dir, key), size)
+  writeFileSync(path.join(dir, 'stale.cid'), 'a sidecar from elsewhere\n')
+
+  const r = await o3upload([dir, `o3://${bucket}/tree/`])
+  t.equal(r.code, 0, r.stderr)
+  const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { event: string; location: string; files?: number; bytes?: number })
+  t.same(lines.filter((l) => l.event === 'file').map((l) => l.location).sort(), Object.keys(sizes).map((k) => `o3://${bucket}/tree/${k}`).sort())
+  t.match(lines.at(-1), { event: 'summary', files: 4, bytes: Object.values(sizes).reduce((a, b) => a + b, 0) })
+  t.match(r.stderr, /"event":"done"/, 'progress as JSON lines on stderr when not a terminal')
+
+  const client = openClient(t, info, `${bucket}/tree`)
+  t.same(await keys(client), Object.keys(sizes).flatMap((k) => [k, sidecarKeyOf(k)]).sort(), 'every file and its sidecar, and no local .cid file')
+  t.same(await uploads(client), [], 'no multipart upload left open')
+  for (const key of Object.keys(sizes)) {
+    const file = path.join(dir, key)
+    const local = await digestContent(createReadStream(file) as AsyncIterable<Buffer>)
+    t.equal(sha256(await readAll(client, key)), sha256(readFileSync(file)), `${key}: stored bytes`)
+    const text = (await readAll(client, sidecarKeyOf(key))).toString('utf8')
+    t.equal(text.split('\n')[0], local.cid, `${key}: the sidecar's first line is the CID`)
+    const record = parseSidecar(text, key)
+    t.same({ cid: record.cid, sha256: record.sha256, size: record.size }, local, `${key}: CID, sha256 and size of the local file`)
+    t.ok(!Number.isNaN(Date.parse(record.time)), `${key}: a time`)
+  }
+})
+
+t.test('a missing bucket: exit 66 and one line; --create-bucket creates it', async (t) => {
+  const dir = tempDir(t)
+  writeRandom(path.join(dir, 'x.bin'), 1000)
+  const missing = `upload-cli-new-${process.pid}`
+  const r = await o3upload([dir, `o3://${missing}/p`])
+  t.equal(r.code, ExitCode.notFound, r.stderr)
+  t.equal(r.stderr.trim().split('\n').length, 1, 'one line')
+  t.match(r.stderr, /^o3upload: .*--create-bucket/)
+  const created = await o3upload([dir, `o3://${missing}/p`, '--create-bucket'])
+  t.equal(created.code, 0, created.stderr)
+  t.same(await keys(openClient(t, info, `${missing}/p`)), ['x.bin', 'x.bin.cid'])
+})
+
+t.test('bad arguments are usage errors (64)', async (t) => {
+  const dir = tempDir(t)
+  const flag = await o3upload([dir, `o3://${bucket}/p`, '--no-such-flag'])
+  t.equal(flag.code, ExitCode.usage, flag.stderr)
+  t.match(flag.stderr, /unknown option '--no-such-flag'/)
+  const notDir = await o3upload([path.join(dir, 'nothing-here'), `o3://${bucket}/p`])
+  t.equal(notDir.code, ExitCode.usage, notDir.stderr)
+  t.match(notDir.stderr, /^o3upload: .*nothing-here is not a directory.*\n$/)
+  const notO3 = await o3upload([dir, `${bucket}/p`])
+  t.equal(notO3.code, ExitCode.usage, notO3.stderr)
+  t.match(notO3.stderr, /must look like o3:\/\/bucket\/prefix/)
+})
+
+t.test('a second SIGINT aborts the file in flight: exit 130, no parts, no object, no sidecar', async (t) => {
+  const dir = tempDir(t)
+  writeRandom(path.join(dir, 'huge.bin'), 96 * MiB)
+  // Requests go through a proxy that can hold them, so that the upload is surely in flight.
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  const client = openClient(t, info, `${bucket}/sigint`)
+  let child: ChildProcess | undefined
+  const done = o3upload([dir, `o3://${bucket}/sigint`], { ...serverEnv(info), O3_ENDPOINT: proxy.endpoint }, (c) => (child = c))
+  t.teardown(() => child?.kill('SIGKILL'))
+  const deadline = Date.now() + 60_000
+  while ((await uploads(client)).length === 0) {
+    if (Date.now() > deadline) throw new Error('the multipart upload never started')
+    await delay(10)
+  }
+  proxy.stall(3000)
+  child!.kill('SIGINT')
+  await delay(300)
+  child!.kill('SIGINT')
+  const r = await done
+  t.equal(r.code, ExitCode.interrupted, r.stderr)
+  t.match(r.stderr, /aborting the upload in flight/)
+  t.same(await uploads(client), [], 'the multipart upload was aborted')
+  t.same(await keys(client), [], 'neither the object nor a sidecar')
+})

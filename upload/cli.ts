@@ -1,0 +1,143 @@
+#!/usr/bin/env node
+/**
+ * `o3upload`: puts a local directory tree into `o3://bucket/prefix`, each file with a `<file>.cid`
+ * sidecar (lib/content/sidecar.ts), so that the data a model was trained on can be checked with
+ * stock IPFS tools like its checkpoints. The first SIGINT/SIGTERM stops after the file in flight;
+ * a second aborts that file's upload at once, leaving neither parts nor a sidecar behind.
+ */
+import { createReadStream } from 'node:fs'
+import { readdir, stat } from 'node:fs/promises'
+import path from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
+import { addO3Flags } from '../lib/cli/o3-flags.js'
+import { newCommand, runCli } from '../lib/cli/run-cli.js'
+import type { ContentDigest } from '../lib/content/cid.js'
+import { hashedUpload } from '../lib/content/hashed-upload.js'
+import { putSidecar } from '../lib/content/sidecar.js'
+import { createLogger } from '../lib/log.js'
+import { O3Client, O3NotFoundError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
+import { createProgress } from '../lib/progress.js'
+import { installShutdown } from '../lib/shutdown.js'
+
+interface UploadFlags extends O3Flags {
+  createBucket?: boolean
+}
+
+interface LocalFile {
+  file: string
+  /** Its path below the directory, `/`-separated: the key below the prefix. */
+  key: string
+  size: number
+}
+
+/** Aborted by a second signal; the forced-exit handler then owns the process's exit. */
+const kill = new AbortController()
+
+/** Every regular file below `dir`, by key; local `.cid` files are left out, since each upload writes its own. */
+async function listFiles(dir: string): Promise<LocalFile[]> {
+  if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw new CliError(`${dir} is not a directory; give the local directory to upload`, ExitCode.usage)
+  const files: LocalFile[] = []
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (!e.isFile() || e.name.endsWith('.cid')) continue
+    const file = path.join(e.parentPath, e.name)
+    files.push({ file, key: path.relative(dir, file).split(path.sep).join('/'), size: (await stat(file)).size })
+  }
+  return files.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+}
+
+/** The file's bytes, each chunk counted as it goes to the upload. */
+async function* readCounted(file: string, count: (bytes: number) => void): AsyncGenerator<Buffer> {
+  for await (const chunk of createReadStream(file, { highWaterMark: 4 << 20 }) as AsyncIterable<Buffer>) {
+    count(chunk.length)
+    yield chunk
+  }
+}
+
+/** The data, then its sidecar: a file whose data did not complete never gets one. */
+async function uploadFile(client: O3Client, f: LocalFile, count: (bytes: number) => void, signal: AbortSignal): Promise<ContentDigest> {
+  const digest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, { signal })
+  await putSidecar(client, f.key, { ...digest, time: new Date().toISOString() }, signal)
+  return digest
+}
+
+async function openBucket(client: O3Client, create: boolean): Promise<void> {
+  if (create) return client.createBucket()
+  try {
+    await client.checkBucket()
+  } catch (err) {
+    if (err instanceof O3NotFoundError) throw new O3NotFoundError(`${err.message}; pass --create-bucket to create it`)
+    throw err
+  }
+}
+
+async function main(): Promise<number> {
+  const program = addO3Flags(
+    newCommand('o3upload')
+      .description('Upload a local directory tree to Akave O3, each file with a <file>.cid sidecar: its CID on the first line, then its sha256, size and time')
+      .argument('<dir>', 'local directory to upload')
+      .argument('<location>', 'o3://bucket/prefix to upload it to')
+      .option('--create-bucket', 'create the bucket if it does not exist'),
+  )
+  await program.parseAsync(process.argv)
+  const [dir, location] = program.args as [string, string]
+  const flags = program.opts<UploadFlags>()
+  if (!/^(o3|s3):\/\//.test(location)) throw new O3UsageError(`location ${JSON.stringify(location)} must look like o3://bucket/prefix`)
+  const files = await listFiles(dir)
+  const client = O3Client.open(location, flags)
+  try {
+    await openBucket(client, flags.createBucket === true)
+    return await uploadAll(client, files, location.replace(/\/+$/, ''))
+  } finally {
+    client.close()
+  }
+}
+
+/** Uploads `files` in turn with progress and the two-signal stop; results on stdout. */
+async function uploadAll(client: O3Client, files: LocalFile[], where: string): Promise<number> {
+  const log = createLogger('o3upload')
+  let inFlight: Promise<unknown> | undefined
+  const shutdown = installShutdown({
+    onRequest: (sig) => log.warn({ signal: sig }, 'stopping after the file in flight; send it again to abort that one too'),
+    onForce: async (sig) => {
+      log.warn({ signal: sig }, 'aborting the upload in flight')
+      kill.abort(new Error(`aborted by a second ${sig}`))
+      // The upload aborts its multipart upload when the signal fires; wait for that, but not forever.
+      await Promise.race([inFlight?.catch(() => undefined), delay(10_000, undefined, { ref: false })])
+    },
+  })
+  // One JSON line per file when piped; on a terminal the bar, then a summary.
+  const tty = process.stdout.isTTY === true
+  const total = files.reduce((n, f) => n + f.size, 0)
+  const progress = createProgress(`upload to ${where}`, { unit: 'bytes' })
+  let bytes = 0
+  let done = 0
+  let stored = 0
+  const report = () => progress.update({ done: bytes, total, fields: { files: `${done}/${files.length}` } })
+  const count = (n: number) => {
+    bytes += n
+    report()
+  }
+  try {
+    report()
+    for (const f of files) {
+      if (shutdown.requested) break
+      const upload = uploadFile(client, f, count, kill.signal)
+      inFlight = upload
+      const d = await upload
+      done++
+      stored += d.size
+      report()
+      if (!tty) process.stdout.write(`${JSON.stringify({ event: 'file', location: `${where}/${f.key}`, ...d })}\n`)
+    }
+  } finally {
+    progress.stop({ files: `${done}/${files.length}` })
+    shutdown.dispose()
+  }
+  const summary = { event: 'summary', location: where, files: done, bytes: stored }
+  process.stdout.write(tty ? `uploaded ${done} files (${stored} bytes) to ${where}\n` : `${JSON.stringify(summary)}\n`)
+  if (done < files.length) throw new CliError(`stopped by a signal after ${done} of ${files.length} files; run the same command again to upload them all`, ExitCode.interrupted)
+  return 0
+}
+
+runCli('o3upload', main, { exitOwnedElsewhere: () => kill.signal.aborted })
