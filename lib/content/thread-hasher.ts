@@ -71,8 +71,10 @@ class HashThread {
 
   /** Forgets a session whose digest nobody will ask for (its upload failed). */
   drop(id: number): void {
-    if (!this.sessions.has(id)) return
+    const s = this.sessions.get(id)
+    if (!s) return
     this.close(id)
+    s.wakeFree?.()
     this.worker?.postMessage({ type: 'drop', id } satisfies ToHashWorker)
   }
 
@@ -121,6 +123,8 @@ export class ThreadHasher {
   private fill = 0
   private size = 0
   private ended = false
+  /** The copy in progress: updates run one after another. */
+  private copying: Promise<void> = Promise.resolve()
 
   constructor() {
     ;({ id: this.id, session: this.session } = thread.open())
@@ -145,9 +149,18 @@ export class ThreadHasher {
     this.fill = 0
   }
 
-  /** Adds the next bytes. Settles once they are copied; `chunk` is the caller's again then. */
-  async update(chunk: Uint8Array): Promise<void> {
-    if (this.ended) throw new Error('ThreadHasher.update after digest')
+  /**
+   * Adds the next bytes. Settles once they are copied; `chunk` is the caller's again then. Calls
+   * that overlap (a multipart tap does not wait for the previous part) are taken in call order.
+   */
+  update(chunk: Uint8Array): Promise<void> {
+    if (this.ended) return Promise.reject(new Error('ThreadHasher.update after digest'))
+    const copied = this.copying.then(() => this.copy(chunk))
+    this.copying = copied.catch(() => undefined)
+    return copied
+  }
+
+  private async copy(chunk: Uint8Array): Promise<void> {
     this.size += chunk.length
     let off = 0
     while (off < chunk.length) {
@@ -161,8 +174,9 @@ export class ThreadHasher {
   }
 
   /** Ends the content and returns its CID, sha256 and size. */
-  digest(): Promise<ContentDigest> {
+  async digest(): Promise<ContentDigest> {
     this.ended = true
+    await this.copying
     return new Promise((resolve, reject) => {
       this.session.done = { resolve, reject }
       if (this.fill > 0) this.sendBlock()
