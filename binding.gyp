@@ -1,22 +1,35 @@
 # The node-gyp build of the addon CMakeLists.txt builds; run it with `scripts/build-addon --gyp`
-# (offline against /usr's Node headers, output in build-gyp/). Sources come from cpp/sources.txt,
-# libtorch's flags (the C++ ABI above all) from libtorch's CMake config via scripts/torch-config.
+# (offline against /usr's Node headers, output in build-gyp/). The same two targets: o3_core, the
+# static training core (cpp/sources.txt), and the addon (addon/sources.txt) linked against it.
+# libtorch's flags (the C++ ABI above all) come from libtorch's CMake config via scripts/torch-config.
 # Against a CUDA libtorch this build links libtorch_cuda and trains on the GPU, but without CUDA's
 # headers it reports the GPU as "cuda:0" rather than by name (CMakeLists.txt defines O3_WITH_CUDA).
 {
-  'targets': [{
-    'target_name': 'o3_trainer',
-    'sources': ['<!@(grep -v "^#" cpp/sources.txt)'],
-    'include_dirs': [
-      "<!(node -p \"require('node-addon-api').include_dir\")",
-      '<!@(scripts/torch-config --include-dirs)',
-    ],
-    'defines': ['NAPI_VERSION=8', 'NAPI_CPP_EXCEPTIONS', 'NODE_ADDON_API_DISABLE_DEPRECATED'],
+  'target_defaults': {
     'cflags!': ['-fno-exceptions'],
     'cflags_cc!': ['-fno-exceptions', '-fno-rtti', '-std=gnu++17', '-std=gnu++1y', '-std=gnu++20'],
     'cflags_cc': ['-std=c++17', '-fexceptions', '-frtti', '<!@(scripts/torch-config --cxx-flags)'],
-    # --no-as-needed keeps libtorch_cuda, which registers CUDA when loaded (see CMakeLists.txt).
-    'ldflags': ['-Wl,--no-as-needed', '-Wl,-rpath,<!(scripts/torch-config --lib-dir)'],
-    'libraries': ['<!@(scripts/torch-config --libs)', '-lz', '-ljpeg', '-lpng'],
-  }],
+  },
+  'targets': [
+    {
+      'target_name': 'o3_core',
+      'type': 'static_library',
+      'sources': ['<!@(grep -v "^#" cpp/sources.txt)'],
+      'include_dirs': ['<!@(scripts/torch-config --include-dirs)'],
+      # Linked into a shared object.
+      'cflags': ['-fPIC'],
+      'link_settings': {
+        # --no-as-needed keeps libtorch_cuda, which registers CUDA when loaded (see CMakeLists.txt).
+        'ldflags': ['-Wl,--no-as-needed', '-Wl,-rpath,<!(scripts/torch-config --lib-dir)'],
+        'libraries': ['<!@(scripts/torch-config --libs)', '-lz', '-ljpeg', '-lpng'],
+      },
+    },
+    {
+      'target_name': 'o3_trainer',
+      'dependencies': ['o3_core'],
+      'sources': ['<!@(grep -v "^#" addon/sources.txt)'],
+      'include_dirs': ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      'defines': ['NAPI_VERSION=8', 'NAPI_CPP_EXCEPTIONS', 'NODE_ADDON_API_DISABLE_DEPRECATED'],
+    },
+  ],
 }

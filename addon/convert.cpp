@@ -66,11 +66,13 @@ o3::DataSpec toDataSpec(const Napi::Value& value, const std::string& path) {
   if (kind == "mnist") {
     spec.kind = o3::DataSpec::Kind::Mnist;
     spec.split = getString(o, path, "split", "train");
-  } else if (kind == "imagefolder") {
-    spec.kind = o3::DataSpec::Kind::ImageFolder;
+  } else if (kind == "imagefolder" || kind == "webdataset") {
+    spec.kind = kind == "imagefolder" ? o3::DataSpec::Kind::ImageFolder : o3::DataSpec::Kind::WebDataset;
     spec.imageSize = int(getInteger(o, path, "imageSize", spec.imageSize, 1));
+    spec.channels = int(getInteger(o, path, "channels", spec.channels, 1));
+    if (kind == "webdataset") spec.shards = getString(o, path, "shards", "");
   } else {
-    fail(o.Env(), path + ".kind", "must be 'mnist' or 'imagefolder'");
+    fail(o.Env(), path + ".kind", "must be 'mnist', 'imagefolder' or 'webdataset'");
   }
   return spec;
 }
@@ -100,8 +102,32 @@ o3::TrainerOptions toTrainerOptions(const Napi::Object& o) {
   opts.data = toDataSpec(field(o, "data"), path + ".data");
   opts.batchSize = getInteger(o, path, "batchSize", 0, 1);
   opts.shuffle = getBool(o, path, "shuffle", true);
+  opts.shuffleWindow = getInteger(o, path, "shuffleWindow", opts.shuffleWindow, 1);
   opts.rank = getInteger(o, path, "rank", 0, 0);
   opts.worldSize = getInteger(o, path, "worldSize", 1, 1);
+  const Napi::Value dist = field(o, "distributed");
+  if (present(dist)) {
+    if (!dist.IsObject()) fail(o.Env(), path + ".distributed", "must be an object");
+    const Napi::Object d = dist.As<Napi::Object>();
+    const std::string dp = path + ".distributed";
+    opts.dist.enabled = true;
+    opts.dist.rank = getInteger(d, dp, "rank", 0, 0);
+    opts.dist.worldSize = getInteger(d, dp, "worldSize", 0, 1);
+    opts.dist.localRank = getInteger(d, dp, "localRank", 0, 0);
+    opts.dist.masterAddr = getString(d, dp, "masterAddr");
+    opts.dist.masterPort = int(getInteger(d, dp, "masterPort", 0, 1));
+    opts.dist.restartCount = getInteger(d, dp, "restartCount", 0, 0);
+    opts.dist.useAgentStore = getBool(d, dp, "useAgentStore", false);
+    opts.dist.socketIfname = getString(d, dp, "socketIfname", "");
+    opts.dist.timeoutSeconds = getNumber(d, dp, "timeoutSeconds", opts.dist.timeoutSeconds);
+  }
+  const std::string lastBatch = getString(o, path, "lastBatch", opts.dist.enabled && opts.dist.worldSize > 1 ? "drop" : "short");
+  try {
+    opts.lastBatch = o3::lastBatchFromName(lastBatch);
+  } catch (const o3::Error& e) {
+    fail(o.Env(), path + ".lastBatch", e.what());
+  }
+  opts.progressEvery = int(getInteger(o, path, "progressEvery", opts.progressEvery, 1));
   opts.prefetch = int(getInteger(o, path, "prefetch", opts.prefetch, 1));
   opts.workers = int(getInteger(o, path, "workers", opts.workers, 1));
   return opts;
@@ -164,6 +190,10 @@ Napi::Object fromTrainResult(Napi::Env env, const o3::TrainResult& r) {
   o.Set("steps", double(r.steps));
   o.Set("samples", double(r.samples));
   o.Set("seconds", r.seconds);
+  o.Set("epochEnded", r.epochEnded);
+  o.Set("epoch", double(r.epoch));
+  o.Set("commSeconds", r.commSeconds);
+  o.Set("stopped", r.stopped);
   return o;
 }
 
@@ -232,12 +262,21 @@ Napi::Object describeTrainer(Napi::Env env, const o3::Trainer& trainer) {
   Napi::Object dataset = Napi::Object::New(env);
   dataset.Set("size", double(d.size));
   dataset.Set("epochSize", double(d.epochSize));
+  dataset.Set("stepsPerEpoch", double(d.stepsPerEpoch));
+  dataset.Set("globalBatch", double(d.globalBatch));
   dataset.Set("classes", double(d.classes));
   dataset.Set("shape", shapeArray(env, {d.shape.channels, d.shape.height, d.shape.width}));
   Napi::Object o = Napi::Object::New(env);
   o.Set("device", device);
   o.Set("model", model);
   o.Set("dataset", dataset);
+  const o3::WorldInfo w = trainer.world();
+  Napi::Object world = Napi::Object::New(env);
+  world.Set("rank", double(w.rank));
+  world.Set("worldSize", double(w.worldSize));
+  world.Set("localRank", double(w.localRank));
+  world.Set("collectives", w.collectives);
+  o.Set("world", world);
   return o;
 }
 

@@ -25,11 +25,23 @@ export interface MnistData {
 export interface ImageFolderData {
   kind: 'imagefolder'
   root: string
-  /** Images are decoded to RGB and resized (bilinear) to imageSize x imageSize. Default 64. */
+  /** Images are decoded and resized (bilinear) to imageSize x imageSize. Default 64. */
   imageSize?: number
+  /** 3 (default): RGB, grayscale expanded. 1: gray, the same tensor an idx file gives for the same image. */
+  channels?: 1 | 3
 }
 
-export type DataSpec = MnistData | ImageFolderData
+/**
+ * WebDataset tar shards in `root`: samples are `<key>.png|jpg|jpeg` + `<key>.cls` (the class index
+ * as text). Shards are read sequentially and kept whole per rank; see shuffleWindow.
+ */
+export interface WebDatasetData extends Omit<ImageFolderData, 'kind'> {
+  kind: 'webdataset'
+  /** Shard names under root, with brace ranges: `train-{000000..000127}.tar`. Default: every `*.tar`. */
+  shards?: string
+}
+
+export type DataSpec = MnistData | ImageFolderData | WebDatasetData
 
 export interface OptimizerOptions {
   type: 'sgd' | 'adam'
@@ -57,13 +69,48 @@ export interface TrainerOptions {
   batchSize: number
   /** Shuffle each epoch (seeded by seed and epoch). Default true. */
   shuffle?: boolean
-  /** Sharding for multi-process training: this process visits every worldSize-th sample. */
+  /**
+   * webdataset: the epoch visits this rank's shards in a seeded order and shuffles each window of
+   * this many consecutive samples. Default 1000.
+   */
+  shuffleWindow?: number
+  /**
+   * This process's share of each epoch without any communication: global step k covers samples
+   * [k*G, (k+1)*G) of the epoch's order (G = batchSize x worldSize) and rank r takes its batchSize
+   * slice of them. Ignored when `distributed` is given.
+   */
   rank?: number
   worldSize?: number
+  /** Join a data-parallel job (see trainer/distributed.ts for reading torchrun's environment). */
+  distributed?: DistributedOptions
+  /**
+   * The last, incomplete global batch of an epoch: trained short (default for one process),
+   * dropped (default with `distributed`), or padded with the epoch's first samples.
+   */
+  lastBatch?: 'short' | 'drop' | 'pad'
+  /** Steps between progress reports, each of which reads the loss (a GPU sync). Default 10. */
+  progressEvery?: number
   /** Batches assembled ahead of training. Default 4. */
   prefetch?: number
   /** Threads reading and decoding samples. Default 2. */
   workers?: number
+}
+
+/** Where this process stands in a job, as torchrun describes it. */
+export interface DistributedOptions {
+  rank: number
+  worldSize: number
+  localRank: number
+  masterAddr: string
+  masterPort: number
+  /** Keys of each restart attempt live under their own prefix in the store. */
+  restartCount?: number
+  /** torchrun's agent hosts the TCPStore; otherwise rank 0 does. */
+  useAgentStore?: boolean
+  /** Network interface for Gloo; default: loopback for a loopback master, else the host's address. */
+  socketIfname?: string
+  /** A collective or rendezvous that takes longer fails the rank. Default 300. */
+  timeoutSeconds?: number
 }
 
 export type { DType, StateTensor }
@@ -78,7 +125,7 @@ export interface Progress extends Position {
   /** Steps and samples done so far in this call. */
   step: number
   samples: number
-  /** Mean loss of the step's batch. */
+  /** Mean loss of the step's batch (this rank's share of it). */
   loss: number
   /** Samples per epoch for this rank. */
   total: number
@@ -89,12 +136,25 @@ export interface TrainCallOptions {
   onProgress?: (p: Progress) => void
 }
 
+export interface TrainStepsOptions extends TrainCallOptions {
+  /** End the call early after the last batch of the current epoch (see TrainResult.epochEnded). */
+  toEpochEnd?: boolean
+}
+
 export interface TrainResult {
   /** Mean loss over the samples of this call. */
   loss: number
   steps: number
   samples: number
   seconds: number
+  /** The call's last step trained the last batch of its epoch. */
+  epochEnded: boolean
+  /** The epoch of the call's last step (the one that ended, if epochEnded); the current one if no step ran. */
+  epoch: number
+  /** Of which in gradient all-reduces. */
+  commSeconds: number
+  /** Ended early by stopAfterStep() (agreed by every rank of a job) or close(). */
+  stopped: boolean
 }
 
 export interface EvalResult {
@@ -119,6 +179,9 @@ export interface DatasetInfo {
   size: number
   /** Samples this rank visits per epoch. */
   epochSize: number
+  stepsPerEpoch: number
+  /** Batch size x world size: a data position (epoch, global step) means the same samples for any world with this global batch. */
+  globalBatch: number
   classes: number
   /** Channels, height, width of one sample. */
   shape: [number, number, number]
@@ -136,11 +199,19 @@ export class AddonLoadError extends CliError {
   }
 }
 
+export interface WorldInfo {
+  rank: number
+  worldSize: number
+  localRank: number
+  /** True when joined to a job's other ranks. */
+  collectives: boolean
+}
+
 interface NativeTrainer {
-  info(): { device: DeviceInfo; model: ModelInfo; dataset: DatasetInfo }
+  info(): { device: DeviceInfo; model: ModelInfo; dataset: DatasetInfo; world: WorldInfo }
   position(): Position
-  /** steps < 0: to the end of the current epoch. */
-  train(steps: number, onProgress?: (p: Progress) => void): Promise<TrainResult>
+  /** maxSteps < 0: no step limit (toEpochEnd must be set). */
+  train(maxSteps: number, toEpochEnd: boolean, onProgress?: (p: Progress) => void): Promise<TrainResult>
   evaluate(data: DataSpec, batchSize: number): Promise<EvalResult>
   stateDict(): Promise<StateTensor[]>
   loadStateDict(state: StateTensor[]): Promise<void>
@@ -220,6 +291,7 @@ export class Trainer {
   readonly device: DeviceInfo
   readonly model: ModelInfo
   readonly dataset: DatasetInfo
+  readonly world: WorldInfo
   #native: NativeTrainer | undefined
   /** Calls run one after another, in the order made. */
   #tail: Promise<unknown> = Promise.resolve()
@@ -230,6 +302,7 @@ export class Trainer {
     this.device = info.device
     this.model = info.model
     this.dataset = info.dataset
+    this.world = info.world
   }
 
   /** Opens the data and builds the model (both off the JS thread). Rejects on bad options or data. */
@@ -244,13 +317,13 @@ export class Trainer {
 
   /** Trains to the end of the current epoch (all of it when at its start). */
   trainEpoch(options: TrainCallOptions = {}): Promise<TrainResult> {
-    return this.#train(-1, options)
+    return this.#train(-1, true, options)
   }
 
-  /** Trains n batches, continuing into the next epoch as needed. */
-  trainSteps(n: number, options: TrainCallOptions = {}): Promise<TrainResult> {
+  /** Trains n batches, continuing into the next epoch as needed unless `toEpochEnd`. */
+  trainSteps(n: number, { toEpochEnd = false, ...options }: TrainStepsOptions = {}): Promise<TrainResult> {
     if (!Number.isInteger(n) || n < 0) return Promise.reject(new RangeError('n must be a non-negative integer'))
-    return this.#train(n, options)
+    return this.#train(n, toEpochEnd, options)
   }
 
   /** Loss and accuracy over the whole dataset (eval mode, in order); leaves training state alone. */
@@ -274,7 +347,10 @@ export class Trainer {
     return this.#enqueue(() => this.#live().loadStateDict(state))
   }
 
-  /** Makes the running (or next) training call return after its current step; later calls run normally. */
+  /**
+   * Makes the running (or next) training call return after its current step (in a job: after a
+   * step every rank agrees on, within progressEvery steps); later calls run normally.
+   */
   stopAfterStep(): void {
     this.#native?.stopAfterStep()
   }
@@ -296,7 +372,7 @@ export class Trainer {
     return result
   }
 
-  #train(steps: number, { onProgress }: TrainCallOptions): Promise<TrainResult> {
+  #train(maxSteps: number, toEpochEnd: boolean, { onProgress }: TrainCallOptions): Promise<TrainResult> {
     return this.#enqueue(async () => {
       let callbackError: unknown
       let failed = false
@@ -309,7 +385,7 @@ export class Trainer {
             }
           }
         : undefined
-      const result = await this.#live().train(steps, report)
+      const result = await this.#live().train(maxSteps, toEpochEnd, report)
       if (failed) throw callbackError
       return result
     })

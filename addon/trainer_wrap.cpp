@@ -1,8 +1,10 @@
 #include "trainer_wrap.h"
 
 #include <functional>
+#include <memory>
 
 #include "convert.h"
+#include "promise_worker.h"
 
 namespace o3addon {
 namespace {
@@ -13,104 +15,24 @@ struct Handoff {
   std::shared_ptr<o3::Trainer> trainer;
 };
 
-// What every operation holds: its wrapper (referenced, so not collected meanwhile), the trainer
-// and the promise it settles. Settling marks the trainer idle again.
-class Operation {
- public:
-  Operation(TrainerWrap& wrap, Napi::Env env)
-      : wrap_(wrap), self_(Napi::Persistent(wrap.Value())), trainer_(wrap.Begin(env)), deferred_(Napi::Promise::Deferred::New(env)) {}
-  o3::Trainer& trainer() { return *trainer_; }
-  Napi::Promise promise() const { return deferred_.Promise(); }
-  void resolve(Napi::Value v) {
-    wrap_.End();
-    deferred_.Resolve(v);
-  }
-  void reject(const Napi::Error& e) {
-    wrap_.End();
-    deferred_.Reject(e.Value());
-  }
-
- private:
-  TrainerWrap& wrap_;
-  Napi::ObjectReference self_;
-  std::shared_ptr<o3::Trainer> trainer_;
-  Napi::Promise::Deferred deferred_;
-};
-
-// Runs `work` on a worker thread and settles a promise with `toJs(result)`, or rejects with the
-// error's message. Marks the trainer idle again when done.
-template <class Result>
-class TrainerTask : public Napi::AsyncWorker {
- public:
-  using Work = std::function<Result(o3::Trainer&)>;
-  using ToJs = std::function<Napi::Value(Napi::Env, Result&)>;
-
-  static Napi::Promise Start(TrainerWrap& wrap, Napi::Env env, Work work, ToJs toJs, Napi::Value keepAlive = Napi::Value()) {
-    auto* task = new TrainerTask(wrap, env, std::move(work), std::move(toJs), keepAlive);
-    Napi::Promise promise = task->op_.promise();
-    task->Queue();
-    return promise;
-  }
-
- protected:
-  void Execute() override { result_ = work_(op_.trainer()); }
-  void OnOK() override { op_.resolve(toJs_(Env(), result_)); }
-  void OnError(const Napi::Error& e) override { op_.reject(e); }
-
- private:
-  TrainerTask(TrainerWrap& wrap, Napi::Env env, Work work, ToJs toJs, Napi::Value keepAlive)
-      : Napi::AsyncWorker(env, "o3.trainer"),
-        op_(wrap, env),
-        work_(std::move(work)),
-        toJs_(std::move(toJs)) {
-    if (!keepAlive.IsEmpty() && keepAlive.IsObject()) keepAlive_ = Napi::Persistent(keepAlive.As<Napi::Object>());
-  }
-  Operation op_;
-  Work work_;
-  ToJs toJs_;
-  Napi::ObjectReference keepAlive_;  // JS memory the work reads (loadStateDict's buffers)
-  Result result_{};
-};
-
-// Training, with progress delivered to a JS callback on the JS thread through a queue.
-class TrainTask : public Napi::AsyncProgressQueueWorker<o3::Progress> {
- public:
-  static Napi::Promise Start(TrainerWrap& wrap, Napi::Env env, int64_t steps, Napi::Value onProgress) {
-    auto* task = new TrainTask(wrap, env, steps, onProgress);
-    Napi::Promise promise = task->op_.promise();
-    task->Queue();
-    return promise;
-  }
-
- protected:
-  void Execute(const ExecutionProgress& progress) override {
-    o3::ProgressFn report;
-    if (!onProgress_.IsEmpty()) report = [&progress](const o3::Progress& p) { progress.Send(&p, 1); };
-    result_ = steps_ < 0 ? op_.trainer().trainEpoch(report) : op_.trainer().trainSteps(steps_, report);
-  }
-  void OnProgress(const o3::Progress* data, size_t count) override {
-    Napi::HandleScope scope(Env());
-    for (size_t i = 0; i < count; ++i) {
-      // A throwing callback must not take the process down; the TypeScript layer reports it.
-      try {
-        onProgress_.Call({fromProgress(Env(), data[i])});
-      } catch (const Napi::Error&) {
-      }
-    }
-  }
-  void OnOK() override { op_.resolve(fromTrainResult(Env(), result_)); }
-  void OnError(const Napi::Error& e) override { op_.reject(e); }
-
- private:
-  TrainTask(TrainerWrap& wrap, Napi::Env env, int64_t steps, Napi::Value onProgress)
-      : Napi::AsyncProgressQueueWorker<o3::Progress>(env, "o3.trainer.train"), op_(wrap, env), steps_(steps) {
-    if (onProgress.IsFunction()) onProgress_ = Napi::Persistent(onProgress.As<Napi::Function>());
-  }
-  Operation op_;
-  int64_t steps_;
-  Napi::FunctionReference onProgress_;
-  o3::TrainResult result_{};
-};
+// Runs one operation of `wrap`'s trainer on a worker (see PromiseWorker). Until its promise
+// settles the trainer is busy and the wrapper referenced (so not collected); so is `keepAlive`,
+// JS memory the work reads (loadStateDict's buffers).
+template <class Result, class Progress = NoProgress>
+Napi::Promise runOperation(TrainerWrap& wrap, Napi::Env env, const char* name,
+                           std::function<Result(o3::Trainer&, const typename PromiseWorker<Result, Progress>::Report&)> work,
+                           typename PromiseWorker<Result, Progress>::Convert convert,
+                           typename PromiseWorker<Result, Progress>::ProgressHook onProgress = {},
+                           Napi::Value keepAlive = Napi::Value()) {
+  using Worker = PromiseWorker<Result, Progress>;
+  std::shared_ptr<o3::Trainer> trainer = wrap.Begin(env);
+  auto self = std::make_shared<Napi::ObjectReference>(Napi::Persistent(wrap.Value()));
+  auto kept = std::make_shared<Napi::ObjectReference>();
+  if (!keepAlive.IsEmpty() && keepAlive.IsObject()) *kept = Napi::Persistent(keepAlive.As<Napi::Object>());
+  return Worker::Start(
+      env, name, [trainer, work = std::move(work)](const typename Worker::Report& report) { return work(*trainer, report); },
+      std::move(convert), {std::move(onProgress), [&wrap, self, kept] { wrap.End(); }});
+}
 
 }  // namespace
 
@@ -156,10 +78,27 @@ Napi::Value TrainerWrap::Position(const Napi::CallbackInfo& info) {
   return fromPosition(info.Env(), trainer_->position());
 }
 
-// train(steps, onProgress?): steps < 0 trains to the end of the current epoch.
+// train(maxSteps, toEpochEnd, onProgress?): maxSteps < 0 sets no step limit.
 Napi::Value TrainerWrap::Train(const Napi::CallbackInfo& info) {
-  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "steps must be a number");
-  return TrainTask::Start(*this, info.Env(), info[0].As<Napi::Number>().Int64Value(), info[1]);
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "maxSteps must be a number");
+  if (!info[1].IsBoolean()) throw Napi::TypeError::New(info.Env(), "toEpochEnd must be a boolean");
+  const int64_t maxSteps = info[0].As<Napi::Number>().Int64Value();
+  const bool toEpochEnd = info[1].As<Napi::Boolean>().Value();
+  PromiseWorker<o3::TrainResult, o3::Progress>::ProgressHook onProgress;
+  if (info[2].IsFunction()) {
+    auto callback = std::make_shared<Napi::FunctionReference>(Napi::Persistent(info[2].As<Napi::Function>()));
+    onProgress = [callback](Napi::Env env, const o3::Progress& p) {
+      // A throwing callback must not take the process down; the TypeScript layer reports it.
+      try {
+        callback->Call({fromProgress(env, p)});
+      } catch (const Napi::Error&) {
+      }
+    };
+  }
+  return runOperation<o3::TrainResult, o3::Progress>(
+      *this, info.Env(), "o3.trainer.train",
+      [maxSteps, toEpochEnd](o3::Trainer& t, const o3::ProgressFn& report) { return t.train(maxSteps, toEpochEnd, report); },
+      [](Napi::Env env, o3::TrainResult& r) -> Napi::Value { return fromTrainResult(env, r); }, std::move(onProgress));
 }
 
 Napi::Value TrainerWrap::Evaluate(const Napi::CallbackInfo& info) {
@@ -167,28 +106,29 @@ Napi::Value TrainerWrap::Evaluate(const Napi::CallbackInfo& info) {
   if (!info[1].IsNumber() || info[1].As<Napi::Number>().Int64Value() < 1)
     throw Napi::TypeError::New(info.Env(), "batchSize must be a positive integer");
   const int64_t batchSize = info[1].As<Napi::Number>().Int64Value();
-  return TrainerTask<o3::EvalResult>::Start(
-      *this, info.Env(), [data, batchSize](o3::Trainer& t) { return t.evaluate(data, batchSize); },
+  return runOperation<o3::EvalResult>(
+      *this, info.Env(), "o3.trainer.evaluate",
+      [data, batchSize](o3::Trainer& t, const auto&) { return t.evaluate(data, batchSize); },
       [](Napi::Env env, o3::EvalResult& r) -> Napi::Value { return fromEvalResult(env, r); });
 }
 
 Napi::Value TrainerWrap::StateDict(const Napi::CallbackInfo& info) {
   using State = std::vector<o3::StateTensor>;
-  return TrainerTask<State>::Start(
-      *this, info.Env(), [](o3::Trainer& t) { return t.stateDict(); },
+  return runOperation<State>(
+      *this, info.Env(), "o3.trainer.stateDict", [](o3::Trainer& t, const auto&) { return t.stateDict(); },
       [](Napi::Env env, State& s) -> Napi::Value { return fromStateTensors(env, std::move(s)); });
 }
 
 Napi::Value TrainerWrap::LoadStateDict(const Napi::CallbackInfo& info) {
   if (!info[0].IsArray()) throw Napi::TypeError::New(info.Env(), "state must be an array");
   auto state = std::make_shared<std::vector<o3::StateTensor>>(toStateTensors(info[0].As<Napi::Array>()));
-  return TrainerTask<bool>::Start(
-      *this, info.Env(),
-      [state](o3::Trainer& t) {
+  return runOperation<bool>(
+      *this, info.Env(), "o3.trainer.loadStateDict",
+      [state](o3::Trainer& t, const auto&) {
         t.loadStateDict(*state);
         return true;
       },
-      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); }, info[0]);
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); }, {}, info[0]);
 }
 
 Napi::Value TrainerWrap::StopAfterStep(const Napi::CallbackInfo& info) {

@@ -12,11 +12,13 @@ BatchLoader::BatchLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions o
       allocate_(std::move(allocate)),
       epochSize_(0),
       pool_(std::max(1, opts.workers)) {
-  const SamplerOptions& s = opts_.sampler;
+  SamplerOptions& s = opts_.sampler;
   if (opts_.batchSize < 1) throw Error("batchSize must be at least 1");
+  s.batchSize = opts_.batchSize;
   if (s.worldSize < 1 || s.rank < 0 || s.rank >= s.worldSize) throw Error("rank must be in [0, worldSize)");
   opts_.prefetch = std::max(1, opts_.prefetch);
-  epochSize_ = shardSize(dataset_->size(), s);
+  shardSizes_ = dataset_->shardSizes();
+  epochSize_ = shardSizes_.empty() ? shardSize(dataset_->size(), s) : shardedEpochSize(shardSizes_, s);
   if (epochSize_ < 1) throw Error("rank " + std::to_string(s.rank) + " of " + std::to_string(s.worldSize) + " has no samples");
 }
 
@@ -24,7 +26,8 @@ BatchLoader::~BatchLoader() { drain(); }
 
 std::shared_ptr<const std::vector<int64_t>> BatchLoader::orderFor(int64_t epoch) {
   if (orderEpoch_ != epoch) {
-    order_ = std::make_shared<const std::vector<int64_t>>(epochOrder(dataset_->size(), epoch, opts_.sampler));
+    order_ = std::make_shared<const std::vector<int64_t>>(shardSizes_.empty() ? epochOrder(dataset_->size(), epoch, opts_.sampler)
+                                                                               : shardedEpochOrder(shardSizes_, epoch, opts_.sampler));
     orderEpoch_ = epoch;
   }
   return order_;

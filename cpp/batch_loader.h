@@ -59,6 +59,7 @@ class BatchLoader {
   // Restarts from `pos` with shuffling seeded by `seed`; batches prefetched so far are dropped.
   void seek(Position pos, uint64_t seed);
   int64_t epochSize() const { return epochSize_; }
+  const SamplerOptions& sampler() const { return opts_.sampler; }
   const Dataset& dataset() const { return *dataset_; }
 
  private:
@@ -74,6 +75,7 @@ class BatchLoader {
   std::shared_ptr<const Dataset> dataset_;
   LoaderOptions opts_;
   HostAllocator allocate_;
+  std::vector<int64_t> shardSizes_;  // the dataset's, when it is stored in shards
   int64_t epochSize_;
   Position consumed_, planned_;
   std::shared_ptr<const std::vector<int64_t>> order_;

@@ -8,6 +8,7 @@
 #include "error.h"
 #include "idx_file.h"
 #include "image_decode.h"
+#include "webdataset.h"
 
 namespace o3 {
 namespace fs = std::filesystem;
@@ -42,23 +43,20 @@ class MnistDataset final : public Dataset {
 
 class ImageFolderDataset final : public Dataset {
  public:
-  ImageFolderDataset(ImageFolderListing listing, int imageSize)
-      : listing_(std::move(listing)), size_(imageSize) {}
+  ImageFolderDataset(ImageFolderListing listing, int imageSize, int channels)
+      : listing_(std::move(listing)), size_(imageSize), channels_(channels) {}
   int64_t size() const override { return int64_t(listing_.samples.size()); }
-  SampleShape shape() const override { return {3, size_, size_}; }
+  SampleShape shape() const override { return {channels_, size_, size_}; }
   int64_t numClasses() const override { return int64_t(listing_.classes.size()); }
   int64_t load(int64_t i, uint8_t* out) const override {
     const ImageFolderEntry& e = listing_.samples[size_t(i)];
-    const Image img = resizeBilinear(decodeImageFile(e.path), int(size_), int(size_));
-    const size_t plane = size_t(size_) * size_t(size_);
-    for (size_t p = 0; p < plane; ++p)
-      for (size_t c = 0; c < 3; ++c) out[c * plane + p] = img.rgb[p * 3 + c];
+    decodeSample(readWholeFile(e.path), e.path, int(channels_), int(size_), out);
     return e.label;
   }
 
  private:
   ImageFolderListing listing_;
-  int64_t size_;
+  int64_t size_, channels_;
 };
 
 bool isImageName(const fs::path& p) {
@@ -97,11 +95,17 @@ ImageFolderListing listImageFolder(const std::string& root) {
   return out;
 }
 
+void checkImageSpec(const DataSpec& spec) {
+  if (spec.imageSize < 8 || spec.imageSize > 1024) throw Error("imageSize must be between 8 and 1024");
+  if (spec.channels != 1 && spec.channels != 3) throw Error("channels must be 1 or 3");
+}
+
 std::shared_ptr<const Dataset> openDataset(const DataSpec& spec) {
   if (spec.kind == DataSpec::Kind::ImageFolder) {
-    if (spec.imageSize < 8 || spec.imageSize > 1024) throw Error("imageSize must be between 8 and 1024");
-    return std::make_shared<ImageFolderDataset>(listImageFolder(spec.root), spec.imageSize);
+    checkImageSpec(spec);
+    return std::make_shared<ImageFolderDataset>(listImageFolder(spec.root), spec.imageSize, spec.channels);
   }
+  if (spec.kind == DataSpec::Kind::WebDataset) return openWebDataset(spec);
   if (spec.split != "train" && spec.split != "test") throw Error("mnist split must be 'train' or 'test'");
   const std::string prefix = spec.split == "train" ? "train" : "t10k";
   return std::make_shared<MnistDataset>(findIdxFile(spec.root, prefix + "-images-idx3-ubyte"),

@@ -1,4 +1,5 @@
-// Datasets the loader draws samples from: (Fashion-)MNIST idx files and ImageFolder trees.
+// Datasets the loader draws samples from: (Fashion-)MNIST idx files, ImageFolder trees and
+// WebDataset tar shards.
 #pragma once
 
 #include <cstdint>
@@ -9,11 +10,13 @@
 namespace o3 {
 
 struct DataSpec {
-  enum class Kind { Mnist, ImageFolder };
+  enum class Kind { Mnist, ImageFolder, WebDataset };
   Kind kind = Kind::Mnist;
   std::string root;
   std::string split = "train";  // mnist: "train" or "test"
-  int imageSize = 64;           // imagefolder: images are resized to imageSize x imageSize
+  int imageSize = 64;           // imagefolder, webdataset: images are resized to imageSize x imageSize
+  int channels = 3;             // imagefolder, webdataset: 3 (RGB) or 1 (gray, as idx files hold)
+  std::string shards;           // webdataset: shard names under root, e.g. "train-{000000..000127}.tar"; empty: every *.tar
 };
 
 struct SampleShape {
@@ -30,7 +33,13 @@ class Dataset {
   // Writes sample i as CHW uint8 (shape().bytes() bytes) to `out` and returns its label.
   // Safe to call from several threads at once. Throws fileError for unreadable files.
   virtual int64_t load(int64_t i, uint8_t* out) const = 0;
+  // Sample counts of the consecutive runs of samples stored together (tar shards, in order), which
+  // the sampler keeps together so that reads stay sequential; empty when samples are independent.
+  virtual std::vector<int64_t> shardSizes() const { return {}; }
 };
+
+// Image size and channel checks shared by the image datasets.
+void checkImageSpec(const DataSpec& spec);
 
 struct ImageFolderEntry {
   std::string path;

@@ -14,19 +14,6 @@
 namespace o3 {
 namespace {
 
-// stdio rather than ifstream: libstdc++'s filebuf throws its own exception on a read error
-// (a FUSE mount that died, say), whose message would not name the file.
-std::vector<uint8_t> readWholeFile(const std::string& path) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!f) throw openError(path);
-  std::vector<uint8_t> bytes;
-  uint8_t chunk[1 << 16];
-  size_t got;
-  while ((got = std::fread(chunk, 1, sizeof chunk, f.get())) > 0) bytes.insert(bytes.end(), chunk, chunk + got);
-  if (std::ferror(f.get())) throw fileError(path, std::string("read error: ") + std::strerror(errno));
-  return bytes;
-}
-
 struct JpegErrorManager {
   jpeg_error_mgr base;
   jmp_buf jump;
@@ -46,8 +33,9 @@ void jpegMessage(j_common_ptr cinfo, int level) {
 }
 
 // Kept free of C++ objects with destructors between setjmp and any longjmp back into it.
-Image decodeJpeg(const std::string& path, const std::vector<uint8_t>& bytes) {
+Image decodeJpeg(const std::string& path, const std::vector<uint8_t>& bytes, int channels) {
   Image img;
+  img.channels = channels;
   jpeg_decompress_struct cinfo;
   JpegErrorManager err;
   cinfo.err = jpeg_std_error(&err.base);
@@ -60,13 +48,13 @@ Image decodeJpeg(const std::string& path, const std::vector<uint8_t>& bytes) {
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&cinfo, TRUE);
-  cinfo.out_color_space = JCS_RGB;
+  cinfo.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_start_decompress(&cinfo);
   img.width = static_cast<int>(cinfo.output_width);
   img.height = static_cast<int>(cinfo.output_height);
-  img.rgb.resize(size_t(img.width) * img.height * 3);
+  img.pixels.resize(size_t(img.width) * img.height * size_t(channels));
   while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = img.rgb.data() + size_t(cinfo.output_scanline) * img.width * 3;
+    JSAMPROW row = img.pixels.data() + size_t(cinfo.output_scanline) * img.width * size_t(channels);
     jpeg_read_scanlines(&cinfo, &row, 1);
   }
   jpeg_finish_decompress(&cinfo);
@@ -75,18 +63,19 @@ Image decodeJpeg(const std::string& path, const std::vector<uint8_t>& bytes) {
 }
 
 // libpng's simplified API reports errors through its return value, no setjmp needed.
-Image decodePng(const std::string& path, const std::vector<uint8_t>& bytes) {
+Image decodePng(const std::string& path, const std::vector<uint8_t>& bytes, int channels) {
   png_image png;
   std::memset(&png, 0, sizeof png);
   png.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_memory(&png, bytes.data(), bytes.size()))
     throw fileError(path, std::string("corrupt PNG: ") + png.message);
-  png.format = PNG_FORMAT_RGB;
+  png.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
   Image img;
+  img.channels = channels;
   img.width = static_cast<int>(png.width);
   img.height = static_cast<int>(png.height);
-  img.rgb.resize(PNG_IMAGE_SIZE(png));
-  if (!png_image_finish_read(&png, nullptr, img.rgb.data(), 0, nullptr)) {
+  img.pixels.resize(PNG_IMAGE_SIZE(png));
+  if (!png_image_finish_read(&png, nullptr, img.pixels.data(), 0, nullptr)) {
     const std::string message = png.message;
     png_image_free(&png);
     throw fileError(path, "corrupt PNG: " + message);
@@ -96,13 +85,33 @@ Image decodePng(const std::string& path, const std::vector<uint8_t>& bytes) {
 
 }  // namespace
 
-Image decodeImageFile(const std::string& path) {
-  const std::vector<uint8_t> bytes = readWholeFile(path);
+// stdio rather than ifstream: libstdc++'s filebuf throws its own exception on a read error
+// (a FUSE mount that died, say), whose message would not name the file.
+std::vector<uint8_t> readWholeFile(const std::string& path) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!f) throw openError(path);
+  std::vector<uint8_t> bytes;
+  uint8_t chunk[1 << 16];
+  size_t got;
+  while ((got = std::fread(chunk, 1, sizeof chunk, f.get())) > 0) bytes.insert(bytes.end(), chunk, chunk + got);
+  if (std::ferror(f.get())) throw fileError(path, std::string("read error: ") + std::strerror(errno));
+  return bytes;
+}
+
+Image decodeImage(const std::vector<uint8_t>& bytes, const std::string& name, int channels) {
+  if (channels != 1 && channels != 3) throw Error("channels must be 1 or 3");
   static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  if (bytes.size() >= 8 && std::memcmp(bytes.data(), kPng, 8) == 0) return decodePng(path, bytes);
+  if (bytes.size() >= 8 && std::memcmp(bytes.data(), kPng, 8) == 0) return decodePng(name, bytes, channels);
   if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF)
-    return decodeJpeg(path, bytes);
-  throw fileError(path, bytes.empty() ? "empty file" : "neither a JPEG nor a PNG image");
+    return decodeJpeg(name, bytes, channels);
+  throw fileError(name, bytes.empty() ? "empty file" : "neither a JPEG nor a PNG image");
+}
+
+void decodeSample(const std::vector<uint8_t>& bytes, const std::string& name, int channels, int size, uint8_t* out) {
+  const Image img = resizeBilinear(decodeImage(bytes, name, channels), size, size);
+  const size_t plane = size_t(size) * size_t(size), n = size_t(channels);
+  for (size_t p = 0; p < plane; ++p)
+    for (size_t c = 0; c < n; ++c) out[c * plane + p] = img.pixels[p * n + c];
 }
 
 Image resizeBilinear(const Image& src, int width, int height) {
@@ -110,7 +119,9 @@ Image resizeBilinear(const Image& src, int width, int height) {
   Image dst;
   dst.width = width;
   dst.height = height;
-  dst.rgb.resize(size_t(width) * height * 3);
+  dst.channels = src.channels;
+  const int n = src.channels;
+  dst.pixels.resize(size_t(width) * height * size_t(n));
   const float sx = float(src.width) / width, sy = float(src.height) / height;
   for (int y = 0; y < height; ++y) {
     const float fy = std::max(0.0f, (y + 0.5f) * sy - 0.5f);
@@ -120,11 +131,11 @@ Image resizeBilinear(const Image& src, int width, int height) {
       const float fx = std::max(0.0f, (x + 0.5f) * sx - 0.5f);
       const int x0 = std::min(int(fx), src.width - 1), x1 = std::min(x0 + 1, src.width - 1);
       const float wx = fx - x0;
-      for (int c = 0; c < 3; ++c) {
-        auto at = [&](int yy, int xx) { return float(src.rgb[(size_t(yy) * src.width + xx) * 3 + c]); };
+      for (int c = 0; c < n; ++c) {
+        auto at = [&](int yy, int xx) { return float(src.pixels[(size_t(yy) * src.width + xx) * n + c]); };
         const float top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx;
         const float bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx;
-        dst.rgb[(size_t(y) * width + x) * 3 + c] = uint8_t(top * (1 - wy) + bottom * wy + 0.5f);
+        dst.pixels[(size_t(y) * width + x) * n + c] = uint8_t(top * (1 - wy) + bottom * wy + 0.5f);
       }
     }
   }

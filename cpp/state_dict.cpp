@@ -115,6 +115,10 @@ class Entries {
     return &s;
   }
   void ignore(const std::string& name) { used_.insert(name); }
+  void ignorePrefix(const std::string& prefix) {
+    for (const auto& [name, _] : byName_)
+      if (name.rfind(prefix, 0) == 0) used_.insert(name);
+  }
   void checkAllUsed() const {
     std::vector<std::string> unknown;
     for (const auto& [name, _] : byName_)
@@ -193,6 +197,28 @@ void setGeneratorState(at::Generator gen, const StateTensor& s) {
   gen.set_state(viewOf(s).clone());
 }
 
+// A generator's state entries: "rng.<kind>" for one process; with collectives every rank's,
+// gathered, as "rng.<kind>.rank<r>".
+void exportGenerator(std::vector<StateTensor>& out, Collectives* comm, torch::Device device, const std::string& kind, const at::Generator& gen) {
+  const torch::Tensor state = generatorState(gen);
+  if (!comm) {
+    out.push_back(exportTensor("rng." + kind, state));
+    return;
+  }
+  // NCCL gathers device tensors only.
+  const std::vector<torch::Tensor> all = comm->allGather(state.to(device));
+  for (size_t r = 0; r < all.size(); ++r) out.push_back(exportTensor("rng." + kind + ".rank" + std::to_string(r), all[r]));
+}
+
+// This rank's generator state from a dict written by any world size: its own entry, else a
+// one-process dict's (for rank 0 of a job, or a process without collectives); null when neither.
+const StateTensor* takeGenerator(Entries& entries, const std::string& kind, int64_t rank, bool job, const std::vector<int64_t>& shape) {
+  const StateTensor* own = entries.take("rng." + kind + ".rank" + std::to_string(rank), DType::U8, shape, false);
+  if (!own && (rank == 0 || !job)) own = entries.take("rng." + kind, DType::U8, shape, false);
+  entries.ignorePrefix("rng." + kind);
+  return own;
+}
+
 }  // namespace
 
 std::vector<StateTensor> Trainer::stateDict() {
@@ -203,10 +229,11 @@ std::vector<StateTensor> Trainer::stateDict() {
     for (const auto& p : m.model.net->named_parameters()) out.push_back(exportTensor("model." + p.key(), p.value()));
     for (const auto& b : m.model.net->named_buffers()) out.push_back(exportTensor("model." + b.key(), b.value()));
     for (auto& s : exportOptimizer(*m.optimizer, namedParameters(*m.model.net))) out.push_back(std::move(s));
-    out.push_back(exportTensor("rng.cpu", generatorState(m.cpuGenerator)));
-    if (m.device.is_cuda()) out.push_back(exportTensor("rng.cuda", generatorState(at::globalContext().defaultGenerator(m.device))));
+    exportGenerator(out, m.comm.get(), m.device, "cpu", m.cpuGenerator);
+    if (m.device.is_cuda()) exportGenerator(out, m.comm.get(), m.device, "cuda", at::globalContext().defaultGenerator(m.device));
     const Position pos = m.loader->position();
-    out.push_back(exportTensor("loader.position", torch::tensor({int64_t(m.loader->seed()), pos.epoch, pos.index}, torch::kLong)));
+    const int64_t index = toGlobalIndex(pos.index, m.loader->sampler());
+    out.push_back(exportTensor("loader.position", torch::tensor({int64_t(m.loader->seed()), pos.epoch, index}, torch::kLong)));
     return out;
   });
 }
@@ -225,17 +252,18 @@ void Trainer::loadStateDict(const std::vector<StateTensor>& state) {
     for (const auto& b : net.named_buffers()) takeModel(b.key(), b.value());
     const NamedParams params = namedParameters(net);
     OptimizerState optimizerState = readOptimizer(m.opts.optimizer, params, entries, m.device);
-    const StateTensor* cpuRng = entries.take("rng.cpu", DType::U8, generatorState(m.cpuGenerator).sizes().vec(), true);
+    const int64_t rank = m.loader->sampler().rank;
+    const StateTensor* cpuRng = takeGenerator(entries, "cpu", rank, bool(m.comm), generatorState(m.cpuGenerator).sizes().vec());
     // A checkpoint moves between devices: CUDA generator state applies only when training on CUDA.
     const at::Generator cudaGenerator = m.device.is_cuda() ? at::globalContext().defaultGenerator(m.device) : at::Generator();
-    const StateTensor* cudaRng =
-        m.device.is_cuda() ? entries.take("rng.cuda", DType::U8, generatorState(cudaGenerator).sizes().vec(), false) : nullptr;
-    if (!m.device.is_cuda()) entries.ignore("rng.cuda");
+    const StateTensor* cudaRng = m.device.is_cuda() ? takeGenerator(entries, "cuda", rank, bool(m.comm), generatorState(cudaGenerator).sizes().vec()) : nullptr;
+    entries.ignorePrefix("rng.cuda");
     const StateTensor* loaderState = entries.take("loader.position", DType::I64, {3}, true);
-    const Position position{readI64(*loaderState, 1), readI64(*loaderState, 2)};
+    const int64_t globalIndex = readI64(*loaderState, 2);
+    const Position position{readI64(*loaderState, 1), toRankIndex(globalIndex, m.loader->sampler())};
     if (position.epoch < 0 || position.index < 0 || position.index > m.loader->epochSize())
-      throw Error("state 'loader.position' (epoch " + std::to_string(position.epoch) + ", index " + std::to_string(position.index) +
-                  ") is outside an epoch of " + std::to_string(m.loader->epochSize()) + " samples");
+      throw Error("state 'loader.position' (epoch " + std::to_string(position.epoch) + ", index " + std::to_string(globalIndex) +
+                  ") is outside an epoch of " + std::to_string(m.loader->epochSize()) + " samples for this rank");
     entries.checkAllUsed();
 
     torch::NoGradGuard noGrad;
@@ -243,7 +271,13 @@ void Trainer::loadStateDict(const std::vector<StateTensor>& state) {
     auto& opt = m.optimizer->state();
     opt.clear();
     for (auto& [param, st] : optimizerState) opt[optimizerKey(opt, param)] = std::move(st);
-    setGeneratorState(m.cpuGenerator, *cpuRng);
+    if (cpuRng) {
+      setGeneratorState(m.cpuGenerator, *cpuRng);
+    } else {
+      // Saved by a smaller world: a stream of this rank's own, the same on every rerun.
+      std::lock_guard<std::mutex> lock(m.cpuGenerator.mutex());
+      m.cpuGenerator.set_current_seed(rankSeed(m.opts.seed, rank, uint64_t(position.epoch) << 40 ^ uint64_t(globalIndex)));
+    }
     if (cudaRng) setGeneratorState(cudaGenerator, *cudaRng);
     m.loader->seek(position, uint64_t(readI64(*loaderState, 0)));
     m.syncPosition();

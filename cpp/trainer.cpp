@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <random>
 
 #include "trainer_impl.h"
 
@@ -39,11 +40,15 @@ std::string gpuName(torch::Device device) {
 #endif
 }
 
-torch::Device chooseDevice(const std::string& requested) {
+torch::Device chooseDevice(const std::string& requested, int64_t localRank) {
   if (requested == "cpu") return torch::kCPU;
   if (requested != "auto" && requested != "cuda")
     throw Error("device must be 'auto', 'cpu' or 'cuda', not '" + requested + "'");
-  if (torch::cuda::is_available()) return torch::Device(torch::kCUDA, 0);
+  if (torch::cuda::is_available()) {
+    if (localRank >= int64_t(torch::cuda::device_count()))
+      throw Error("LOCAL_RANK " + std::to_string(localRank) + " has no GPU: " + std::to_string(torch::cuda::device_count()) + " visible");
+    return torch::Device(torch::kCUDA, c10::DeviceIndex(localRank));
+  }
   if (requested == "cuda") throw Error("device 'cuda' requested, but this libtorch has no CUDA support or no GPU is visible");
   return torch::kCPU;
 }
@@ -86,29 +91,48 @@ BatchTensors toDevice(const Batch& batch, const SampleShape& shape, torch::Devic
   return {images.to(device, async).to(torch::kFloat).mul_(2.0 / 255).sub_(1.0), labels.to(device, async)};
 }
 
-TrainResult runTraining(Trainer::Impl& m, int64_t maxSteps, bool untilEpochEnd, const ProgressFn& onProgress) {
+TrainResult runTraining(Trainer::Impl& m, int64_t maxSteps, bool toEpochEnd, const ProgressFn& onProgress) {
   const auto started = std::chrono::steady_clock::now();
   const SampleShape shape = m.loader->dataset().shape();
   auto& net = *m.model.net;
   net.train();
+  const std::vector<torch::Tensor> params = net.parameters();
   // Summed on the device: reading each step's loss would make a CUDA step wait for the GPU.
   torch::Tensor lossSum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(m.device));
-  TrainResult r{0, 0, 0, 0};
-  while ((untilEpochEnd || r.steps < maxSteps) && !m.cancelled && !m.stopRequested) {
+  // Whether any rank wants to stop, summed with the gradients and read with the loss: every rank
+  // reads it after the same steps, so all stop after the same one.
+  torch::Tensor stopFlags = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat).device(m.device));
+  const int64_t every = std::max(1, m.opts.progressEvery);
+  TrainResult r{0, 0, 0, 0, false, m.loader->position().epoch, 0, false};
+  while ((maxSteps < 0 || r.steps < maxSteps) && !r.stopped) {
+    if (!m.comm && (m.cancelled || m.stopRequested)) {
+      r.stopped = true;
+      break;
+    }
     const Batch batch = m.loader->next();
     const BatchTensors t = toDevice(batch, shape, m.device);
     m.optimizer->zero_grad();
     const torch::Tensor loss = F::cross_entropy(net.forward(t.images), t.labels);
     loss.backward();
+    if (m.comm) {
+      stopFlags.fill_(m.cancelled || m.stopRequested ? 1.0 : 0.0);
+      r.commSeconds += averageGradients(*m.comm, params, stopFlags);
+    }
     m.optimizer->step();
     lossSum.add_(loss.detach(), double(batch.count));
     r.steps += 1;
     r.samples += batch.count;
     m.syncPosition();
-    if (onProgress) onProgress({r.steps, r.samples, loss.item<double>(), batch.next, m.loader->epochSize()});
-    if (untilEpochEnd && batch.next.epoch != batch.start.epoch) break;
+    r.epochEnded = batch.next.epoch != batch.start.epoch;
+    r.epoch = batch.start.epoch;
+    const bool lastOfCall = (toEpochEnd && r.epochEnded) || r.steps == maxSteps;
+    if (r.steps % every == 0 || lastOfCall) {
+      if (m.comm) r.stopped = stopFlags.item<float>() > 0;
+      if (onProgress) onProgress({r.steps, r.samples, loss.item<double>(), batch.next, m.loader->epochSize()});
+    }
+    if (toEpochEnd && r.epochEnded) break;
   }
-  m.stopRequested = false;
+  if (r.stopped || !m.comm) m.stopRequested = false;
   r.loss = r.samples ? lossSum.item<double>() / double(r.samples) : 0;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return r;
@@ -126,6 +150,16 @@ class EvalMode {
 
 }  // namespace
 
+// Seeds a rank's own generator (dropout): rank 0 keeps the run's seed, so that one process trains
+// as it always did; other ranks draw other masks.
+uint64_t rankSeed(uint64_t seed, int64_t rank, uint64_t salt) {
+  if (rank == 0 && salt == 0) return seed;
+  std::seed_seq seq{uint32_t(seed), uint32_t(seed >> 32), uint32_t(rank), uint32_t(salt), uint32_t(salt >> 32)};
+  uint64_t out[1];
+  seq.generate(reinterpret_cast<uint32_t*>(out), reinterpret_cast<uint32_t*>(out + 1));
+  return out[0];
+}
+
 HostAllocator Trainer::Impl::allocator() const {
   const bool pinned = device.is_cuda();
   return [pinned](size_t bytes) {
@@ -140,12 +174,18 @@ Trainer::Trainer(const TrainerOptions& opts) : impl_(std::make_unique<Impl>()) {
     Impl& m = *impl_;
     m.opts = opts;
     if (opts.threads > 0) at::set_num_threads(opts.threads);
-    m.device = chooseDevice(opts.device);
+    const bool dist = opts.dist.enabled;
+    if (dist && opts.dist.worldSize > 1 && opts.lastBatch == LastBatch::Short)
+      throw Error("lastBatch 'short' would give the ranks different numbers of steps: use 'drop' or 'pad'");
+    m.device = chooseDevice(opts.device, dist ? opts.dist.localRank : 0);
     m.deviceInfo = m.device.is_cuda() ? DeviceInfo{"cuda", gpuName(m.device)} : DeviceInfo{"cpu", cpuModelName()};
     if (m.device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
 
+    if (dist) m.comm = Collectives::connect(opts.dist, m.device);
+    const int64_t rank = dist ? opts.dist.rank : opts.rank, worldSize = dist ? opts.dist.worldSize : opts.worldSize;
+
     auto dataset = openDataset(opts.data);
-    m.cpuGenerator = at::detail::createCPUGenerator(opts.seed);
+    m.cpuGenerator = at::detail::createCPUGenerator(rankSeed(opts.seed, rank));
     const at::Generator dropoutGenerator =
         m.device.is_cuda() ? at::globalContext().defaultGenerator(m.device) : m.cpuGenerator;
     {
@@ -154,11 +194,17 @@ Trainer::Trainer(const TrainerOptions& opts) : impl_(std::make_unique<Impl>()) {
       m.model = makeModel(opts.model, dataset->shape(), dataset->numClasses(), dropoutGenerator);
     }
     m.model.net->to(m.device);
+    if (m.comm) {
+      // Identical already when every rank has the same seed; this makes it so whatever they have.
+      std::vector<torch::Tensor> state = m.model.net->parameters();
+      for (const auto& b : m.model.net->buffers()) state.push_back(b);
+      broadcastTensors(*m.comm, state);
+    }
     m.optimizer = makeOptimizer(opts.optimizer, m.model.net->parameters());
 
     LoaderOptions lo;
     lo.batchSize = opts.batchSize;
-    lo.sampler = {opts.seed, opts.shuffle, opts.rank, opts.worldSize};
+    lo.sampler = {opts.seed, opts.shuffle, rank, worldSize, opts.shuffleWindow, opts.batchSize, opts.lastBatch};
     lo.prefetch = opts.prefetch;
     lo.workers = opts.workers;
     m.loader = std::make_unique<BatchLoader>(std::move(dataset), lo, m.allocator());
@@ -173,7 +219,14 @@ const ModelSpec& Trainer::model() const { return impl_->model.resolved; }
 
 DatasetInfo Trainer::dataset() const {
   const Dataset& d = impl_->loader->dataset();
-  return {d.size(), impl_->loader->epochSize(), d.numClasses(), d.shape()};
+  const SamplerOptions& s = impl_->loader->sampler();
+  const int64_t epochSize = impl_->loader->epochSize();
+  return {d.size(), epochSize, (epochSize + s.batchSize - 1) / s.batchSize, s.batchSize * s.worldSize, d.numClasses(), d.shape()};
+}
+
+WorldInfo Trainer::world() const {
+  const SamplerOptions& s = impl_->loader->sampler();
+  return {s.rank, s.worldSize, impl_->opts.dist.enabled ? impl_->opts.dist.localRank : 0, bool(impl_->comm)};
 }
 
 Position Trainer::position() const {
@@ -184,13 +237,9 @@ Position Trainer::position() const {
 void Trainer::cancel() { impl_->cancelled = true; }
 void Trainer::stopAfterStep() { impl_->stopRequested = true; }
 
-TrainResult Trainer::trainSteps(int64_t steps, const ProgressFn& onProgress) {
-  if (steps < 0) throw Error("steps must be >= 0");
-  return translateTorchErrors([&] { return runTraining(*impl_, steps, false, onProgress); });
-}
-
-TrainResult Trainer::trainEpoch(const ProgressFn& onProgress) {
-  return translateTorchErrors([&] { return runTraining(*impl_, 0, true, onProgress); });
+TrainResult Trainer::train(int64_t maxSteps, bool toEpochEnd, const ProgressFn& onProgress) {
+  if (maxSteps < 0 && !toEpochEnd) throw Error("training without a step limit must stop at the epoch end");
+  return translateTorchErrors([&] { return runTraining(*impl_, maxSteps, toEpochEnd, onProgress); });
 }
 
 EvalResult Trainer::evaluate(const DataSpec& data, int64_t batchSize) {
@@ -199,15 +248,21 @@ EvalResult Trainer::evaluate(const DataSpec& data, int64_t batchSize) {
     LoaderOptions lo;
     lo.batchSize = batchSize;
     lo.sampler.shuffle = false;
+    lo.sampler.batchSize = batchSize;
+    if (m.comm) {
+      lo.sampler.rank = m.comm->rank();
+      lo.sampler.worldSize = m.comm->worldSize();
+    }
     lo.prefetch = m.opts.prefetch;
     lo.workers = m.opts.workers;
-    BatchLoader loader(openDataset(data), lo, m.allocator());
-    const SampleShape want = m.loader->dataset().shape(), got = loader.dataset().shape();
+    auto dataset = openDataset(data);
+    const int64_t share = shardSize(dataset->size(), lo.sampler);
+    const SampleShape want = m.loader->dataset().shape(), got = dataset->shape();
     if (want.channels != got.channels || want.height != got.height || want.width != got.width)
       throw Error("evaluation images are " + std::to_string(got.channels) + "x" + std::to_string(got.height) + "x" +
                   std::to_string(got.width) + " but the model takes " + std::to_string(want.channels) + "x" +
                   std::to_string(want.height) + "x" + std::to_string(want.width));
-    if (loader.dataset().numClasses() > m.loader->dataset().numClasses())
+    if (dataset->numClasses() > m.loader->dataset().numClasses())
       throw Error("evaluation data has more classes than the model");
 
     torch::NoGradGuard noGrad;
@@ -215,14 +270,23 @@ EvalResult Trainer::evaluate(const DataSpec& data, int64_t batchSize) {
     const auto acc = torch::TensorOptions().dtype(torch::kDouble).device(m.device);
     torch::Tensor lossSum = torch::zeros({}, acc), correct = torch::zeros({}, acc);
     int64_t samples = 0;
-    do {
-      const Batch batch = loader.next();
-      const BatchTensors t = toDevice(batch, got, m.device);
-      const torch::Tensor logits = m.model.net->forward(t.images);
-      lossSum.add_(F::cross_entropy(logits, t.labels, F::CrossEntropyFuncOptions().reduction(torch::kSum)));
-      correct.add_(logits.argmax(1).eq(t.labels).sum());
-      samples += batch.count;
-    } while (loader.position().epoch == 0);
+    if (share > 0) {  // a rank of a large world may have none of a small test set
+      BatchLoader loader(std::move(dataset), lo, m.allocator());
+      do {
+        const Batch batch = loader.next();
+        const BatchTensors t = toDevice(batch, got, m.device);
+        const torch::Tensor logits = m.model.net->forward(t.images);
+        lossSum.add_(F::cross_entropy(logits, t.labels, F::CrossEntropyFuncOptions().reduction(torch::kSum)));
+        correct.add_(logits.argmax(1).eq(t.labels).sum());
+        samples += batch.count;
+      } while (loader.position().epoch == 0);
+    }
+    if (m.comm) {
+      torch::Tensor sums = torch::stack({lossSum, correct, torch::full({}, double(samples), acc)});
+      m.comm->allReduceSum(sums);
+      lossSum = sums[0], correct = sums[1];
+      samples = int64_t(sums[2].item<double>());
+    }
     return EvalResult{lossSum.item<double>() / double(samples), correct.item<double>() / double(samples), samples};
   });
 }

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "batch_loader.h"
+#include "collectives.h"
 #include "error.h"
 #include "models.h"
 #include "trainer.h"
@@ -22,6 +23,7 @@ struct Trainer::Impl {
   BuiltModel model;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<BatchLoader> loader;
+  std::unique_ptr<Collectives> comm;  // null: no other ranks to talk to
   std::atomic<bool> cancelled{false};
   std::atomic<bool> stopRequested{false};  // cleared when the train call it stopped returns
 
@@ -35,6 +37,11 @@ struct Trainer::Impl {
   // Where batches are assembled: pinned memory when the copy to the device can be asynchronous.
   HostAllocator allocator() const;
 };
+
+// The seed of a rank's own generator (dropout). Rank 0 with no salt keeps the run's seed, so that
+// one process trains as it always did; other ranks, and a rank restored without its generator
+// state (salted with its data position), draw other streams.
+uint64_t rankSeed(uint64_t seed, int64_t rank, uint64_t salt = 0);
 
 // Runs f, turning torch's errors (whose what() carries a C++ backtrace) into one-line o3::Errors.
 template <class F>

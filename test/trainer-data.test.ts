@@ -34,7 +34,7 @@ t.test('listImageFolder gives the files and labels of the class directories', as
 t.test('a ResNet trains on the image tree', async (t) => {
   const tr = await Trainer.create(options(images, { model: 'resnet', optimizer: { type: 'sgd', lr: 0.05, momentum: 0.9 } }))
   t.teardown(() => tr.close())
-  t.same(tr.dataset, { size: 24, epochSize: 24, classes: 4, shape: [3, 32, 32] })
+  t.same(tr.dataset, { size: 24, epochSize: 24, stepsPerEpoch: 3, globalBatch: 8, classes: 4, shape: [3, 32, 32] })
   t.same(tr.model, { name: 'resnet', config: { blocks: 1, width: 16 } })
   const r = await tr.trainSteps(4)
   t.equal(r.samples, 32)
@@ -54,10 +54,10 @@ t.test('images and their labels stay paired: an MLP learns the tree by heart', a
   t.ok(e.accuracy >= 0.95, `accuracy on the training images ${e.accuracy}`)
 })
 
-t.test('sharding splits an epoch between ranks', async (t) => {
+t.test('sharding gives each rank its slice of every global batch', async (t) => {
   const sizes = []
   for (let rank = 0; rank < 5; rank++) {
-    const tr = await Trainer.create(options(images, { rank, worldSize: 5 }))
+    const tr = await Trainer.create(options(images, { rank, worldSize: 5, batchSize: 2 }))
     sizes.push(tr.dataset.epochSize)
     if (rank === 4) {
       const r = await tr.trainEpoch()
@@ -66,7 +66,8 @@ t.test('sharding splits an epoch between ranks', async (t) => {
     }
     tr.close()
   }
-  t.same(sizes, [5, 5, 5, 5, 4])
+  // 24 samples in global batches of 10: two full ones, then 4 samples for ranks 0 and 1.
+  t.same(sizes, [6, 6, 4, 4, 4])
   await t.rejects(Trainer.create(options(images, { rank: 5, worldSize: 5 })), /rank must be in \[0, worldSize\)/)
 })
 

@@ -107,6 +107,21 @@ t.test('round trip with Adam, dropout and an epoch boundary is bit-identical', a
   sameState(t, uninterrupted, resumed, 'resumed vs uninterrupted')
 })
 
+t.test('trainSteps with toEpochEnd ends at the epoch\'s last batch and says so', async (t) => {
+  await withTrainer(options({ model: 'mlp' }), async (tr) => {
+    const first = await tr.trainSteps(6, { toEpochEnd: true })
+    t.match(first, { steps: 6, samples: 6 * 32, epochEnded: false, epoch: 0 }, 'a limit inside the epoch')
+    const rest = await tr.trainSteps(20, { toEpochEnd: true })
+    t.match(rest, { steps: 4, samples: 300 - 6 * 32, epochEnded: true, epoch: 0 }, 'stopped after the short last batch')
+    t.same(tr.position, { epoch: 1, index: 0 })
+    const across = await tr.trainSteps(12)
+    t.match(across, { steps: 12, epochEnded: false, epoch: 2 }, 'without it, the call crosses into the next epoch')
+    t.same(tr.position, { epoch: 2, index: 2 * 32 })
+    t.match(await tr.trainEpoch(), { steps: 8, epochEnded: true, epoch: 2 }, 'trainEpoch reports the epoch it ended')
+    t.match(await tr.trainSteps(0, { toEpochEnd: true }), { steps: 0, epochEnded: false, epoch: 3 }, 'no step: the current epoch')
+  })
+})
+
 t.test('round trip with SGD momentum and weight decay, by epochs, is bit-identical', async (t) => {
   const sgd = options({ model: 'mlp', optimizer: { type: 'sgd', lr: 0.05, momentum: 0.9, weightDecay: 1e-4 } })
   let saved: StateTensor[] = []

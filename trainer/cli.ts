@@ -4,8 +4,8 @@
  * the run) and checkpoints to O3. The first SIGINT/SIGTERM stops at a step boundary and writes a
  * final checkpoint; a second exits at once, aborting any upload in flight.
  */
-import { readdirSync, rmSync } from 'node:fs'
-import { join } from 'node:path'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { runCli } from '../lib/cli/run-cli.js'
@@ -13,6 +13,7 @@ import { createLogger } from '../lib/log.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { O3Error } from '../lib/o3/index.js'
 import { loadSigner } from '../lib/content/signer.js'
+import { runUnderTorchrun } from './distributed.js'
 import { parseTrainArgs } from './options.js'
 import { mountForRun, type RunMount } from './run-mount.js'
 import { train, type TrainSummary } from './run.js'
@@ -38,7 +39,9 @@ function printSummary(s: TrainSummary): void {
 }
 
 async function main(): Promise<number> {
-  const o = parseTrainArgs(process.argv.slice(2))
+  const argv = process.argv.slice(2)
+  const o = parseTrainArgs(argv)
+  if (o.nprocPerNode !== undefined && process.env.WORLD_SIZE === undefined) return runUnderTorchrun(o.nprocPerNode, withoutNproc(argv))
   const log = createLogger('o3train')
   const signer = loadSigner()
   if (signer) log.info({ signer: signer.address }, 'checkpoint records will be signed')
@@ -60,10 +63,11 @@ async function main(): Promise<number> {
   })
   let dataDir = o.data
   // Kept when the run fails, for the mount's side of the story; removed after a clean run.
-  const mountLog = join(tmpdir(), `o3train-mount-${process.pid}.log`)
+  // A fresh private directory (mkdtemp makes it 0700): a fixed name in the shared temp dir could be taken first by another user.
+  const mountLog = o.data.startsWith('o3://') ? join(mkdtempSync(join(tmpdir(), 'o3train-')), 'mount.log') : undefined
   let succeeded = false
   try {
-    if (o.data.startsWith('o3://')) {
+    if (mountLog) {
       mount = await mountForRun(o.data, o, mountLog)
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
@@ -91,8 +95,18 @@ async function main(): Promise<number> {
   } finally {
     shutdown.dispose()
     await mount?.close()
-    if (mount && succeeded) rmSync(mountLog, { force: true })
+    if (mountLog && succeeded) rmSync(dirname(mountLog), { recursive: true, force: true })
   }
+}
+
+/** argv less --nproc-per-node, for the ranks torchrun starts. */
+function withoutNproc(argv: string[]): string[] {
+  const out: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--nproc-per-node') i++
+    else if (!argv[i].startsWith('--nproc-per-node=')) out.push(argv[i])
+  }
+  return out
 }
 
 /** Why the data directory cannot be read any more (a mount that died answers ENOTCONN or EIO), if it cannot. */

@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
-import { CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
+import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
+import { distributedFromEnv } from './distributed.js'
 import { applyInitWeights } from './init-weights.js'
 import { O3Client } from '../lib/o3/index.js'
 import { createProgress, type Progress } from '../lib/progress.js'
@@ -60,7 +61,8 @@ export function fashionMnistDir(root: string): string {
 }
 
 function dataSpecs(o: TrainOptions, dataDir: string): { train: DataSpec; test?: DataSpec } {
-  if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize } }
+  if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize, channels: o.channels } }
+  if (o.dataset === 'webdataset') return { train: { kind: 'webdataset', root: dataDir, imageSize: o.imageSize, channels: o.channels, shards: o.shards } }
   const dir = fashionMnistDir(dataDir)
   return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: dir, split: 'test' } }
 }
@@ -70,14 +72,33 @@ function openRunClient(o: TrainOptions, logger: Logger): O3Client {
   return O3Client.open(o.ckpt!, { endpoint: o.endpoint, region: o.region, credentialsFile: o.credentialsFile, profile: o.profile, logger })
 }
 
-async function restore(o: TrainOptions, writer: CheckpointWriter): Promise<LoadedCheckpoint | undefined> {
+async function restore(o: TrainOptions, writer: CheckpointWriter | CheckpointStore): Promise<LoadedCheckpoint | undefined> {
   if (o.resume === 'none') {
-    if (writer.checkpoints.length > 0) {
+    if (writer instanceof CheckpointWriter && writer.checkpoints.length > 0) {
       throw new Error(`${o.ckpt} already has ${writer.checkpoints.length} checkpoints; use --resume auto to continue it, or a new --ckpt location`)
     }
     return undefined
   }
-  return o.resume === 'auto' ? writer.store.resume() : writer.store.load(o.resume)
+  const store = writer instanceof CheckpointWriter ? writer.store : writer
+  return o.resume === 'auto' ? store.resume() : store.load(o.resume)
+}
+
+/**
+ * Makes a checkpoint fit this run's global batch: its data position means other samples under
+ * another one, so that is refused unless the user asked to start its epoch over.
+ */
+function fitDataPosition(o: TrainOptions, loaded: LoadedCheckpoint, globalBatch: number): void {
+  const saved = (loaded.meta.config as { globalBatch?: number; batch?: number } | undefined) ?? {}
+  const savedGlobal = saved.globalBatch ?? saved.batch
+  if (savedGlobal === undefined || savedGlobal === globalBatch) return
+  if (!o.restartDataPosition) {
+    throw new Error(
+      `${loaded.entry.name} was trained with a global batch of ${savedGlobal} (batch x ranks), this run has ${globalBatch}: ` +
+        `use --batch ${savedGlobal / (globalBatch / o.batch)} with this many ranks, or --restart-data-position to start its epoch over`,
+    )
+  }
+  const position = loaded.tensors.find((t) => t.name === 'loader.position')
+  if (position) position.data.writeBigInt64LE(0n, 16)
 }
 
 /**
@@ -89,23 +110,35 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
   const log = hooks.logger ?? silentLogger
   const specs = dataSpecs(o, dataDir)
   const threads = threadSetup(o.threads)
+  const distributed = distributedFromEnv(process.env, o.distTimeout)
   const trainer = await Trainer.create({
     model: o.model,
+    modelConfig: o.modelOpt,
+    distributed,
+    lastBatch: o.lastBatch,
     device: o.device,
     seed: o.seed,
     threads: threads.threads,
     optimizer: { type: o.optimizer, lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay },
     data: specs.train,
     batchSize: o.batch,
+    shuffleWindow: o.shuffleWindow,
   })
+  // In a job every rank trains, evaluates and snapshots (those are collectives); rank 0 alone
+  // writes checkpoints, shows progress, and commits a checkpoint only once every rank's part of it
+  // (gathered by stateDict) is in hand.
+  const leader = trainer.world.rank === 0
+  const agreedStops = trainer.world.collectives
   let client: O3Client | undefined
   let writer: CheckpointWriter | undefined
   try {
     client = o.ckpt ? openRunClient(o, log) : undefined
-    writer = client ? await CheckpointWriter.open(client, { keepLast: o.keepLast, keepEvery: o.keepEvery || undefined, logger: log }) : undefined
-    const loaded = writer ? await restore(o, writer) : undefined
+    writer = client && leader ? await CheckpointWriter.open(client, { keepLast: o.keepLast, keepEvery: o.keepEvery || undefined, logger: log }) : undefined
+    const reader = writer ?? (client ? new CheckpointStore(client, log) : undefined)
+    const loaded = reader ? await restore(o, reader) : undefined
     let step = 0
     if (loaded) {
+      fitDataPosition(o, loaded, trainer.dataset.globalBatch)
       await trainer.loadStateDict(loaded.tensors)
       step = loaded.meta.step
       log.info({ checkpoint: loaded.entry.name, cid: loaded.entry.cid, step, position: trainer.position }, 'resumed')
@@ -120,13 +153,14 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
 
     const startStep = step
     let lastSavedStep = step
-    const config = { model: trainer.model, dataset: o.dataset, batch: o.batch, epochs: o.epochs, seed: o.seed, optimizer: o.optimizer, lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay }
+    const config = { model: trainer.model, dataset: o.dataset, batch: o.batch, worldSize: trainer.world.worldSize, globalBatch: trainer.dataset.globalBatch, epochs: o.epochs, seed: o.seed, optimizer: o.optimizer, lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay }
     /** Snapshots the state, then uploads it: in the background during training, in the foreground at the end. */
     const checkpoint = async (background: boolean) => {
-      if (!writer || step === lastSavedStep) return
+      if (!client || step === lastSavedStep) return
       lastSavedStep = step
-      const meta = { step, epoch: trainer.position.epoch, model: `${o.dataset}-${o.model}`, config, dataPosition: trainer.position }
       const state = await trainer.stateDict()
+      if (!writer) return
+      const meta = { step, epoch: trainer.position.epoch, model: `${o.dataset}-${o.model}`, config, dataPosition: trainer.position }
       if (background) {
         await writer.saveAsync(state, meta, { signal: hooks.kill })
         log.info({ step, epoch: meta.epoch }, 'checkpoint upload started')
@@ -138,30 +172,32 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
 
     // A stop request ends the training call in flight after its current step.
     hooks.stop?.addEventListener('abort', () => trainer.stopAfterStep(), { once: true })
-    const batchesPerEpoch = Math.ceil(trainer.dataset.epochSize / o.batch)
     let steps = 0
     let samples = 0
     let seconds = 0
     let test: TrainSummary['test']
     let stopped = false
     while (trainer.position.epoch < o.epochs) {
-      if (hooks.stop?.aborted) {
+      if (stopped || (hooks.stop?.aborted && !agreedStops)) {
         stopped = true
         break
       }
       const epoch = trainer.position.epoch
-      const bar: Progress | undefined = hooks.progress ? createProgress(`epoch ${epoch + 1}/${o.epochs}`, { unit: 'samples' }) : undefined
+      const bar: Progress | undefined = hooks.progress && leader ? createProgress(`epoch ${epoch + 1}/${o.epochs}`, { unit: 'samples' }) : undefined
       const epochStarted = Date.now()
       let epochSamples = 0
-      while (trainer.position.epoch === epoch) {
-        if (hooks.stop?.aborted) {
+      let epochEnded = false
+      while (!epochEnded) {
+        // In a job a stop must be agreed by every rank: the trainer does that, and says so in r.stopped.
+        if (hooks.stop?.aborted && !agreedStops) {
           stopped = true
           break
         }
-        const left = batchesPerEpoch - Math.ceil(trainer.position.index / o.batch)
-        const toCheckpoint = o.ckptEvery === 'epoch' || !writer ? Infinity : o.ckptEvery - (step % o.ckptEvery)
-        const n = Math.min(left, toCheckpoint, STEP_CHUNK)
-        const r = await trainer.trainSteps(n, {
+        // Every rank checkpoints at the same steps (the snapshot is a collective), writer or not.
+        const toCheckpoint = o.ckptEvery === 'epoch' || !client ? Infinity : o.ckptEvery - (step % o.ckptEvery)
+        // The trainer ends the call at the epoch's last batch; it knows where that is.
+        const r = await trainer.trainSteps(Math.min(toCheckpoint, STEP_CHUNK), {
+          toEpochEnd: true,
           onProgress: bar && ((p) => bar.update({ done: p.index === 0 ? p.total : p.index, total: p.total, fields: { loss: p.loss, 'samples/s': (epochSamples + p.samples) / ((Date.now() - epochStarted) / 1000) } })),
         })
         steps += r.steps
@@ -169,14 +205,17 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
         samples += r.samples
         epochSamples += r.samples
         seconds += r.seconds
+        epochEnded = r.epochEnded
+        if (r.stopped) stopped = true
         if (o.ckptEvery !== 'epoch' && step % o.ckptEvery === 0) await checkpoint(true)
+        if (stopped) break
       }
       if (specs.test && o.evaluate && !stopped) {
         const e = await trainer.evaluate(specs.test)
         test = { loss: e.loss, accuracy: e.accuracy }
       }
       bar?.stop({ ...(test ? { 'test acc': `${(test.accuracy * 100).toFixed(2)}%` } : {}) })
-      log.info({ epoch: epoch + 1, seconds: (Date.now() - epochStarted) / 1000, samples: epochSamples, ...test }, stopped ? 'stopped' : 'epoch done')
+      if (leader) log.info({ epoch: epoch + 1, seconds: (Date.now() - epochStarted) / 1000, samples: epochSamples, ...test }, stopped ? 'stopped' : 'epoch done')
       if (!stopped && o.ckptEvery === 'epoch') await checkpoint(true)
     }
     await writer?.flush()

@@ -4,11 +4,16 @@
  * sidecar (lib/content/sidecar.ts), so that the data a model was trained on can be checked with
  * stock IPFS tools like its checkpoints. The first SIGINT/SIGTERM stops after the file in flight;
  * a second aborts that file's upload at once, leaving neither parts nor a sidecar behind.
+ * With `--webdataset` the directory (a folder per class of images) is written as WebDataset tar
+ * shards first (upload/webdataset.ts), into a local directory or, through a temporary one, to O3.
  */
 import { createReadStream } from 'node:fs'
-import { readdir, stat } from 'node:fs/promises'
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
+import { InvalidArgumentError } from 'commander'
+import { parseSize } from '../fs-driver/options.js'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, runCli } from '../lib/cli/run-cli.js'
@@ -19,9 +24,22 @@ import { createLogger } from '../lib/log.js'
 import { O3Client, O3NotFoundError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
 import { createProgress } from '../lib/progress.js'
 import { installShutdown } from '../lib/shutdown.js'
+import { directorySink, writeShards } from './webdataset.js'
 
 interface UploadFlags extends O3Flags {
   createBucket?: boolean
+  webdataset?: boolean
+  shardSize: number
+}
+
+const shardSizeArg = (v: string): number => {
+  try {
+    const n = parseSize(v, '--shard-size')
+    if (n < 4096) throw new Error(`--shard-size ${v} is too small: a shard needs room for at least one sample`)
+    return n
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message)
+  }
 }
 
 interface LocalFile {
@@ -77,12 +95,37 @@ async function main(): Promise<number> {
       .description('Upload a local directory tree to Akave O3, each file with a <file>.cid sidecar: its CID on the first line, then its sha256, size and time')
       .argument('<dir>', 'local directory to upload')
       .argument('<location>', 'o3://bucket/prefix to upload it to')
-      .option('--create-bucket', 'create the bucket if it does not exist'),
+      .option('--create-bucket', 'create the bucket if it does not exist')
+      .option('--webdataset', 'write <dir> (a folder per class of JPEG/PNG images) as WebDataset tar shards of <key>.png|jpg + <key>.cls, samples shuffled; <location> may then be a local directory')
+      .option('--shard-size <size>', 'with --webdataset: close each shard before it passes this size (default 64M)', shardSizeArg, 64 << 20),
   )
   await program.parseAsync(process.argv)
   const [dir, location] = program.args as [string, string]
   const flags = program.opts<UploadFlags>()
-  if (!/^(o3|s3):\/\//.test(location)) throw new O3UsageError(`location ${JSON.stringify(location)} must look like o3://bucket/prefix`)
+  const remote = /^(o3|s3):\/\//.test(location)
+  if (!remote && !flags.webdataset) throw new O3UsageError(`location ${JSON.stringify(location)} must look like o3://bucket/prefix`)
+  if (!flags.webdataset) return uploadDirectory(dir, location, flags)
+  await listFiles(dir) // checks that it is a directory
+  if (!remote) return writeShardsTo(dir, location, flags.shardSize)
+  // Shards are uploaded like any file (hashed, with a sidecar), from a local copy: a shard's size,
+  // which its upload needs up front, is known only once it is written.
+  const staging = await mkdtemp(path.join(tmpdir(), 'o3upload-shards-'))
+  try {
+    await writeShardsTo(dir, staging, flags.shardSize)
+    return await uploadDirectory(staging, location, flags)
+  } finally {
+    await rm(staging, { recursive: true, force: true })
+  }
+}
+
+async function writeShardsTo(dir: string, out: string, shardSize: number): Promise<number> {
+  const written = await writeShards(dir, directorySink(out), { shardSize })
+  const samples = written.shards.reduce((n, s) => n + s.samples, 0)
+  process.stdout.write(`${JSON.stringify({ event: 'shards', dir: out, shards: written.shards.length, samples, classes: written.classes })}\n`)
+  return 0
+}
+
+async function uploadDirectory(dir: string, location: string, flags: UploadFlags): Promise<number> {
   const files = await listFiles(dir)
   const client = O3Client.open(location, flags)
   try {

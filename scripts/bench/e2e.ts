@@ -7,6 +7,7 @@ import { train } from '../../trainer/run.js'
 import { mountForRun } from '../../trainer/run-mount.js'
 import type { BenchModule, BenchRow } from './types.js'
 import { benchEnv } from './util.js'
+import { webdatasetRows } from './webdataset.js'
 
 const AREA = 'o3train'
 
@@ -58,6 +59,7 @@ export const run: BenchModule = async (ctx) => {
   } finally {
     await mount.close()
   }
+  rows.push(...(await webdatasetRows(ctx, AREA)))
   rows.push({ area: AREA, case: 'CUDA samples/s at batch 256 / 1024, accuracy after one epoch', value: 'not measured', note: 'no GPU machine was lent to this session; scripts/bench/gpu.sh runs it where one is' })
   return rows
 }

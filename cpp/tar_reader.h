@@ -1,0 +1,48 @@
+// A forward-only reader of tar archives (ustar, pax and GNU long names, as Python's tarfile and
+// GNU tar write them), for WebDataset shards read in one sequential pass. Torch-free.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace o3 {
+
+struct TarMember {
+  std::string name;     // full path inside the archive (pax path, GNU long name or ustar prefix/name)
+  int64_t header = 0;   // offset of the member's own header block
+  int64_t offset = 0;   // offset of its data
+  int64_t size = 0;
+};
+
+class TarReader {
+ public:
+  // Opens `path`; throws an openError when it cannot.
+  explicit TarReader(const std::string& path);
+  ~TarReader();
+  TarReader(const TarReader&) = delete;
+  TarReader& operator=(const TarReader&) = delete;
+
+  // Advances to the next regular file, skipping directories, links and metadata entries. Returns
+  // false at the end-of-archive marker. A bad header checksum, a bad number field or a file that
+  // ends before the marker throws a fileError naming the archive and the offset.
+  bool next(TarMember& member);
+  // The current member's data (read once, before the next call to next()).
+  std::vector<uint8_t> read();
+
+ private:
+  bool refill();  // false at the end of the file
+  void fill(uint8_t* out, int64_t n, const char* what);
+  void skip(int64_t n, const char* what);
+
+  std::string path_;
+  int fd_ = -1;
+  std::vector<uint8_t> buf_;
+  size_t bufPos_ = 0, bufEnd_ = 0;
+  int64_t pos_ = 0;      // archive offset of buf_[bufPos_]
+  int64_t pending_ = 0;  // bytes of the current member's data (plus padding) not yet consumed
+  int64_t dataSize_ = 0;
+  bool dataRead_ = true;
+};
+
+}  // namespace o3
