@@ -51,6 +51,13 @@ class HashThread {
     return w
   }
 
+  /** Starts the thread ahead of its first hash, holding nothing open. */
+  warm(): void {
+    if (this.worker) return
+    this.worker = this.start()
+    if (this.sessions.size === 0) this.worker.unref()
+  }
+
   open(): { id: number; session: Session } {
     this.worker ??= this.start()
     if (this.sessions.size === 0) this.worker.ref()
@@ -108,6 +115,14 @@ class HashThread {
 }
 
 const thread = new HashThread()
+
+/**
+ * Starts the hashing thread now (a fixed ~15 MiB: a JS isolate with the UnixFS importer), so
+ * that the first hash neither waits for it nor counts it in its own memory.
+ */
+export function startHashThread(): void {
+  thread.warm()
+}
 
 /**
  * ContentHasher's CID + sha256 computed on a worker thread, so that hashing a large upload takes
