@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
 import { CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
+import { TrustPolicy } from '../checkpoint/trust.js'
 import { applyInitWeights } from './init-weights.js'
 import { O3Client } from '../lib/o3/index.js'
 import { createProgress, type Progress } from '../lib/progress.js'
@@ -74,7 +75,8 @@ async function restore(o: TrainOptions, writer: CheckpointWriter): Promise<Loade
     }
     return undefined
   }
-  return o.resume === 'auto' ? writer.store.resume() : writer.store.load(o.resume)
+  const trust = TrustPolicy.fromFlags(o.trustSigner)
+  return o.resume === 'auto' ? writer.store.resume({ trust }) : writer.store.load(o.resume, { trust })
 }
 
 /**
