@@ -1,10 +1,11 @@
-import { existsSync } from 'node:fs'
+import { access } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
 import { CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
 import { TrustPolicy } from '../checkpoint/trust.js'
 import { applyInitWeights } from './init-weights.js'
 import { O3Client } from '../lib/o3/index.js'
+import { withDeadline } from '../lib/fs-deadline.js'
 import { createProgress, type Progress } from '../lib/progress.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import type { TrainOptions } from './options.js'
@@ -49,17 +50,27 @@ export interface TrainSummary {
 /** The longest training call, so that progress and checkpoint timing stay fine-grained. */
 const STEP_CHUNK = 20
 
+async function exists(path: string): Promise<boolean> {
+  try {
+    await withDeadline(access(path), path)
+    return true
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ETIMEDOUT') throw err
+    return false
+  }
+}
+
 /** Finds the idx files: `root` itself or torchvision's `root/FashionMNIST/raw` layout. */
-export function fashionMnistDir(root: string): string {
+export async function fashionMnistDir(root: string): Promise<string> {
   for (const dir of [root, join(root, 'FashionMNIST', 'raw'), join(root, 'fashion-mnist')]) {
-    if (['train-images-idx3-ubyte', 'train-images-idx3-ubyte.gz'].some((f) => existsSync(join(dir, f)))) return dir
+    for (const f of ['train-images-idx3-ubyte', 'train-images-idx3-ubyte.gz']) if (await exists(join(dir, f))) return dir
   }
   throw new Error(`no Fashion-MNIST files (train-images-idx3-ubyte[.gz]) in ${root} or ${join(root, 'FashionMNIST', 'raw')}; check --data`)
 }
 
-function dataSpecs(o: TrainOptions, dataDir: string): { train: DataSpec; test?: DataSpec } {
+async function dataSpecs(o: TrainOptions, dataDir: string): Promise<{ train: DataSpec; test?: DataSpec }> {
   if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize } }
-  const dir = fashionMnistDir(dataDir)
+  const dir = await fashionMnistDir(dataDir)
   return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: dir, split: 'test' } }
 }
 
@@ -86,7 +97,7 @@ async function restore(o: TrainOptions, writer: CheckpointWriter): Promise<Loade
  */
 export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks = {}): Promise<TrainSummary> {
   const log = hooks.logger ?? silentLogger
-  const specs = dataSpecs(o, dataDir)
+  const specs = await dataSpecs(o, dataDir)
   const trainer = await Trainer.create({
     model: o.model,
     device: o.device,
