@@ -87,13 +87,11 @@ async function main(): Promise<number> {
     throw err
   } finally {
     shutdown.dispose()
-    try {
-      await mount?.close()
-    } catch (err) {
-      // The error that stopped training is the one to see; a failed clean-up is only reported beside it.
-      if (succeeded) throw err
+    // The error that stopped training is the one to see; a failed clean-up is only reported beside it.
+    await mount?.close().catch((err: unknown) => {
+      if (succeeded) return Promise.reject(err)
       log.warn({ err: (err as Error).message, mountpoint: mount?.dir }, 'could not clean up the mount for this run')
-    }
+    })
     if (mount && succeeded) rmSync(mountLog, { force: true })
   }
 }
