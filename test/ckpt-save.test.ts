@@ -2,12 +2,11 @@ import { createHash } from 'node:crypto'
 import { readFileSync, readdirSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { pino } from 'pino'
 import { digestContent } from '../lib/content/cid.js'
 import { O3Client, O3IntegrityError, O3NotFoundError, O3StreamError, type CompletedPart } from '../lib/o3/index.js'
 import { CheckpointStore, CheckpointWriter, dataKey, sidecarKey, type StateTensor } from '../checkpoint/index.js'
 import { createBucket, useS3Server } from './support/s3-server.js'
-import { openClient, runSaveChild, syntheticState, tempDir } from './fixtures/ckpt.js'
+import { capture, openClient, runSaveChild, syntheticState, tempDir } from './fixtures/ckpt.js'
 import { keys, readAll, uploads } from './support/objects.js'
 
 const MiB = 1 << 20
@@ -17,12 +16,6 @@ await createBucket(info, bucket)
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const meta = (step: number) => ({ step, epoch: Math.floor(step / 100), model: 'test-model', config: { width: 8 }, dataPosition: { batch: step } })
-
-function capture() {
-  const lines: { level: number; msg: string; [k: string]: unknown }[] = []
-  const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s)) })
-  return { logger, warnings: () => lines.filter((l) => l.level === 40) }
-}
 
 const ROUND_TRIPS = [
   // Large tensors: most parts are sent straight from the tensors' memory.

@@ -4,7 +4,6 @@
 import { execFile } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import path from 'node:path'
-import pino from 'pino'
 import t from 'tap'
 import { signerFromHex } from '../lib/content/signer.js'
 import { O3IntegrityError, O3UsageError, type O3Client } from '../lib/o3/index.js'
@@ -14,7 +13,7 @@ import type { CheckpointRecord } from '../checkpoint/records.js'
 import { formatSidecar } from '../lib/content/sidecar.js'
 import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
 import { readAll } from './support/objects.js'
-import { openClient, syntheticState, tempDir } from './fixtures/ckpt.js'
+import { capture, openClient, syntheticState, tempDir } from './fixtures/ckpt.js'
 
 const MiB = 1 << 20
 const OWNER = signerFromHex('ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80', 'owner key')
@@ -22,12 +21,6 @@ const ATTACKER = signerFromHex('59c6995e998f97a5a0044966f0945389dc9e86dae88c7a84
 const info = await useS3Server(t)
 const bucket = `ckpt-trust-${process.pid}`
 await createBucket(info, bucket)
-
-function capture() {
-  const lines: { level: number; msg: string; [k: string]: unknown }[] = []
-  const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s)) })
-  return { logger, warnings: () => lines.filter((l) => l.level === 40) }
-}
 
 function o3ckpt(env: Record<string, string>, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
