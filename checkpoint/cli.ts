@@ -9,6 +9,7 @@ import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, runCli } from '../lib/cli/run-cli.js'
 import { O3Client, O3Error, O3UsageError, type O3Flags } from '../lib/o3/index.js'
 import { CheckpointStore, type ManifestEntry } from './index.js'
+import { TRUST_SIGNER_FLAG, TrustPolicy } from './trust.js'
 import { DTYPE_SIZE } from '../lib/state-tensor.js'
 
 interface GlobalFlags extends O3Flags {
@@ -42,12 +43,18 @@ async function ls(store: CheckpointStore, flags: GlobalFlags): Promise<void> {
   }
 }
 
-async function verify(store: CheckpointStore, ref: string | undefined, opts: { signer?: string }, flags: GlobalFlags): Promise<void> {
-  const entries: ManifestEntry[] = ref ? [await store.resolve(ref)] : (await store.readManifest()).checkpoints
+interface TrustFlags {
+  trustSigner?: string[]
+}
+
+async function verify(store: CheckpointStore, ref: string | undefined, opts: TrustFlags, flags: GlobalFlags): Promise<void> {
+  const trust = TrustPolicy.fromFlags(opts.trustSigner)
+  const manifest = await store.readManifest()
+  const entries: ManifestEntry[] = ref ? [await store.resolve(ref)] : manifest.checkpoints
   if (entries.length === 0) throw new O3UsageError(`${store.location}: no checkpoints to verify`)
   let failure: O3Error | undefined
   for (const entry of entries) {
-    const r = await store.verify(entry, { expectedSigner: opts.signer })
+    const r = await store.verify(entry, { trust }, manifest)
     if (flags.json) print(JSON.stringify(r.ok ? { name: entry.name, ok: true, cid: r.digest.cid, sha256: r.digest.sha256, signer: r.signer ?? null } : { name: entry.name, ok: false, error: r.error.message }))
     else if (r.ok) print(`OK    ${entry.name}  ${r.digest.cid}  sha256 ${r.digest.sha256}  ${r.signer ? `signed by ${r.signer}` : 'unsigned'}`)
     else print(`FAIL  ${entry.name}  ${r.error.message}`)
@@ -56,9 +63,10 @@ async function verify(store: CheckpointStore, ref: string | undefined, opts: { s
   if (failure) throw failure
 }
 
-async function get(store: CheckpointStore, ref: string, opts: { output?: string }): Promise<void> {
+async function get(store: CheckpointStore, ref: string, opts: TrustFlags & { output?: string }): Promise<void> {
+  const trust = TrustPolicy.fromFlags(opts.trustSigner)
   const entry = await store.resolve(ref)
-  await store.readRecord(entry)
+  await store.readRecord(entry, { trust })
   const out = path.resolve(opts.output ?? `${entry.name}.safetensors`)
   // Written beside the target and renamed only once verified, so `out` is never half or wrong.
   const tmp = `${out}.${process.pid}.partial`
@@ -101,12 +109,13 @@ async function main(): Promise<number> {
   program.command('ls').argument('<run>', 'o3://bucket/prefix/run').description('checkpoints with CIDs, sizes and signers (* = latest)')
     .action(withStore((s) => ls(s, program.opts())))
   program.command('verify').argument('<run>').argument('[checkpoint]', 'name, CID or "latest"; all when omitted')
-    .option('--signer <address>', 'also require a signature by this 0x address')
-    .description('download, recompute sha256 and CID, compare with sidecar and manifest, check signatures')
-    .action(withStore((s, ref: string | undefined, opts: { signer?: string }) => verify(s, ref, opts, program.opts())))
+    .option(...TRUST_SIGNER_FLAG)
+    .description('download, recompute sha256 and CID, compare with sidecar and manifest, check signatures and their signer')
+    .action(withStore((s, ref: string | undefined, opts: TrustFlags) => verify(s, ref, opts, program.opts())))
   program.command('get').argument('<run>').argument('<checkpoint>', 'name, CID or "latest"').option('-o, --output <file>', 'destination (default <name>.safetensors)')
-    .description('download a checkpoint to a local file, verified before it appears')
-    .action(withStore((s, ref: string, opts: { output?: string }) => get(s, ref, opts)))
+    .option(...TRUST_SIGNER_FLAG)
+    .description('download a checkpoint to a local file, verified (bytes, signature, signer) before it appears')
+    .action(withStore((s, ref: string, opts: TrustFlags & { output?: string }) => get(s, ref, opts)))
   program.command('show').argument('<run>').argument('<checkpoint>', 'name, CID or "latest"')
     .description('the sidecar record, safetensors metadata and tensor table')
     .action(withStore((s, ref: string) => show(s, ref)))

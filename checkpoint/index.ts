@@ -3,3 +3,4 @@ export { CheckpointStore, type LoadedCheckpoint, type ReadOptions, type VerifyRe
 export { type CheckpointMeta } from './meta.js'
 export { type StateTensor, type DType, type SafetensorsHeader, encodeHeader, parseHeader, parseSafetensors } from './safetensors.js'
 export { type CheckpointRecord, type Manifest, type ManifestEntry, type LatestPointer, checkpointName, dataKey, sidecarKey } from './records.js'
+export { TrustPolicy, TRUSTED_SIGNERS_ENV } from './trust.js'

@@ -1,12 +1,15 @@
 import { O3IntegrityError } from '../lib/o3/errors.js'
 import { recoverAddress, type Signer } from '../lib/content/signer.js'
-import { normalizeCid } from '../lib/content/cid.js'
+import { isCid, normalizeCid } from '../lib/content/cid.js'
 import { parseSidecar, sidecarKeyOf, type SidecarRecord } from '../lib/content/sidecar.js'
 
 /** Object keys inside a run's prefix. */
 export const MANIFEST_KEY = 'manifest.json'
 export const LATEST_KEY = 'latest'
 export const CHECKPOINT_DIR = 'checkpoints/'
+
+/** What a checkpoint's name looks like; anything else in a control object is refused. */
+export const CHECKPOINT_NAME = /^step-\d{10}$/
 
 /** Names sort by step as strings too, so that listings come out in training order. */
 export function checkpointName(step: number): string {
@@ -88,21 +91,14 @@ export function signRecord(fields: Omit<CheckpointRecord, 'signer' | 'signature'
 }
 
 /**
- * Throws O3IntegrityError if the record carries a signature that does not recover to its signer,
- * or if `expectedSigner` is given and the record is unsigned or signed by someone else. Returns
- * the verified signer, if any.
+ * The verified signer of a record, undefined when it is unsigned; O3IntegrityError if it carries a
+ * signature that does not recover to its signer. Whose signature is acceptable is TrustPolicy's call.
  */
-export function checkSignature(record: CheckpointRecord, what: string, expectedSigner?: string): string | undefined {
-  if (record.signature === undefined && record.signer === undefined) {
-    if (expectedSigner) throw new O3IntegrityError(`${what}: unsigned, but a signature by ${expectedSigner} is required`)
-    return undefined
-  }
+export function checkSignature(record: CheckpointRecord, what: string): string | undefined {
+  if (record.signature === undefined && record.signer === undefined) return undefined
   const recovered = record.signature ? recoverAddress(signedMessage(record), record.signature) : undefined
   if (!recovered || !record.signer || recovered.toLowerCase() !== record.signer.toLowerCase()) {
     throw new O3IntegrityError(`${what}: bad signature (claims ${record.signer ?? 'no signer'}, recovers to ${recovered ?? 'nothing'}); the record was altered or forged`)
-  }
-  if (expectedSigner && recovered.toLowerCase() !== expectedSigner.toLowerCase()) {
-    throw new O3IntegrityError(`${what}: signed by ${recovered}, not by the required ${expectedSigner}`)
   }
   return recovered
 }
@@ -111,6 +107,7 @@ export function checkSignature(record: CheckpointRecord, what: string, expectedS
 export function parseRecord(text: string, what: string): CheckpointRecord {
   const record = parseSidecar<CheckpointRecord>(text, what)
   if (record.version !== 1) throw new O3IntegrityError(`${what}: sidecar record has version ${JSON.stringify(record.version)}, not 1`)
+  checkFields(record, { name: isName, step: isCount, epoch: isCount, signer: isOptionalAddress, signature: (v) => v === undefined || typeof v === 'string' }, what, 'sidecar record')
   return record
 }
 
@@ -126,6 +123,27 @@ export function checkRecordAgainstEntry(record: CheckpointRecord, entry: Manifes
   if (diffs.length > 0) throw new O3IntegrityError(`${what}: sidecar disagrees with the manifest (${diffs.join('; ')}); one of them was altered`)
 }
 
+type FieldCheck = (v: unknown) => boolean
+const isCount: FieldCheck = (v) => Number.isSafeInteger(v) && (v as number) >= 0
+const isName: FieldCheck = (v) => typeof v === 'string' && CHECKPOINT_NAME.test(v)
+const isText: FieldCheck = (v) => typeof v === 'string'
+const isSha256: FieldCheck = (v) => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v)
+const isOptionalAddress: FieldCheck = (v) => v === undefined || (typeof v === 'string' && /^0x[0-9a-fA-F]{40}$/.test(v))
+const isCidText: FieldCheck = (v) => typeof v === 'string' && isCid(v)
+
+/** O3IntegrityError naming the first field of `obj` that fails its check. */
+function checkFields(obj: unknown, fields: Record<string, FieldCheck>, what: string, kind: string): void {
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new O3IntegrityError(`${what}: ${kind} is not a JSON object`)
+  for (const [k, ok] of Object.entries(fields)) {
+    const v = (obj as Record<string, unknown>)[k]
+    if (!ok(v)) throw new O3IntegrityError(`${what}: ${kind} has an invalid ${k} (${String(JSON.stringify(v)).slice(0, 80)})`)
+  }
+}
+
+const ENTRY_FIELDS: Record<string, FieldCheck> = {
+  seq: (v) => isCount(v) && (v as number) >= 1, name: isName, cid: isCidText, sha256: isSha256, size: isCount, step: isCount, epoch: isCount, time: isText, signer: isOptionalAddress,
+}
+
 function parseJson(text: string, what: string, kind: string): unknown {
   try {
     return JSON.parse(text)
@@ -137,11 +155,19 @@ function parseJson(text: string, what: string, kind: string): unknown {
 export function parseManifest(text: string, what: string): Manifest {
   const m = parseJson(text, what, 'manifest') as Manifest
   if (m?.version !== 1 || !Array.isArray(m.checkpoints)) throw new O3IntegrityError(`${what}: manifest is malformed`)
+  const names = new Set<string>()
+  for (const [i, e] of m.checkpoints.entries()) {
+    checkFields(e, ENTRY_FIELDS, what, `manifest entry ${i}`)
+    if (e.name !== checkpointName(e.step)) throw new O3IntegrityError(`${what}: manifest entry ${i} is named ${e.name} but records step ${e.step}`)
+    if (names.has(e.name)) throw new O3IntegrityError(`${what}: manifest lists ${e.name} twice`)
+    names.add(e.name)
+  }
   return m
 }
 
 export function parseLatest(text: string, what: string): LatestPointer {
   const p = parseJson(text, what, 'latest pointer') as LatestPointer
-  if (p?.version !== 1 || typeof p.name !== 'string' || typeof p.cid !== 'string') throw new O3IntegrityError(`${what}: latest pointer is malformed`)
+  if (p?.version !== 1) throw new O3IntegrityError(`${what}: latest pointer is malformed`)
+  checkFields(p, { name: isName, cid: isCidText, seq: isCount, time: isText }, what, 'latest pointer')
   return p
 }

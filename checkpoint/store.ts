@@ -7,11 +7,15 @@ import {
   type CheckpointRecord, type LatestPointer, type Manifest, type ManifestEntry,
 } from './records.js'
 import { decodeMeta, type CheckpointMeta } from './meta.js'
+import { TrustPolicy } from './trust.js'
+
+/** Manifests, pointers and sidecars are small; a larger one is not ours and is not read whole. */
+export const CONTROL_OBJECT_MAX = 4 << 20
 
 export interface ReadOptions {
   signal?: AbortSignal
-  /** Refuse checkpoints not signed by this address (0x…). */
-  expectedSigner?: string
+  /** Whose signatures are accepted; default: trust on first use per run. */
+  trust?: TrustPolicy
 }
 
 export interface LoadedCheckpoint {
@@ -44,10 +48,16 @@ export class CheckpointStore {
     return `${this.location}/${key}`
   }
 
+  /** A control object's text, read no further than CONTROL_OBJECT_MAX; undefined when it does not exist. */
   private async readText(key: string, signal?: AbortSignal): Promise<string | undefined> {
     try {
       const chunks: Buffer[] = []
-      for await (const c of this.client.getRange(key, { signal })) chunks.push(c as Buffer)
+      let size = 0
+      for await (const c of this.client.iterateRange(key, { signal })) {
+        size += c.length
+        if (size > CONTROL_OBJECT_MAX) throw new O3IntegrityError(`${this.where(key)} is larger than ${CONTROL_OBJECT_MAX} bytes, too large for a checkpoint control object; it was not written by o3ckpt`)
+        chunks.push(c)
+      }
       return Buffer.concat(chunks).toString('utf8')
     } catch (err) {
       if (err instanceof O3NotFoundError) return undefined
@@ -93,15 +103,36 @@ export class CheckpointStore {
     return entry
   }
 
-  /** The sidecar of a checkpoint, checked against the manifest and its signature. */
-  async readRecord(entry: ManifestEntry, options: ReadOptions = {}): Promise<CheckpointRecord> {
+  /**
+   * The sidecar of a checkpoint, checked against the manifest, its signature and the trust policy.
+   * `manifest` saves a read when the caller holds it already.
+   */
+  async readRecord(entry: ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<CheckpointRecord> {
+    const { record, signer } = await this.readSignedRecord(entry, options.signal)
+    const trust = options.trust ?? TrustPolicy.firstUse
+    await trust.check(signer, this.where(sidecarKey(entry.name)), manifest ?? await this.readManifest(options.signal), async (e) => (await this.readSignedRecord(e, options.signal)).signer)
+    return record
+  }
+
+  /** A sidecar whose signature, if any, checks; nothing said yet about whether its signer is trusted. */
+  private async readSignedRecord(entry: ManifestEntry, signal?: AbortSignal): Promise<{ record: CheckpointRecord; signer?: string }> {
     const key = sidecarKey(entry.name)
-    const text = await this.readText(key, options.signal)
+    const text = await this.readText(key, signal)
     if (text === undefined) throw new O3NotFoundError(`${this.where(key)} is missing`)
     const record = parseRecord(text, this.where(key))
     checkRecordAgainstEntry(record, entry, this.where(key))
-    checkSignature(record, this.where(key), options.expectedSigner)
-    return record
+    return { record, signer: checkSignature(record, this.where(key)) }
+  }
+
+  /**
+   * The ETag of a checkpoint's data once HEAD shows the object is as long as the manifest says, so
+   * that nothing is sized by a manifest's word alone.
+   */
+  private async checkedDataEtag(entry: ManifestEntry, signal?: AbortSignal): Promise<string> {
+    const key = dataKey(entry.name)
+    const head = await this.client.head(key, signal)
+    if (head.size !== entry.size) throw new O3IntegrityError(`${this.where(key)} is ${head.size} bytes but ${MANIFEST_KEY} records ${entry.size}; one of them was altered`)
+    return head.etag
   }
 
   /**
@@ -110,9 +141,10 @@ export class CheckpointStore {
    */
   async download(entry: ManifestEntry, consume: (chunk: Buffer) => Promise<void> | void, signal?: AbortSignal): Promise<ContentDigest> {
     const key = dataKey(entry.name)
+    const ifMatch = await this.checkedDataEtag(entry, signal)
     const hasher = new ContentHasher()
     let size = 0
-    for await (const chunk of this.client.getRange(key, { signal }) as AsyncIterable<Buffer>) {
+    for await (const chunk of this.client.iterateRange(key, { signal, pin: { etag: ifMatch } })) {
       size += chunk.length
       if (size > entry.size) throw new O3IntegrityError(`${this.where(key)} is longer than its recorded ${entry.size} bytes`)
       await Promise.all([hasher.update(chunk), consume(chunk)])
@@ -125,11 +157,12 @@ export class CheckpointStore {
   /** The whole verified file in one buffer, hashed in place (no second copy). */
   async fetchVerified(entry: ManifestEntry, signal?: AbortSignal): Promise<Buffer> {
     const key = dataKey(entry.name)
+    const ifMatch = await this.checkedDataEtag(entry, signal)
     const buf = Buffer.allocUnsafeSlow(entry.size)
     const hasher = new ContentHasher()
     let pos = 0
     let hashed = 0
-    for await (const chunk of this.client.getRange(key, { signal }) as AsyncIterable<Buffer>) {
+    for await (const chunk of this.client.iterateRange(key, { signal, pin: { etag: ifMatch } })) {
       if (pos + chunk.length > buf.length) throw new O3IntegrityError(`${this.where(key)} is longer than its recorded ${entry.size} bytes`)
       chunk.copy(buf, pos)
       pos += chunk.length
@@ -146,9 +179,9 @@ export class CheckpointStore {
   }
 
   /** Downloads, verifies and parses a checkpoint. */
-  async load(ref: string | ManifestEntry, options: ReadOptions = {}): Promise<LoadedCheckpoint> {
+  async load(ref: string | ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<LoadedCheckpoint> {
     const entry = typeof ref === 'string' ? await this.resolve(ref, options.signal) : ref
-    const record = await this.readRecord(entry, options)
+    const record = await this.readRecord(entry, options, manifest)
     const file = await this.fetchVerified(entry, options.signal)
     const { header, tensors } = parseSafetensors(file, this.where(dataKey(entry.name)))
     return { entry, record, header, tensors, meta: decodeMeta(header.metadata, this.where(dataKey(entry.name))) }
@@ -175,7 +208,7 @@ export class CheckpointStore {
     for (const entry of candidates) {
       try {
         if (latest && entry.name === latest.name) this.latestEntry(manifest, latest)
-        const loaded = await this.load(entry, options)
+        const loaded = await this.load(entry, options, manifest)
         if (failures.length > 0) this.log.warn({ checkpoint: entry.name, cid: entry.cid, skipped: failures }, 'resuming from an earlier checkpoint')
         return loaded
       } catch (err) {
@@ -196,10 +229,10 @@ export class CheckpointStore {
     return parseHeader(prefix, entry.size, this.where(key))
   }
 
-  /** Full check of one checkpoint: sidecar, signature, bytes. Never throws for a bad checkpoint. */
-  async verify(entry: ManifestEntry, options: ReadOptions = {}): Promise<VerifyResult> {
+  /** Full check of one checkpoint: sidecar, signature and its signer's trust, bytes. Never throws for a bad checkpoint. */
+  async verify(entry: ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<VerifyResult> {
     try {
-      const record = await this.readRecord(entry, options)
+      const record = await this.readRecord(entry, options, manifest)
       const digest = await this.download(entry, () => undefined, options.signal)
       return { entry, ok: true, signer: record.signer, digest }
     } catch (err) {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { O3IntegrityError } from '../lib/o3/index.js'
 import { signerFromHex } from '../lib/content/signer.js'
-import { CheckpointStore, CheckpointWriter, sidecarKey, type ManifestEntry } from '../checkpoint/index.js'
+import { CheckpointStore, CheckpointWriter, TrustPolicy, sidecarKey, type ManifestEntry } from '../checkpoint/index.js'
 import { signedMessage, type CheckpointRecord } from '../checkpoint/records.js'
 import { createBucket, useS3Server } from './support/s3-server.js'
 import { openClient, syntheticState, tempDir } from './fixtures/ckpt.js'
@@ -43,10 +43,10 @@ t.test('a signed save: AKAVE_PRIVATE_KEY signs, the address is recovered on read
   const text = await sidecarText(new CheckpointStore(client), entry.name)
   t.equal(text.split('\n')[0], record.cid, 'cat gives the CID on the first line')
   const store = new CheckpointStore(client)
-  t.same(await store.readRecord(entry, { expectedSigner: ADDRESS.toLowerCase() }), record)
+  t.same(await store.readRecord(entry, { trust: TrustPolicy.fromFlags([ADDRESS.toLowerCase()], {}) }), record)
   const v = await store.verify(entry)
   t.ok(v.ok && v.signer === ADDRESS)
-  await t.rejects(store.readRecord(entry, { expectedSigner: OTHER.address }), O3IntegrityError, 'a different required signer is refused')
+  await t.rejects(store.readRecord(entry, { trust: TrustPolicy.fromFlags([OTHER.address], {}) }), O3IntegrityError, 'a different required signer is refused')
 })
 
 t.test('tampered sidecars and bad signatures are reported', async (t) => {
@@ -84,5 +84,5 @@ t.test('an unsigned checkpoint is refused only when a signer is required', async
   t.equal(record.signer, undefined)
   const store = new CheckpointStore(client)
   t.ok(await store.readRecord(entry))
-  await t.rejects(store.readRecord(entry, { expectedSigner: ADDRESS }), /unsigned/)
+  await t.rejects(store.readRecord(entry, { trust: TrustPolicy.fromFlags([ADDRESS], {}) }), /unsigned, but the trusted signer is 0xf39F/)
 })

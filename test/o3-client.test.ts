@@ -107,8 +107,16 @@ t.test('a 5 s outage in the middle of a read is survived with the right bytes', 
   t.equal(sha256(await reading), sha256(body))
   t.ok(Date.now() - started >= 4900)
   t.ok(c.stats.retries >= 1, `retried (${c.stats.retries})`)
-  await proxy.outage(5000).then(() => undefined)
-  t.equal((await c.head('outage.bin')).size, body.length, 'a request made while the server is gone')
+  // The request starts 100 ms into a second outage: it must fail, retry, and succeed once the server is back.
+  const retriesBefore = c.stats.retries
+  const outage = proxy.outage(5000)
+  await new Promise((r) => setTimeout(r, 100))
+  const asked = Date.now()
+  const head = c.head('outage.bin')
+  await outage
+  t.equal((await head).size, body.length, 'a request made while the server is gone')
+  t.ok(Date.now() - asked >= 4800, 'it was answered only after the outage')
+  t.ok(c.stats.retries > retriesBefore, `it was retried (${c.stats.retries - retriesBefore} times)`)
 })
 
 t.test('a body reset midway resumes from the last byte received', async (t) => {

@@ -2,7 +2,8 @@
 // of it where a test restarts training many times), and faults from the proxy.
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { readFile } from 'node:fs/promises'
@@ -42,8 +43,8 @@ interface Run {
   child: ChildProcess
   /** Resolves with the exit status once the process is gone. */
   done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>
-  /** Resolves once stderr contains `text`. */
-  waitFor(text: string, timeoutMs?: number): Promise<void>
+  /** Resolves once stderr contains `text` (`times` times). */
+  waitFor(text: string, timeoutMs?: number, times?: number): Promise<void>
   stderr(): string
 }
 
@@ -64,11 +65,12 @@ function o3train(args: string[], env: NodeJS.ProcessEnv = {}): Run {
     child,
     done,
     stderr: () => stderr,
-    waitFor: (text, timeoutMs = 120_000) =>
+    waitFor: (text, timeoutMs = 120_000, times = 1) =>
       new Promise((resolve, reject) => {
+        const seen = () => stderr.split(text).length - 1 >= times
         const timer = setTimeout(() => reject(new Error(`o3train never logged ${JSON.stringify(text)}:\n${stderr}`)), timeoutMs)
         const check = () => {
-          if (stderr.includes(text)) {
+          if (seen()) {
             clearTimeout(timer)
             child.stderr!.off('data', check)
             resolve()
@@ -77,7 +79,7 @@ function o3train(args: string[], env: NodeJS.ProcessEnv = {}): Run {
         child.stderr!.on('data', check)
         void done.then(() => {
           clearTimeout(timer)
-          if (stderr.includes(text)) resolve()
+          if (seen()) resolve()
           else reject(new Error(`o3train exited before logging ${JSON.stringify(text)}:\n${stderr}`))
         })
         check()
@@ -103,8 +105,20 @@ function store(run: string): CheckpointStore {
 
 const base = ['--dataset', 'fashion-mnist', '--model', 'cnn', '--batch', '64', '--lr', '0.05', '--seed', '7']
 
-t.test('--data o3://: mounts for the run, trains, checkpoints, unmounts at exit', async (t) => {
-  const r = o3train(['--data', `o3://${BUCKET}/fmnist`, ...base, '--epochs', '2', '--ckpt', `o3://${BUCKET}/runs/basic`, '--ckpt-every', 'epoch'])
+const SIGNING_KEY = 'ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80'
+
+t.test('--data o3://: mounts for the run (without the signing key), trains, checkpoints, unmounts at exit', async (t) => {
+  const keyFile = join(scratch, 'signing.key')
+  writeFileSync(keyFile, SIGNING_KEY, { mode: 0o600 })
+  const r = o3train(['--data', `o3://${BUCKET}/fmnist`, ...base, '--epochs', '2', '--ckpt', `o3://${BUCKET}/runs/basic`, '--ckpt-every', 'epoch'], { AKAVE_PRIVATE_KEY: SIGNING_KEY, AKAVE_PRIVATE_KEY_FILE: keyFile })
+  await r.waitFor('"msg":"mounted the data for this run"')
+  // The mount's pid follows its mountpoint in that line (the line's first pid is o3train's own).
+  const pid = Number(/"mountpoint":"[^"]+","pid":(\d+)/.exec(r.stderr())![1])
+  t.not(pid, r.child.pid)
+  const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')
+  t.ok(environ.some((v) => v.startsWith('O3_ACCESS_KEY_ID=')), 'the mount got what it needs: the O3 credentials')
+  t.same(environ.filter((v) => v.startsWith('AKAVE_PRIVATE_KEY')), [], 'but not the signing key nor its file name')
+  t.match(readFileSync(`/proc/${pid}/cmdline`, 'utf8'), /^(?!.*(ac0974bec39a|testing)).*$/s, 'no secret in its argv')
   const { code, stdout, stderr } = await r.done
   t.equal(code, 0, stderr)
   const s = summaryOf(stdout)
@@ -120,6 +134,7 @@ t.test('--data o3://: mounts for the run, trains, checkpoints, unmounts at exit'
   const latest = await store('runs/basic').load('latest')
   t.equal(latest.entry.cid, s.checkpoints[1]!.cid, 'latest is the final checkpoint, verified')
   t.equal(latest.meta.step, 64)
+  t.equal(latest.record.signer, '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266', 'o3train itself signed with the key')
 })
 
 t.test('kill -9 at 10 random moments: each restart resumes from the last complete checkpoint; final weights equal an uninterrupted run', async (t) => {
@@ -136,7 +151,8 @@ t.test('kill -9 at 10 random moments: each restart resumes from the last complet
   let kills = 0
   for (let i = 0; i < 10; i++) {
     const r = o3train([...args, '--ckpt', `o3://${BUCKET}/runs/chaos`])
-    await r.waitFor('"msg":"training"')
+    // The first start runs to its first commit, so that every later one has a checkpoint to resume.
+    await r.waitFor(i === 0 ? '"msg":"checkpoint committed"' : '"msg":"training"')
     const resumedAt = Number(/"msg":"resumed"/.test(r.stderr()) ? /"step":(\d+),"position"/.exec(r.stderr())?.[1] : 0)
     t.equal(resumedAt, lastStep, `start ${i + 1} resumed from the last complete checkpoint (step ${lastStep})`)
     await new Promise((res) => setTimeout(res, 150 + Math.random() * 600))
@@ -152,7 +168,8 @@ t.test('kill -9 at 10 random moments: each restart resumes from the last complet
   t.ok(kills >= 8, `${kills} of 10 runs were killed mid-run`)
   const last = await o3train([...args, '--ckpt', `o3://${BUCKET}/runs/chaos`]).done
   t.equal(last.code, 0, last.stderr)
-  if (lastStep > 0) t.equal(summaryOf(last.stdout).resumedFrom?.step, lastStep, 'the last start resumed from the last complete checkpoint')
+  t.ok(lastStep > 0, 'the killed runs committed checkpoints')
+  t.equal(summaryOf(last.stdout).resumedFrom?.step, lastStep, 'the last start resumed from the last complete checkpoint')
   const final = await chaos.load('latest')
   t.equal(final.meta.step, 160)
   t.equal(final.entry.cid, refFinal.cid, 'the final checkpoint is byte-identical to the uninterrupted run (same CID)')
@@ -170,11 +187,12 @@ t.test('the S3 server gone for 5 s during training: no error', async (t) => {
   t.teardown(() => proxy.close())
   const r = o3train(['--data', `o3://${BUCKET}/fmnist`, ...base, '--epochs', '8', '--ckpt', `o3://${BUCKET}/runs/outage`, '--ckpt-every', '4'], { O3_ENDPOINT: proxy.endpoint })
   await r.waitFor('"msg":"checkpoint committed"')
-  const started = Date.now()
   await proxy.outage(5000)
+  const outageEnded = Date.now()
   const { code, stdout, stderr } = await r.done
   t.equal(code, 0, stderr)
-  t.ok(Date.now() - started >= 0, 'ended after the outage')
+  const commits = stderr.split('\n').filter((l) => l.includes('"msg":"checkpoint committed"')).map((l) => (JSON.parse(l) as { time: number }).time)
+  t.ok(commits.some((time) => time > outageEnded), 'training went on through the outage: checkpoints committed after it ended')
   t.match(stderr, /retrying O3 request/, 'requests failed during the outage and were retried')
   const s = summaryOf(stdout)
   t.equal(s.epochsCompleted, 8)
@@ -218,15 +236,47 @@ t.test('SIGINT: stop at a step boundary, final checkpoint, exit 0; a second sign
   t.equal((await store('runs/sigint').load('latest')).meta.step, s.step, 'the final checkpoint is at the step where it stopped')
 
   const r2 = o3train(['--data', subset, ...base, '--epochs', '50', '--ckpt', `o3://${BUCKET}/runs/sigint2`, '--ckpt-every', '2'])
-  await r2.waitFor('"msg":"checkpoint upload started"')
+  // One checkpoint committed and the next one uploading when the signals come.
+  await r2.waitFor('"msg":"checkpoint committed"')
+  await r2.waitFor('"msg":"checkpoint upload started"', undefined, 2)
   r2.child.kill('SIGINT')
   await new Promise((res) => setTimeout(res, 20))
   r2.child.kill('SIGINT')
   const d2 = await r2.done
   t.equal(d2.code, 130, 'a second signal exits at once')
   t.same(await collect(client(`${BUCKET}/runs/sigint2`).listMultipartUploads('')), [], 'the upload in flight was aborted')
-  const latest = await store('runs/sigint2').readLatest()
-  if (latest) t.ok((await store('runs/sigint2').load('latest')).meta.step > 0, 'latest, if any, points at a complete checkpoint')
+  t.ok((await store('runs/sigint2').load('latest')).meta.step > 0, 'latest points at a complete, verified checkpoint')
+})
+
+t.test('a clean-up that fails does not hide the training error', async (t) => {
+  // Training data without the test split: the run fails at its first evaluation, after the mount is up.
+  const trainOnly = join(scratch, 'train-only')
+  mkdirSync(trainOnly)
+  for (const f of ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz']) copyFileSync(join(subset, f), join(trainOnly, f))
+  await uploadDir(trainOnly, `${BUCKET}/train-only`)
+  const tmp = mkdtempSync(join(tmpdir(), 'o3train-tmp-'))
+  const unfreeze = () => execFileSync('chattr', ['-i', tmp])
+  const r = o3train(['--data', `o3://${BUCKET}/train-only`, ...base, '--epochs', '1'], { TMPDIR: tmp })
+  t.teardown(async () => {
+    unfreeze()
+    if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGKILL')
+    await r.done
+    // Its mount goes when o3train does; a lazy unmount covers a mount that has not noticed yet.
+    for (const d of readdirSync(tmp).filter((n) => n.startsWith('o3train-data-'))) spawnSync('fusermount', ['-u', '-z', join(tmp, d)])
+    rmSync(tmp, { recursive: true, force: true })
+  })
+  await r.waitFor('"msg":"training"', 600_000)
+  // The mountpoint lives in TMPDIR: made immutable, removing the mountpoint fails.
+  execFileSync('chattr', ['+i', tmp])
+  const { code, stderr } = await r.done
+  unfreeze()
+  t.equal(code, 91, stderr)
+  t.match(stderr, /"msg":"could not clean up the mount for this run"/, 'the clean-up failure is reported')
+  // The warning is logged asynchronously, so it may land after the error line: look for the error by its prefix.
+  const errors = stderr.split('\n').filter((l) => l.startsWith('o3train: '))
+  t.equal(errors.length, 1, 'one error line')
+  t.match(errors[0], /^o3train: .*t10k-.*not found/, 'it is the training error')
+  t.notMatch(errors[0], /EPERM|rmdir/, 'not the clean-up failure')
 })
 
 t.test('bad input: one line, a distinct exit code, no secret printed', async (t) => {

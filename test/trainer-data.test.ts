@@ -1,6 +1,6 @@
 // The native trainer's data side: ImageFolder over real PNG and JPEG files (ResNet and MLP),
 // sharding, and bad files, which must reject with an error naming the file, never crash.
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { gunzipSync, gzipSync } from 'node:zlib'
@@ -76,7 +76,6 @@ t.test('options are checked', async (t) => {
   await t.rejects(Trainer.create(options(images, { modelConfig: { depth: 3 } })), /no hyperparameter 'depth' \(it has: dropout, hidden, layers\)/)
   await t.rejects(Trainer.create(options(images, { batchSize: 0 })), /options\.batchSize must be an integer >= 1/)
   await t.rejects(Trainer.create(options(images, { optimizer: { type: 'adam', lr: 1e-3, momentum: 0.9 } })), /momentum applies to sgd only/)
-  await t.rejects(Trainer.create(options(images, { device: 'cuda' })), /no CUDA support or no GPU/)
   await t.rejects(Trainer.create(options({ kind: 'imagefolder', root: path.join(work, 'nowhere') })), /nowhere: not a directory/)
 })
 
@@ -88,6 +87,22 @@ function mnistDir(name: string, labels: { file: string; bytes: Buffer }): DataSp
   writeFileSync(path.join(dir, labels.file), labels.bytes)
   return { kind: 'mnist', root: dir, split: 'test' }
 }
+
+t.test('--device auto picks what an explicit cuda request gets: CUDA where the addon has it and a GPU is visible', async (t) => {
+  const auto = await Trainer.create(options(images, { device: 'auto' }))
+  const picked = auto.device.type
+  auto.close()
+  const cuda = Trainer.create(options(images, { device: 'cuda' }))
+  if (picked === 'cuda') {
+    const c = await cuda
+    t.equal(c.device.type, 'cuda', 'cuda is granted where auto chose it')
+    c.close()
+  } else {
+    await t.rejects(cuda, /no CUDA support or no GPU/, 'cuda is refused where auto chose the CPU')
+  }
+  // No NVIDIA device node: nothing can have been visible to torch.
+  if (!existsSync('/dev/nvidiactl')) t.equal(picked, 'cpu', 'without a GPU, auto is the CPU')
+})
 
 t.test('corrupt and truncated idx files are named in the error', async (t) => {
   const gz = readFileSync(path.join(FASHION_MNIST, 't10k-labels-idx1-ubyte.gz'))

@@ -4,13 +4,15 @@
  * the run) and checkpoints to O3. The first SIGINT/SIGTERM stops at a step boundary and writes a
  * final checkpoint; a second exits at once, aborting any upload in flight.
  */
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { readdir } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { runCli } from '../lib/cli/run-cli.js'
 import { createLogger } from '../lib/log.js'
 import { installShutdown } from '../lib/shutdown.js'
+import { withDeadline } from '../lib/fs-deadline.js'
 import { O3Error } from '../lib/o3/index.js'
 import { loadSigner } from '../lib/content/signer.js'
 import { runUnderTorchrun } from './distributed.js'
@@ -84,7 +86,7 @@ async function main(): Promise<number> {
     succeeded = true
     return 0
   } catch (err) {
-    const broken = err instanceof O3Error ? undefined : unreadable(dataDir)
+    const broken = err instanceof O3Error ? undefined : await unreadable(dataDir)
     if (broken) {
       const where = mount ? `the o3mount this run started at ${mount.dir}` : `the mount under ${dataDir}, if it is one`
       throw new CliError(`reading the data failed (${(err as Error).message.split('\n')[0]}; ${dataDir}: ${broken}): check ${where}, then rerun; --resume auto continues from the last checkpoint`, ExitCode.training)
@@ -94,7 +96,11 @@ async function main(): Promise<number> {
     throw err
   } finally {
     shutdown.dispose()
-    await mount?.close()
+    // The error that stopped training is the one to see; a failed clean-up is only reported beside it.
+    await mount?.close().catch((err: unknown) => {
+      if (succeeded) return Promise.reject(err)
+      log.warn({ err: (err as Error).message, mountpoint: mount?.dir }, 'could not clean up the mount for this run')
+    })
     if (mountLog && succeeded) rmSync(dirname(mountLog), { recursive: true, force: true })
   }
 }
@@ -109,14 +115,14 @@ function withoutNproc(argv: string[]): string[] {
   return out
 }
 
-/** Why the data directory cannot be read any more (a mount that died answers ENOTCONN or EIO), if it cannot. */
-function unreadable(dir: string): string | undefined {
+/** Why the data directory cannot be read any more (a mount that died answers ENOTCONN or EIO, a stalled one nothing), if it cannot. */
+async function unreadable(dir: string): Promise<string | undefined> {
   try {
-    readdirSync(dir)
+    await withDeadline(readdir(dir), dir)
     return undefined
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
-    return code === 'ENOTCONN' || code === 'EIO' ? code : undefined
+    return code === 'ENOTCONN' || code === 'EIO' || code === 'ETIMEDOUT' ? code : undefined
   }
 }
 

@@ -4,6 +4,7 @@ import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand } from '../lib/cli/run-cli.js'
 import type { O3Flags } from '../lib/o3/index.js'
+import { TRUST_SIGNER_FLAG } from '../checkpoint/trust.js'
 
 /** Everything `o3train` takes; the CLI, a config file and library callers share this shape. */
 export interface TrainOptions extends O3Flags {
@@ -38,6 +39,8 @@ export interface TrainOptions extends O3Flags {
   init?: string
   keepLast: number
   keepEvery: number
+  /** Signer addresses a resumed checkpoint must be signed by; default: the run's first signer. */
+  trustSigner?: string[]
   /** Evaluate on the test split after each epoch (fashion-mnist only). */
   evaluate: boolean
   /** Model hyperparameters (hidden, layers, channels, dropout, ...); the core rejects unknown ones. */
@@ -109,7 +112,7 @@ const every = (v: string): number | 'epoch' => (v === 'epoch' ? 'epoch' : positi
 
 /** Checks a whole options object (from flags merged over a config file) and fills defaults. */
 export function validateOptions(raw: Partial<TrainOptions> & Record<string, unknown>): TrainOptions {
-  const known = new Set([...Object.keys(DEFAULTS), 'data', 'threads', 'ckpt', 'init', 'shards', 'lastBatch', 'nprocPerNode', 'endpoint', 'region', 'credentialsFile', 'profile'])
+  const known = new Set([...Object.keys(DEFAULTS), 'data', 'threads', 'ckpt', 'init', 'shards', 'lastBatch', 'nprocPerNode', 'trustSigner', 'endpoint', 'region', 'credentialsFile', 'profile'])
   for (const k of Object.keys(raw)) if (!known.has(k)) throw new OptionsError(`unknown option "${k}"; see o3train --help`)
   const o = { ...DEFAULTS, ...raw } as TrainOptions
   if (!o.data) throw new OptionsError('--data is required: a directory (e.g. an o3mount mountpoint) or o3://bucket/prefix')
@@ -133,6 +136,7 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
     throw new OptionsError('modelOpt must map hyperparameter names to numbers')
   }
   if (o.init !== undefined && (typeof o.init !== 'string' || o.init === '')) throw new OptionsError('--init must name a local safetensors file')
+  if (o.trustSigner !== undefined && !(Array.isArray(o.trustSigner) && o.trustSigner.every((a) => typeof a === 'string'))) throw new OptionsError('trustSigner must be a list of 0x addresses')
   if (o.ckpt && !/^o3:\/\/[^/]+\/.+/.test(o.ckpt)) throw new OptionsError(`--ckpt must look like o3://bucket/prefix/run (got ${o.ckpt})`)
   return o
 }
@@ -178,6 +182,7 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
     .option('--ckpt-every <steps|epoch>', 'checkpoint every N steps, or at the end of each epoch (default epoch)', every)
     .option('--resume <auto|none|name|cid>', 'resume from latest (auto), nothing, a checkpoint name, or a CID (default auto)')
     .option('--init <file.safetensors>', 'start a fresh run from these model weights (model.* or bare state_dict names); ignored when resuming')
+    .option(...TRUST_SIGNER_FLAG)
     .option('--keep-last <n>', `keep the last N checkpoints (default ${DEFAULTS.keepLast})`, positiveInt('--keep-last'))
     .option('--keep-every <k>', 'also keep every Kth checkpoint (default 0: none)', nonNegInt('--keep-every'))
     .option('--no-evaluate', 'skip the test-set evaluation after each epoch')

@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { launchMount } from '../fs-driver/launch.js'
 import { fusermountUnmount } from '../fs-driver/mount-table.js'
 import { o3FlagsToArgv } from '../lib/cli/o3-flags.js'
+import { withoutSigningKey } from '../lib/content/signer.js'
 import type { O3Flags } from '../lib/o3/index.js'
 
 export interface RunMount {
@@ -19,7 +20,8 @@ export async function mountForRun(location: string, o: O3Flags, logFile: string)
   const args = [dir, location, '--metadata-ttl', 'indefinite', ...o3FlagsToArgv(o)]
   let launched
   try {
-    launched = await launchMount(args, { logFile, detached: false })
+    // The mount reads objects; it never signs, so it never sees the signing key.
+    launched = await launchMount(args, { logFile, detached: false, env: withoutSigningKey(process.env) })
   } catch (err) {
     rmdirSync(dir)
     throw err

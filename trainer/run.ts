@@ -1,10 +1,12 @@
-import { existsSync } from 'node:fs'
+import { access } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
 import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
+import { TrustPolicy } from '../checkpoint/trust.js'
 import { distributedFromEnv } from './distributed.js'
 import { applyInitWeights } from './init-weights.js'
 import { O3Client } from '../lib/o3/index.js'
+import { withDeadline } from '../lib/fs-deadline.js'
 import { createProgress, type Progress } from '../lib/progress.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import type { TrainOptions } from './options.js'
@@ -52,18 +54,28 @@ export interface TrainSummary {
 /** The longest training call, so that progress and checkpoint timing stay fine-grained. */
 const STEP_CHUNK = 20
 
+async function exists(path: string): Promise<boolean> {
+  try {
+    await withDeadline(access(path), path)
+    return true
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ETIMEDOUT') throw err
+    return false
+  }
+}
+
 /** Finds the idx files: `root` itself or torchvision's `root/FashionMNIST/raw` layout. */
-export function fashionMnistDir(root: string): string {
+export async function fashionMnistDir(root: string): Promise<string> {
   for (const dir of [root, join(root, 'FashionMNIST', 'raw'), join(root, 'fashion-mnist')]) {
-    if (['train-images-idx3-ubyte', 'train-images-idx3-ubyte.gz'].some((f) => existsSync(join(dir, f)))) return dir
+    for (const f of ['train-images-idx3-ubyte', 'train-images-idx3-ubyte.gz']) if (await exists(join(dir, f))) return dir
   }
   throw new Error(`no Fashion-MNIST files (train-images-idx3-ubyte[.gz]) in ${root} or ${join(root, 'FashionMNIST', 'raw')}; check --data`)
 }
 
-function dataSpecs(o: TrainOptions, dataDir: string): { train: DataSpec; test?: DataSpec } {
+async function dataSpecs(o: TrainOptions, dataDir: string): Promise<{ train: DataSpec; test?: DataSpec }> {
   if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize, channels: o.channels } }
   if (o.dataset === 'webdataset') return { train: { kind: 'webdataset', root: dataDir, imageSize: o.imageSize, channels: o.channels, shards: o.shards } }
-  const dir = fashionMnistDir(dataDir)
+  const dir = await fashionMnistDir(dataDir)
   return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: dir, split: 'test' } }
 }
 
@@ -80,7 +92,8 @@ async function restore(o: TrainOptions, writer: CheckpointWriter | CheckpointSto
     return undefined
   }
   const store = writer instanceof CheckpointWriter ? writer.store : writer
-  return o.resume === 'auto' ? store.resume() : store.load(o.resume)
+  const trust = TrustPolicy.fromFlags(o.trustSigner)
+  return o.resume === 'auto' ? store.resume({ trust }) : store.load(o.resume, { trust })
 }
 
 /**
@@ -108,7 +121,7 @@ function fitDataPosition(o: TrainOptions, loaded: LoadedCheckpoint, globalBatch:
  */
 export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks = {}): Promise<TrainSummary> {
   const log = hooks.logger ?? silentLogger
-  const specs = dataSpecs(o, dataDir)
+  const specs = await dataSpecs(o, dataDir)
   const threads = threadSetup(o.threads)
   const distributed = distributedFromEnv(process.env, o.distTimeout)
   const trainer = await Trainer.create({

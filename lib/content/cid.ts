@@ -176,6 +176,15 @@ export function verifyDigest(what: string, actual: ContentDigest, expected: Part
   if (bad.length > 0) throw new O3IntegrityError(`${what}: content does not match its record (${bad.join('; ')}); do not use it`)
 }
 
+export function isCid(text: string): boolean {
+  try {
+    CID.parse(text.trim())
+    return true
+  } catch {
+    return false
+  }
+}
+
 /** A CID string in its canonical CIDv1 base32 form; O3IntegrityError if it does not parse. */
 export function normalizeCid(text: string): string {
   try {

@@ -1,6 +1,6 @@
 import { O3IntegrityError } from '../o3/errors.js'
 import type { O3Client } from '../o3/client.js'
-import { normalizeCid, type ContentDigest } from './cid.js'
+import { isCid, normalizeCid, type ContentDigest } from './cid.js'
 
 /**
  * The `.cid` sidecar stored beside every content object we write, datasets and checkpoints alike:
@@ -34,11 +34,11 @@ export function parseSidecar<R extends SidecarRecord = SidecarRecord>(text: stri
   } catch {
     throw new O3IntegrityError(`${what}: sidecar is not a CID line followed by JSON`)
   }
-  if (nl < 0 || typeof record?.cid !== 'string' || typeof record.sha256 !== 'string' || !Number.isSafeInteger(record.size) || typeof record.time !== 'string') {
+  if (nl < 0 || typeof record?.cid !== 'string' || !isCid(record.cid) || typeof record.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(record.sha256) || !Number.isSafeInteger(record.size) || record.size < 0 || typeof record.time !== 'string') {
     throw new O3IntegrityError(`${what}: sidecar record is malformed`)
   }
   const first = text.slice(0, nl).trim()
-  if (normalizeCid(first) !== normalizeCid(record.cid)) throw new O3IntegrityError(`${what}: sidecar's first line ${first} differs from its record's CID ${record.cid}`)
+  if (!isCid(first) || normalizeCid(first) !== normalizeCid(record.cid)) throw new O3IntegrityError(`${what}: sidecar's first line ${first} differs from its record's CID ${record.cid}`)
   return record
 }
 

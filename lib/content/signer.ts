@@ -53,6 +53,16 @@ export function signerFromHex(hexKey: string, source: string): Signer {
   }
 }
 
+/** The variables that hold or point at the signing key: a child process that does not sign must not inherit them. */
+export const SIGNING_KEY_ENV = ['AKAVE_PRIVATE_KEY', 'AKAVE_PRIVATE_KEY_FILE'] as const
+
+/** `env` without the signing key's variables. */
+export function withoutSigningKey(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out = { ...env }
+  for (const k of SIGNING_KEY_ENV) delete out[k]
+  return out
+}
+
 /** Loads AKAVE_PRIVATE_KEY (or the file named by AKAVE_PRIVATE_KEY_FILE); undefined when neither is set. */
 export function loadSigner(env: Record<string, string | undefined> = process.env): Signer | undefined {
   if (env.AKAVE_PRIVATE_KEY) return signerFromHex(env.AKAVE_PRIVATE_KEY, 'AKAVE_PRIVATE_KEY')

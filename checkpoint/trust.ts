@@ -1,0 +1,65 @@
+import { O3IntegrityError, O3NotFoundError, O3UsageError } from '../lib/o3/errors.js'
+import type { Manifest, ManifestEntry } from './records.js'
+
+/** Environment variable with trusted signer addresses, comma-separated. */
+export const TRUSTED_SIGNERS_ENV = 'O3_TRUSTED_SIGNERS'
+
+const ADDRESS = /^0x[0-9a-fA-F]{40}$/
+
+/** The repeatable `--trust-signer` option, as commander's `.option(...)` arguments, for every command that loads checkpoints. */
+export const TRUST_SIGNER_FLAG = [
+  '--trust-signer <0x-address>',
+  `accept only checkpoints signed by this address (repeatable; also ${TRUSTED_SIGNERS_ENV}, comma-separated); default: the run's first signer`,
+  (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v],
+] as const
+
+/**
+ * Whose signature a checkpoint must carry before resume, `o3ckpt get` or `o3ckpt verify` accept
+ * it. With named signers (--trust-signer, O3_TRUSTED_SIGNERS): one of them, always. Without:
+ * trust on first use per run: once the run holds a signed checkpoint, the signer of its earliest
+ * one whose signature verifies is the only one accepted, and unsigned checkpoints are refused; a run
+ * that never signed anything accepts unsigned checkpoints. Someone who can write to the bucket can
+ * sign with a key of their own, but cannot make that key the run's.
+ */
+export class TrustPolicy {
+  private constructor(private readonly named: readonly string[]) {}
+
+  static readonly firstUse = new TrustPolicy([])
+
+  /** From repeated `--trust-signer` values plus O3_TRUSTED_SIGNERS; O3UsageError for a malformed address. */
+  static fromFlags(flags: readonly string[] = [], env: Record<string, string | undefined> = process.env): TrustPolicy {
+    const fromEnv = (env[TRUSTED_SIGNERS_ENV] ?? '').split(',').map((s) => s.trim()).filter(Boolean)
+    const all = [...flags.map((a) => [a, '--trust-signer'] as const), ...fromEnv.map((a) => [a, TRUSTED_SIGNERS_ENV] as const)]
+    for (const [a, source] of all) {
+      if (!ADDRESS.test(a)) throw new O3UsageError(`${source} ${JSON.stringify(a)} is not an address: give 0x and 40 hex digits`)
+    }
+    return new TrustPolicy(all.map(([a]) => a))
+  }
+
+  /**
+   * Throws O3IntegrityError, naming the expected and the found signer, unless a checkpoint whose
+   * verified signer is `found` (undefined: unsigned) may be loaded from the run whose manifest is
+   * `manifest`. `verifiedSigner` returns the signer of an entry's sidecar once its signature checks.
+   */
+  async check(found: string | undefined, what: string, manifest: Manifest, verifiedSigner: (e: ManifestEntry) => Promise<string | undefined>): Promise<void> {
+    const expected = this.named.length > 0 ? this.named : await firstSigner(manifest, verifiedSigner)
+    if (expected.length === 0 || (found && expected.some((a) => a.toLowerCase() === found.toLowerCase()))) return
+    const source = this.named.length > 0 ? 'the trusted signer' : 'this run\'s signer (trusted on first use; name another with --trust-signer)'
+    throw new O3IntegrityError(`${what}: ${found ? `signed by ${found}` : 'unsigned'}, but ${source} is ${expected.join(' or ')}`)
+  }
+}
+
+/** The run's first signer: of its earliest signed checkpoint whose signature verifies; none when nothing is signed. */
+async function firstSigner(manifest: Manifest, verifiedSigner: (e: ManifestEntry) => Promise<string | undefined>): Promise<string[]> {
+  const signed = manifest.checkpoints.filter((e) => e.signer !== undefined).sort((a, b) => a.seq - b.seq)
+  for (const entry of signed) {
+    try {
+      const signer = await verifiedSigner(entry)
+      if (signer) return [signer]
+    } catch (err) {
+      if (!(err instanceof O3IntegrityError || err instanceof O3NotFoundError)) throw err
+    }
+  }
+  if (signed.length === 0) return []
+  throw new O3IntegrityError(`the run's manifest lists signed checkpoints but no signature verifies; name the signer to trust with --trust-signer`)
+}
