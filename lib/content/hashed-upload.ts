@@ -17,6 +17,8 @@ export interface HashedUploadOptions {
   /** Runs after each stored part of a multipart upload. */
   onPartStored?: (partNumber: number) => void
   logger?: Logger
+  /** Receives the hex sha256 of each 1 MiB leaf of the CID, in order, once the upload is done. */
+  onLeaves?: (leaves: readonly string[]) => void
 }
 
 /**
@@ -40,17 +42,23 @@ export async function hashedUpload(
     for await (const c of content) chunks.push(c)
     const body = Buffer.concat(chunks)
     await Promise.all([hasher.update(body), client.put(key, body, { contentType, signal })])
-    return hasher.digest()
+    return finish(hasher, options)
   }
   const sink = await MultipartSink.open(client, key, { partSize, parallel, signal, contentType, tap: (part) => hasher.update(part), onPartStored: options.onPartStored })
   try {
     for await (const c of content) await sink.write(c)
     // finish() hands the last part to the hasher, so digest() must come after it.
     await sink.finish()
-    return await hasher.digest()
+    return await finish(hasher, options)
   } catch (err) {
     const log = options.logger ?? silentLogger
     await sink.abort(err).catch((abortErr: Error) => log.error({ key, err: abortErr.message }, 'could not abort the multipart upload; its parts stay on the server until it is aborted'))
     throw err
   }
+}
+
+async function finish(hasher: ContentHasher, options: HashedUploadOptions): Promise<ContentDigest> {
+  const digest = await hasher.digest()
+  options.onLeaves?.(hasher.leafDigests)
+  return digest
 }
