@@ -2,6 +2,7 @@ import { O3IntegrityError } from '../lib/o3/errors.js'
 import { recoverAddress, type Signer } from '../lib/content/signer.js'
 import { normalizeCid } from '../lib/content/cid.js'
 import { canonicalJson } from '../lib/content/canonical-json.js'
+import type { DataLineage } from '../lib/content/lineage.js'
 import { parseSidecar, sidecarKeyOf, type SidecarRecord } from '../lib/content/sidecar.js'
 
 /** Object keys inside a run's prefix. */
@@ -33,6 +34,8 @@ export interface CheckpointRecord extends SidecarRecord {
   /** Akave's identifiers of the stored form, as HeadObject returned them; never our CID. */
   networkRootCid?: string
   networkState?: string
+  /** The data the weights were trained on; covered by the signature like every other field. */
+  data?: DataLineage
   signer?: string
   signature?: string
 }

@@ -68,6 +68,8 @@ async function main(): Promise<number> {
       progress: true,
       stop: shutdown.signal,
       kill: kill.signal,
+      // o3mount verifies by default wherever a dataset manifest names the files.
+      readsVerified: mount !== undefined,
       onStart: (s) => log.info({ device: s.device, dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
     })
     training = run
