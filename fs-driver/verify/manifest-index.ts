@@ -50,12 +50,18 @@ export class ManifestIndex {
       cached = { etag: e.etag, loaded: this.load(e.key, e.etag, e.size) }
       this.byDir.set(dir, cached)
     }
+    return cached.loaded
+  }
+
+  /** manifestIn for an open: a bad manifest is logged once (at mount time it stops the mount instead). */
+  private async manifestForOpen(dir: string): Promise<Loaded | undefined> {
     try {
-      return await cached.loaded
+      return await this.manifestIn(dir)
     } catch (err) {
-      if (!this.failedLogged.has(`${e.key}\0${e.etag}`)) {
-        this.failedLogged.add(`${e.key}\0${e.etag}`)
-        this.log.error({ manifest: e.key, err: (err as Error).message }, 'dataset manifest refused; opens of files below it fail with EIO')
+      const msg = (err as Error).message
+      if (!this.failedLogged.has(msg)) {
+        this.failedLogged.add(msg)
+        this.log.error({ dir, err: msg }, 'dataset manifest refused; opens of files below it fail with EIO')
       }
       throw err
     }
@@ -77,7 +83,7 @@ export class ManifestIndex {
     if (this.mode === 'off') return undefined
     const parts = path.replace(/^\/+/, '').split('/')
     for (let depth = parts.length - 1; depth >= 0; depth--) {
-      const m = await this.manifestIn(parts.slice(0, depth).join('/'))
+      const m = await this.manifestForOpen(parts.slice(0, depth).join('/'))
       const f = m?.files[parts.slice(depth).join('/')]
       if (!f) continue
       if (f.size !== size) throw new O3IntegrityError(`${key} has ${size} bytes, its manifest says ${f.size}; it was replaced or truncated after upload`)
