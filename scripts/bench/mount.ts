@@ -9,6 +9,9 @@ import { promisify } from 'node:util'
 import { findMount, fusermountUnmount } from '../../fs-driver/mount-table.js'
 import { createBucket } from '../../test/support/s3-server.js'
 import type { BenchContext, BenchModule, BenchRow } from './types.js'
+import { ContentHasher } from '../../lib/content/cid.js'
+import { DATASET_MANIFEST_NAME, buildDatasetManifest, formatDatasetManifest, type ManifestFile } from '../../lib/content/dataset-manifest.js'
+import type { O3Client } from '../../lib/o3/index.js'
 import { GiB, benchClient, benchEnv, mapLimit, mbps, percentile, uploadRandomObject } from './util.js'
 
 const AREA = 'o3mount'
@@ -18,6 +21,8 @@ const SMALL_SIZE = 64 * 1024
 const LISTING = 10_000
 const TTFB_SAMPLES = 100
 const CLI = fileURLToPath(new URL('../../fs-driver/cli.js', import.meta.url))
+/** `O3_BENCH_MOUNT=verify` measures only --verify against --verify off (no peers, no listing). */
+const VERIFY_ONLY = process.env.O3_BENCH_MOUNT === 'verify'
 const exec = promisify(execFile)
 
 /** A FUSE mount under test: ours or a peer from Debian, each run in the foreground so that we own its PID. */
@@ -26,11 +31,13 @@ interface Peer {
   start(mp: string, ctx: BenchContext): ChildProcess
 }
 
+const o3mountPeer = (name: string, args: string[]): Peer => ({
+  name,
+  start: (mp, ctx) => spawn(process.execPath, [CLI, mp, BUCKET, '--stats-interval', '1h', ...args], { env: benchEnv(ctx), stdio: 'ignore' }),
+})
+
 const PEERS: Peer[] = [
-  {
-    name: 'o3mount',
-    start: (mp, ctx) => spawn(process.execPath, [CLI, mp, BUCKET, '--stats-interval', '1h'], { env: benchEnv(ctx), stdio: 'ignore' }),
-  },
+  o3mountPeer('o3mount', []),
   {
     name: 's3fs',
     start: (mp, ctx) =>
@@ -112,6 +119,53 @@ async function timeIt(fn: () => Promise<unknown>): Promise<number> {
 
 const readAll = (file: string) => exec('dd', [`if=${file}`, 'of=/dev/null', 'bs=1M'])
 
+/** The manifest record of an object, hashed as it is read back. */
+async function manifestRecord(client: O3Client, key: string): Promise<ManifestFile> {
+  const h = new ContentHasher()
+  for await (const c of client.iterateRange(key)) await h.update(c)
+  const d = await h.digest()
+  return { ...d, leaves: [...h.leafDigests] }
+}
+
+/** Cold sequential read and the small files with every block verified against a manifest, and without, alternating; best of two each. */
+async function measureVerify(ctx: BenchContext, smallNames: string[]): Promise<BenchRow[]> {
+  const client = benchClient(ctx, BUCKET)
+  try {
+    ctx.log('mount: writing a dataset manifest for big.bin and small/')
+    const files: Record<string, ManifestFile> = { 'big.bin': await manifestRecord(client, 'big.bin') }
+    const small = await manifestRecord(client, `small/${smallNames[0]}`)
+    for (const n of smallNames) files[`small/${n}`] = small
+    await client.put(DATASET_MANIFEST_NAME, formatDatasetManifest(buildDatasetManifest(files, undefined)))
+  } finally {
+    client.close()
+  }
+  const best = { off: { cold: 0, small: Infinity }, on: { cold: 0, small: Infinity } }
+  for (let round = 0; round < 2; round++) {
+    for (const mode of ['off', 'on'] as const) {
+      const peer = o3mountPeer(`o3mount --verify ${mode}`, ['--verify', mode === 'on' ? 'required' : 'off'])
+      let m = await mountPeer(peer, ctx)
+      try {
+        dropCaches()
+        best[mode].cold = Math.max(best[mode].cold, mbps(GiB, await timeIt(() => readAll(path.join(m.mp, 'big.bin')))))
+        await m.stop()
+        m = await mountPeer(peer, ctx)
+        dropCaches()
+        best[mode].small = Math.min(best[mode].small, await timeIt(() => mapLimit(smallNames, 8, (n) => fs.readFile(path.join(m.mp, 'small', n)))))
+      } finally {
+        await m.stop()
+      }
+    }
+  }
+  const slower = (on: number, off: number) => {
+    const pct = (on / off - 1) * 100
+    return `<= 10% slower: ${pct <= 10 ? 'met' : 'not met'} (${pct >= 0 ? `${pct.toFixed(1)}% slower` : `${(-pct).toFixed(1)}% faster`})`
+  }
+  return [
+    { area: AREA, case: 'cold sequential read, 1 GiB file, --verify required against --verify off', value: `${best.on.cold.toFixed(0)} MB/s`, target: slower(best.off.cold, best.on.cold), note: `--verify off ${best.off.cold.toFixed(0)} MB/s (best of 2 each, alternating)` },
+    { area: AREA, case: `${SMALL_FILES} files of 64 KiB, 8 parallel readers, --verify required against --verify off`, value: `${best.on.small.toFixed(2)} s`, target: slower(best.on.small, best.off.small), note: `--verify off ${best.off.small.toFixed(2)} s (best of 2 each, alternating)` },
+  ]
+}
+
 interface PeerResult {
   cold: number
   warm: number
@@ -173,6 +227,7 @@ export const run: BenchModule = async (ctx) => {
     await uploadRandomObject(client, 'big.bin', GiB)
     const small = Buffer.alloc(SMALL_SIZE, 7)
     await mapLimit(smallNames, 16, (n) => client.put(`small/${n}`, small))
+    if (VERIFY_ONLY) return await measureVerify(ctx, smallNames)
     await mapLimit(Array.from({ length: LISTING }, (_, i) => i), 16, (i) => client.put(`listing/d${i % 10}/o${i}.txt`, `${i}\n`))
   } finally {
     client.close()
@@ -225,5 +280,7 @@ export const run: BenchModule = async (ctx) => {
     note: peers((r) => `p50 ${percentile(r.ttfb, 50).toFixed(1)} / p99 ${percentile(r.ttfb, 99).toFixed(1)} ms`),
   })
   rows.push({ area: AREA, case: 'peak RSS of the mount per case (MiB)', value: fmtRss(ours.rss), note: peers((r) => fmtRss(r.rss)) })
+  // After the peers: the manifest it writes makes every later o3mount verify by default.
+  rows.push(...(await measureVerify(ctx, smallNames)))
   return rows
 }
