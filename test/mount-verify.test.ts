@@ -3,19 +3,17 @@
 // reads with EIO and is never cached, a forged manifest stops the mount.
 import t, { type Test } from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { crc32 } from 'node:zlib'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { DATASET_MANIFEST_NAME, formatDatasetManifest } from '../lib/content/dataset-manifest.js'
 import { signerFromHex } from '../lib/content/signer.js'
-import type { StatsSnapshot } from '../fs-driver/stats.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { manifestFile, putTree } from './support/manifest.js'
-import { mount, runCli, tempMountpoint, type Mounted } from './support/o3mount.js'
+import { blockFiles, mount, runCli, statsWhen, tempMountpoint, type Mounted } from './support/o3mount.js'
 
 const MiB = 1 << 20
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
@@ -25,14 +23,6 @@ await createBucket(info, BUCKET)
 const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 
-async function statsWhen(m: Mounted, ok: (s: StatsSnapshot) => boolean, ms = 15_000): Promise<StatsSnapshot> {
-  const end = Date.now() + ms
-  for (;;) {
-    const s = m.stats()
-    if (ok(s) || Date.now() > end) return s
-    await sleep(250)
-  }
-}
 
 function cacheDirFor(t: Test): string {
   const dir = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-verify-')), 'cache')
@@ -105,8 +95,7 @@ t.test('a flipped byte in a disk-tier block (checksum fixed up) is caught and th
   await statsWhen(first, (s) => s.cache.diskWrites >= 3)
   await first.stop()
   // Change one byte and rewrite the header's CRC, so that only the leaf digest can tell.
-  const root = path.join(cacheDir, 'blocks')
-  const victim = readdirSync(root).flatMap((d) => readdirSync(path.join(root, d)).map((f) => path.join(root, d, f))).sort()[0]!
+  const victim = blockFiles(cacheDir).sort()[0]!
   const raw = readFileSync(victim)
   raw[16 + 777]! ^= 0x80
   raw.writeUInt32LE(crc32(raw.subarray(16), crc32(path.basename(victim))), 8)
