@@ -85,7 +85,7 @@ t.test('o3:// data with a manifest: the manifest\'s CID, reads verified; verify 
   const ok = await run('checkpoint/cli.ts', ['verify', `o3://${BUCKET}/runs/o3`, 'latest', '--data', `o3://${BUCKET}/datasets/fm`])
   t.equal(ok.code, 0, ok.stderr)
   const flipped = Buffer.from(files[names[1]!]!)
-  flipped[100]! ^= 1
+  flipped[flipped.length - 1]! ^= 1
   await client.put(`datasets/fm/${names[1]}`, flipped)
   const bad = await run('checkpoint/cli.ts', ['verify', `o3://${BUCKET}/runs/o3`, 'latest', '--data', `o3://${BUCKET}/datasets/fm`])
   t.equal(bad.code, ExitCode.integrity, bad.stderr)
