@@ -7,7 +7,8 @@ import { open, rename, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, runCli } from '../lib/cli/run-cli.js'
-import { O3Client, O3Error, O3UsageError, type O3Flags } from '../lib/o3/index.js'
+import { O3Client, O3Error, O3IntegrityError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
+import { checkDataLineage } from './data-check.js'
 import { CheckpointStore, type ManifestEntry } from './index.js'
 import { TRUST_SIGNER_FLAG, TrustPolicy } from './trust.js'
 import { DTYPE_SIZE } from '../lib/state-tensor.js'
@@ -43,11 +44,25 @@ async function ls(store: CheckpointStore, flags: GlobalFlags): Promise<void> {
   }
 }
 
+/** Whether the data each checkpoint names is the data at `location` now; an O3IntegrityError for the first that is not. */
+async function verifyData(store: CheckpointStore, entries: ManifestEntry[], location: string, flags: GlobalFlags): Promise<O3Error | undefined> {
+  let failure: O3Error | undefined
+  for (const entry of entries) {
+    const data = (await store.readRecord(entry)).data
+    const problems = data ? await checkDataLineage(data, location, flags) : [`${entry.name} records no data lineage (saved before o3train recorded it)`]
+    const what = data?.manifest ? `manifest ${data.manifest.cid}` : `${data?.files?.length ?? 0} files`
+    if (flags.json) print(JSON.stringify({ name: entry.name, data: location, ok: problems.length === 0, problems }))
+    else print(problems.length === 0 ? `OK    ${entry.name}  data at ${location} is the data it was trained on (${what}${data?.verified ? ', reads verified' : ''})` : `FAIL  ${entry.name}  data at ${location}: ${problems.join('; ')}`)
+    if (problems.length > 0) failure ??= new O3IntegrityError(`${entry.name}: the data at ${location} is not the data it was trained on (${problems[0]})`)
+  }
+  return failure
+}
+
 interface TrustFlags {
   trustSigner?: string[]
 }
 
-async function verify(store: CheckpointStore, ref: string | undefined, opts: TrustFlags, flags: GlobalFlags): Promise<void> {
+async function verify(store: CheckpointStore, ref: string | undefined, opts: TrustFlags & { data?: string }, flags: GlobalFlags): Promise<void> {
   const trust = TrustPolicy.fromFlags(opts.trustSigner)
   const manifest = await store.readManifest()
   const entries: ManifestEntry[] = ref ? [await store.resolve(ref)] : manifest.checkpoints
@@ -60,6 +75,7 @@ async function verify(store: CheckpointStore, ref: string | undefined, opts: Tru
     else print(`FAIL  ${entry.name}  ${r.error.message}`)
     if (!r.ok) failure ??= r.error
   }
+  if (opts.data) failure ??= await verifyData(store, entries, opts.data, flags)
   if (failure) throw failure
 }
 
@@ -91,6 +107,7 @@ async function show(store: CheckpointStore, ref: string): Promise<void> {
   const entry = await store.resolve(ref)
   const [record, header] = await Promise.all([store.readRecord(entry), store.readHeader(entry)])
   print(JSON.stringify({
+    data: record.data ?? null,
     record,
     metadata: header.metadata,
     headerBytes: header.dataStart,
@@ -110,8 +127,9 @@ async function main(): Promise<number> {
     .action(withStore((s) => ls(s, program.opts())))
   program.command('verify').argument('<run>').argument('[checkpoint]', 'name, CID or "latest"; all when omitted')
     .option(...TRUST_SIGNER_FLAG)
+    .option('--data <dir|o3://bucket/prefix>', 'also check that the data each checkpoint was trained on is the data at this location now')
     .description('download, recompute sha256 and CID, compare with sidecar and manifest, check signatures and their signer')
-    .action(withStore((s, ref: string | undefined, opts: TrustFlags) => verify(s, ref, opts, program.opts())))
+    .action(withStore((s, ref: string | undefined, opts: TrustFlags & { data?: string }) => verify(s, ref, opts, program.opts())))
   program.command('get').argument('<run>').argument('<checkpoint>', 'name, CID or "latest"').option('-o, --output <file>', 'destination (default <name>.safetensors)')
     .option(...TRUST_SIGNER_FLAG)
     .description('download a checkpoint to a local file, verified (bytes, signature, signer) before it appears')

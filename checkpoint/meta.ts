@@ -1,4 +1,5 @@
 import { O3IntegrityError } from '../lib/o3/errors.js'
+import type { DataLineage } from '../lib/content/lineage.js'
 
 /** What a trainer records with a checkpoint to resume exactly where it stopped. */
 export interface CheckpointMeta {
@@ -10,6 +11,8 @@ export interface CheckpointMeta {
   config?: unknown
   /** Where in the data the next batch comes from (epoch, batch index, sampler seed…); any JSON value. */
   dataPosition?: unknown
+  /** The data the weights were trained on (lib/content/lineage.ts). */
+  dataLineage?: DataLineage
 }
 
 /** safetensors metadata holds strings only: numbers as decimal text, structures as JSON. */
@@ -17,6 +20,7 @@ export function encodeMeta(meta: CheckpointMeta): Record<string, string> {
   const out: Record<string, string> = { format: 'pt', step: String(meta.step), epoch: String(meta.epoch), model: meta.model }
   if (meta.config !== undefined) out.config = JSON.stringify(meta.config)
   if (meta.dataPosition !== undefined) out.data_position = JSON.stringify(meta.dataPosition)
+  if (meta.dataLineage !== undefined) out.data_lineage = JSON.stringify(meta.dataLineage)
   return out
 }
 
@@ -34,5 +38,5 @@ export function decodeMeta(md: Record<string, string>, what: string): Checkpoint
       throw new O3IntegrityError(`${what}: metadata ${k} is not JSON`)
     }
   }
-  return { step: int('step'), epoch: int('epoch'), model: md.model ?? '', config: json('config'), dataPosition: json('data_position') }
+  return { step: int('step'), epoch: int('epoch'), model: md.model ?? '', config: json('config'), dataPosition: json('data_position'), dataLineage: json('data_lineage') as DataLineage | undefined }
 }

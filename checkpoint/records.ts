@@ -1,6 +1,8 @@
 import { O3IntegrityError } from '../lib/o3/errors.js'
 import { recoverAddress, type Signer } from '../lib/content/signer.js'
 import { isCid, normalizeCid } from '../lib/content/cid.js'
+import { canonicalJson } from '../lib/content/canonical-json.js'
+import type { DataLineage } from '../lib/content/lineage.js'
 import { parseSidecar, sidecarKeyOf, type SidecarRecord } from '../lib/content/sidecar.js'
 
 /** Object keys inside a run's prefix. */
@@ -35,6 +37,8 @@ export interface CheckpointRecord extends SidecarRecord {
   /** Akave's identifiers of the stored form, as HeadObject returned them; never our CID. */
   networkRootCid?: string
   networkState?: string
+  /** The data the weights were trained on; covered by the signature like every other field. */
+  data?: DataLineage
   signer?: string
   signature?: string
 }
@@ -64,16 +68,6 @@ export interface LatestPointer {
   cid: string
   seq: number
   time: string
-}
-
-/** JSON with keys sorted at every level: the exact bytes a signature covers. */
-export function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
-  if (value !== null && typeof value === 'object') {
-    const entries = Object.entries(value).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`
-  }
-  return JSON.stringify(value)
 }
 
 /** The EIP-191 message of a record: everything but the signature, canonically encoded. */

@@ -1,10 +1,9 @@
 import { O3IntegrityError, O3NotFoundError, O3UsageError } from '../lib/o3/errors.js'
 import type { Manifest, ManifestEntry } from './records.js'
 
-/** Environment variable with trusted signer addresses, comma-separated. */
-export const TRUSTED_SIGNERS_ENV = 'O3_TRUSTED_SIGNERS'
+import { parseTrustedSigners, TRUSTED_SIGNERS_ENV } from '../lib/content/trusted-signers.js'
 
-const ADDRESS = /^0x[0-9a-fA-F]{40}$/
+export { TRUSTED_SIGNERS_ENV }
 
 /** The repeatable `--trust-signer` option, as commander's `.option(...)` arguments, for every command that loads checkpoints. */
 export const TRUST_SIGNER_FLAG = [
@@ -28,12 +27,7 @@ export class TrustPolicy {
 
   /** From repeated `--trust-signer` values plus O3_TRUSTED_SIGNERS; O3UsageError for a malformed address. */
   static fromFlags(flags: readonly string[] = [], env: Record<string, string | undefined> = process.env): TrustPolicy {
-    const fromEnv = (env[TRUSTED_SIGNERS_ENV] ?? '').split(',').map((s) => s.trim()).filter(Boolean)
-    const all = [...flags.map((a) => [a, '--trust-signer'] as const), ...fromEnv.map((a) => [a, TRUSTED_SIGNERS_ENV] as const)]
-    for (const [a, source] of all) {
-      if (!ADDRESS.test(a)) throw new O3UsageError(`${source} ${JSON.stringify(a)} is not an address: give 0x and 40 hex digits`)
-    }
-    return new TrustPolicy(all.map(([a]) => a))
+    return new TrustPolicy(parseTrustedSigners(flags, env, (message) => new O3UsageError(message)))
   }
 
   /**

@@ -179,6 +179,7 @@ export class CheckpointWriter {
       {
         version: 1, name, cid: digest.cid, sha256: digest.sha256, size: digest.size, time: new Date().toISOString(),
         step: meta.step, epoch: meta.epoch, model: meta.model, networkRootCid: head.networkRootCid, networkState: head.networkState,
+        data: meta.dataLineage,
       },
       this.signer,
     )

@@ -16,6 +16,8 @@ import { findMount, fusermountUnmount } from './mount-table.js'
 import { serveMount } from './mount.js'
 import { LAUNCHED_AS, launchMount } from './launch.js'
 import { checkOptions, parseCount, parseDuration, parseMode, parseSize, type MountOptions } from './options.js'
+import { VERIFY_MODES, type VerifyMode } from './verify/manifest-index.js'
+import { parseTrustedSigners } from '../lib/content/trusted-signers.js'
 import { defaultLogFile, defaultStatsFile, openPrivateFile } from './paths.js'
 
 
@@ -40,6 +42,8 @@ interface RawOptions extends O3Flags {
   logFile?: string
   daemon?: boolean
   debugFuse?: boolean
+  verify: VerifyMode
+  trustSigner?: string[]
 }
 
 function program(): Command {
@@ -67,6 +71,8 @@ function program(): Command {
     .option('--stats-interval <duration>', 'period of the stats log line', '60s')
     .option('--log-file <path>', 'log here instead of stderr (the default for --daemon)')
     .option('--daemon', 'detach once mounted; prints the PID and the log path')
+    .addOption(new Option('--verify <mode>', 'check every block read against the dataset manifest (.o3-manifest.json): off, if-present (files a manifest names), required (refuse other files)').choices(VERIFY_MODES).default('if-present'))
+    .option('--trust-signer <address...>', 'accept only dataset manifests signed by one of these 0x addresses (also O3_TRUSTED_SIGNERS, comma-separated)')
     .addOption(new Option('--debug-fuse', 'libfuse debug output').hideHelp())
 }
 
@@ -93,6 +99,8 @@ function toMountOptions(mountpoint: string, location: string, r: RawOptions): Mo
     statsIntervalMs: parseDuration(r.statsInterval, '--stats-interval') * 1000,
     logFile: r.logFile && resolve(r.logFile),
     debugFuse: !!r.debugFuse,
+    verify: r.verify,
+    trustedSigners: parseTrustedSigners(r.trustSigner, process.env, (message) => new MountError(message, ExitCode.badOption)),
   }
   if (!Number.isFinite(o.opTimeoutMs) || o.opTimeoutMs < 1000) throw new MountError('--op-timeout must be a finite duration of at least 1s', ExitCode.badOption)
   if (!Number.isFinite(o.statsIntervalMs) || o.statsIntervalMs < 1000) throw new MountError('--stats-interval must be a finite duration of at least 1s', ExitCode.badOption)

@@ -5,6 +5,8 @@ import type { Logger } from '../lib/log.js'
 import type { BlockCache, ObjectRef } from './data-cache/block-cache.js'
 import type { Entry, MetadataCache } from './metadata-cache.js'
 import { Readahead } from './prefetch/readahead.js'
+import { LeafMismatchError } from './verify/leaf-check.js'
+import { NotCoveredError, type ManifestIndex } from './verify/manifest-index.js'
 import type { MountCounters } from './stats.js'
 
 export interface FilesystemOptions {
@@ -64,6 +66,7 @@ export class O3Filesystem {
   constructor(
     private readonly meta: MetadataCache,
     private readonly blocks: BlockCache,
+    private readonly manifests: ManifestIndex,
     private readonly counters: MountCounters,
     private readonly log: Logger,
     private readonly o: FilesystemOptions,
@@ -161,6 +164,8 @@ export class O3Filesystem {
       () => cb(n),
       (err) => {
         this.counters.readErrors++
+        // Logged where it was found, with the key, block and both digests.
+        if (err instanceof LeafMismatchError) return cb(E.EIO)
         if (err instanceof O3IntegrityError) {
           this.log.error({ path, key: obj.key, etag: obj.etag }, 'the object was replaced while open; failing the read (EIO) rather than mixing two versions; reopen the file to read the new one')
           this.meta.invalidate(path)
@@ -199,15 +204,24 @@ export class O3Filesystem {
       open: (path, flags, cb) => {
         if ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC) return cb(E.EROFS)
         this.lookup(path).then(
-          (e) => {
+          async (e) => {
             if (!e) return cb(E.ENOENT)
             if (e.kind !== 'file') return cb(E.EISDIR)
+            let leaves: readonly string[] | undefined
+            try {
+              leaves = (await withDeadline(this.manifests.coverage(path, e.key, e.size), this.o.opTimeoutMs, `manifest of ${path}`))?.leaves
+            } catch (err) {
+              if (!(err instanceof NotCoveredError) && !(err instanceof O3IntegrityError)) throw err
+              this.counters.verifyRefusedOpens++
+              this.log.error({ path, key: e.key }, err.message)
+              return cb(err instanceof NotCoveredError ? E.EACCES : E.EIO)
+            }
             const fd = this.nextFd++
             // The version is pinned here: every block this handle reads must carry this ETag (and
             // version id, from HEAD or else from the first response that names one).
             this.handles.set(fd, {
               path,
-              obj: { key: e.key, etag: e.etag, versionId: e.versionId, size: e.size },
+              obj: { key: e.key, etag: e.etag, versionId: e.versionId, size: e.size, leaves },
               ra: new Readahead({ blockSize: this.blocks.blockSize, initialWindow: this.o.readaheadInitial, seekTolerance: this.o.seekTolerance, maxWindow: this.maxWindow }),
             })
             this.counters.opens++

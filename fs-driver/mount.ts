@@ -16,6 +16,8 @@ import type { MountOptions } from './options.js'
 import { findMount, fusermountUnmount } from './mount-table.js'
 import { checkBucket, checkFuse, checkMountpoint } from './preflight.js'
 import { MountCounters, StatsReporter } from './stats.js'
+import { ManifestIndex } from './verify/manifest-index.js'
+import { CID_BLOCK_SIZE } from '../lib/content/cid.js'
 
 /** Largest read the kernel sends to a libfuse2 filesystem. */
 const MAX_READ = 128 * 1024
@@ -62,11 +64,22 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   // garbage until collected; they come out of the same budget, so that --cache-mem bounds what
   // the data path holds, not just the blocks.
   const networkReserve = Math.min(o.maxConnections * NETWORK_BYTES_PER_CONNECTION, Math.floor(o.cacheMem / 2))
+  // A leaf is checked whole: with verification on, a block holds whole leaves.
+  const blockSize = o.verify === 'off' ? o.blockSize : Math.max(o.blockSize, CID_BLOCK_SIZE)
+  if (blockSize !== o.blockSize) log.info({ blockSize, asked: o.blockSize }, 'block size raised to one 1 MiB leaf so that each block can be verified whole (--verify off keeps it)')
   const blocks = new BlockCache({
-    client, blockSize: o.blockSize, memoryBytes: o.cacheMem - networkReserve, partSize: o.partSize, maxConnections: o.maxConnections, disk, counters, log,
+    client, blockSize, memoryBytes: o.cacheMem - networkReserve, partSize: o.partSize, maxConnections: o.maxConnections, disk, counters, log,
   })
   const meta = new MetadataCache(client, o.metadataTtl, counters, log)
-  const fs = new O3Filesystem(meta, blocks, counters, log, {
+  const manifests = new ManifestIndex(client, meta, o.verify, o.trustedSigners, log)
+  try {
+    await manifests.loadRoot()
+  } catch (err) {
+    disk?.unlock()
+    client.close()
+    throw err
+  }
+  const fs = new O3Filesystem(meta, blocks, manifests, counters, log, {
     fileMode: o.fileMode, dirMode: o.dirMode, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0,
     opTimeoutMs: o.opTimeoutMs, readaheadInitial: 2 * o.blockSize, readaheadMax: o.readaheadMax,
     seekTolerance: Math.max(16 << 20, 2 * o.kernelReadaheadKb * 1024),
@@ -96,6 +109,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   const stats = new StatsReporter(
     {
       counters,
+      verifyMode: o.verify,
       o3: () => client.stats,
       readahead: () => fs.readaheadStats(),
       memory: () => ({

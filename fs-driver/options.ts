@@ -1,6 +1,7 @@
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import type { O3Flags } from '../lib/o3/config.js'
 import { MountError } from './mount-error.js'
+import type { VerifyMode } from './verify/manifest-index.js'
 
 const MiB = 1 << 20
 
@@ -32,6 +33,10 @@ export interface MountOptions extends O3Flags {
   statsIntervalMs: number
   logFile?: string
   debugFuse: boolean
+  /** Reads checked against the tree's dataset manifests: not at all, for the files they name, or every file (the rest refused). */
+  verify: VerifyMode
+  /** When not empty, a manifest must be signed by one of these 0x addresses. */
+  trustedSigners: string[]
 }
 
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: MiB, mb: MiB, mib: MiB, g: 1 << 30, gb: 1 << 30, gib: 1 << 30, t: 2 ** 40, tb: 2 ** 40, tib: 2 ** 40 }
@@ -75,6 +80,8 @@ export function checkOptions(o: MountOptions): void {
     throw new MountError(`--block-size ${o.blockSize} must be a power of two from 64K to 64M`, ExitCode.badOption)
   }
   if (o.partSize % o.blockSize !== 0) throw new MountError(`--part-size must be a multiple of --block-size (${o.blockSize})`, ExitCode.badOption)
-  if (o.cacheMem < 8 * o.blockSize) throw new MountError(`--cache-mem must hold at least 8 blocks (${(8 * o.blockSize) / MiB} MiB)`, ExitCode.badOption)
+  // Verified blocks hold whole 1 MiB leaves (fs-driver/mount.ts).
+  const blockSize = o.verify === 'off' ? o.blockSize : Math.max(o.blockSize, MiB)
+  if (o.cacheMem < 8 * blockSize) throw new MountError(`--cache-mem must hold at least 8 blocks (${(8 * blockSize) / MiB} MiB)`, ExitCode.badOption)
   if (o.cacheDiskSize > 0 && !o.cacheDir) throw new MountError('--cache-disk-size needs --cache-dir', ExitCode.badOption)
 }

@@ -29,6 +29,11 @@ export class MountCounters {
   readErrors = 0
   timeouts = 0
   opens = 0
+  /** Blocks checked against a manifest's leaf digests, and those that did not match. */
+  blocksVerified = 0
+  verifyFailures = 0
+  /** Opens refused by --verify required (no manifest covers the file) or for a file that contradicts its manifest. */
+  verifyRefusedOpens = 0
 }
 
 /** The shape of the stats file; the trainer reads it, so fields are only ever added. */
@@ -52,6 +57,7 @@ export interface StatsSnapshot {
   o3: O3Stats
   metadata: { hits: number; misses: number; negativeHits: number; listRequests: number; headRequests: number }
   reads: { count: number; bytes: number; errors: number; timeouts: number; opens: number; openFiles: number }
+  verify: { mode: string; blocksVerified: number; failures: number; refusedOpens: number }
   readahead: { streams: number; maxWindowBytes: number; totalWindowBytes: number }
   memory: {
     budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; rssBytes: number; heapBytes: number; arrayBufferBytes: number
@@ -62,6 +68,7 @@ export interface StatsSnapshot {
 
 export interface StatsSources {
   counters: MountCounters
+  verifyMode: string
   o3: () => O3Stats
   readahead: () => { streams: number; maxWindowBytes: number; totalWindowBytes: number }
   memory: () => { budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; peakUsedBytes: number }
@@ -102,6 +109,7 @@ export class StatsReporter {
       o3: { ...this.src.o3() },
       metadata: { hits: c.metaHits, misses: c.metaMisses, negativeHits: c.negativeHits, listRequests: c.listRequests, headRequests: c.headRequests },
       reads: { count: c.reads, bytes: c.bytesRead, errors: c.readErrors, timeouts: c.timeouts, opens: c.opens, openFiles: this.src.openFiles() },
+      verify: { mode: this.src.verifyMode, blocksVerified: c.blocksVerified, failures: c.verifyFailures, refusedOpens: c.verifyRefusedOpens },
       readahead: this.src.readahead(),
       memory: (() => {
         const u = process.memoryUsage()

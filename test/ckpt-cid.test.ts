@@ -4,7 +4,7 @@ import t from 'tap'
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import { sha256 } from 'multiformats/hashes/sha2'
-import { ContentHasher, digestContent, verifyDigest, normalizeCid, CID_BLOCK_SIZE } from '../lib/content/cid.js'
+import { ContentHasher, cidFromLeaves, digestContent, leafCount, verifyDigest, normalizeCid, CID_BLOCK_SIZE } from '../lib/content/cid.js'
 import { O3IntegrityError } from '../lib/o3/errors.js'
 import { ThreadHasher } from '../lib/content/thread-hasher.js'
 import { referenceCid } from './support/reference-dag.js'
@@ -137,4 +137,21 @@ t.test('verifyDigest and normalizeCid', async (t) => {
   t.throws(() => verifyDigest('x', d, { cid: 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku' }), O3IntegrityError)
   t.throws(() => normalizeCid('not a cid'), O3IntegrityError)
   t.equal(normalizeCid(` ${d.cid}\n`), d.cid)
+})
+
+t.test('the leaves of a CID rebuild it; any other leaf list does not', async (t) => {
+  for (const n of [0, 5, CID_BLOCK_SIZE, 3 * MiB + 12_345]) {
+    const data = randomBytes(n, n + 1)
+    const h = new ContentHasher()
+    await h.update(data)
+    const d = await h.digest()
+    const leaves = [...h.leafDigests]
+    t.equal(leaves.length, leafCount(n), `${n} bytes: ${leafCount(n)} leaves`)
+    t.equal(await cidFromLeaves(leaves, n), await referenceCid([data]), `${n} bytes: rebuilt from its leaves`)
+    t.equal(d.cid, await referenceCid([data]))
+    const swapped = [...leaves]
+    swapped[swapped.length - 1] = crypto.createHash('sha256').update('other').digest('hex')
+    t.not(await cidFromLeaves(swapped, n), d.cid, `${n} bytes: a changed leaf gives another CID`)
+  }
+  await t.rejects(cidFromLeaves([], 10), O3IntegrityError, 'a leaf list of the wrong length is refused')
 })

@@ -2,15 +2,13 @@
 // and one memory budget holds with a hundred files streaming at once.
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
-import type { StatsSnapshot } from '../fs-driver/stats.js'
 import { mapLimit } from '../scripts/bench/util.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
-import { mount, type Mounted } from './support/o3mount.js'
+import { blockFiles, mount, statsWhen } from './support/o3mount.js'
 
 const MiB = 1 << 20
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
@@ -20,20 +18,7 @@ await createBucket(info, BUCKET)
 const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 
-/** Polls the stats file (rewritten every 2 s) until `ok` holds. */
-async function statsWhen(m: Mounted, ok: (s: StatsSnapshot) => boolean, ms = 15_000): Promise<StatsSnapshot> {
-  const end = Date.now() + ms
-  for (;;) {
-    const s = m.stats()
-    if (ok(s) || Date.now() > end) return s
-    await sleep(250)
-  }
-}
 
-function blockFiles(cacheDir: string): string[] {
-  const root = path.join(cacheDir, 'blocks')
-  return readdirSync(root).flatMap((d) => readdirSync(path.join(root, d)).map((f) => path.join(root, d, f)))
-}
 
 t.test('the disk cache survives a remount and a corrupt block is fetched again', async (t) => {
   const cacheDir = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-cache-')), 'cache')

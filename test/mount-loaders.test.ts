@@ -11,6 +11,7 @@ import { mapLimit } from '../scripts/bench/util.js'
 import { buildImageFolder, FASHION_MNIST } from './support/imagefolder.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { mount } from './support/o3mount.js'
+import { putTree } from './support/manifest.js'
 
 const BUCKET = `mount-loaders-${process.pid}`
 const info = await useS3Server(t)
@@ -43,19 +44,26 @@ for train in (True, False):
 print(json.dumps(out))
 `
 
-t.test('torchvision FashionMNIST over the mount equals a local copy', async (t) => {
+t.test('torchvision FashionMNIST over a --verify required mount equals a local copy', async (t) => {
   const raw = path.join(local, 'fashion', 'FashionMNIST', 'raw')
   mkdirSync(raw, { recursive: true })
   const names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
   // torchvision 0.14 looks for the unpacked idx files under <root>/FashionMNIST/raw.
-  await mapLimit(names, 2, async (name) => {
-    const data = gunzipSync(readFileSync(path.join(FASHION_MNIST, `${name}.gz`)))
-    writeFileSync(path.join(raw, name), data)
-    await client.put(`datasets/FashionMNIST/raw/${name}`, data)
-  })
-  const m = await mount(t, info, `${BUCKET}/datasets`, { args: ['--metadata-ttl', 'indefinite'] })
+  const files: Record<string, Buffer> = {}
+  for (const name of names) {
+    files[name] = gunzipSync(readFileSync(path.join(FASHION_MNIST, `${name}.gz`)))
+    writeFileSync(path.join(raw, name), files[name])
+  }
+  // Uploaded as o3upload does, with the tree's manifest in FashionMNIST/raw, below the mount's root.
+  await putTree(client, 'datasets/FashionMNIST/raw', files)
+  const m = await mount(t, info, `${BUCKET}/datasets`, { args: ['--metadata-ttl', 'indefinite', '--verify', 'required'] })
   const r = await python(COMPARE_FASHION, [m.mountpoint, path.join(local, 'fashion')])
   t.same(r, { train: { n: 60000, same: true, items: true }, test: { n: 10000, same: true, items: true } })
+  // The stats file is rewritten every 2 s.
+  let s = m.stats()
+  for (let end = Date.now() + 10_000; s.verify.blocksVerified < 50 && Date.now() < end; s = m.stats()) await new Promise((r) => setTimeout(r, 250))
+  t.ok(s.verify.blocksVerified >= 50, `every block served was verified (${s.verify.blocksVerified})`)
+  t.equal(s.verify.failures, 0)
   await m.stop()
 })
 

@@ -8,6 +8,7 @@ import { ExitCode } from '../lib/cli/exit-codes.js'
 import { digestContent } from '../lib/content/cid.js'
 import { DEFAULT_PART_SIZE } from '../lib/content/hashed-upload.js'
 import { parseSidecar, sidecarKeyOf } from '../lib/content/sidecar.js'
+import { DATASET_MANIFEST_NAME, parseDatasetManifest } from '../lib/content/dataset-manifest.js'
 import { cliCommand } from '../lib/paths.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
@@ -46,21 +47,26 @@ function writeRandom(file: string, size: number): void {
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
-t.test('uploads a tree, one file multipart, each with a sidecar the shared reader accepts', async (t) => {
+t.test('uploads a tree, one file multipart, each with a sidecar the shared reader accepts, then its manifest', async (t) => {
   const dir = tempDir(t)
   const sizes: Record<string, number> = { 'a.txt': 11, 'sub/b.bin': 300 << 10, 'sub/deeper/empty': 0, 'big.bin': DEFAULT_PART_SIZE + 3 * MiB + 5 }
   for (const [key, size] of Object.entries(sizes)) writeRandom(path.join(dir, key), size)
   writeFileSync(path.join(dir, 'stale.cid'), 'a sidecar from elsewhere\n')
+  writeFileSync(path.join(dir, DATASET_MANIFEST_NAME), 'a manifest from elsewhere\n')
 
   const r = await o3upload([dir, `o3://${bucket}/tree/`])
   t.equal(r.code, 0, r.stderr)
-  const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { event: string; location: string; files?: number; bytes?: number })
+  const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { event: string; location: string; files?: number; bytes?: number; cid?: string })
   t.same(lines.filter((l) => l.event === 'file').map((l) => l.location).sort(), Object.keys(sizes).map((k) => `o3://${bucket}/tree/${k}`).sort())
   t.match(lines.at(-1), { event: 'summary', files: 4, bytes: Object.values(sizes).reduce((a, b) => a + b, 0) })
   t.match(r.stderr, /"event":"done"/, 'progress as JSON lines on stderr when not a terminal')
 
   const client = openClient(t, info, `${bucket}/tree`)
-  t.same(await keys(client), Object.keys(sizes).flatMap((k) => [k, sidecarKeyOf(k)]).sort(), 'every file and its sidecar, and no local .cid file')
+  t.same(await keys(client), [DATASET_MANIFEST_NAME, ...Object.keys(sizes).flatMap((k) => [k, sidecarKeyOf(k)])].sort(), 'every file and its sidecar, the manifest, and no local .cid file or manifest')
+  const manifestBytes = await readAll(client, DATASET_MANIFEST_NAME)
+  const manifest = await parseDatasetManifest(manifestBytes, DATASET_MANIFEST_NAME)
+  t.same(Object.keys(manifest.files).sort(), Object.keys(sizes).sort(), 'the manifest covers every file')
+  t.match(lines.find((l) => l.event === 'manifest'), { location: `o3://${bucket}/tree/${DATASET_MANIFEST_NAME}`, cid: (await digestContent(manifestBytes)).cid, files: 4 })
   t.same(await uploads(client), [], 'no multipart upload left open')
   for (const key of Object.keys(sizes)) {
     const file = path.join(dir, key)
@@ -71,6 +77,10 @@ t.test('uploads a tree, one file multipart, each with a sidecar the shared reade
     const record = parseSidecar(text, key)
     t.same({ cid: record.cid, sha256: record.sha256, size: record.size }, local, `${key}: CID, sha256 and size of the local file`)
     t.ok(!Number.isNaN(Date.parse(record.time)), `${key}: a time`)
+    const data = readFileSync(file)
+    const leaves = []
+    for (let off = 0; off < Math.max(1, data.length); off += MiB) leaves.push(sha256(data.subarray(off, off + MiB)))
+    t.same(manifest.files[key], { ...local, leaves }, `${key}: the manifest's CID, sha256, size and 1 MiB leaf digests`)
   }
 })
 
@@ -84,7 +94,7 @@ t.test('a missing bucket: exit 66 and one line; --create-bucket creates it', asy
   t.match(r.stderr, /^o3upload: .*--create-bucket/)
   const created = await o3upload([dir, `o3://${missing}/p`, '--create-bucket'])
   t.equal(created.code, 0, created.stderr)
-  t.same(await keys(openClient(t, info, `${missing}/p`)), ['x.bin', 'x.bin.cid'])
+  t.same(await keys(openClient(t, info, `${missing}/p`)), [DATASET_MANIFEST_NAME, 'x.bin', 'x.bin.cid'])
 })
 
 t.test('bad arguments are usage errors (64)', async (t) => {

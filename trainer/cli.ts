@@ -79,6 +79,8 @@ async function main(): Promise<number> {
       progress: true,
       stop: shutdown.signal,
       kill: kill.signal,
+      // o3mount verifies by default wherever a dataset manifest names the files.
+      readsVerified: mount !== undefined,
       onStart: (s) => log.info({ device: s.device, threads: threadLine(s.threads), dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
     })
     training = run

@@ -1,5 +1,7 @@
+import { existsSync, readdirSync } from 'node:fs'
 import { access } from 'node:fs/promises'
-import { join } from 'node:path'
+import { extname, join } from 'node:path'
+import { dataLineage, type DataLineage } from '../lib/content/lineage.js'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
 import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
 import { TrustPolicy } from '../checkpoint/trust.js'
@@ -20,6 +22,8 @@ export interface TrainHooks {
   stop?: AbortSignal
   /** Aborted: give up at once, aborting any upload in flight. */
   kill?: AbortSignal
+  /** The data directory is a mount this run made, which checks every read against the dataset manifest. */
+  readsVerified?: boolean
   /** Called once training is set up (device chosen, resume done), e.g. to report where it starts. */
   onStart?: (info: StartInfo) => void
 }
@@ -79,6 +83,27 @@ async function dataSpecs(o: TrainOptions, dataDir: string): Promise<{ train: Dat
   return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: dir, split: 'test' } }
 }
 
+/** The files the native dataset reads for `specs`, as cpp/dataset.cpp finds them. */
+function filesRead(specs: { train: DataSpec; test?: DataSpec }, evaluate: boolean): string[] {
+  const out: string[] = []
+  for (const spec of evaluate && specs.test ? [specs.train, specs.test] : [specs.train]) {
+    if (spec.kind === 'imagefolder' || spec.kind === 'webdataset') {
+      // A webdataset run names every shard in its directory (a --shards pattern may use fewer).
+      const kept = spec.kind === 'webdataset' ? ['.tar'] : ['.jpg', '.jpeg', '.png']
+      for (const e of readdirSync(spec.root, { withFileTypes: true, recursive: spec.kind === 'imagefolder' })) {
+        if (e.isFile() && kept.includes(extname(e.name).toLowerCase())) out.push(join(e.parentPath, e.name))
+      }
+      continue
+    }
+    const prefix = spec.split === 'train' ? 'train' : 't10k'
+    for (const base of [`${prefix}-images-idx3-ubyte`, `${prefix}-labels-idx1-ubyte`]) {
+      const gz = join(spec.root, `${base}.gz`)
+      out.push(existsSync(gz) ? gz : join(spec.root, base))
+    }
+  }
+  return out.sort()
+}
+
 /** `o3://bucket/prefix/run` -> an O3 client scoped to it. */
 function openRunClient(o: TrainOptions, logger: Logger): O3Client {
   return O3Client.open(o.ckpt!, { endpoint: o.endpoint, region: o.region, credentialsFile: o.credentialsFile, profile: o.profile, logger })
@@ -124,6 +149,9 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
   const specs = await dataSpecs(o, dataDir)
   const threads = threadSetup(o.threads)
   const distributed = distributedFromEnv(process.env, o.distTimeout)
+  // Computed beside training (the idx files are few); every checkpoint waits for it.
+  const lineage: Promise<DataLineage> = dataLineage(dataDir, filesRead(specs, o.evaluate), hooks.readsVerified === true)
+  lineage.catch(() => {})
   const trainer = await Trainer.create({
     model: o.model,
     modelConfig: o.modelOpt,
@@ -173,7 +201,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
       lastSavedStep = step
       const state = await trainer.stateDict()
       if (!writer) return
-      const meta = { step, epoch: trainer.position.epoch, model: `${o.dataset}-${o.model}`, config, dataPosition: trainer.position }
+      const meta = { step, epoch: trainer.position.epoch, model: `${o.dataset}-${o.model}`, config, dataPosition: trainer.position, dataLineage: await lineage }
       if (background) {
         await writer.saveAsync(state, meta, { signal: hooks.kill })
         log.info({ step, epoch: meta.epoch }, 'checkpoint upload started')

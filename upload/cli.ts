@@ -2,7 +2,8 @@
 /**
  * `o3upload`: puts a local directory tree into `o3://bucket/prefix`, each file with a `<file>.cid`
  * sidecar (lib/content/sidecar.ts), so that the data a model was trained on can be checked with
- * stock IPFS tools like its checkpoints. The first SIGINT/SIGTERM stops after the file in flight;
+ * stock IPFS tools like its checkpoints, and, once every file is stored, one manifest of the tree
+ * (`<prefix>/.o3-manifest.json`, lib/content/dataset-manifest.ts) that mounts verify reads against. The first SIGINT/SIGTERM stops after the file in flight;
  * a second aborts that file's upload at once, leaving neither parts nor a sidecar behind.
  * With `--webdataset` the directory (a folder per class of images) is written as WebDataset tar
  * shards first (upload/webdataset.ts), into a local directory or, through a temporary one, to O3.
@@ -20,11 +21,15 @@ import { newCommand, runCli } from '../lib/cli/run-cli.js'
 import type { ContentDigest } from '../lib/content/cid.js'
 import { hashedUpload } from '../lib/content/hashed-upload.js'
 import { putSidecar } from '../lib/content/sidecar.js'
+import { DATASET_MANIFEST_NAME, buildDatasetManifest, formatDatasetManifest, type ManifestFile } from '../lib/content/dataset-manifest.js'
+import { loadSigner } from '../lib/content/signer.js'
 import { createLogger } from '../lib/log.js'
 import { O3Client, O3NotFoundError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
 import { createProgress } from '../lib/progress.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { directorySink, writeShards } from './webdataset.js'
+import type { Signer } from '../lib/content/signer.js'
+import { digestContent } from '../lib/content/cid.js'
 
 interface UploadFlags extends O3Flags {
   createBucket?: boolean
@@ -52,12 +57,12 @@ interface LocalFile {
 /** Aborted by a second signal; the forced-exit handler then owns the process's exit. */
 const kill = new AbortController()
 
-/** Every regular file below `dir`, by key; local `.cid` files are left out, since each upload writes its own. */
+/** Every regular file below `dir`, by key; local `.cid` files and manifests are left out, since each upload writes its own. */
 async function listFiles(dir: string): Promise<LocalFile[]> {
   if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw new CliError(`${dir} is not a directory; give the local directory to upload`, ExitCode.usage)
   const files: LocalFile[] = []
   for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (!e.isFile() || e.name.endsWith('.cid')) continue
+    if (!e.isFile() || e.name.endsWith('.cid') || e.name === DATASET_MANIFEST_NAME) continue
     const file = path.join(e.parentPath, e.name)
     files.push({ file, key: path.relative(dir, file).split(path.sep).join('/'), size: (await stat(file)).size })
   }
@@ -73,10 +78,11 @@ async function* readCounted(file: string, count: (bytes: number) => void): Async
 }
 
 /** The data, then its sidecar: a file whose data did not complete never gets one. */
-async function uploadFile(client: O3Client, f: LocalFile, count: (bytes: number) => void, signal: AbortSignal): Promise<ContentDigest> {
-  const digest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, { signal })
+async function uploadFile(client: O3Client, f: LocalFile, count: (bytes: number) => void, signal: AbortSignal): Promise<ManifestFile> {
+  let leaves: readonly string[] = []
+  const digest: ContentDigest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, { signal, onLeaves: (l) => (leaves = l) })
   await putSidecar(client, f.key, { ...digest, time: new Date().toISOString() }, signal)
-  return digest
+  return { ...digest, leaves: [...leaves] }
 }
 
 async function openBucket(client: O3Client, create: boolean): Promise<void> {
@@ -92,7 +98,7 @@ async function openBucket(client: O3Client, create: boolean): Promise<void> {
 async function main(): Promise<number> {
   const program = addO3Flags(
     newCommand('o3upload')
-      .description('Upload a local directory tree to Akave O3, each file with a <file>.cid sidecar: its CID on the first line, then its sha256, size and time')
+      .description(`Upload a local directory tree to Akave O3, each file with a <file>.cid sidecar (its CID on the first line, then its sha256, size and time), then the tree's ${DATASET_MANIFEST_NAME} (every file's CID and 1 MiB leaf digests, signed with AKAVE_PRIVATE_KEY when set)`)
       .argument('<dir>', 'local directory to upload')
       .argument('<location>', 'o3://bucket/prefix to upload it to')
       .option('--create-bucket', 'create the bucket if it does not exist')
@@ -127,17 +133,27 @@ async function writeShardsTo(dir: string, out: string, shardSize: number): Promi
 
 async function uploadDirectory(dir: string, location: string, flags: UploadFlags): Promise<number> {
   const files = await listFiles(dir)
+  // Checked before any upload: a bad key must not cost a whole upload first.
+  const signer = loadSigner()
   const client = O3Client.open(location, flags)
   try {
     await openBucket(client, flags.createBucket === true)
-    return await uploadAll(client, files, location.replace(/\/+$/, ''))
+    return await uploadAll(client, files, location.replace(/\/+$/, ''), signer)
   } finally {
     client.close()
   }
 }
 
+async function putManifest(client: O3Client, files: Record<string, ManifestFile>, signer: Signer | undefined, where: string, tty: boolean): Promise<void> {
+  const text = formatDatasetManifest(buildDatasetManifest(files, signer))
+  await client.put(DATASET_MANIFEST_NAME, text, { contentType: 'application/json', signal: kill.signal })
+  const { cid } = await digestContent(Buffer.from(text))
+  const line = { event: 'manifest', location: `${where}/${DATASET_MANIFEST_NAME}`, cid, files: Object.keys(files).length, signer: signer?.address ?? null }
+  process.stdout.write(tty ? `manifest ${line.location} ${cid} (${line.files} files, ${signer ? `signed by ${signer.address}` : 'unsigned'})\n` : `${JSON.stringify(line)}\n`)
+}
+
 /** Uploads `files` in turn with progress and the two-signal stop; results on stdout. */
-async function uploadAll(client: O3Client, files: LocalFile[], where: string): Promise<number> {
+async function uploadAll(client: O3Client, files: LocalFile[], where: string, signer: Signer | undefined): Promise<number> {
   const log = createLogger('o3upload')
   let inFlight: Promise<unknown> | undefined
   const shutdown = installShutdown({
@@ -156,6 +172,7 @@ async function uploadAll(client: O3Client, files: LocalFile[], where: string): P
   let bytes = 0
   let done = 0
   let stored = 0
+  const manifest: Record<string, ManifestFile> = {}
   const report = () => progress.update({ done: bytes, total, fields: { files: `${done}/${files.length}` } })
   const count = (n: number) => {
     bytes += n
@@ -167,7 +184,8 @@ async function uploadAll(client: O3Client, files: LocalFile[], where: string): P
       if (shutdown.requested) break
       const upload = uploadFile(client, f, count, kill.signal)
       inFlight = upload
-      const d = await upload
+      const { leaves, ...d } = await upload
+      manifest[f.key] = { ...d, leaves }
       done++
       stored += d.size
       report()
@@ -177,6 +195,8 @@ async function uploadAll(client: O3Client, files: LocalFile[], where: string): P
     progress.stop({ files: `${done}/${files.length}` })
     shutdown.dispose()
   }
+  // Only a complete tree gets a manifest: one naming part of it would pass the rest off as uncovered.
+  if (done === files.length) await putManifest(client, manifest, signer, where, tty)
   const summary = { event: 'summary', location: where, files: done, bytes: stored }
   process.stdout.write(tty ? `uploaded ${done} files (${stored} bytes) to ${where}\n` : `${JSON.stringify(summary)}\n`)
   if (done < files.length) throw new CliError(`stopped by a signal after ${done} of ${files.length} files; run the same command again to upload them all`, ExitCode.interrupted)

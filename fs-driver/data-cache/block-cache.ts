@@ -7,11 +7,14 @@ import { FetchQueue, type FetchJob } from '../prefetch/fetch-queue.js'
 import { GcNudge } from '../memory/gc-nudge.js'
 import { MemoryBudget } from '../memory/memory-budget.js'
 import type { MountCounters } from '../stats.js'
+import { checkLeaves, LeafMismatchError } from '../verify/leaf-check.js'
 
 /** An object as pinned by an open file: every block read for it must come from this version. */
 export interface ObjectRef extends ObjectPin {
   key: string
   size: number
+  /** Hex sha256 of each 1 MiB leaf from the tree's manifest: every block is checked against them before it is served or cached. */
+  leaves?: readonly string[]
 }
 
 interface Block {
@@ -203,7 +206,7 @@ export class BlockCache {
       while (i < last) {
         if (onDisk(i)) {
           const data = this.pool.acquire(this.blockLength(obj, i))
-          if (await disk!.read(this.idOf(obj, i), data)) {
+          if ((await disk!.read(this.idOf(obj, i), data)) && (await this.verifiedFromDisk(obj, i, data))) {
             this.complete(obj, i, data, pendings[i - first]!, false)
             i++
             continue
@@ -219,6 +222,41 @@ export class BlockCache {
     } catch (err) {
       for (let k = i; k < last; k++) if (this.inflight.get(this.idOf(obj, k)) === pendings[k - first]) this.fail(obj, k, pendings[k - first]!, err)
     }
+  }
+
+  /** A disk block that fails its leaf check is dropped from the disk tier and fetched again from the server. */
+  private async verifiedFromDisk(obj: ObjectRef, index: number, data: Buffer): Promise<boolean> {
+    if (!obj.leaves) return true
+    const bad = await checkLeaves(obj.leaves, this.blockSize, index, data)
+    if (!bad) {
+      this.o.counters.blocksVerified++
+      return true
+    }
+    this.o.counters.verifyFailures++
+    this.o.log.error({ key: obj.key, block: index, leaf: bad.leaf, expected: bad.expected, actual: bad.actual, from: 'disk' }, 'disk cache block does not match the manifest; dropping it and fetching it again')
+    this.o.disk!.drop(this.idOf(obj, index))
+    return false
+  }
+
+  /** Completes a block from the server once its leaves match the manifest; a block that does not is failed, never cached. */
+  private deliver(obj: ObjectRef, index: number, data: Buffer, p: Pending): void {
+    if (!obj.leaves) return this.complete(obj, index, data, p, true)
+    checkLeaves(obj.leaves, this.blockSize, index, data).then(
+      (bad) => {
+        if (!bad) {
+          this.o.counters.blocksVerified++
+          return this.complete(obj, index, data, p, true)
+        }
+        this.o.counters.verifyFailures++
+        this.o.log.error({ key: obj.key, block: index, leaf: bad.leaf, expected: bad.expected, actual: bad.actual, from: 'o3' }, 'block does not match the manifest; failing its reads with EIO, not caching it')
+        this.pool.release(data)
+        this.fail(obj, index, p, new LeafMismatchError(`${obj.key} block ${index}: leaf ${bad.leaf} has sha256 ${bad.actual}, the manifest says ${bad.expected}`))
+      },
+      (err) => {
+        this.pool.release(data)
+        this.fail(obj, index, p, err)
+      },
+    )
   }
 
   private complete(obj: ObjectRef, index: number, data: Buffer, p: Pending, fromNetwork: boolean): void {
@@ -260,7 +298,7 @@ export class BlockCache {
         this.gc.add(n)
         filled += n
         if (filled === buf!.length) {
-          this.complete(obj, cur, buf!, pendings[cur - first]!, true)
+          this.deliver(obj, cur, buf!, pendings[cur - first]!)
           cur++
           buf = undefined
           filled = 0

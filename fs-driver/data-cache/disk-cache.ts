@@ -177,6 +177,11 @@ export class DiskCache {
     return true
   }
 
+  /** Forgets a block (and deletes its file) that a caller found wrong. */
+  drop(id: string): void {
+    this.index.delete(this.nameOf(id))
+  }
+
   /**
    * Stores a block in the background; a failure only costs a later refetch. Returns false when
    * the write was skipped; otherwise `done` runs once `data` is no longer needed.

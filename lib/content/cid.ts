@@ -25,6 +25,49 @@ export interface ContentDigest {
 /** Blocks the importer hashes but this module never keeps: only the root CID is wanted. */
 const discard = { put: async (cid: CID) => cid }
 
+/** The root of `content` in the DAG layout of `ipfs add --cid-version=1 --raw-leaves --chunker=size-1048576`. */
+async function importRoot(content: AsyncIterable<Uint8Array>, bufferImporter: ImporterOptions['bufferImporter'], blockWriteConcurrency: number): Promise<CID> {
+  const options: ImporterOptions = {
+    cidVersion: 1,
+    rawLeaves: true,
+    reduceSingleLeafToSelf: true,
+    chunker: fixedSize({ chunkSize: CID_BLOCK_SIZE }),
+    layout: balanced({ maxChildrenPerNode: CID_MAX_LINKS }),
+    bufferImporter,
+    blockWriteConcurrency,
+  }
+  let last: CID | undefined
+  for await (const entry of importer([{ content }], discard, options)) last = entry.cid
+  if (!last) throw new Error('the UnixFS importer produced no root')
+  return last
+}
+
+/** How many 1 MiB leaves content of `size` bytes has (an empty file has one, empty). */
+export function leafCount(size: number): number {
+  return Math.max(1, Math.ceil(size / CID_BLOCK_SIZE))
+}
+
+/**
+ * The CID of content of `size` bytes whose leaves have these hex sha256 digests, built the way the
+ * importer builds it (balanced, 174 links, raw leaves) without the content: a leaf list that does
+ * not hash to a file's CID was not taken from that file.
+ */
+export async function cidFromLeaves(leaves: readonly string[], size: number): Promise<string> {
+  if (leaves.length !== leafCount(size)) throw new O3IntegrityError(`${leaves.length} leaf digests for ${size} bytes; expected ${leafCount(size)}`)
+  // A single raw leaf is its own root; the importer would say the same, slower.
+  if (leaves.length === 1) return CID.createV1(raw.code, createDigest(sha256.code, Buffer.from(leaves[0]!, 'hex'))).toString()
+  async function* fromDigests(): AsyncGenerator<() => Promise<BufferImporterResult>> {
+    for (let i = 0; i < leaves.length; i++) {
+      const bytes = Buffer.from(leaves[i]!, 'hex')
+      const leafSize = i < leaves.length - 1 ? CID_BLOCK_SIZE : size - i * CID_BLOCK_SIZE
+      // The layout needs a leaf's CID and size; its bytes only for a file of one leaf, which then is its own root.
+      yield () => Promise.resolve({ cid: CID.createV1(raw.code, createDigest(sha256.code, bytes)), size: BigInt(leafSize), block: new Uint8Array(0) })
+    }
+  }
+  const none = (async function* (): AsyncGenerator<Uint8Array> {})()
+  return (await importRoot(none, () => fromDigests(), 1)).toString()
+}
+
 /**
  * Incremental CID + sha256 of a byte stream (push API), with memory bounded by a few 1 MiB blocks
  * whatever the content's size. Whole 1 MiB blocks inside a chunk are queued as views of it, not
@@ -46,24 +89,11 @@ export class ContentHasher {
   private hashedBytes = 0
   private readonly root: Promise<CID>
   private failure: unknown
+  private readonly leaves: string[] = []
 
   constructor() {
-    const options: ImporterOptions = {
-      cidVersion: 1,
-      rawLeaves: true,
-      reduceSingleLeafToSelf: true,
-      chunker: fixedSize({ chunkSize: CID_BLOCK_SIZE }),
-      layout: balanced({ maxChildrenPerNode: CID_MAX_LINKS }),
-      bufferImporter: (file) => this.leaves(file),
-      // Leaves hashing at once, each a 1 MiB copy; the thread pool has 4 threads anyway.
-      blockWriteConcurrency: 4,
-    }
-    this.root = (async () => {
-      let last: CID | undefined
-      for await (const entry of importer([{ content: this.blocks() }], discard, options)) last = entry.cid
-      if (!last) throw new Error('the UnixFS importer produced no root')
-      return last
-    })()
+    // Leaves hashing at once, each a 1 MiB copy; the thread pool has 4 threads anyway.
+    this.root = importRoot(this.blocks(), (file) => this.leafImporter(file), 4)
     // A failure is reported by digest(); until then nobody may be awaiting the root.
     this.root.catch((err) => {
       this.failure = err
@@ -76,13 +106,19 @@ export class ContentHasher {
    * on the thread pool, so the caller's bytes are free at once and leaf hashing runs beside the
    * whole-content sha256 on this thread; the importer keeps a bounded number in flight.
    */
-  private async *leaves(file: ImporterFile): AsyncGenerator<() => Promise<BufferImporterResult>> {
+  private async *leafImporter(file: ImporterFile): AsyncGenerator<() => Promise<BufferImporterResult>> {
     for await (const block of file.content) {
+      const index = this.leaves.length
+      this.leaves.push('')
       const digest = webcrypto.subtle.digest('SHA-256', block)
       // Read now: once hashed() releases it, the caller may reuse or detach the block's memory.
       const size = BigInt(block.length)
       this.hashed(block.length)
-      yield async () => ({ cid: CID.createV1(raw.code, createDigest(sha256.code, new Uint8Array(await digest))), size, block })
+      yield async () => {
+        const bytes = new Uint8Array(await digest)
+        this.leaves[index] = Buffer.from(bytes).toString('hex')
+        return { cid: CID.createV1(raw.code, createDigest(sha256.code, bytes)), size, block }
+      }
     }
   }
 
@@ -153,6 +189,11 @@ export class ContentHasher {
     this.wakeImporter?.()
     const root = await this.root
     return { cid: root.toString(), sha256: this.whole.digest('hex'), size: this.size }
+  }
+
+  /** Hex sha256 of each 1 MiB leaf of the CID, in order; complete once digest() has resolved. */
+  get leafDigests(): readonly string[] {
+    return this.leaves
   }
 }
 

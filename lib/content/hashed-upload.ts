@@ -18,6 +18,8 @@ export interface HashedUploadOptions {
   /** Runs after each stored part of a multipart upload. */
   onPartStored?: (partNumber: number) => void
   logger?: Logger
+  /** Receives the hex sha256 of each 1 MiB leaf of the CID, in order, once the upload is done. */
+  onLeaves?: (leaves: readonly string[]) => void
 }
 
 /**
@@ -45,7 +47,7 @@ export async function hashedUpload(
     } else {
       await multipart(client, key, content, hasher, { ...options, partSize, parallel })
     }
-    return await hasher.digest()
+    return await finish(hasher, options)
   } catch (err) {
     hasher.abort()
     throw err
@@ -70,4 +72,10 @@ async function multipart(
     await sink.abort(err).catch((abortErr: Error) => log.error({ key, err: abortErr.message }, 'could not abort the multipart upload; its parts stay on the server until it is aborted'))
     throw err
   }
+}
+
+async function finish(hasher: ThreadHasher, options: HashedUploadOptions): Promise<ContentDigest> {
+  const digest = await hasher.digest()
+  options.onLeaves?.(hasher.leafDigests)
+  return digest
 }

@@ -6,7 +6,7 @@ import { CID_BLOCK_SIZE, type ContentDigest } from './cid.js'
 export type ToHashWorker = { type: 'block'; id: number; block: ArrayBuffer; length: number } | { type: 'digest' | 'drop'; id: number }
 export type FromHashWorker =
   | { type: 'free'; id: number; block: ArrayBuffer }
-  | { type: 'digest'; id: number; digest?: ContentDigest; error?: string }
+  | { type: 'digest'; id: number; digest?: ContentDigest; leaves?: string[]; error?: string }
 
 /**
  * Blocks copied to the hashing thread and not yet hashed, per session: the in-flight cap that
@@ -18,6 +18,8 @@ interface Session {
   free: ArrayBuffer[]
   wakeFree?: () => void
   done?: { resolve: (d: ContentDigest) => void; reject: (err: Error) => void }
+  /** The sha256 of each 1 MiB leaf, in order, once the digest is in. */
+  leaves?: string[]
 }
 
 /**
@@ -101,6 +103,7 @@ class HashThread {
       return
     }
     this.close(m.id)
+    s.leaves = m.leaves
     if (m.digest) s.done?.resolve(m.digest)
     else s.done?.reject(new Error(m.error ?? 'hashing failed'))
   }
@@ -197,6 +200,11 @@ export class ThreadHasher {
       if (this.fill > 0) this.sendBlock()
       thread.send({ type: 'digest', id: this.id })
     })
+  }
+
+  /** The sha256 (hex) of each 1 MiB leaf of the CID, in order; complete once digest() resolved. */
+  get leafDigests(): readonly string[] {
+    return this.session.leaves ?? []
   }
 
   /** Gives up on this content (its upload failed), releasing the worker's share of it. */

@@ -2,6 +2,7 @@
 // read from it synchronously) and guarantees the mount and the process are gone after the test.
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { projectRoot } from '../../lib/paths.js'
@@ -147,4 +148,20 @@ export function runCli(info: S3ServerInfo, args: string[], env: NodeJS.ProcessEn
 /** Whether anything is mounted at `mountpoint` (read from /proc, so a dead mount does not hang the check). */
 export function isMounted(mountpoint: string): boolean {
   return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === mountpoint)
+}
+
+/** Polls the mount's stats file (rewritten every 2 s) until `ok` holds, or `ms` have passed; returns the last snapshot. */
+export async function statsWhen(m: Mounted, ok: (s: StatsSnapshot) => boolean, ms = 15_000): Promise<StatsSnapshot> {
+  const end = Date.now() + ms
+  for (;;) {
+    const s = m.stats()
+    if (ok(s) || Date.now() > end) return s
+    await sleep(250)
+  }
+}
+
+/** The block files of a disk cache directory. */
+export function blockFiles(cacheDir: string): string[] {
+  const root = path.join(cacheDir, 'blocks')
+  return readdirSync(root).flatMap((d) => readdirSync(path.join(root, d)).map((f) => path.join(root, d, f)))
 }

@@ -1,0 +1,72 @@
+import { createReadStream } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import path from 'node:path'
+import { digestContent, normalizeCid, type ContentDigest } from '../lib/content/cid.js'
+import { parseDatasetManifest } from '../lib/content/dataset-manifest.js'
+import type { DataLineage } from '../lib/content/lineage.js'
+import { O3Client, type O3Flags } from '../lib/o3/index.js'
+
+/** Files of the data at a location (a local directory or `o3://bucket/prefix`) by path below it. */
+interface DataSource {
+  digest(relPath: string): Promise<ContentDigest>
+  bytes(relPath: string): Promise<Buffer>
+  close(): void
+}
+
+function sourceFor(location: string, flags: O3Flags): DataSource {
+  if (!/^(o3|s3):\/\//.test(location)) {
+    const local = (p: string) => path.join(location, ...p.split('/'))
+    return { digest: (p) => digestContent(createReadStream(local(p)) as AsyncIterable<Buffer>), bytes: (p) => readFile(local(p)), close: () => {} }
+  }
+  const client = O3Client.open(location, flags)
+  // A range request on an empty object is refused: an empty one needs no GET.
+  const empty = async (p: string) => (await client.head(p)).size === 0
+  return {
+    digest: async (p) => digestContent((await empty(p)) ? new Uint8Array(0) : client.iterateRange(p)),
+    bytes: async (p) => {
+      const chunks: Buffer[] = []
+      if (!(await empty(p))) for await (const c of client.iterateRange(p)) chunks.push(c)
+      return Buffer.concat(chunks)
+    },
+    close: () => client.close(),
+  }
+}
+
+/**
+ * Checks that the data a checkpoint names (`lineage`) is the data at `location` now: the
+ * manifest's CID and every file it names, and each recorded file's CID. Returns one line per
+ * difference; none when it matches.
+ */
+export async function checkDataLineage(lineage: DataLineage, location: string, flags: O3Flags): Promise<string[]> {
+  const src = sourceFor(location, flags)
+  const problems: string[] = []
+  const failed = (p: string, err: unknown) => problems.push(`${p}: cannot be read (${(err as Error).message.split('\n')[0]})`)
+  const compare = async (p: string, cid: string, recordedBy: string) => {
+    try {
+      const got = await src.digest(p)
+      if (got.cid !== normalizeCid(cid)) problems.push(`${p}: CID ${got.cid}, ${recordedBy} recorded ${cid}`)
+    } catch (err) {
+      failed(p, err)
+    }
+  }
+  try {
+    if (lineage.manifest) {
+      const { path: mp, cid } = lineage.manifest
+      try {
+        const bytes = await src.bytes(mp)
+        const got = (await digestContent(bytes)).cid
+        if (got !== normalizeCid(cid)) problems.push(`${mp}: CID ${got}, the checkpoint recorded ${cid}`)
+        else {
+          const dir = path.posix.dirname(mp)
+          for (const [key, f] of Object.entries((await parseDatasetManifest(bytes, mp)).files)) await compare(dir === '.' ? key : `${dir}/${key}`, f.cid, 'the manifest')
+        }
+      } catch (err) {
+        failed(mp, err)
+      }
+    }
+    for (const f of lineage.files ?? []) await compare(f.path, f.cid, 'the checkpoint')
+  } finally {
+    src.close()
+  }
+  return problems
+}

@@ -1,0 +1,95 @@
+import type { O3Client } from '../../lib/o3/client.js'
+import { O3IntegrityError } from '../../lib/o3/errors.js'
+import type { Logger } from '../../lib/log.js'
+import { DATASET_MANIFEST_NAME, MAX_DATASET_MANIFEST_BYTES, parseDatasetManifest, type ManifestFile } from '../../lib/content/dataset-manifest.js'
+import type { MetadataCache } from '../metadata-cache.js'
+
+export const VERIFY_MODES = ['off', 'if-present', 'required'] as const
+export type VerifyMode = (typeof VERIFY_MODES)[number]
+
+/** An open refused by `--verify required`: no manifest covers the file. */
+export class NotCoveredError extends Error {}
+
+interface Loaded {
+  etag: string
+  files: Record<string, ManifestFile>
+}
+
+/**
+ * The dataset manifests of the mounted tree: `.o3-manifest.json` in the mount's root and in any
+ * directory below it, each fetched once (again only when its ETag changes) and checked as
+ * untrusted input before any of its digests is used. A file is covered by the deepest manifest
+ * above it that names it.
+ */
+export class ManifestIndex {
+  private readonly byDir = new Map<string, { etag: string; loaded: Promise<Loaded> }>()
+  private readonly failedLogged = new Set<string>()
+
+  constructor(
+    private readonly client: O3Client,
+    private readonly meta: MetadataCache,
+    readonly mode: VerifyMode,
+    private readonly trustedSigners: readonly string[],
+    private readonly log: Logger,
+  ) {}
+
+  /** Loads the root's manifest at mount time, so that a bad one stops the mount with its error. */
+  async loadRoot(): Promise<number | undefined> {
+    const m = await this.manifestIn('')
+    if (m) this.log.info({ manifest: DATASET_MANIFEST_NAME, files: Object.keys(m.files).length, mode: this.mode }, 'dataset manifest loaded; reads of the files it names are verified')
+    return m ? Object.keys(m.files).length : undefined
+  }
+
+  /** The manifest in directory `dir` (`''` for the root, else `a/b`), or undefined when there is none. */
+  private async manifestIn(dir: string): Promise<Loaded | undefined> {
+    const path = `/${dir === '' ? '' : `${dir}/`}${DATASET_MANIFEST_NAME}`
+    const e = await this.meta.lookup(path)
+    if (!e || e.kind !== 'file') return undefined
+    let cached = this.byDir.get(dir)
+    if (!cached || cached.etag !== e.etag) {
+      cached = { etag: e.etag, loaded: this.load(e.key, e.etag, e.size) }
+      this.byDir.set(dir, cached)
+    }
+    return cached.loaded
+  }
+
+  /** manifestIn for an open: a bad manifest is logged once (at mount time it stops the mount instead). */
+  private async manifestForOpen(dir: string): Promise<Loaded | undefined> {
+    try {
+      return await this.manifestIn(dir)
+    } catch (err) {
+      const msg = (err as Error).message
+      if (!this.failedLogged.has(msg)) {
+        this.failedLogged.add(msg)
+        this.log.error({ dir, err: msg }, 'dataset manifest refused; opens of files below it fail with EIO')
+      }
+      throw err
+    }
+  }
+
+  private async load(key: string, etag: string, size: number): Promise<Loaded> {
+    if (size > MAX_DATASET_MANIFEST_BYTES) throw new O3IntegrityError(`${key}: ${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
+    const bytes = size === 0 ? Buffer.alloc(0) : await this.client.getBytes(key, 0, size - 1, { pin: { etag } })
+    const m = await parseDatasetManifest(bytes, key, this.trustedSigners)
+    return { etag, files: m.files }
+  }
+
+  /**
+   * The manifest record of the file at `path` (key `key`, `size` bytes), or undefined when no
+   * manifest names it (NotCoveredError instead under `--verify required`); O3IntegrityError when a
+   * manifest above it is bad or names it with another size.
+   */
+  async coverage(path: string, key: string, size: number): Promise<ManifestFile | undefined> {
+    if (this.mode === 'off') return undefined
+    const parts = path.replace(/^\/+/, '').split('/')
+    for (let depth = parts.length - 1; depth >= 0; depth--) {
+      const m = await this.manifestForOpen(parts.slice(0, depth).join('/'))
+      const f = m?.files[parts.slice(depth).join('/')]
+      if (!f) continue
+      if (f.size !== size) throw new O3IntegrityError(`${key} has ${size} bytes, its manifest says ${f.size}; it was replaced or truncated after upload`)
+      return f
+    }
+    if (this.mode === 'required') throw new NotCoveredError(`${key} is named by no ${DATASET_MANIFEST_NAME}; --verify required refuses to open it`)
+    return undefined
+  }
+}

@@ -1,0 +1,112 @@
+import { O3IntegrityError } from '../o3/errors.js'
+import { canonicalJson } from './canonical-json.js'
+import { CID_BLOCK_SIZE, cidFromLeaves, leafCount, normalizeCid, type ContentDigest } from './cid.js'
+import { recoverAddress, type Signer } from './signer.js'
+
+/**
+ * The manifest of an uploaded tree, stored beside its files as `<prefix>/.o3-manifest.json`: per
+ * file (key below the prefix) its CID, sha256, size and the sha256 of each 1 MiB leaf of that CID,
+ * so that a mount can check any block it serves with one object fetched per tree. It is untrusted
+ * input wherever it is read: bounded, every field validated, every leaf list rebuilt into its CID,
+ * and, when signed (same key and EIP-191 scheme as checkpoint records), its signature checked.
+ */
+export const DATASET_MANIFEST_NAME = '.o3-manifest.json'
+/** About 4 million leaves (4 TiB of data); a larger tree is uploaded as several. */
+export const MAX_DATASET_MANIFEST_BYTES = 256 << 20
+
+export interface ManifestFile extends ContentDigest {
+  /** Hex sha256 of each 1 MiB leaf of the CID, in order; one (empty) leaf for an empty file. */
+  leaves: string[]
+}
+
+export interface DatasetManifest {
+  format: 'o3-dataset-manifest'
+  version: 1
+  leafSize: typeof CID_BLOCK_SIZE
+  created: string
+  /** By key relative to the manifest's own prefix, `/`-separated. */
+  files: Record<string, ManifestFile>
+  signer?: string
+  signature?: string
+}
+
+const HEX64 = /^[0-9a-f]{64}$/
+
+function signedMessage(m: DatasetManifest): string {
+  const { signature: _signature, ...rest } = m
+  return `o3 dataset manifest\n${canonicalJson(rest)}`
+}
+
+export function buildDatasetManifest(files: Record<string, ManifestFile>, signer: Signer | undefined): DatasetManifest {
+  const m: DatasetManifest = { format: 'o3-dataset-manifest', version: 1, leafSize: CID_BLOCK_SIZE, created: new Date().toISOString(), files }
+  if (!signer) return m
+  const withSigner: DatasetManifest = { ...m, signer: signer.address }
+  return { ...withSigner, signature: signer.sign(signedMessage(withSigner)) }
+}
+
+export function formatDatasetManifest(m: DatasetManifest): string {
+  return `${JSON.stringify(m)}\n`
+}
+
+/** A key below the manifest's prefix that stays below it: no empty, `.` or `..` segment. */
+function validKey(key: string): boolean {
+  return key.length > 0 && key.length <= 1024 && key.split('/').every((s) => s !== '' && s !== '.' && s !== '..')
+}
+
+function checkFile(key: string, f: unknown, what: string): ManifestFile {
+  const bad = (why: string): never => {
+    throw new O3IntegrityError(`${what}: file ${JSON.stringify(key)} ${why}; the manifest is corrupt or forged, upload the tree again`)
+  }
+  if (!validKey(key)) bad('is not a relative key')
+  const e = f as Partial<ManifestFile> | null
+  if (e === null || typeof e !== 'object') bad('has no record')
+  if (typeof e!.cid !== 'string') bad('has no CID')
+  if (!Number.isSafeInteger(e!.size) || e!.size! < 0) bad('has no valid size')
+  if (typeof e!.sha256 !== 'string' || !HEX64.test(e!.sha256)) bad('has no valid sha256')
+  const leaves = e!.leaves
+  if (!Array.isArray(leaves) || leaves.length !== leafCount(e!.size!)) bad(`does not list ${leafCount(e!.size!)} leaf digests`)
+  if (!leaves!.every((l) => typeof l === 'string' && HEX64.test(l))) bad('has a leaf digest that is not 64 hex digits')
+  return { cid: normalizeCid(e!.cid!), size: e!.size!, sha256: e!.sha256!, leaves: leaves! }
+}
+
+function checkSignature(m: DatasetManifest, what: string, trustedSigners: readonly string[]): string | undefined {
+  if (m.signature === undefined && m.signer === undefined) {
+    if (trustedSigners.length > 0) throw new O3IntegrityError(`${what}: unsigned, but --trust-signer requires a signature by ${trustedSigners.join(' or ')}`)
+    return undefined
+  }
+  const recovered = typeof m.signature === 'string' ? recoverAddress(signedMessage(m), m.signature) : undefined
+  if (!recovered || typeof m.signer !== 'string' || recovered.toLowerCase() !== m.signer.toLowerCase()) {
+    throw new O3IntegrityError(`${what}: bad signature (claims ${String(m.signer ?? 'no signer')}, recovers to ${recovered ?? 'nothing'}); the manifest was altered or forged`)
+  }
+  if (trustedSigners.length > 0 && !trustedSigners.some((s) => s.toLowerCase() === recovered.toLowerCase())) {
+    throw new O3IntegrityError(`${what}: signed by ${recovered}, who is not among the trusted signers (${trustedSigners.join(', ')})`)
+  }
+  return recovered
+}
+
+/**
+ * Parses and checks a dataset manifest; O3IntegrityError, naming `what`, for anything wrong: too
+ * large, not JSON, a missing or malformed field, a leaf list that does not rebuild its file's CID,
+ * a bad signature, or no signature by one of `trustedSigners` when that list is not empty.
+ */
+export async function parseDatasetManifest(bytes: Uint8Array, what: string, trustedSigners: readonly string[] = []): Promise<DatasetManifest> {
+  if (bytes.length > MAX_DATASET_MANIFEST_BYTES) throw new O3IntegrityError(`${what}: ${bytes.length} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
+  let m: DatasetManifest
+  try {
+    m = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('utf8')) as DatasetManifest
+  } catch {
+    throw new O3IntegrityError(`${what}: not JSON; the manifest is corrupt, upload the tree again`)
+  }
+  if (m === null || typeof m !== 'object' || m.format !== 'o3-dataset-manifest' || m.version !== 1) throw new O3IntegrityError(`${what}: not an o3 dataset manifest of version 1`)
+  if (m.leafSize !== CID_BLOCK_SIZE) throw new O3IntegrityError(`${what}: leaf size ${String(m.leafSize)}, expected ${CID_BLOCK_SIZE}`)
+  if (typeof m.created !== 'string' || m.files === null || typeof m.files !== 'object' || Array.isArray(m.files)) throw new O3IntegrityError(`${what}: malformed (created, files)`)
+  checkSignature(m, what, trustedSigners)
+  const files: Record<string, ManifestFile> = Object.create(null) as Record<string, ManifestFile>
+  for (const [key, f] of Object.entries(m.files)) {
+    const file = checkFile(key, f, what)
+    const rebuilt = await cidFromLeaves(file.leaves, file.size)
+    if (rebuilt !== file.cid) throw new O3IntegrityError(`${what}: the leaves of ${key} hash to ${rebuilt}, not to its CID ${file.cid}; the manifest is corrupt or forged`)
+    files[key] = file
+  }
+  return { ...m, files }
+}
