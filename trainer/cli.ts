@@ -13,7 +13,8 @@ import { createLogger } from '../lib/log.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { O3Error } from '../lib/o3/index.js'
 import { loadSigner } from '../lib/content/signer.js'
-import { runUnderTorchrun } from './distributed.js'
+import { distributedFromEnv, runUnderTorchrun } from './distributed.js'
+import { NodeShare } from './node-share.js'
 import { parseTrainArgs } from './options.js'
 import { mountForRun, type RunMount } from './run-mount.js'
 import { train, type TrainSummary } from './run.js'
@@ -60,17 +61,24 @@ async function main(): Promise<number> {
   // Kept when the run fails, for the mount's side of the story; removed after a clean run.
   const mountLog = join(tmpdir(), `o3train-mount-${process.pid}.log`)
   let succeeded = false
+  // Ranks sharing a node share one o3mount (one cache) and one checkpoint download.
+  const nodeShare = NodeShare.open(distributedFromEnv(process.env, o.distTimeout), process.env, o.distTimeout)
   try {
-    if (o.data.startsWith('o3://')) {
+    if (o.data.startsWith('o3://') && nodeShare && !nodeShare.leader) {
+      dataDir = (await nodeShare.take<{ dir: string }>('mount', 'the o3mount of this node')).dir
+      log.info({ location: o.data, mountpoint: dataDir }, 'reading the data through local rank 0\'s o3mount')
+    } else if (o.data.startsWith('o3://')) {
       mount = await mountForRun(o.data, o, mountLog)
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
+      nodeShare?.publish('mount', { dir: mount.dir })
     }
     const run = train(o, dataDir, {
       logger: log,
       progress: true,
       stop: shutdown.signal,
       kill: kill.signal,
+      nodeShare,
       onStart: (s) => log.info({ device: s.device, dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
     })
     training = run
@@ -89,6 +97,7 @@ async function main(): Promise<number> {
   } finally {
     shutdown.dispose()
     await mount?.close()
+    nodeShare?.close()
     if (mount && succeeded) rmSync(mountLog, { force: true })
   }
 }
