@@ -16,7 +16,7 @@ import { findMount, fusermountUnmount } from './mount-table.js'
 import { serveMount } from './mount.js'
 import { LAUNCHED_AS, launchMount } from './launch.js'
 import { checkOptions, parseCount, parseDuration, parseMode, parseSize, type MountOptions } from './options.js'
-import { defaultLogFile, defaultStatsFile } from './paths.js'
+import { defaultLogFile, defaultStatsFile, openPrivateFile } from './paths.js'
 
 
 interface RawOptions extends O3Flags {
@@ -136,7 +136,7 @@ async function main(): Promise<number> {
   const isChild = launchedAs !== undefined
   // A mount tied to its parent's run must not outlive it: the IPC channel closes when the parent dies.
   if (launchedAs === 'tied') process.once('disconnect', () => process.kill(process.pid, 'SIGTERM'))
-  const log = createLogger('o3mount', o.logFile)
+  const log = createLogger('o3mount', o.logFile === undefined ? undefined : openPrivateFile(o.logFile, 'append'))
   try {
     return await serveMount(o, o.statsFile ?? defaultStatsFile(o.mountpoint), log, (info) => {
       if (isChild) process.send?.({ ready: info })

@@ -203,10 +203,11 @@ export class O3Filesystem {
             if (!e) return cb(E.ENOENT)
             if (e.kind !== 'file') return cb(E.EISDIR)
             const fd = this.nextFd++
-            // The ETag is pinned here: every block this handle reads is fetched with If-Match on it.
+            // The version is pinned here: every block this handle reads must carry this ETag (and
+            // version id, from HEAD or else from the first response that names one).
             this.handles.set(fd, {
               path,
-              obj: { key: e.key, etag: e.etag, size: e.size },
+              obj: { key: e.key, etag: e.etag, versionId: e.versionId, size: e.size },
               ra: new Readahead({ blockSize: this.blocks.blockSize, initialWindow: this.o.readaheadInitial, seekTolerance: this.o.seekTolerance, maxWindow: this.maxWindow }),
             })
             this.counters.opens++

@@ -1,9 +1,10 @@
 import { fork, type ChildProcess } from 'node:child_process'
-import { openSync, closeSync, readFileSync } from 'node:fs'
+import { closeSync, readFileSync } from 'node:fs'
 import { constants } from 'node:os'
 import { cliCommand } from '../lib/paths.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
+import { openPrivateFile } from './paths.js'
 import type { MountedInfo } from './mount.js'
 
 /**
@@ -25,7 +26,7 @@ export interface LaunchedMount {
  */
 export async function launchMount(args: string[], options: { logFile: string; detached: boolean; env?: NodeJS.ProcessEnv }): Promise<LaunchedMount> {
   const cli = cliCommand('fs-driver/cli.ts')
-  const logFd = openSync(options.logFile, 'a', 0o600)
+  const logFd = openPrivateFile(options.logFile, 'append')
   const child = fork(cli.file, [...args, '--log-file', options.logFile], {
     execArgv: cli.execArgv,
     detached: options.detached,

@@ -1,13 +1,14 @@
 import { LRUCache } from 'lru-cache'
-import type { O3Client } from '../lib/o3/client.js'
+import type { ListEntry, O3Client } from '../lib/o3/client.js'
 import { O3NotFoundError } from '../lib/o3/errors.js'
+import { normalizeEtag } from '../lib/o3/etag.js'
 import { checkRelativeKey } from '../lib/o3/scope.js'
 import type { Logger } from '../lib/log.js'
 import type { MountCounters } from './stats.js'
 
 export type Entry =
   | { kind: 'dir' }
-  | { kind: 'file'; key: string; size: number; etag: string; mtime: Date }
+  | { kind: 'file'; key: string; size: number; etag: string; versionId?: string; mtime: Date }
 
 interface Listing {
   entries: Map<string, Entry>
@@ -19,10 +20,30 @@ interface Probe {
   expires: number
 }
 
+/** One page of a directory's listing: every name that sorts in (after, last] is in `entries` or absent. */
+interface Page {
+  after: string
+  /** Sort position of the page's last entry (a subdirectory as `name/`); undefined when the page reaches the end. */
+  last?: string
+  entries: Map<string, Entry>
+  expires: number
+}
+
 /** Longest a name may be on Linux, in bytes. */
 const NAME_MAX = 255
 /** Negative entries expire sooner than positive ones, so a freshly uploaded file shows up. */
 const MAX_NEGATIVE_TTL_S = 60
+/** Pages kept per directory (of up to 1,000 names each), newest first to stay. */
+const MAX_PAGES_PER_DIR = 1_000
+/** Keys warned about once each; beyond this many the oldest may be warned about again. */
+const MAX_WARNED = 10_000
+
+/** S3 lists keys in the byte order of their UTF-8, not in JS string order. */
+const byteOrder = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b))
+
+function covers(page: Page, name: string): boolean {
+  return byteOrder(page.after, name) < 0 && (page.last === undefined || byteOrder(`${name}/`, page.last) <= 0)
+}
 
 /** `/a/b` -> `a/b`; `/` -> ``. */
 export function keyOf(path: string): string {
@@ -41,16 +62,21 @@ function joinFlight<V>(flights: Map<string, Promise<V>>, path: string, start: ()
 
 /**
  * What the bucket looks like as a tree, cached with a TTL: complete directory listings (from
- * list-with-delimiter) answer both readdir and the stat of each child, and single lookups (HEAD plus
- * a one-page list, for a path whose parent was never listed) are cached on their own, negative
- * answers included.
+ * list-with-delimiter) answer both readdir and the stat of each child. A lookup whose parent was
+ * never listed reads one page of the parent's listing, starting at the name, and keeps it: the
+ * page answers the lookups of the names around it too (a loader opening files in order costs one
+ * request per page), and a directory of millions of keys is never listed whole for a lookup.
+ * Single lookups (HEAD plus a one-key list) remain for a name its page could not settle; all of
+ * it is cached, negative answers included.
  */
 export class MetadataCache {
   private readonly listings: LRUCache<string, Listing>
   private readonly probes: LRUCache<string, Probe>
+  private readonly pages: LRUCache<string, Page[]>
+  private readonly pageFlights = new Map<string, Promise<Entry | null>>()
   private readonly listingFlights = new Map<string, Promise<Map<string, Entry>>>()
   private readonly probeFlights = new Map<string, Promise<Entry | null>>()
-  private readonly warned = new Set<string>()
+  private readonly warned = new LRUCache<string, true>({ max: MAX_WARNED })
   private readonly ttlMs: number
   private readonly negativeTtlMs: number
 
@@ -65,6 +91,7 @@ export class MetadataCache {
     // Bounded by entries, not by time: a cache that outgrows memory is worse than a relisting.
     this.listings = new LRUCache<string, Listing>({ maxSize: 2_000_000, sizeCalculation: (l) => l.entries.size + 1 })
     this.probes = new LRUCache<string, Probe>({ max: 200_000 })
+    this.pages = new LRUCache<string, Page[]>({ maxSize: 2_000_000, sizeCalculation: (ps) => ps.reduce((n, p) => n + p.entries.size + 1, 0) })
   }
 
   private expiry(ms: number): number {
@@ -74,6 +101,13 @@ export class MetadataCache {
   /** The entry at `path`, or undefined if there is none. */
   async lookup(path: string): Promise<Entry | undefined> {
     if (path === '/') return { kind: 'dir' }
+    // The kernel resolves `..` itself; a path that still could not name a key below the prefix
+    // (`..`, `.`, `//`, a backslash) names nothing.
+    try {
+      checkRelativeKey(keyOf(path))
+    } catch {
+      return undefined
+    }
     const slash = path.lastIndexOf('/')
     const parent = slash <= 0 ? '/' : path.slice(0, slash)
     const name = path.slice(slash + 1)
@@ -84,24 +118,35 @@ export class MetadataCache {
       else this.counters.negativeHits++
       return e
     }
+    const now = Date.now()
+    const page = this.pages.get(parent)?.find((p) => p.expires > now && covers(p, name))
     const probe = this.probes.get(path)
-    if (probe && probe.expires > Date.now()) {
-      if (probe.entry) this.counters.metaHits++
+    const known = page ? page.entries.get(name) ?? null : probe && probe.expires > now ? probe.entry : undefined
+    if (known !== undefined) {
+      if (known) this.counters.metaHits++
       else this.counters.negativeHits++
-      return probe.entry ?? undefined
+      return known ?? undefined
     }
     this.counters.metaMisses++
-    const flight = joinFlight(this.probeFlights, path, () => this.probe(path))
-    // A loader opens files by name without listing first: list the parent once, alongside the
-    // probe, and take whichever answers first, so that its siblings' lookups cost nothing.
-    const fromListing = this.readdir(parent).then((entries) => entries.get(name) ?? null)
-    fromListing.catch(() => {})
-    try {
-      return (await Promise.any([flight, fromListing])) ?? undefined
-    } catch (err) {
-      // Both failed: report the probe's own error (an O3AuthError, say), not Promise.any's wrapper.
-      throw err instanceof AggregateError ? err.errors[0] : err
-    }
+    return (await joinFlight(this.pageFlights, path, () => this.fromPage(parent, name, path))) ?? undefined
+  }
+
+  /** Reads the page of `parent`'s listing that starts at `name` and keeps it; a probe if the page cannot settle the name. */
+  private async fromPage(parent: string, name: string, path: string): Promise<Entry | null> {
+    if (!this.validName(name)) return this.remember(path, null)
+    const prefix = parent === '/' ? '' : `${keyOf(parent)}/`
+    // Everything after the name less its last character: the name itself, and the names just
+    // before it, are on the page.
+    const after = [...name].slice(0, -1).join('')
+    this.counters.listRequests++
+    const { entries: listed, next } = await this.client.listPage(prefix, { delimiter: '/', startAfter: after })
+    const entries = this.collect(prefix, listed)
+    const tail = listed.map((e) => (e.type === 'prefix' ? e.prefix : e.key).slice(prefix.length)).sort(byteOrder).at(-1)
+    const page: Page = { after, last: next === undefined ? undefined : tail, entries, expires: this.expiry(this.ttlMs) }
+    const now = Date.now()
+    this.pages.set(parent, [...(this.pages.get(parent) ?? []).filter((p) => p.expires > now).slice(1 - MAX_PAGES_PER_DIR), page])
+    if (covers(page, name)) return entries.get(name) ?? null
+    return joinFlight(this.probeFlights, path, () => this.probe(path))
   }
 
   private async probe(path: string): Promise<Entry | null> {
@@ -123,15 +168,14 @@ export class MetadataCache {
     this.counters.listRequests++
     // Any entry will do, a directory marker object (`a/b/` itself) included: empty "folders" made
     // by consoles are directories too.
-    for await (const _ of this.client.list(prefix, { delimiter: '/' })) return true
-    return false
+    return (await this.client.listPage(prefix, { delimiter: '/', maxKeys: 1 })).entries.length > 0
   }
 
   private async headOrNull(key: string): Promise<Entry | null> {
     this.counters.headRequests++
     try {
       const h = await this.client.head(key)
-      return { kind: 'file', key, size: h.size, etag: h.etag, mtime: h.lastModified }
+      return { kind: 'file', key, size: h.size, etag: normalizeEtag(h.etag), versionId: h.versionId, mtime: h.lastModified }
     } catch (err) {
       if (err instanceof O3NotFoundError) return null
       throw err
@@ -151,10 +195,24 @@ export class MetadataCache {
 
   private async list(path: string): Promise<Map<string, Entry>> {
     const prefix = path === '/' ? '' : `${keyOf(path)}/`
+    const listed: ListEntry[] = []
+    let token: string | undefined
+    do {
+      this.counters.listRequests++
+      const page = await this.client.listPage(prefix, { delimiter: '/', token })
+      listed.push(...page.entries)
+      token = page.next
+    } while (token)
+    const entries = this.collect(prefix, listed)
+    this.listings.set(path, { entries, expires: this.expiry(this.ttlMs) })
+    return entries
+  }
+
+  /** The entries of a directory (or of a page of it) from what a listing returned; unusable keys are skipped with a warning. */
+  private collect(prefix: string, listed: ListEntry[]): Map<string, Entry> {
     const entries = new Map<string, Entry>()
     const shadowed: string[] = []
-    this.counters.listRequests++
-    for await (const e of this.client.list(prefix, { delimiter: '/' })) {
+    for (const e of listed) {
       if (e.type === 'prefix') {
         const name = e.prefix.slice(prefix.length, -1)
         if (!this.validName(name, e.prefix)) continue
@@ -168,11 +226,10 @@ export class MetadataCache {
           shadowed.push(name)
           continue
         }
-        entries.set(name, { kind: 'file', key: e.key, size: e.size, etag: e.etag, mtime: e.lastModified })
+        entries.set(name, { kind: 'file', key: e.key, size: e.size, etag: normalizeEtag(e.etag), mtime: e.lastModified })
       }
     }
     for (const name of shadowed) this.warnOnce(`${prefix}${name}`, `object ${prefix}${name} is hidden by the directory of the same name`)
-    this.listings.set(path, { entries, expires: this.expiry(this.ttlMs) })
     return entries
   }
 
@@ -198,7 +255,7 @@ export class MetadataCache {
 
   private warnOnce(key: string, msg: string): void {
     if (this.warned.has(key)) return
-    this.warned.add(key)
+    this.warned.set(key, true)
     this.log.warn({ key }, msg)
   }
 
@@ -206,6 +263,8 @@ export class MetadataCache {
   invalidate(path: string): void {
     this.probes.delete(path)
     const slash = path.lastIndexOf('/')
-    this.listings.delete(slash <= 0 ? '/' : path.slice(0, slash))
+    const parent = slash <= 0 ? '/' : path.slice(0, slash)
+    this.listings.delete(parent)
+    this.pages.delete(parent)
   }
 }

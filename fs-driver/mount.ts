@@ -55,7 +55,9 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
 
   const counters = new MountCounters()
   const client = O3Client.open(o.location, { config, maxSockets: o.maxConnections, logger: log.child({ component: 'o3' }) })
-  const disk = o.cacheDir ? await DiskCache.open(o.cacheDir, o.cacheDiskSize, counters, log) : undefined
+  // The blocks' keys are relative to the location: the cache must tell locations apart itself.
+  const cacheNamespace = [config.endpoint, client.scope.bucket, client.scope.prefix].join('\0')
+  const disk = o.cacheDir ? await DiskCache.open(o.cacheDir, o.cacheDiskSize, cacheNamespace, counters, log) : undefined
   // Each open GET holds socket and stream buffers outside the blocks, and their chunks linger as
   // garbage until collected; they come out of the same budget, so that --cache-mem bounds what
   // the data path holds, not just the blocks.
@@ -96,7 +98,9 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       counters,
       o3: () => client.stats,
       readahead: () => fs.readaheadStats(),
-      memory: () => ({ budgetBytes: blocks.budget.limit, cacheBytes: blocks.cachedBytes, inflightBytes: blocks.budget.inflightBytes, overflowBuffers: blocks.overflowBuffers }),
+      memory: () => ({
+        budgetBytes: blocks.budget.limit, cacheBytes: blocks.cachedBytes, inflightBytes: blocks.budget.inflightBytes, overflowBuffers: blocks.overflowBuffers, peakUsedBytes: blocks.budget.peakBytes,
+      }),
       diskBytes: () => disk?.bytes ?? 0,
       openFiles: () => fs.openFiles,
     },

@@ -1,7 +1,7 @@
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { closeSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import type { O3Stats } from '../lib/o3/client.js'
 import type { Logger } from '../lib/log.js'
+import { openPrivateFile } from './paths.js'
 
 /** Counters of the data and metadata paths; every module increments its own fields. */
 export class MountCounters {
@@ -53,14 +53,18 @@ export interface StatsSnapshot {
   metadata: { hits: number; misses: number; negativeHits: number; listRequests: number; headRequests: number }
   reads: { count: number; bytes: number; errors: number; timeouts: number; opens: number; openFiles: number }
   readahead: { streams: number; maxWindowBytes: number; totalWindowBytes: number }
-  memory: { budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; rssBytes: number; heapBytes: number; arrayBufferBytes: number }
+  memory: {
+    budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; rssBytes: number; heapBytes: number; arrayBufferBytes: number
+    /** The most cached plus in-flight block bytes held at once. */
+    peakUsedBytes: number
+  }
 }
 
 export interface StatsSources {
   counters: MountCounters
   o3: () => O3Stats
   readahead: () => { streams: number; maxWindowBytes: number; totalWindowBytes: number }
-  memory: () => { budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number }
+  memory: () => { budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; peakUsedBytes: number }
   diskBytes: () => number
   openFiles: () => number
 }
@@ -109,7 +113,14 @@ export class StatsReporter {
   writeFile(): void {
     const tmp = `${this.meta.statsFile}.${process.pid}.tmp`
     try {
-      writeFileSync(tmp, JSON.stringify(this.snapshot(), null, 1) + '\n', { mode: 0o644 })
+      // Written fresh and renamed over the old one: a symlink planted at either name is replaced, never written through.
+      rmSync(tmp, { force: true })
+      const fd = openPrivateFile(tmp, 'exclusive')
+      try {
+        writeFileSync(fd, JSON.stringify(this.snapshot(), null, 1) + '\n')
+      } finally {
+        closeSync(fd)
+      }
       renameSync(tmp, this.meta.statsFile)
     } catch (err) {
       this.log.warn({ err: (err as Error).message, statsFile: this.meta.statsFile }, 'cannot write the stats file')
@@ -135,7 +146,6 @@ export class StatsReporter {
   }
 
   start(fileEveryMs: number, logEveryMs: number): void {
-    mkdirSync(dirname(this.meta.statsFile), { recursive: true })
     this.writeFile()
     this.fileTimer = setInterval(() => this.writeFile(), fileEveryMs).unref()
     this.logTimer = setInterval(() => this.logLine(), logEveryMs).unref()

@@ -5,9 +5,10 @@ export type { Logger }
 /**
  * Structured JSON logs on stderr (or a file for daemons). Credentials are redacted by path as a
  * second line of defence: no code path is meant to hand them to a logger in the first place.
+ * A log file is passed as a descriptor the caller opened (o3mount opens its log without following symlinks).
  */
-export function createLogger(component: string, destination?: DestinationStream | string): Logger {
-  const dest = typeof destination === 'string' ? pino.destination({ dest: destination, mkdir: true, sync: false }) : destination ?? pino.destination(2)
+export function createLogger(component: string, destination?: DestinationStream | number): Logger {
+  const dest = typeof destination === 'number' ? pino.destination({ fd: destination, sync: false }) : destination ?? pino.destination(2)
   return pino(
     {
       name: component,

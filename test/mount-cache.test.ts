@@ -78,13 +78,10 @@ t.test('a hundred files streaming at once stay within the memory budget', async 
   await mapLimit(bodies.map((b, i) => [i, b] as const), 8, ([i, b]) => client.put(`hundred/${i}.bin`, b))
   const budget = 128 * MiB
   const m = await mount(t, info, BUCKET, { args: ['--cache-mem', '128M'] })
-  const rssBefore = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${m.pid}/status`, 'utf8'))![1]) * 1024
+  // The kernel's own high-water mark of the mount process: no sampling can miss a peak.
+  const status = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(readFileSync(`/proc/${m.pid}/status`, 'utf8'))![1]) * 1024
+  const baseline = status('VmHWM')
   const handles = await Promise.all(bodies.map((_, i) => fs.open(path.join(m.mountpoint, 'hundred', `${i}.bin`))))
-  let peak = 0
-  const sampler = setInterval(() => {
-    const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${m.pid}/status`, 'utf8'))![1]) * 1024
-    peak = Math.max(peak, rss)
-  }, 50)
   try {
     const ok = await Promise.all(handles.map(async (h, i) => {
       const chunks: Buffer[] = []
@@ -99,12 +96,48 @@ t.test('a hundred files streaming at once stay within the memory budget', async 
     }))
     t.equal(ok.filter(Boolean).length, N, 'every file read exactly')
   } finally {
-    clearInterval(sampler)
     await Promise.all(handles.map((h) => h.close()))
   }
-  t.comment(`RSS before ${(rssBefore / MiB).toFixed(0)} MiB, peak ${(peak / MiB).toFixed(0)} MiB, budget ${budget / MiB} MiB`)
-  t.ok(peak < budget + 100 * MiB, `peak RSS ${(peak / MiB).toFixed(0)} MiB < budget + 100 MiB`)
-  const s = m.stats()
-  t.ok(s.memory.cacheBytes + s.memory.inflightBytes <= budget, 'cache and readahead together within the budget')
+  const peak = status('VmHWM')
+  // Beyond the budget the process may hold its JS heap's growth and garbage not yet collected:
+  // stated here as 48 MiB over its peak once mounted.
+  const SLACK = 48 * MiB
+  t.comment(`peak RSS once mounted ${(baseline / MiB).toFixed(0)} MiB, after ${(peak / MiB).toFixed(0)} MiB, budget ${budget / MiB} MiB`)
+  t.ok(peak <= baseline + budget + SLACK, `peak RSS ${(peak / MiB).toFixed(0)} MiB <= ${(baseline / MiB).toFixed(0)} MiB baseline + budget + ${SLACK / MiB} MiB`)
+  const s = await statsWhen(m, (s) => s.memory.peakUsedBytes > 0)
+  t.ok(s.memory.peakUsedBytes > budget / 4, `the data path's peak was recorded (${(s.memory.peakUsedBytes / MiB).toFixed(0)} MiB)`)
+  t.ok(s.memory.peakUsedBytes <= budget, 'cached and in-flight blocks at their peak within the budget')
   await m.stop()
+})
+
+t.test('one cache directory for two locations serves each its own blocks', async (t) => {
+  const cacheDir = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-cache-')), 'cache')
+  t.teardown(() => rmSync(path.dirname(cacheDir), { recursive: true, force: true }))
+  const other = `${BUCKET}-b`
+  await createBucket(info, other)
+  const otherClient = serverClient(info, other)
+  t.teardown(() => otherClient.close())
+  const args = ['--cache-dir', cacheDir]
+  const read = async (location: string, key: string) => {
+    const m = await mount(t, info, location, { args })
+    const bytes = await fs.readFile(path.join(m.mountpoint, key))
+    const s = await statsWhen(m, (s) => s.cache.diskWrites + s.cache.diskHits >= 3)
+    await m.stop()
+    return { bytes, s }
+  }
+  // Same key and size, different bytes.
+  const a = randomBytes(2 * MiB + 7)
+  const b = randomBytes(2 * MiB + 7)
+  await client.put('shared/same.bin', a)
+  await otherClient.put('shared/same.bin', b)
+  t.ok((await read(BUCKET, 'shared/same.bin')).bytes.equals(a), 'the first bucket reads its bytes')
+  t.ok((await read(other, 'shared/same.bin')).bytes.equals(b), 'the second reads its own')
+  // Same key, same bytes and so the same ETag: still not the other's blocks.
+  await otherClient.put('shared/twin.bin', a)
+  await client.put('shared/twin.bin', a)
+  await read(BUCKET, 'shared/twin.bin')
+  const twin = await read(other, 'shared/twin.bin')
+  t.ok(twin.bytes.equals(a))
+  t.equal(twin.s.cache.diskHits, 0, 'no block came from the other bucket')
+  t.equal(twin.s.fetch.blocksFetched, 3, 'all three blocks were fetched for this bucket')
 })

@@ -10,6 +10,9 @@ import { PutObjectCommand } from '@aws-sdk/client-s3'
 import { mapLimit } from '../scripts/bench/util.js'
 import { createBucket, s3Client, serverClient, useS3Server } from './support/s3-server.js'
 import { mount } from './support/o3mount.js'
+import { MetadataCache } from '../fs-driver/metadata-cache.js'
+import { MountCounters } from '../fs-driver/stats.js'
+import { silentLogger } from '../lib/log.js'
 
 const MiB = 1 << 20
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
@@ -125,7 +128,44 @@ t.test('a prefix mount shows only what is under the prefix', async (t) => {
   t.equal(await fs.readFile(path.join(p.mountpoint, 'b/c.txt'), 'utf8'), 'charlie\n')
   await t.rejects(fs.stat(path.join(p.mountpoint, 'other')), { code: 'ENOENT' })
   await t.rejects(fs.stat(path.join(p.mountpoint, 'big.bin')), { code: 'ENOENT' })
-  t.equal(path.resolve(p.mountpoint, '..', 'other'), path.join(path.dirname(p.mountpoint), 'other'), '.. leaves the mount, not the prefix')
+  await p.stop()
+})
+
+t.test('no path escapes the prefix: through the mount, or handed to the lookups directly', async (t) => {
+  // Keys that spell a way out, stored literally under the prefix.
+  const raw = s3Client(info)
+  const sneaky = ['tree/../other/secret.txt', 'tree/evil/../../other/secret.txt', 'tree/./other/secret.txt', 'tree//other/secret.txt', 'tree/%2e%2e/other/secret.txt']
+  const stored: string[] = []
+  for (const Key of sneaky) {
+    try {
+      await raw.send(new PutObjectCommand({ Bucket: BUCKET, Key, Body: 'planted under tree/\n' }))
+      stored.push(Key)
+    } catch {
+      // the server refused the key itself: nothing to escape through
+    }
+  }
+  raw.destroy()
+  t.comment(`stored: ${stored.join(', ')}`)
+  const p = await mount(t, info, `${BUCKET}/tree`)
+  const names = await fs.readdir(p.mountpoint)
+  t.notOk(names.includes('..') || names.includes('.') || names.includes('other'), `no escape among the names: ${names.join(', ')}`)
+  const secret = files.get('other/secret.txt')!
+  const attempts = ['../other/secret.txt', 'evil/../../other/secret.txt', './other/secret.txt', '%2e%2e/other/secret.txt', 'other/secret.txt', '..%2fother/secret.txt']
+  for (const a of attempts) {
+    const got = await fs.readFile(path.join(p.mountpoint, a)).catch((err: NodeJS.ErrnoException) => err.code ?? 'error')
+    t.ok(typeof got === 'string' || !got.equals(secret), `${a}: ${typeof got === 'string' ? got : 'read something else'}`)
+  }
+  // The lookups behind every FUSE operation, handed what the kernel would never send.
+  const scoped = serverClient(info, `${BUCKET}/tree`)
+  const meta = new MetadataCache(scoped, 60, new MountCounters(), silentLogger)
+  try {
+    for (const bad of ['/../other/secret.txt', '/..', '/../other', '//other/secret.txt', '/./a.txt', '/b/../../other/secret.txt', '/..\\other\\secret.txt', '/b/..']) {
+      t.equal(await meta.lookup(bad), undefined, `lookup ${bad} finds nothing`)
+    }
+    t.match(await meta.lookup('/a.txt'), { kind: 'file', key: 'a.txt', size: 6 }, 'while a real name under the prefix is found')
+  } finally {
+    scoped.close()
+  }
   await p.stop()
 })
 

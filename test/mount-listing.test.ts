@@ -1,5 +1,6 @@
 // A directory of 10,000 objects: listed completely (ten pages of ListObjectsV2), and stat of
-// every entry answered from that listing, with no request per file.
+// every entry answered from that listing, with no request per file; lookups without a listing
+// read one page each, never the whole directory.
 import t from 'tap'
 import { execFile } from 'node:child_process'
 import fs from 'node:fs/promises'
@@ -33,8 +34,28 @@ t.test('10,000 objects in one directory', async (t) => {
   t.equal(await fs.readFile(path.join(dir, name(9_999)), 'utf8'), '9999\n')
   await sleep(2_100) // the stats file is rewritten every 2 s
   const s = m.stats()
-  t.ok(s.metadata.listRequests <= 3, `listed with ${s.metadata.listRequests} listings`)
+  t.ok(s.metadata.listRequests <= 13, `listed with ${s.metadata.listRequests} pages (ten for flat/)`)
   // Only the lookup of `flat` itself, before the root was listed, needs a HEAD.
   t.ok(s.metadata.headRequests <= 2, `no HEAD per file (${s.metadata.headRequests})`)
   t.ok(s.o3.requests < 30, `${s.o3.requests} requests in all`)
+})
+
+t.test('lookups in a large directory never list it whole', async (t) => {
+  const m = await mount(t, info, BUCKET)
+  const dir = path.join(m.mountpoint, 'flat')
+  const spread = [100, 3_000, 5_000, 7_000, 9_500]
+  for (const i of spread) t.equal((await fs.stat(path.join(dir, name(i)))).size, `${i}\n`.length, name(i))
+  await t.rejects(fs.stat(path.join(dir, 'obj-99999.txt')), { code: 'ENOENT' })
+  await t.rejects(fs.stat(path.join(dir, 'obj-05000.txt', 'x')), { code: 'ENOTDIR' })
+  await sleep(2_100)
+  const scattered = m.stats().metadata
+  // One page for `flat` in the root, one per lookup: the whole of flat/ would be ten.
+  t.ok(scattered.listRequests <= 1 + spread.length + 1, `${scattered.listRequests} pages for ${spread.length + 1} lookups`)
+  t.equal(scattered.headRequests, 0, 'each page settled its name: no HEAD')
+  // A loader opening files in order: one page per thousand names.
+  for (let i = 0; i < 2_000; i++) await fs.stat(path.join(dir, name(i)))
+  await sleep(2_100)
+  const inOrder = m.stats().metadata
+  t.ok(inOrder.listRequests - scattered.listRequests <= 4, `${inOrder.listRequests - scattered.listRequests} pages for 2,000 lookups in order`)
+  t.equal(inOrder.headRequests, 0, 'still no HEAD')
 })

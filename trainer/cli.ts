@@ -4,8 +4,8 @@
  * the run) and checkpoints to O3. The first SIGINT/SIGTERM stops at a step boundary and writes a
  * final checkpoint; a second exits at once, aborting any upload in flight.
  */
-import { readdirSync, rmSync } from 'node:fs'
-import { join } from 'node:path'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { runCli } from '../lib/cli/run-cli.js'
@@ -58,16 +58,18 @@ async function main(): Promise<number> {
     },
   })
   let dataDir = o.data
-  // Kept when the run fails, for the mount's side of the story; removed after a clean run.
-  const mountLog = join(tmpdir(), `o3train-mount-${process.pid}.log`)
-  let succeeded = false
   // Ranks sharing a node share one o3mount (one cache) and one checkpoint download.
   const nodeShare = NodeShare.open(distributedFromEnv(process.env, o.distTimeout), process.env, o.distTimeout)
+  const mountsData = o.data.startsWith('o3://') && (!nodeShare || nodeShare.leader)
+  // Kept when the run fails, for the mount's side of the story; removed after a clean run.
+  // A fresh private directory (mkdtemp makes it 0700): a fixed name in the shared temp dir could be taken first by another user.
+  const mountLog = mountsData ? join(mkdtempSync(join(tmpdir(), 'o3train-')), 'mount.log') : undefined
+  let succeeded = false
   try {
-    if (o.data.startsWith('o3://') && nodeShare && !nodeShare.leader) {
-      dataDir = (await nodeShare.take<{ dir: string }>('mount', 'the o3mount of this node')).dir
+    if (o.data.startsWith('o3://') && !mountsData) {
+      dataDir = (await nodeShare!.take<{ dir: string }>('mount', 'the o3mount of this node')).dir
       log.info({ location: o.data, mountpoint: dataDir }, 'reading the data through local rank 0\'s o3mount')
-    } else if (o.data.startsWith('o3://')) {
+    } else if (mountLog) {
       mount = await mountForRun(o.data, o, mountLog)
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
@@ -98,7 +100,7 @@ async function main(): Promise<number> {
     shutdown.dispose()
     await mount?.close()
     nodeShare?.close()
-    if (mount && succeeded) rmSync(mountLog, { force: true })
+    if (mountLog && succeeded) rmSync(dirname(mountLog), { recursive: true, force: true })
   }
 }
 

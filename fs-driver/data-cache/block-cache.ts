@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache'
-import type { O3Client } from '../../lib/o3/client.js'
+import type { O3Client, ObjectPin } from '../../lib/o3/client.js'
 import type { Logger } from '../../lib/log.js'
 import { BlockPool } from '../memory/block-pool.js'
 import type { DiskCache } from './disk-cache.js'
@@ -8,10 +8,9 @@ import { GcNudge } from '../memory/gc-nudge.js'
 import { MemoryBudget } from '../memory/memory-budget.js'
 import type { MountCounters } from '../stats.js'
 
-/** An object as pinned by an open file: every block read for it must come from this ETag. */
-export interface ObjectRef {
+/** An object as pinned by an open file: every block read for it must come from this version. */
+export interface ObjectRef extends ObjectPin {
   key: string
-  etag: string
   size: number
 }
 
@@ -252,7 +251,7 @@ export class BlockCache {
     let filled = 0
     this.o.counters.getRequests++
     try {
-      for await (const c of this.o.client.iterateRange(obj.key, { start, end, ifMatch: obj.etag })) {
+      for await (const c of this.o.client.iterateRange(obj.key, { start, end, pin: obj })) {
         this.gc.add(c.length)
         let off = 0
         while (off < c.length && cur < last) {

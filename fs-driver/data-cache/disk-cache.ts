@@ -10,9 +10,10 @@ import { MountError } from '../mount-error.js'
 import type { MountCounters } from '../stats.js'
 
 /**
- * The on-disk block tier. Each block is one file named by the SHA-256 of its identity (key, ETag,
- * block size, index), so a replaced object never meets its old blocks, and a remount finds its
- * blocks again. A 16-byte header carries a CRC32 over the identity and the data; a block that
+ * The on-disk block tier. Each block is one file named by the SHA-256 of its identity (endpoint,
+ * bucket and prefix, then key, ETag, block size, index), so a replaced object never meets its old
+ * blocks, a cache directory shared by two locations never serves one's blocks for the other (equal
+ * keys and ETags there say nothing about equal bytes), and a remount finds its blocks again. A 16-byte header carries a CRC32 over the identity and the data; a block that
  * fails it is deleted and fetched again, never returned.
  */
 const MAGIC = 0x4f334d42 // "O3MB"
@@ -32,6 +33,7 @@ export class DiskCache {
   private constructor(
     readonly dir: string,
     readonly maxBytes: number,
+    private readonly namespace: string,
     private readonly counters: MountCounters,
     private readonly log: Logger,
   ) {
@@ -46,7 +48,7 @@ export class DiskCache {
   }
 
   /** Creates (mode 0700) or reopens the cache directory, takes its lock and indexes the blocks already there. */
-  static async open(dir: string, maxBytes: number, counters: MountCounters, log: Logger): Promise<DiskCache> {
+  static async open(dir: string, maxBytes: number, namespace: string, counters: MountCounters, log: Logger): Promise<DiskCache> {
     try {
       mkdirSync(join(dir, 'blocks'), { recursive: true, mode: 0o700 })
       const st = statSync(dir)
@@ -59,7 +61,7 @@ export class DiskCache {
       if (err instanceof MountError) throw err
       throw new MountError(`cannot create cache directory ${dir}: ${(err as NodeJS.ErrnoException).code ?? err}; check --cache-dir`, ExitCode.cacheDir)
     }
-    const cache = new DiskCache(dir, maxBytes, counters, log)
+    const cache = new DiskCache(dir, maxBytes, namespace, counters, log)
     cache.lock()
     await cache.scan()
     return cache
@@ -118,8 +120,8 @@ export class DiskCache {
     this.log.info({ dir: this.dir, blocks: this.index.size, bytes: this.index.calculatedSize }, 'disk cache opened')
   }
 
-  static nameOf(id: string): string {
-    return createHash('sha256').update(id).digest('hex')
+  private nameOf(id: string): string {
+    return createHash('sha256').update(this.namespace).update('\0').update(id).digest('hex')
   }
 
   private pathOf(name: string): string {
@@ -131,7 +133,7 @@ export class DiskCache {
   }
 
   has(id: string): boolean {
-    return this.index.has(DiskCache.nameOf(id))
+    return this.index.has(this.nameOf(id))
   }
 
   private static checksum(name: string, data: Buffer): number {
@@ -143,7 +145,7 @@ export class DiskCache {
    * checksum (then it is deleted), and `into` must not be used.
    */
   async read(id: string, into: Buffer): Promise<boolean> {
-    const name = DiskCache.nameOf(id)
+    const name = this.nameOf(id)
     if (!this.index.get(name)) {
       this.counters.diskMisses++
       return false
@@ -180,7 +182,7 @@ export class DiskCache {
    * the write was skipped; otherwise `done` runs once `data` is no longer needed.
    */
   write(id: string, data: Buffer, done: () => void): boolean {
-    const name = DiskCache.nameOf(id)
+    const name = this.nameOf(id)
     if (this.index.has(name)) return false
     if (this.pendingWriteBytes + data.length > MAX_PENDING_WRITE_BYTES) {
       this.counters.diskWritesSkipped++

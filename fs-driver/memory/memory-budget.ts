@@ -15,6 +15,7 @@ export interface Reclaimable {
 
 export class MemoryBudget {
   private inflight = 0
+  private peak = 0
 
   constructor(
     readonly limit: number,
@@ -29,6 +30,11 @@ export class MemoryBudget {
     return this.inflight + this.cache.heldBytes
   }
 
+  /** The most the data path has held at once: cached and in-flight bytes peak when a fetch reserves. */
+  get peakBytes(): number {
+    return this.peak
+  }
+
   private makeRoom(n: number): boolean {
     while (this.usedBytes + n > this.limit) if (!this.cache.evictOne()) return false
     return true
@@ -41,6 +47,7 @@ export class MemoryBudget {
     if (this.inflight + n > this.limit * maxInflightShare) return false
     if (!this.makeRoom(n)) return false
     this.inflight += n
+    this.peak = Math.max(this.peak, this.usedBytes)
     return true
   }
 
@@ -48,6 +55,7 @@ export class MemoryBudget {
   forceReserve(n: number): void {
     this.makeRoom(n)
     this.inflight += n
+    this.peak = Math.max(this.peak, this.usedBytes)
   }
 
   release(n: number): void {

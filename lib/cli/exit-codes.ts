@@ -1,6 +1,6 @@
 /**
  * Every command's exit statuses, in one table. The O3 errors use the sysexits.h numbers (64-78) so
- * that scripts can tell a missing bucket from bad credentials; o3mount's start-up checks take 80-88
+ * that scripts can tell a missing bucket from bad credentials; o3mount's start-up checks take 80-89
  * and o3train's own failures 90-91. README.md's exit-code table is checked against this one.
  */
 export const ExitCode = {
@@ -22,6 +22,7 @@ export const ExitCode = {
   mountFailed: 86,
   cacheDir: 87,
   notMounted: 88,
+  unsafePath: 89,
   addon: 90,
   training: 91,
   interrupted: 130,
@@ -49,6 +50,7 @@ export const EXIT_MEANING: Record<ExitCodeName, { meaning: string; commands: str
   mountFailed: { meaning: 'the mount itself failed', commands: 'o3mount, o3train' },
   cacheDir: { meaning: 'cache directory unusable', commands: 'o3mount' },
   notMounted: { meaning: '`--unmount` of something not mounted', commands: 'o3mount' },
+  unsafePath: { meaning: 'a runtime, log or stats path is unsafe: a symlink, or a directory of another user', commands: 'o3mount, o3train' },
   addon: { meaning: 'the native addon cannot be loaded', commands: 'o3train' },
   training: { meaning: 'training failed (e.g. the data mount went away)', commands: 'o3train' },
   interrupted: { meaning: 'a second SIGINT/SIGTERM: stopped at once, uploads in flight aborted', commands: 'o3train, o3upload' },

@@ -9,6 +9,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler'
 import { resolveConfig, type O3Config, type O3Flags } from './config.js'
 import { O3IntegrityError, O3StreamError, O3UsageError } from './errors.js'
+import { normalizeEtag, sameEtag } from './etag.js'
 import { DEFAULT_RETRY, isFinal, toO3Error, withRetry, type RetryPolicy } from './retry.js'
 import { fullKey, fullPrefix, parseLocation, relativeKey, type Scope } from './scope.js'
 import { silentLogger, type Logger } from '../log.js'
@@ -37,6 +38,8 @@ export interface ObjectInfo {
   networkRootCid?: string
   /** Akave's commit state of the object, `done` once committed. */
   networkState?: string
+  /** The version HEAD described, where the bucket is versioned. */
+  versionId?: string
 }
 
 export type ListEntry =
@@ -48,9 +51,20 @@ export interface RangeOptions {
   start?: number
   /** Last byte, inclusive; omitted means to the end. */
   end?: number
-  /** Fail with O3IntegrityError rather than read a different version of the object. */
-  ifMatch?: string
+  /** Fail with O3IntegrityError rather than read another version of the object than this one. */
+  pin?: ObjectPin
   signal?: AbortSignal
+}
+
+/**
+ * One version of an object, as an open file holds on to it. A read pinned to it sends If-Match (and
+ * VersionId once known) but does not rely on the server honouring them: each response's own ETag
+ * and version are compared too. The version a response names is recorded here, so that later reads
+ * of the same pin ask for exactly that version.
+ */
+export interface ObjectPin {
+  etag: string
+  versionId?: string
 }
 
 export interface PutOptions {
@@ -193,6 +207,7 @@ export class O3Client {
       metadata: out.Metadata ?? {},
       networkRootCid: raw['network-root-cid'],
       networkState: raw['network-state'],
+      versionId: out.VersionId,
     }
   }
 
@@ -201,33 +216,50 @@ export class O3Client {
    * page by page as the caller iterates.
    */
   async *list(prefix = '', options: { delimiter?: string; signal?: AbortSignal } = {}): AsyncGenerator<ListEntry> {
-    const Prefix = fullPrefix(this.scope, prefix)
     let token: string | undefined
     do {
-      const out = await this.call(
-        `list ${this.scope.bucket}/${Prefix}`,
-        (s) => this.s3.send(new ListObjectsV2Command({ Bucket: this.scope.bucket, Prefix, Delimiter: options.delimiter, ContinuationToken: token }), { abortSignal: s }),
-        options.signal,
-      )
-      for (const p of out.CommonPrefixes ?? []) if (p.Prefix) yield { type: 'prefix', prefix: relativeKey(this.scope, p.Prefix) }
-      for (const o of out.Contents ?? []) {
-        if (!o.Key) continue
-        yield { type: 'object', key: relativeKey(this.scope, o.Key), size: o.Size ?? 0, etag: o.ETag ?? '', lastModified: o.LastModified ?? new Date(0) }
-      }
-      token = out.IsTruncated ? out.NextContinuationToken : undefined
+      const page = await this.listPage(prefix, { ...options, token })
+      yield* page.entries
+      token = page.next
     } while (token)
   }
 
-  /** Opens one ranged GET and returns its body with the object's ETag and the bytes promised. */
-  private async openRange(Key: string, start: number, end: number | undefined, ifMatch: string | undefined, signal?: AbortSignal) {
+  /**
+   * One page of the listing under `prefix`: from `token` (a previous page's `next`), or from the
+   * first key that sorts after `prefix + startAfter`. `next` is absent on the last page.
+   */
+  async listPage(prefix: string, options: { delimiter?: string; startAfter?: string; token?: string; maxKeys?: number; signal?: AbortSignal } = {}): Promise<{ entries: ListEntry[]; next?: string }> {
+    const Prefix = fullPrefix(this.scope, prefix)
+    // Only a position in the sort order, never an address: it needs no key checks.
+    const StartAfter = options.startAfter ? `${Prefix}${options.startAfter}` : undefined
+    const out = await this.call(
+      `list ${this.scope.bucket}/${Prefix}`,
+      (s) => this.s3.send(new ListObjectsV2Command({
+        Bucket: this.scope.bucket, Prefix, Delimiter: options.delimiter, ContinuationToken: options.token, StartAfter, MaxKeys: options.maxKeys,
+      }), { abortSignal: s }),
+      options.signal,
+    )
+    const entries: ListEntry[] = []
+    for (const p of out.CommonPrefixes ?? []) if (p.Prefix) entries.push({ type: 'prefix', prefix: relativeKey(this.scope, p.Prefix) })
+    for (const o of out.Contents ?? []) {
+      if (!o.Key) continue
+      entries.push({ type: 'object', key: relativeKey(this.scope, o.Key), size: o.Size ?? 0, etag: o.ETag ?? '', lastModified: o.LastModified ?? new Date(0) })
+    }
+    return { entries, next: out.IsTruncated ? out.NextContinuationToken : undefined }
+  }
+
+  /** Opens one ranged GET and returns its body with the object's ETag, version and the bytes promised. */
+  private async openRange(Key: string, start: number, end: number | undefined, pin: ObjectPin | undefined, signal?: AbortSignal) {
     const Range = `bytes=${start}-${end ?? ''}`
-    const out = await this.s3.send(new GetObjectCommand({ Bucket: this.scope.bucket, Key, Range, IfMatch: ifMatch }), { abortSignal: signal })
-    return { body: out.Body as Readable, etag: out.ETag ?? '', length: out.ContentLength ?? 0 }
+    const etag = pin && normalizeEtag(pin.etag)
+    const IfMatch = etag ? `"${etag}"` : undefined
+    const out = await this.s3.send(new GetObjectCommand({ Bucket: this.scope.bucket, Key, Range, IfMatch, VersionId: pin?.versionId }), { abortSignal: signal })
+    return { body: out.Body as Readable, etag: out.ETag ?? '', versionId: out.VersionId, length: out.ContentLength ?? 0 }
   }
 
   /**
    * A ranged GET as a stream. If the body dies midway, the read resumes from the last byte
-   * received (pinned to the first response's ETag, so two versions are never mixed), within the
+   * received (pinned to the first response's ETag and version, so two versions are never mixed), within the
    * same retry policy as every other request.
    */
   getRange(key: string, options: RangeOptions = {}): Readable {
@@ -247,18 +279,20 @@ export class O3Client {
   private async *rangeChunks(Key: string, start: number, options: RangeOptions): AsyncGenerator<Buffer> {
     const what = `get ${this.scope.bucket}/${Key}`
     let pos = start
-    let etag = options.ifMatch
+    let pin = options.pin
     let expected: number | undefined
     let failures = 0
     for (;;) {
-      const opened = await this.call(what, (s) => this.openRange(Key, pos, options.end, etag, s), options.signal)
-      // Checked as well as sent: a server that ignores If-Match must still not mix two versions.
-      if (etag !== undefined && opened.etag !== etag) {
+      const opened = await this.call(what, (s) => this.openRange(Key, pos, options.end, pin, s), options.signal)
+      // Checked as well as sent: a server that ignores If-Match or VersionId must still not mix two versions.
+      const otherVersion = pin?.versionId !== undefined && opened.versionId !== undefined && opened.versionId !== pin.versionId
+      if (pin && (!sameEtag(opened.etag, pin.etag) || otherVersion)) {
         opened.body.destroy()
         this.stats.errors++
-        throw new O3IntegrityError(`${what}: the object changed while it was being read (ETag ${opened.etag}, expected ${etag})`)
+        throw new O3IntegrityError(`${what}: the object changed while it was being read (ETag ${opened.etag}, version ${opened.versionId ?? 'none'}; expected ${pin.etag}, version ${pin.versionId ?? 'any'})`)
       }
-      etag ??= opened.etag
+      pin ??= { etag: opened.etag }
+      pin.versionId ??= opened.versionId
       expected ??= opened.length
       try {
         for await (const chunk of opened.body) {

@@ -60,8 +60,9 @@ export function isTransient(err: unknown): boolean {
   if (err instanceof O3Error) return err instanceof O3StreamError
   const code = errorCode(err)
   const status = httpStatus(err)
-  // A server that answered has said what it meant: only throttling, 5xx and request timeouts retry.
-  if (status !== undefined) return status === 429 || status >= 500 || code === 'RequestTimeout' || code === 'SlowDown'
+  // A server that answered has said what it meant: only throttling, 5xx and request timeouts retry;
+  // 501 says it lacks the feature (a version id, say), which no retry can change.
+  if (status !== undefined) return status === 429 || (status >= 500 && status !== 501) || code === 'RequestTimeout' || code === 'SlowDown'
   if (TRANSIENT_CODES.has(code)) return true
   // Broken sockets surface as plain Errors whose message is all there is to go on.
   return /socket hang up|ECONNRESET|aborted|premature close|timed? ?out/i.test((err as Raw)?.message ?? '')
