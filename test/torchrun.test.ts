@@ -3,7 +3,6 @@
 // nodes, and a hung rank. Real S3 server, real addon, a subset of the real Fashion-MNIST.
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -14,6 +13,7 @@ import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { mountEnv } from './support/o3mount.js'
 import { writeFashionSubset } from './support/fashion-subset.js'
 import { alive, childRanks, startGroup, type GroupRun } from './support/process-group.js'
+import { freePort } from './support/free-port.js'
 
 const TORCHRUN = process.env.O3_TORCHRUN ?? 'torchrun'
 if (spawnSync(TORCHRUN, ['--help']).status !== 0) {
@@ -39,16 +39,6 @@ const cli = cliCommand('trainer/cli.ts')
 const o3train = [process.execPath, ...cli.execArgv, cli.file]
 // What Debian's torchrun 1.13 needs under Python 3.11, and notices a dead rank within a second.
 const torchrunBase = ['--redirects', '1', '--tee', '1', '--monitor_interval', '1']
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-    s.on('error', reject)
-  })
-}
 
 const env = (extra: NodeJS.ProcessEnv = {}) => {
   const e = mountEnv(info, extra)
