@@ -2,7 +2,7 @@
 // restarts after kill -9, an elastic resume on fewer ranks, two agents standing in for two
 // nodes, and a hung rank. Real S3 server, real addon, a subset of the real Fashion-MNIST.
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -30,11 +30,11 @@ await createBucket(info, BUCKET)
 const scratch = mkdtempSync(join(tmpdir(), 'o3-torchrun-'))
 t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
 // 1,024 training and 256 test samples: 16 global batches of 2 x 32 an epoch.
-const data = join(scratch, 'fmnist')
-writeFashionSubset(data, 1024, 256)
+const dataDir = join(scratch, 'fmnist')
+const files = writeFashionSubset(dataDir, 1024, 256)
 const EPOCHS = 4
 const TOTAL = 16 * EPOCHS
-const train = ['--data', data, '--dataset', 'fashion-mnist', '--model', 'mlp', '--model-opt', 'dropout=0', '--batch', '32', '--lr', '0.05', '--seed', '7', '--threads', '1', '--epochs', String(EPOCHS), '--ckpt-every', '4']
+const train = ['--data', dataDir, '--dataset', 'fashion-mnist', '--model', 'mlp', '--model-opt', 'dropout=0', '--batch', '32', '--lr', '0.05', '--seed', '7', '--threads', '1', '--epochs', String(EPOCHS), '--ckpt-every', '4']
 const cli = cliCommand('trainer/cli.ts')
 const o3train = [process.execPath, ...cli.execArgv, cli.file]
 // What Debian's torchrun 1.13 needs under Python 3.11, and notices a dead rank within a second.
@@ -132,6 +132,19 @@ t.test('two torchrun agents with c10d rendezvous stand in for two nodes', async 
   const latest = await store('nodes').load('latest')
   t.equal(latest.meta.step, TOTAL)
   t.equal(latest.entry.cid, reference?.cid, 'the same checkpoint as 2 ranks on one node (same CID)')
+})
+
+t.test('--data o3://: local rank 0 mounts, the other rank reads through its mount', async (t) => {
+  const data = client('data')
+  for (const f of files) await data.put(f, readFileSync(join(dataDir, f)))
+  const run = standalone([...ckpt('mounted'), '--data', `o3://${BUCKET}/data`, '--epochs', '1'])
+  const { code } = await run.done
+  t.equal(code, 0, run.output())
+  const mounted = [...run.output().matchAll(/"mountpoint":"([^"]+)","pid":\d+,"msg":"mounted the data for this run"/g)].map((m) => m[1])
+  const shared = [...run.output().matchAll(/"mountpoint":"([^"]+)","msg":"reading the data through local rank 0's o3mount"/g)].map((m) => m[1])
+  t.equal(mounted.length, 1, 'one o3mount for the node')
+  t.same(shared, mounted, 'rank 1 used its mountpoint')
+  t.equal((await store('mounted').load('latest')).meta.step, 16)
 })
 
 t.test('a hung rank (SIGSTOP) makes the other exit within --dist-timeout; nothing half-committed', async (t) => {
