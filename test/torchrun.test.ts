@@ -70,7 +70,7 @@ let reference: { cid: string; step: number } | undefined
 t.test('o3train --nproc-per-node 2 runs itself under torchrun, end to end', async (t) => {
   const run = startGroup(t, process.execPath, [...cli.execArgv, cli.file, '--nproc-per-node', '2', ...train, ...ckpt('ref')], env({ O3_TORCHRUN: TORCHRUN }))
   const { code, stderr } = await run.done
-  t.equal(code, 0, stderr)
+  t.equal(code, 0, 'exits 0', { stderr })
   t.equal(count(run.output(), '"msg":"training"'), 2, 'two ranks trained')
   const latest = await store('ref').load('latest')
   t.equal(latest.meta.step, TOTAL)
@@ -92,7 +92,7 @@ t.test('--max_restarts 3, kill -9 of one rank at 3 random moments: the group res
     }
   }
   const { code } = await run.done
-  t.equal(code, 0, run.output())
+  t.equal(code, 0, 'torchrun exits 0', { output: run.output() })
   t.equal(kills, 3, 'every kill landed on a running rank')
   t.equal(count(run.output(), '"msg":"training"'), 8, 'torchrun started the group four times')
   t.ok(count(run.output(), '"msg":"resumed"') >= 2, 'restarts resumed from latest')
@@ -112,7 +112,7 @@ t.test('elastic: a 2-rank run stopped through the agent resumes on 1 rank with -
 
   const single = startGroup(t, o3train[0]!, [...o3train.slice(1), ...train, ...ckpt('elastic'), '--batch', '64'], env())
   const { code, stdout, stderr } = await single.done
-  t.equal(code, 0, stderr)
+  t.equal(code, 0, 'the 1-rank run exits 0', { stderr })
   const summary = JSON.parse(stdout.trim().split('\n').at(-1)!) as { resumedFrom?: { step: number }; steps: number; step: number }
   t.equal(summary.resumedFrom?.step, stoppedAt, 'one rank resumed the 2-rank checkpoint')
   t.equal(summary.steps, TOTAL - stoppedAt, 'and trained only the global steps that were left')
@@ -128,7 +128,7 @@ t.test('two torchrun agents with c10d rendezvous stand in for two nodes', async 
       env({ GLOO_SOCKET_IFNAME: 'lo' }))
   const nodes = [node(0), node(1)]
   const exits = await Promise.all(nodes.map((n) => n.done))
-  exits.forEach((e, i) => t.equal(e.code, 0, `node ${i}: ${nodes[i]!.output()}`))
+  exits.forEach((e, i) => t.equal(e.code, 0, `node ${i}'s torchrun exits 0`, { output: nodes[i]!.output() }))
   const latest = await store('nodes').load('latest')
   t.equal(latest.meta.step, TOTAL)
   t.equal(latest.entry.cid, reference?.cid, 'the same checkpoint as 2 ranks on one node (same CID)')
@@ -139,7 +139,7 @@ t.test('--data o3://: local rank 0 mounts, the other rank reads through its moun
   for (const f of files) await data.put(f, readFileSync(join(dataDir, f)))
   const run = standalone([...ckpt('mounted'), '--data', `o3://${BUCKET}/data`, '--epochs', '1'])
   const { code } = await run.done
-  t.equal(code, 0, run.output())
+  t.equal(code, 0, 'torchrun exits 0', { output: run.output() })
   const mounted = [...run.output().matchAll(/"mountpoint":"([^"]+)","pid":\d+,"msg":"mounted the data for this run"/g)].map((m) => m[1])
   const shared = [...run.output().matchAll(/"mountpoint":"([^"]+)","msg":"reading the data through local rank 0's o3mount"/g)].map((m) => m[1])
   t.equal(mounted.length, 1, 'one o3mount for the node')
