@@ -250,26 +250,25 @@ export class BlockCache {
     let buf: Buffer | undefined
     let filled = 0
     this.o.counters.getRequests++
-    try {
-      for await (const c of this.o.client.iterateRange(obj.key, { start, end, pin: obj })) {
-        this.gc.add(c.length)
-        let off = 0
-        while (off < c.length && cur < last) {
-          if (!buf) {
-            buf = this.pool.acquire(this.blockLength(obj, cur))
-            filled = 0
-          }
-          const n = Math.min(c.length - off, buf.length - filled)
-          c.copy(buf, filled, off, off + n)
-          filled += n
-          off += n
-          if (filled === buf.length) {
-            this.complete(obj, cur, buf, pendings[cur - first]!, true)
-            cur++
-            buf = undefined
-          }
+    // The body is read straight into pooled block buffers; each block is handed over once full.
+    const sink = {
+      space: (): Buffer => {
+        buf ??= this.pool.acquire(this.blockLength(obj, cur))
+        return buf.subarray(filled)
+      },
+      wrote: (n: number): void => {
+        this.gc.add(n)
+        filled += n
+        if (filled === buf!.length) {
+          this.complete(obj, cur, buf!, pendings[cur - first]!, true)
+          cur++
+          buf = undefined
+          filled = 0
         }
-      }
+      },
+    }
+    try {
+      await this.o.client.readRangeInto(obj.key, start, end, obj, sink)
       if (cur < last) throw new Error(`get ${obj.key}: the body ended at block ${cur} of [${first}, ${last})`)
     } catch (err) {
       if (buf) this.pool.release(buf)

@@ -9,7 +9,8 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler'
 import { resolveConfig, type O3Config, type O3Flags } from './config.js'
 import { O3IntegrityError, O3StreamError, O3UsageError } from './errors.js'
-import { normalizeEtag, sameEtag } from './etag.js'
+import { checkPinned, ifMatchOf, type ObjectPin } from './etag.js'
+import { LeanGet, type RangeSink } from './lean-get.js'
 import { DEFAULT_RETRY, isFinal, toO3Error, withRetry, type RetryPolicy } from './retry.js'
 import { fullKey, fullPrefix, parseLocation, relativeKey, type Scope } from './scope.js'
 import { silentLogger, type Logger } from '../log.js'
@@ -56,16 +57,7 @@ export interface RangeOptions {
   signal?: AbortSignal
 }
 
-/**
- * One version of an object, as an open file holds on to it. A read pinned to it sends If-Match (and
- * VersionId once known) but does not rely on the server honouring them: each response's own ETag
- * and version are compared too. The version a response names is recorded here, so that later reads
- * of the same pin ask for exactly that version.
- */
-export interface ObjectPin {
-  etag: string
-  versionId?: string
-}
+export type { ObjectPin } from './etag.js'
 
 export interface PutOptions {
   contentType?: string
@@ -104,6 +96,8 @@ export class O3Client {
   readonly stats: O3Stats = { requests: 0, retries: 0, errors: 0, bytesReceived: 0, bytesSent: 0 }
   private readonly s3: S3Client
   private readonly agent: http.Agent
+  /** Block fetches without the SDK, where the endpoint allows (plain HTTP). */
+  private readonly lean: LeanGet | undefined
   private readonly policy: RetryPolicy
   private readonly log: Logger
 
@@ -151,6 +145,16 @@ export class O3Client {
       },
       { step: 'deserialize', name: 'o3RawHeaders' },
     )
+    if (LeanGet.supports(this.config.endpoint)) {
+      this.lean = new LeanGet({
+        endpoint: new URL(this.config.endpoint),
+        region: this.config.region,
+        credentials: () => this.s3.config.credentials(),
+        maxIdle: options.maxSockets ?? 16,
+        connectTimeoutMs: options.connectTimeoutMs ?? 5_000,
+        requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+      })
+    }
   }
 
   /** `bucket/prefix` for messages. */
@@ -251,8 +255,7 @@ export class O3Client {
   /** Opens one ranged GET and returns its body with the object's ETag, version and the bytes promised. */
   private async openRange(Key: string, start: number, end: number | undefined, pin: ObjectPin | undefined, signal?: AbortSignal) {
     const Range = `bytes=${start}-${end ?? ''}`
-    const etag = pin && normalizeEtag(pin.etag)
-    const IfMatch = etag ? `"${etag}"` : undefined
+    const IfMatch = pin && ifMatchOf(pin)
     const out = await this.s3.send(new GetObjectCommand({ Bucket: this.scope.bucket, Key, Range, IfMatch, VersionId: pin?.versionId }), { abortSignal: signal })
     return { body: out.Body as Readable, etag: out.ETag ?? '', versionId: out.VersionId, length: out.ContentLength ?? 0 }
   }
@@ -285,14 +288,14 @@ export class O3Client {
     for (;;) {
       const opened = await this.call(what, (s) => this.openRange(Key, pos, options.end, pin, s), options.signal)
       // Checked as well as sent: a server that ignores If-Match or VersionId must still not mix two versions.
-      const otherVersion = pin?.versionId !== undefined && opened.versionId !== undefined && opened.versionId !== pin.versionId
-      if (pin && (!sameEtag(opened.etag, pin.etag) || otherVersion)) {
+      pin ??= { etag: opened.etag }
+      try {
+        checkPinned(pin, opened.etag, opened.versionId)
+      } catch (err) {
         opened.body.destroy()
         this.stats.errors++
-        throw new O3IntegrityError(`${what}: the object changed while it was being read (ETag ${opened.etag}, version ${opened.versionId ?? 'none'}; expected ${pin.etag}, version ${pin.versionId ?? 'any'})`)
+        throw new O3IntegrityError(`${what}: ${(err as Error).message}`)
       }
-      pin ??= { etag: opened.etag }
-      pin.versionId ??= opened.versionId
       expected ??= opened.length
       try {
         for await (const chunk of opened.body) {
@@ -314,6 +317,46 @@ export class O3Client {
         this.log.warn({ op: what, received: pos - start, code: (err as { code?: string }).code }, 'ranged GET body broke; resuming')
       }
     }
+  }
+
+  /**
+   * Reads `[start, end]` (inclusive, within the object) into the sink's buffers: the mount's block
+   * fetches. Over plain HTTP the body goes from the socket straight into those buffers (LeanGet);
+   * otherwise the SDK's chunks are copied in. Either way a broken body resumes from the last byte
+   * received, pinned to `ifMatch`, under the client's retry policy.
+   */
+  async readRangeInto(key: string, start: number, end: number, pin: ObjectPin, sink: RangeSink, signal?: AbortSignal): Promise<void> {
+    const lean = this.lean
+    if (!lean) {
+      for await (const c of this.iterateRange(key, { start, end, pin, signal })) {
+        for (let off = 0; off < c.length; ) {
+          const space = sink.space()
+          const n = c.copy(space, 0, off, Math.min(c.length, off + space.length))
+          sink.wrote(n)
+          off += n
+        }
+      }
+      return
+    }
+    const Key = fullKey(this.scope, key)
+    const path = `${new URL(this.config.endpoint).pathname.replace(/\/$/, '')}/${encodeURIComponent(this.scope.bucket)}/${Key.split('/').map(encodeURIComponent).join('/')}`
+    let pos = start
+    await this.call(
+      `get ${this.scope.bucket}/${Key}`,
+      async (s) => {
+        try {
+          const got = await lean.get(path, pos, end, pin, sink, s)
+          pos += got.received
+          this.stats.bytesReceived += got.received
+        } catch (err) {
+          const received = (err as { received?: number }).received ?? 0
+          pos += received
+          this.stats.bytesReceived += received
+          throw err
+        }
+      },
+      signal,
+    )
   }
 
   /** Reads `[start, end]` (inclusive) into one buffer; shorter only where the object ends first. */
@@ -401,6 +444,7 @@ export class O3Client {
 
   /** Closes the connection pool. */
   close(): void {
+    this.lean?.close()
     this.s3.destroy()
     this.agent.destroy()
   }
