@@ -260,12 +260,18 @@ function explainLoadError(file: string, err: unknown): string {
 
 let addon: NativeAddon | undefined
 
+/**
+ * Read by libgomp and OpenBLAS when libtorch loads, so set (where the user has not) before the
+ * addon loads. torch runs its own intra-op threads: OpenBLAS adding its own per call
+ * oversubscribes the cores, and OpenMP threads spin-waiting between parallel regions take the
+ * cores the loader threads need, which made CPU training speed bimodal on small machines.
+ */
+export const THREAD_ENV_DEFAULTS = { OMP_WAIT_POLICY: 'PASSIVE', OPENBLAS_NUM_THREADS: '1' } as const
+
 /** Loads the addon once; throws AddonLoadError with a one-line fix when it cannot. */
 export function loadAddon(): NativeAddon {
   if (addon) return addon
-  // torch runs its own intra-op threads; OpenBLAS adding its own per call oversubscribes the cores.
-  // OpenBLAS reads this when libtorch loads it, so it must be set before the addon loads.
-  process.env.OPENBLAS_NUM_THREADS ??= '1'
+  for (const [k, v] of Object.entries(THREAD_ENV_DEFAULTS)) process.env[k] ??= v
   const file = addonPath()
   try {
     addon = createRequire(import.meta.url)(file) as NativeAddon

@@ -3,6 +3,7 @@ import path from 'node:path'
 import type { ContentDigest } from '../lib/content/cid.js'
 import { hashedUpload } from '../lib/content/hashed-upload.js'
 import { putSidecar } from '../lib/content/sidecar.js'
+import { startHashThread } from '../lib/content/thread-hasher.js'
 import { loadSigner, type Signer } from '../lib/content/signer.js'
 import { O3IntegrityError, O3UsageError, type O3Client } from '../lib/o3/index.js'
 import { silentLogger, type Logger } from '../lib/log.js'
@@ -46,7 +47,7 @@ export interface SavedCheckpoint {
 
 /**
  * Writes a run's checkpoints to O3 in one pass each: safetensors bytes into a multipart upload
- * (one PUT when they fit in a part), sha256 and CID computed on the same buffers, then the commit sequence data -> sidecar ->
+ * (one PUT when they fit in a part), sha256 and CID computed from a copy of the same buffers on a worker thread (started with the writer), then the commit sequence data -> sidecar ->
  * manifest -> `latest`. A run has one writer at a time: opening one clears what a crashed
  * predecessor left (multipart uploads, uncommitted objects).
  */
@@ -71,6 +72,7 @@ export class CheckpointWriter {
   }
 
   static async open(client: O3Client, options: WriterOptions = {}): Promise<CheckpointWriter> {
+    startHashThread()
     const store = new CheckpointStore(client, options.logger)
     const writer = new CheckpointWriter(store, await store.readManifest(), options)
     await writer.clearLeftovers(await store.readLatest())

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process'
 import crypto from 'node:crypto'
 import t from 'tap'
 import * as dagPb from '@ipld/dag-pb'
@@ -7,6 +8,7 @@ import * as raw from 'multiformats/codecs/raw'
 import { sha256 } from 'multiformats/hashes/sha2'
 import { ContentHasher, digestContent, verifyDigest, normalizeCid, CID_BLOCK_SIZE } from '../lib/content/cid.js'
 import { O3IntegrityError } from '../lib/o3/errors.js'
+import { ThreadHasher } from '../lib/content/thread-hasher.js'
 
 const MiB = 1 << 20
 
@@ -100,6 +102,40 @@ t.test('update settles only when the chunk may be reused', async (t) => {
     scratch.fill(0xee)
   }
   t.equal((await h.digest()).cid, await referenceCid(data))
+})
+
+t.test('ThreadHasher: the same digest on a worker thread, the chunk free once update settles', async (t) => {
+  // Sizes around a block and past one DAG level; chunks that straddle blocks and exceed the
+  // worker's in-flight cap.
+  for (const [size, chunk] of [[0, 1], [3, 1], [MiB, MiB], [MiB + 1, 4096], [175 * MiB + 5, 9 * MiB + 3]] as const) {
+    const data = randomBytes(size, size)
+    const h = new ThreadHasher()
+    const scratch = Buffer.alloc(chunk)
+    for (let off = 0; off < size; off += chunk) {
+      const n = data.copy(scratch, 0, off, off + chunk)
+      await h.update(scratch.subarray(0, n))
+      scratch.fill(0xee)
+    }
+    t.same(await h.digest(), await digestContent(data), `${size} bytes in chunks of ${chunk}`)
+  }
+  // Overlapping updates of one hasher (a multipart tap does not wait) keep their call order.
+  const parts = [randomBytes(9 * MiB + 1, 3), randomBytes(7 * MiB, 4), randomBytes(5, 5)]
+  const h = new ThreadHasher()
+  await Promise.all(parts.map((p) => h.update(p)))
+  t.same(await h.digest(), await digestContent(Buffer.concat(parts)), 'overlapping updates')
+  // Two at once share the thread without mixing their bytes.
+  const [a, b] = [randomBytes(3 * MiB, 1), randomBytes(2 * MiB + 9, 2)]
+  const [ha, hb] = [new ThreadHasher(), new ThreadHasher()]
+  await Promise.all([ha.update(a), hb.update(b)])
+  t.same(await Promise.all([ha.digest(), hb.digest()]), await Promise.all([digestContent(a), digestContent(b)]))
+})
+
+t.test('an aborted ThreadHasher does not keep the process alive', async (t) => {
+  const code = `import { ThreadHasher } from ${JSON.stringify(new URL('../lib/content/thread-hasher.ts', import.meta.url).href)}
+const h = new ThreadHasher(); await h.update(new Uint8Array(3 << 20)); h.abort(); console.log('aborted')`
+  const out = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { encoding: 'utf8', timeout: 60_000 })
+  t.equal(out.stdout.trim(), 'aborted', out.stderr)
+  t.equal(out.status, 0, 'exits by itself, without a timeout')
 })
 
 t.test('verifyDigest and normalizeCid', async (t) => {

@@ -3,7 +3,7 @@
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { availableParallelism, tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { readFile } from 'node:fs/promises'
 import type { O3Client } from '../lib/o3/index.js'
@@ -93,6 +93,7 @@ interface Summary {
   test?: { accuracy: number }
   resumedFrom?: { name: string; step: number; cid: string }
   checkpoints: { name: string; cid: string; step: number }[]
+  threads: { threads: number; cores: number; env: Record<string, string> }
 }
 const summaryOf = (stdout: string): Summary => JSON.parse(stdout.trim().split('\n').at(-1)!) as Summary
 
@@ -111,6 +112,8 @@ t.test('--data o3://: mounts for the run, trains, checkpoints, unmounts at exit'
   t.equal(s.steps, 64)
   t.ok(s.test && s.test.accuracy > 0.6, `test accuracy ${s.test?.accuracy} after 2 epochs on 2,048 samples`)
   t.same(s.checkpoints.map((c) => c.step), [32, 64])
+  t.same(s.threads, { threads: availableParallelism(), cores: availableParallelism(), env: { OMP_WAIT_POLICY: 'PASSIVE', OPENBLAS_NUM_THREADS: '1' } }, 'threads from the machine, passive OpenMP, one-thread BLAS')
+  t.match(stderr, /"threads":"\d+ intra-op on \d+ cores, OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1"/, 'the set-up in the start line')
   const mountpoint = /"mountpoint":"([^"]+)"/.exec(stderr)?.[1]
   t.ok(mountpoint, 'it said where it mounted the data')
   t.notOk(isMounted(mountpoint!), 'unmounted at exit')

@@ -18,13 +18,18 @@ import { NodeShare } from './node-share.js'
 import { parseTrainArgs } from './options.js'
 import { mountForRun, type RunMount } from './run-mount.js'
 import { train, type TrainSummary } from './run.js'
+import type { ThreadSetup } from './thread-setup.js'
 
 /** Aborted by a second signal; the forced-exit handler then owns the process's exit. */
 const kill = new AbortController()
 
+function threadLine(t: ThreadSetup): string {
+  return `${t.threads} intra-op on ${t.cores} cores, ${Object.entries(t.env).map(([k, v]) => `${k}=${v}`).join(' ')}`
+}
+
 function printSummary(s: TrainSummary): void {
   const lines = [
-    `device: ${s.device.type} (${s.device.name})`,
+    `device: ${s.device.type} (${s.device.name}); threads: ${threadLine(s.threads)}`,
     s.resumedFrom ? `resumed from: ${s.resumedFrom.name} (step ${s.resumedFrom.step}, ${s.resumedFrom.cid})` : undefined,
     `trained: ${s.steps} steps, ${s.samples} samples in ${s.seconds.toFixed(1)} s (${s.samplesPerSecond.toFixed(0)} samples/s); run at step ${s.step}, ${s.epochsCompleted} epochs complete${s.stopped ? ' (stopped early)' : ''}`,
     s.test ? `test: accuracy ${(s.test.accuracy * 100).toFixed(2)}%, loss ${s.test.loss.toFixed(4)}` : undefined,
@@ -81,7 +86,7 @@ async function main(): Promise<number> {
       stop: shutdown.signal,
       kill: kill.signal,
       nodeShare,
-      onStart: (s) => log.info({ device: s.device, dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
+      onStart: (s) => log.info({ device: s.device, threads: threadLine(s.threads), dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
     })
     training = run
     printSummary(await run)

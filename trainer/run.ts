@@ -9,6 +9,7 @@ import { O3Client } from '../lib/o3/index.js'
 import { createProgress, type Progress } from '../lib/progress.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import type { TrainOptions } from './options.js'
+import { threadSetup, type ThreadSetup } from './thread-setup.js'
 
 export interface TrainHooks {
   logger?: Logger
@@ -26,6 +27,7 @@ export interface TrainHooks {
 
 export interface StartInfo {
   device: DeviceInfo
+  threads: ThreadSetup
   dataDir: string
   resumedFrom?: { name: string; cid: string; step: number }
   step: number
@@ -34,6 +36,7 @@ export interface StartInfo {
 
 export interface TrainSummary {
   device: DeviceInfo
+  threads: ThreadSetup
   /** Steps this process trained, and the run's step count at the end. */
   steps: number
   step: number
@@ -124,6 +127,7 @@ function fitDataPosition(o: TrainOptions, loaded: LoadedCheckpoint, globalBatch:
 export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks = {}): Promise<TrainSummary> {
   const log = hooks.logger ?? silentLogger
   const specs = dataSpecs(o, dataDir)
+  const threads = threadSetup(o.threads)
   const distributed = distributedFromEnv(process.env, o.distTimeout)
   const trainer = await Trainer.create({
     model: o.model,
@@ -132,7 +136,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     lastBatch: o.lastBatch,
     device: o.device,
     seed: o.seed,
-    threads: o.threads,
+    threads: threads.threads,
     optimizer: { type: o.optimizer, lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay },
     data: specs.train,
     batchSize: o.batch,
@@ -163,7 +167,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
       log.info({ init: o.init, tensors }, 'model weights from --init')
     }
     const resumedFrom = loaded ? { name: loaded.entry.name, cid: loaded.entry.cid, step } : undefined
-    hooks.onStart?.({ device: trainer.device, dataDir, resumedFrom, step, epoch: trainer.position.epoch })
+    hooks.onStart?.({ device: trainer.device, threads, dataDir, resumedFrom, step, epoch: trainer.position.epoch })
 
     const startStep = step
     let lastSavedStep = step
@@ -237,6 +241,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     if (stopped || (o.ckptEvery !== 'epoch' && step !== lastSavedStep)) await checkpoint(false)
     return {
       device: trainer.device,
+      threads,
       steps,
       step,
       epochsCompleted: trainer.position.epoch,

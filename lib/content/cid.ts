@@ -79,8 +79,10 @@ export class ContentHasher {
   private async *leaves(file: ImporterFile): AsyncGenerator<() => Promise<BufferImporterResult>> {
     for await (const block of file.content) {
       const digest = webcrypto.subtle.digest('SHA-256', block)
+      // Read now: once hashed() releases it, the caller may reuse or detach the block's memory.
+      const size = BigInt(block.length)
       this.hashed(block.length)
-      yield async () => ({ cid: CID.createV1(raw.code, createDigest(sha256.code, new Uint8Array(await digest))), size: BigInt(block.length), block })
+      yield async () => ({ cid: CID.createV1(raw.code, createDigest(sha256.code, new Uint8Array(await digest))), size, block })
     }
   }
 

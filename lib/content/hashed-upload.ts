@@ -1,7 +1,8 @@
 import { silentLogger, type Logger } from '../log.js'
 import type { O3Client } from '../o3/client.js'
 import { MultipartSink } from '../o3/multipart.js'
-import { ContentHasher, type ContentDigest } from './cid.js'
+import type { ContentDigest } from './cid.js'
+import { ThreadHasher } from './thread-hasher.js'
 
 /** O3 prefers large parts; 4 in flight keep a link busy with memory bounded by 80 MiB. */
 export const DEFAULT_PART_SIZE = 16 << 20
@@ -21,7 +22,7 @@ export interface HashedUploadOptions {
 
 /**
  * Stores `content` (`size` bytes, chunk by chunk) at `key` while its CID and sha256 are computed
- * on the same buffers, and returns that digest. Content that fits in one part is sent as one PUT;
+ * on a worker thread from a copy of the same buffers, and returns that digest. Content that fits in one part is sent as one PUT;
  * larger content streams into a multipart upload, which any failure (a cancelled `signal`
  * included) aborts, so that no parts stay behind. Chunks must stay unchanged until this settles:
  * parts are sent from them where they can be.
@@ -34,20 +35,36 @@ export async function hashedUpload(
   options: HashedUploadOptions = {},
 ): Promise<ContentDigest> {
   const { partSize = DEFAULT_PART_SIZE, parallel = DEFAULT_PARALLEL, signal, contentType } = options
-  const hasher = new ContentHasher()
-  if (size <= partSize) {
-    const chunks: Uint8Array[] = []
-    for await (const c of content) chunks.push(c)
-    const body = Buffer.concat(chunks)
-    await Promise.all([hasher.update(body), client.put(key, body, { contentType, signal })])
-    return hasher.digest()
+  const hasher = new ThreadHasher()
+  try {
+    if (size <= partSize) {
+      const chunks: Uint8Array[] = []
+      for await (const c of content) chunks.push(c)
+      const body = Buffer.concat(chunks)
+      await Promise.all([hasher.update(body), client.put(key, body, { contentType, signal })])
+    } else {
+      await multipart(client, key, content, hasher, { ...options, partSize, parallel })
+    }
+    return await hasher.digest()
+  } catch (err) {
+    hasher.abort()
+    throw err
   }
+}
+
+async function multipart(
+  client: O3Client,
+  key: string,
+  content: Iterable<Uint8Array> | AsyncIterable<Uint8Array>,
+  hasher: ThreadHasher,
+  options: HashedUploadOptions & { partSize: number; parallel: number },
+): Promise<void> {
+  const { partSize, parallel, signal, contentType } = options
   const sink = await MultipartSink.open(client, key, { partSize, parallel, signal, contentType, tap: (part) => hasher.update(part), onPartStored: options.onPartStored })
   try {
     for await (const c of content) await sink.write(c)
-    // finish() hands the last part to the hasher, so digest() must come after it.
+    // finish() hands the last part to the hasher, so the caller's digest() must come after it.
     await sink.finish()
-    return await hasher.digest()
   } catch (err) {
     const log = options.logger ?? silentLogger
     await sink.abort(err).catch((abortErr: Error) => log.error({ key, err: abortErr.message }, 'could not abort the multipart upload; its parts stay on the server until it is aborted'))

@@ -24,13 +24,14 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--root", required=True)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="0: torch's default")
     p.add_argument("--steps", type=int, default=0, help="0: one full epoch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--evaluate", action="store_true")
     a = p.parse_args()
 
-    torch.set_num_threads(a.threads)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     images, labels = load_split(a.root, "train")
     model = build_model("cnn")
