@@ -15,7 +15,9 @@
       'target_name': 'o3_core',
       'type': 'static_library',
       'sources': ['<!@(grep -v "^#" cpp/sources.txt)'],
-      'include_dirs': ['<!@(scripts/torch-config --include-dirs)'],
+      'include_dirs': ['<!@(scripts/torch-config --include-dirs)', '<!@(scripts/torch-config --dist-include-dirs)'],
+      # Gloo (and NCCL with a CUDA libtorch) when their headers are there, as CMakeLists.txt decides.
+      'defines': ['<!@(scripts/torch-config --dist-defines)'],
       # Linked into a shared object.
       'cflags': ['-fPIC'],
       'link_settings': {

@@ -23,7 +23,9 @@ export interface LoadedCheckpoint {
   record: CheckpointRecord
   meta: CheckpointMeta
   header: SafetensorsHeader
-  /** Views of one buffer holding the whole verified file. */
+  /** The whole verified file. */
+  file: Buffer
+  /** Views of `file`. */
   tensors: StateTensor[]
 }
 
@@ -182,9 +184,13 @@ export class CheckpointStore {
   async load(ref: string | ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<LoadedCheckpoint> {
     const entry = typeof ref === 'string' ? await this.resolve(ref, options.signal) : ref
     const record = await this.readRecord(entry, options, manifest)
-    const file = await this.fetchVerified(entry, options.signal)
+    return this.parse(entry, record, await this.fetchVerified(entry, options.signal))
+  }
+
+  /** A checkpoint from its verified bytes: those `fetchVerified` returned, or a node-local copy of them. */
+  parse(entry: ManifestEntry, record: CheckpointRecord, file: Buffer): LoadedCheckpoint {
     const { header, tensors } = parseSafetensors(file, this.where(dataKey(entry.name)))
-    return { entry, record, header, tensors, meta: decodeMeta(header.metadata, this.where(dataKey(entry.name))) }
+    return { entry, record, header, file, tensors, meta: decodeMeta(header.metadata, this.where(dataKey(entry.name))) }
   }
 
   /**

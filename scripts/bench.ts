@@ -17,6 +17,7 @@ const AREAS: Record<string, () => Promise<BenchModule>> = {
   o3: async () => (await import('./bench/o3-client.js')).run,
   mount: async () => (await import('./bench/mount.js')).run,
   trainer: async () => (await import('./bench/trainer.js')).run,
+  distributed: async () => (await import('./bench/distributed.js')).run,
   checkpoint: async () => (await import('./bench/checkpoint.js')).run,
   e2e: async () => (await import('./bench/e2e.js')).run,
 }

@@ -2,10 +2,10 @@
 // two 2-rank runs against each other. Ranks are plain processes given torchrun's variables.
 import { execFile } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import { freePort } from './support/free-port.js'
 
 const work = mkdtempSync(join(tmpdir(), 'o3-dist-'))
 t.teardown(() => rmSync(work, { recursive: true, force: true }))
@@ -16,16 +16,6 @@ interface Run {
   test: { samples: number; accuracy: number }
   globalBatch: number
   weights: Record<string, string>
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-    s.on('error', reject)
-  })
 }
 
 /** Runs one worker process; killed (and failing) after two minutes. */

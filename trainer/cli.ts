@@ -15,7 +15,8 @@ import { installShutdown } from '../lib/shutdown.js'
 import { withDeadline } from '../lib/fs-deadline.js'
 import { O3Error } from '../lib/o3/index.js'
 import { loadSigner } from '../lib/content/signer.js'
-import { runUnderTorchrun } from './distributed.js'
+import { distributedFromEnv, runUnderTorchrun } from './distributed.js'
+import { NodeShare } from './node-share.js'
 import { parseTrainArgs } from './options.js'
 import { mountForRun, type RunMount } from './run-mount.js'
 import { train, type TrainSummary } from './run.js'
@@ -64,15 +65,22 @@ async function main(): Promise<number> {
     },
   })
   let dataDir = o.data
+  // Ranks sharing a node share one o3mount (one cache) and one checkpoint download.
+  const nodeShare = NodeShare.open(distributedFromEnv(process.env, o.distTimeout), process.env, o.distTimeout)
+  const mountsData = o.data.startsWith('o3://') && (!nodeShare || nodeShare.leader)
   // Kept when the run fails, for the mount's side of the story; removed after a clean run.
   // A fresh private directory (mkdtemp makes it 0700): a fixed name in the shared temp dir could be taken first by another user.
-  const mountLog = o.data.startsWith('o3://') ? join(mkdtempSync(join(tmpdir(), 'o3train-')), 'mount.log') : undefined
+  const mountLog = mountsData ? join(mkdtempSync(join(tmpdir(), 'o3train-')), 'mount.log') : undefined
   let succeeded = false
   try {
-    if (mountLog) {
+    if (o.data.startsWith('o3://') && !mountsData) {
+      dataDir = (await nodeShare!.take<{ dir: string }>('mount', 'the o3mount of this node')).dir
+      log.info({ location: o.data, mountpoint: dataDir }, 'reading the data through local rank 0\'s o3mount')
+    } else if (mountLog) {
       mount = await mountForRun(o.data, o, mountLog)
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
+      nodeShare?.publish('mount', { dir: mount.dir })
     }
     const run = train(o, dataDir, {
       logger: log,
@@ -81,6 +89,7 @@ async function main(): Promise<number> {
       kill: kill.signal,
       // o3mount verifies by default wherever a dataset manifest names the files.
       readsVerified: mount !== undefined,
+      nodeShare,
       onStart: (s) => log.info({ device: s.device, threads: threadLine(s.threads), dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
     })
     training = run
@@ -103,6 +112,7 @@ async function main(): Promise<number> {
       if (succeeded) return Promise.reject(err)
       log.warn({ err: (err as Error).message, mountpoint: mount?.dir }, 'could not clean up the mount for this run')
     })
+    nodeShare?.close()
     if (mountLog && succeeded) rmSync(dirname(mountLog), { recursive: true, force: true })
   }
 }

@@ -63,7 +63,9 @@ export function torchrunArgs(nproc: number, self: string[], argv: string[]): str
 
 /** Runs o3train again under torchrun and returns its exit status. */
 export function runUnderTorchrun(nproc: number, argv: string[], torchrun = process.env.O3_TORCHRUN ?? 'torchrun'): number {
-  const r = spawnSync(torchrun, torchrunArgs(nproc, [process.execPath, process.argv[1]], argv), { stdio: 'inherit' })
+  // execArgv too: run from sources, o3train is `node --import tsx trainer/cli.ts`.
+  const self = [process.execPath, ...process.execArgv, process.argv[1]]
+  const r = spawnSync(torchrun, torchrunArgs(nproc, self, argv), { stdio: 'inherit' })
   if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') {
     throw new CliError(`--nproc-per-node needs torchrun, which is not installed (${torchrun} not found): apt-get install python3-torch, or pip install torch`, ExitCode.usage)
   }

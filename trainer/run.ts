@@ -1,12 +1,13 @@
-import { existsSync, readdirSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { access } from 'node:fs/promises'
 import { extname, join } from 'node:path'
 import { dataLineage, type DataLineage } from '../lib/content/lineage.js'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
-import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
+import { CheckpointStore, CheckpointWriter, type CheckpointRecord, type LoadedCheckpoint, type ManifestEntry } from '../checkpoint/index.js'
 import { TrustPolicy } from '../checkpoint/trust.js'
 import { distributedFromEnv } from './distributed.js'
 import { applyInitWeights } from './init-weights.js'
+import { NodeShare } from './node-share.js'
 import { O3Client } from '../lib/o3/index.js'
 import { withDeadline } from '../lib/fs-deadline.js'
 import { createProgress, type Progress } from '../lib/progress.js'
@@ -24,6 +25,8 @@ export interface TrainHooks {
   kill?: AbortSignal
   /** The data directory is a mount this run made, which checks every read against the dataset manifest. */
   readsVerified?: boolean
+  /** Set when this rank shares its node with others: work done once per node goes through it. */
+  nodeShare?: NodeShare
   /** Called once training is set up (device chosen, resume done), e.g. to report where it starts. */
   onStart?: (info: StartInfo) => void
 }
@@ -121,6 +124,21 @@ async function restore(o: TrainOptions, writer: CheckpointWriter | CheckpointSto
   return o.resume === 'auto' ? store.resume({ trust }) : store.load(o.resume, { trust })
 }
 
+/** Restores once per node: local rank 0 downloads and verifies, its node's other ranks read its copy. */
+async function restoreOnNode(o: TrainOptions, reader: CheckpointWriter | CheckpointStore, share: NodeShare | undefined): Promise<LoadedCheckpoint | undefined> {
+  if (!share) return restore(o, reader)
+  const file = share.path('restore.safetensors')
+  if (share.leader) {
+    const loaded = await restore(o, reader)
+    if (loaded) writeFileSync(file, loaded.file)
+    share.publish('restore', loaded ? { entry: loaded.entry, record: loaded.record } : null)
+    return loaded
+  }
+  const found = await share.take<{ entry: ManifestEntry; record: CheckpointRecord } | null>('restore', 'the checkpoint to resume from')
+  const store = reader instanceof CheckpointWriter ? reader.store : reader
+  return found ? store.parse(found.entry, found.record, readFileSync(file)) : undefined
+}
+
 /**
  * Makes a checkpoint fit this run's global batch: its data position means other samples under
  * another one, so that is refused unless the user asked to start its epoch over.
@@ -176,7 +194,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     client = o.ckpt ? openRunClient(o, log) : undefined
     writer = client && leader ? await CheckpointWriter.open(client, { keepLast: o.keepLast, keepEvery: o.keepEvery || undefined, logger: log }) : undefined
     const reader = writer ?? (client ? new CheckpointStore(client, log) : undefined)
-    const loaded = reader ? await restore(o, reader) : undefined
+    const loaded = reader ? await restoreOnNode(o, reader, hooks.nodeShare) : undefined
     let step = 0
     if (loaded) {
       fitDataPosition(o, loaded, trainer.dataset.globalBatch)
