@@ -25,7 +25,8 @@ std::string getString(const Napi::Object& o, const std::string& path, const char
 double getNumber(const Napi::Object& o, const std::string& path, const char* key, double fallback) {
   const Napi::Value v = field(o, key);
   if (!present(v)) return fallback;
-  if (!v.IsNumber() || !std::isfinite(v.As<Napi::Number>().DoubleValue())) fail(o.Env(), path + "." + key, "must be a finite number");
+  if (!v.IsNumber() || !std::isfinite(v.As<Napi::Number>().DoubleValue()))
+    fail(o.Env(), path + "." + key, "must be a finite number");
   return v.As<Napi::Number>().DoubleValue();
 }
 

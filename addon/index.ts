@@ -241,10 +241,7 @@ function explainLoadError(file: string, err: unknown): string {
   const missingLib = /([^\s:]+\.so[.\d]*): cannot open shared object file/.exec(message)
   if (missingLib) {
     const what = /torch|c10/.test(missingLib[1]) ? 'libtorch not found' : `a library the addon needs is missing`
-    return (
-      `${what} (${missingLib[1]}) loading ${file}: ${REBUILD}; for another libtorch set LIBTORCH ` +
-      `to an unpacked libtorch and run scripts/build-addon`
-    )
+    return `${what} (${missingLib[1]}) loading ${file}: ${REBUILD}; for another libtorch set LIBTORCH ` + `to an unpacked libtorch and run scripts/build-addon`
   }
   if (/undefined symbol|version `[^']+' not found/.test(message)) {
     return (

@@ -52,7 +52,12 @@ async function verifyData(store: CheckpointStore, entries: ManifestEntry[], loca
     const problems = data ? await checkDataLineage(data, location, flags) : [`${entry.name} records no data lineage (saved before o3train recorded it)`]
     const what = data?.manifest ? `manifest ${data.manifest.cid}` : `${data?.files?.length ?? 0} files`
     if (flags.json) print(JSON.stringify({ name: entry.name, data: location, ok: problems.length === 0, problems }))
-    else print(problems.length === 0 ? `OK    ${entry.name}  data at ${location} is the data it was trained on (${what}${data?.verified ? ', reads verified' : ''})` : `FAIL  ${entry.name}  data at ${location}: ${problems.join('; ')}`)
+    else
+      print(
+        problems.length === 0
+          ? `OK    ${entry.name}  data at ${location} is the data it was trained on (${what}${data?.verified ? ', reads verified' : ''})`
+          : `FAIL  ${entry.name}  data at ${location}: ${problems.join('; ')}`,
+      )
     if (problems.length > 0) failure ??= new O3IntegrityError(`${entry.name}: the data at ${location} is not the data it was trained on (${problems[0]})`)
   }
   return failure
@@ -70,7 +75,14 @@ async function verify(store: CheckpointStore, ref: string | undefined, opts: Tru
   let failure: O3Error | undefined
   for (const entry of entries) {
     const r = await store.verify(entry, { trust }, manifest)
-    if (flags.json) print(JSON.stringify(r.ok ? { name: entry.name, ok: true, cid: r.digest.cid, sha256: r.digest.sha256, signer: r.signer ?? null } : { name: entry.name, ok: false, error: r.error.message }))
+    if (flags.json)
+      print(
+        JSON.stringify(
+          r.ok
+            ? { name: entry.name, ok: true, cid: r.digest.cid, sha256: r.digest.sha256, signer: r.signer ?? null }
+            : { name: entry.name, ok: false, error: r.error.message },
+        ),
+      )
     else if (r.ok) print(`OK    ${entry.name}  ${r.digest.cid}  sha256 ${r.digest.sha256}  ${r.signer ? `signed by ${r.signer}` : 'unsigned'}`)
     else print(`FAIL  ${entry.name}  ${r.error.message}`)
     if (!r.ok) failure ??= r.error
@@ -106,35 +118,64 @@ async function get(store: CheckpointStore, ref: string, opts: TrustFlags & { out
 async function show(store: CheckpointStore, ref: string): Promise<void> {
   const entry = await store.resolve(ref)
   const [record, header] = await Promise.all([store.readRecord(entry), store.readHeader(entry)])
-  print(JSON.stringify({
-    data: record.data ?? null,
-    record,
-    metadata: header.metadata,
-    headerBytes: header.dataStart,
-    tensors: header.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: t.offsets[1] - t.offsets[0], elementBytes: DTYPE_SIZE[t.dtype] })),
-  }, null, 2))
+  print(
+    JSON.stringify(
+      {
+        data: record.data ?? null,
+        record,
+        metadata: header.metadata,
+        headerBytes: header.dataStart,
+        tensors: header.tensors.map((t) => ({
+          name: t.name,
+          dtype: t.dtype,
+          shape: t.shape,
+          bytes: t.offsets[1] - t.offsets[0],
+          elementBytes: DTYPE_SIZE[t.dtype],
+        })),
+      },
+      null,
+      2,
+    ),
+  )
 }
 
 async function main(): Promise<number> {
-  const program = addO3Flags(newCommand('o3ckpt').description('List, verify, fetch and inspect content-addressed checkpoints in Akave O3'))
-    .option('--json', 'machine-readable output')
+  const program = addO3Flags(newCommand('o3ckpt').description('List, verify, fetch and inspect content-addressed checkpoints in Akave O3')).option(
+    '--json',
+    'machine-readable output',
+  )
   let store: CheckpointStore | undefined
-  const withStore = <A extends unknown[]>(fn: (s: CheckpointStore, ...rest: A) => Promise<void>) => async (run: string, ...rest: A) => {
-    store = openStore(run, program.opts<GlobalFlags>())
-    await fn(store, ...rest)
-  }
-  program.command('ls').argument('<run>', 'o3://bucket/prefix/run').description('checkpoints with CIDs, sizes and signers (* = latest)')
+  const withStore =
+    <A extends unknown[]>(fn: (s: CheckpointStore, ...rest: A) => Promise<void>) =>
+    async (run: string, ...rest: A) => {
+      store = openStore(run, program.opts<GlobalFlags>())
+      await fn(store, ...rest)
+    }
+  program
+    .command('ls')
+    .argument('<run>', 'o3://bucket/prefix/run')
+    .description('checkpoints with CIDs, sizes and signers (* = latest)')
     .action(withStore((s) => ls(s, program.opts())))
-  program.command('verify').argument('<run>').argument('[checkpoint]', 'name, CID or "latest"; all when omitted')
+  program
+    .command('verify')
+    .argument('<run>')
+    .argument('[checkpoint]', 'name, CID or "latest"; all when omitted')
     .option(...TRUST_SIGNER_FLAG)
     .option('--data <dir|o3://bucket/prefix>', 'also check that the data each checkpoint was trained on is the data at this location now')
     .description('download, recompute sha256 and CID, compare with sidecar and manifest, check signatures and their signer')
     .action(withStore((s, ref: string | undefined, opts: TrustFlags & { data?: string }) => verify(s, ref, opts, program.opts())))
-  program.command('get').argument('<run>').argument('<checkpoint>', 'name, CID or "latest"').option('-o, --output <file>', 'destination (default <name>.safetensors)')
+  program
+    .command('get')
+    .argument('<run>')
+    .argument('<checkpoint>', 'name, CID or "latest"')
+    .option('-o, --output <file>', 'destination (default <name>.safetensors)')
     .option(...TRUST_SIGNER_FLAG)
     .description('download a checkpoint to a local file, verified (bytes, signature, signer) before it appears')
     .action(withStore((s, ref: string, opts: TrustFlags & { output?: string }) => get(s, ref, opts)))
-  program.command('show').argument('<run>').argument('<checkpoint>', 'name, CID or "latest"')
+  program
+    .command('show')
+    .argument('<run>')
+    .argument('<checkpoint>', 'name, CID or "latest"')
     .description('the sidecar record, safetensors metadata and tensor table')
     .action(withStore((s, ref: string) => show(s, ref)))
   try {

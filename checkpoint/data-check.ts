@@ -58,7 +58,8 @@ export async function checkDataLineage(lineage: DataLineage, location: string, f
         if (got !== normalizeCid(cid)) problems.push(`${mp}: CID ${got}, the checkpoint recorded ${cid}`)
         else {
           const dir = path.posix.dirname(mp)
-          for (const [key, f] of Object.entries((await parseDatasetManifest(bytes, mp)).files)) await compare(dir === '.' ? key : `${dir}/${key}`, f.cid, 'the manifest')
+          for (const [key, f] of Object.entries((await parseDatasetManifest(bytes, mp)).files))
+            await compare(dir === '.' ? key : `${dir}/${key}`, f.cid, 'the manifest')
         }
       } catch (err) {
         failed(mp, err)

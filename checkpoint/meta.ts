@@ -38,5 +38,12 @@ export function decodeMeta(md: Record<string, string>, what: string): Checkpoint
       throw new O3IntegrityError(`${what}: metadata ${k} is not JSON`)
     }
   }
-  return { step: int('step'), epoch: int('epoch'), model: md.model ?? '', config: json('config'), dataPosition: json('data_position'), dataLineage: json('data_lineage') as DataLineage | undefined }
+  return {
+    step: int('step'),
+    epoch: int('epoch'),
+    model: md.model ?? '',
+    config: json('config'),
+    dataPosition: json('data_position'),
+    dataLineage: json('data_lineage') as DataLineage | undefined,
+  }
 }

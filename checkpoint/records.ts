@@ -92,7 +92,9 @@ export function checkSignature(record: CheckpointRecord, what: string): string |
   if (record.signature === undefined && record.signer === undefined) return undefined
   const recovered = record.signature ? recoverAddress(signedMessage(record), record.signature) : undefined
   if (!recovered || !record.signer || recovered.toLowerCase() !== record.signer.toLowerCase()) {
-    throw new O3IntegrityError(`${what}: bad signature (claims ${record.signer ?? 'no signer'}, recovers to ${recovered ?? 'nothing'}); the record was altered or forged`)
+    throw new O3IntegrityError(
+      `${what}: bad signature (claims ${record.signer ?? 'no signer'}, recovers to ${recovered ?? 'nothing'}); the record was altered or forged`,
+    )
   }
   return recovered
 }
@@ -101,7 +103,12 @@ export function checkSignature(record: CheckpointRecord, what: string): string |
 export function parseRecord(text: string, what: string): CheckpointRecord {
   const record = parseSidecar<CheckpointRecord>(text, what)
   if (record.version !== 1) throw new O3IntegrityError(`${what}: sidecar record has version ${JSON.stringify(record.version)}, not 1`)
-  checkFields(record, { name: isName, step: isCount, epoch: isCount, signer: isOptionalAddress, signature: (v) => v === undefined || typeof v === 'string' }, what, 'sidecar record')
+  checkFields(
+    record,
+    { name: isName, step: isCount, epoch: isCount, signer: isOptionalAddress, signature: (v) => v === undefined || typeof v === 'string' },
+    what,
+    'sidecar record',
+  )
   return record
 }
 
@@ -135,7 +142,15 @@ function checkFields(obj: unknown, fields: Record<string, FieldCheck>, what: str
 }
 
 const ENTRY_FIELDS: Record<string, FieldCheck> = {
-  seq: (v) => isCount(v) && (v as number) >= 1, name: isName, cid: isCidText, sha256: isSha256, size: isCount, step: isCount, epoch: isCount, time: isText, signer: isOptionalAddress,
+  seq: (v) => isCount(v) && (v as number) >= 1,
+  name: isName,
+  cid: isCidText,
+  sha256: isSha256,
+  size: isCount,
+  step: isCount,
+  epoch: isCount,
+  time: isText,
+  signer: isOptionalAddress,
 }
 
 function parseJson(text: string, what: string, kind: string): unknown {

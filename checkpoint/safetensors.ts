@@ -48,11 +48,13 @@ export function encodeHeader(tensors: readonly Pick<StateTensor, 'name' | 'dtype
   const seen = new Set<string>()
   let offset = 0
   for (const t of tensors) {
-    if (t.name === '__metadata__' || t.name === '' || seen.has(t.name)) throw new RangeError(`tensor name ${JSON.stringify(t.name)} is reserved, empty or repeated`)
+    if (t.name === '__metadata__' || t.name === '' || seen.has(t.name))
+      throw new RangeError(`tensor name ${JSON.stringify(t.name)} is reserved, empty or repeated`)
     if (!isDType(t.dtype)) throw new RangeError(`tensor ${t.name}: unknown dtype ${String(t.dtype)}`)
     seen.add(t.name)
     const bytes = elementCount(t.shape, `tensor ${t.name}`) * DTYPE_SIZE[t.dtype]
-    if (bytes !== t.data.length) throw new RangeError(`tensor ${t.name}: ${t.data.length} bytes of data for ${t.dtype}${JSON.stringify(t.shape)} (${bytes} expected)`)
+    if (bytes !== t.data.length)
+      throw new RangeError(`tensor ${t.name}: ${t.data.length} bytes of data for ${t.dtype}${JSON.stringify(t.shape)} (${bytes} expected)`)
     json[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] }
     offset += bytes
   }
@@ -69,7 +71,8 @@ export function headerLength(first8: Buffer, fileSize: number | undefined, what:
   if (first8.length < 8) throw new O3IntegrityError(`${what}: ${first8.length} bytes is too short for a safetensors file`)
   const n = first8.readBigUInt64LE(0)
   if (n > BigInt(MAX_HEADER_BYTES)) throw new O3IntegrityError(`${what}: header length ${n} exceeds ${MAX_HEADER_BYTES}`)
-  if (fileSize !== undefined && 8n + n > BigInt(fileSize)) throw new O3IntegrityError(`${what}: header length ${n} runs past the end of the ${fileSize}-byte file`)
+  if (fileSize !== undefined && 8n + n > BigInt(fileSize))
+    throw new O3IntegrityError(`${what}: header length ${n} runs past the end of the ${fileSize}-byte file`)
   return Number(n)
 }
 
@@ -114,7 +117,8 @@ export function parseHeader(prefix: Buffer, fileSize: number | undefined, what: 
   const byOffset = [...tensors].sort((a, b) => a.offsets[0] - b.offsets[0] || a.offsets[1] - b.offsets[1])
   let end = 0
   for (const t of byOffset) {
-    if (t.offsets[0] !== end) throw new O3IntegrityError(`${what}: tensor ${JSON.stringify(t.name)} starts at ${t.offsets[0]}, expected ${end} (gap or overlap)`)
+    if (t.offsets[0] !== end)
+      throw new O3IntegrityError(`${what}: tensor ${JSON.stringify(t.name)} starts at ${t.offsets[0]}, expected ${end} (gap or overlap)`)
     end = t.offsets[1]
   }
   const dataStart = 8 + n

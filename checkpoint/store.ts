@@ -3,8 +3,19 @@ import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client
 import { silentLogger, type Logger } from '../lib/log.js'
 import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
 import {
-  LATEST_KEY, MANIFEST_KEY, checkRecordAgainstEntry, checkSignature, dataKey, parseLatest, parseManifest, parseRecord, sidecarKey,
-  type CheckpointRecord, type LatestPointer, type Manifest, type ManifestEntry,
+  LATEST_KEY,
+  MANIFEST_KEY,
+  checkRecordAgainstEntry,
+  checkSignature,
+  dataKey,
+  parseLatest,
+  parseManifest,
+  parseRecord,
+  sidecarKey,
+  type CheckpointRecord,
+  type LatestPointer,
+  type Manifest,
+  type ManifestEntry,
 } from './records.js'
 import { decodeMeta, type CheckpointMeta } from './meta.js'
 import { TrustPolicy } from './trust.js'
@@ -36,7 +47,10 @@ export interface LoadedCheckpoint {
 export class CheckpointStore {
   private readonly log: Logger
 
-  constructor(readonly client: O3Client, logger?: Logger) {
+  constructor(
+    readonly client: O3Client,
+    logger?: Logger,
+  ) {
     this.log = logger ?? silentLogger
   }
 
@@ -57,7 +71,10 @@ export class CheckpointStore {
       let size = 0
       for await (const c of this.client.iterateRange(key, { signal })) {
         size += c.length
-        if (size > CONTROL_OBJECT_MAX) throw new O3IntegrityError(`${this.where(key)} is larger than ${CONTROL_OBJECT_MAX} bytes, too large for a checkpoint control object; it was not written by o3ckpt`)
+        if (size > CONTROL_OBJECT_MAX)
+          throw new O3IntegrityError(
+            `${this.where(key)} is larger than ${CONTROL_OBJECT_MAX} bytes, too large for a checkpoint control object; it was not written by o3ckpt`,
+          )
         chunks.push(c)
       }
       return Buffer.concat(chunks).toString('utf8')
@@ -101,7 +118,8 @@ export class CheckpointStore {
   private latestEntry(manifest: Manifest, latest: LatestPointer): ManifestEntry {
     const entry = manifest.checkpoints.find((e) => e.name === latest.name)
     if (!entry) throw new O3IntegrityError(`${this.where(LATEST_KEY)} names ${latest.name}, which ${MANIFEST_KEY} does not list`)
-    if (normalizeCid(entry.cid) !== normalizeCid(latest.cid)) throw new O3IntegrityError(`${this.where(LATEST_KEY)}: CID ${latest.cid} differs from the manifest's ${entry.cid}`)
+    if (normalizeCid(entry.cid) !== normalizeCid(latest.cid))
+      throw new O3IntegrityError(`${this.where(LATEST_KEY)}: CID ${latest.cid} differs from the manifest's ${entry.cid}`)
     return entry
   }
 
@@ -112,7 +130,12 @@ export class CheckpointStore {
   async readRecord(entry: ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<CheckpointRecord> {
     const { record, signer } = await this.readSignedRecord(entry, options.signal)
     const trust = options.trust ?? TrustPolicy.firstUse
-    await trust.check(signer, this.where(sidecarKey(entry.name)), manifest ?? await this.readManifest(options.signal), async (e) => (await this.readSignedRecord(e, options.signal)).signer)
+    await trust.check(
+      signer,
+      this.where(sidecarKey(entry.name)),
+      manifest ?? (await this.readManifest(options.signal)),
+      async (e) => (await this.readSignedRecord(e, options.signal)).signer,
+    )
     return record
   }
 
@@ -133,7 +156,8 @@ export class CheckpointStore {
   private async checkedDataEtag(entry: ManifestEntry, signal?: AbortSignal): Promise<string> {
     const key = dataKey(entry.name)
     const head = await this.client.head(key, signal)
-    if (head.size !== entry.size) throw new O3IntegrityError(`${this.where(key)} is ${head.size} bytes but ${MANIFEST_KEY} records ${entry.size}; one of them was altered`)
+    if (head.size !== entry.size)
+      throw new O3IntegrityError(`${this.where(key)} is ${head.size} bytes but ${MANIFEST_KEY} records ${entry.size}; one of them was altered`)
     return head.etag
   }
 
@@ -205,7 +229,7 @@ export class CheckpointStore {
       latest = await this.readLatest(options.signal)
     } catch (err) {
       if (!(err instanceof O3IntegrityError)) throw err
-      this.log.warn({ err: err.message }, 'latest pointer unreadable; trying the manifest\'s checkpoints')
+      this.log.warn({ err: err.message }, "latest pointer unreadable; trying the manifest's checkpoints")
     }
     const committed = latest ? manifest.checkpoints.filter((e) => e.seq <= latest.seq) : manifest.checkpoints
     if (!latest && committed.length === 0) return undefined
@@ -248,6 +272,4 @@ export class CheckpointStore {
   }
 }
 
-export type VerifyResult =
-  | { entry: ManifestEntry; ok: true; signer?: string; digest: ContentDigest }
-  | { entry: ManifestEntry; ok: false; error: O3Error }
+export type VerifyResult = { entry: ManifestEntry; ok: true; signer?: string; digest: ContentDigest } | { entry: ManifestEntry; ok: false; error: O3Error }

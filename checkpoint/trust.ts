@@ -38,7 +38,7 @@ export class TrustPolicy {
   async check(found: string | undefined, what: string, manifest: Manifest, verifiedSigner: (e: ManifestEntry) => Promise<string | undefined>): Promise<void> {
     const expected = this.named.length > 0 ? this.named : await firstSigner(manifest, verifiedSigner)
     if (expected.length === 0 || (found && expected.some((a) => a.toLowerCase() === found.toLowerCase()))) return
-    const source = this.named.length > 0 ? 'the trusted signer' : 'this run\'s signer (trusted on first use; name another with --trust-signer)'
+    const source = this.named.length > 0 ? 'the trusted signer' : "this run's signer (trusted on first use; name another with --trust-signer)"
     throw new O3IntegrityError(`${what}: ${found ? `signed by ${found}` : 'unsigned'}, but ${source} is ${expected.join(' or ')}`)
   }
 }

@@ -11,8 +11,17 @@ import { encodeHeader, type StateTensor } from './safetensors.js'
 import { encodeMeta, type CheckpointMeta } from './meta.js'
 import { CheckpointStore } from './store.js'
 import {
-  CHECKPOINT_DIR, LATEST_KEY, MANIFEST_KEY, checkpointName, dataKey, sidecarKey, signRecord,
-  type CheckpointRecord, type LatestPointer, type Manifest, type ManifestEntry,
+  CHECKPOINT_DIR,
+  LATEST_KEY,
+  MANIFEST_KEY,
+  checkpointName,
+  dataKey,
+  sidecarKey,
+  signRecord,
+  type CheckpointRecord,
+  type LatestPointer,
+  type Manifest,
+  type ManifestEntry,
 } from './records.js'
 
 /**
@@ -65,8 +74,11 @@ export class CheckpointWriter {
   ) {
     this.log = options.logger ?? silentLogger
     this.localDir = options.localDir ?? path.join('checkpoints', this.client.scope.bucket, this.client.scope.prefix)
-    this.signer = options.signer === null ? undefined : options.signer ?? loadSigner()
-    for (const [k, v] of [['keepLast', options.keepLast], ['keepEvery', options.keepEvery]] as const) {
+    this.signer = options.signer === null ? undefined : (options.signer ?? loadSigner())
+    for (const [k, v] of [
+      ['keepLast', options.keepLast],
+      ['keepEvery', options.keepEvery],
+    ] as const) {
       if (v !== undefined && !(Number.isSafeInteger(v) && v >= 1)) throw new O3UsageError(`${k} must be a positive integer (got ${v})`)
     }
   }
@@ -163,22 +175,37 @@ export class CheckpointWriter {
     const key = dataKey(name)
     const started = Date.now()
     const header = encodeHeader(state, encodeMeta(meta))
-    const digest = await hashedUpload(this.client, key, [header, ...state.map((t) => t.data)], state.reduce((n, t) => n + t.data.length, header.length), {
-      partSize: this.options.partSize,
-      parallel: this.options.parallel,
-      signal,
-      contentType: 'application/octet-stream',
-      onPartStored: () => this.step('part', name),
-      logger: this.log,
-    })
+    const digest = await hashedUpload(
+      this.client,
+      key,
+      [header, ...state.map((t) => t.data)],
+      state.reduce((n, t) => n + t.data.length, header.length),
+      {
+        partSize: this.options.partSize,
+        parallel: this.options.parallel,
+        signal,
+        contentType: 'application/octet-stream',
+        onPartStored: () => this.step('part', name),
+        logger: this.log,
+      },
+    )
     this.step('data', name)
 
     const head = await this.client.head(key, signal)
     if (head.size !== digest.size) throw new O3IntegrityError(`${this.store.where(key)}: server reports ${head.size} bytes after writing ${digest.size}`)
     const record = signRecord(
       {
-        version: 1, name, cid: digest.cid, sha256: digest.sha256, size: digest.size, time: new Date().toISOString(),
-        step: meta.step, epoch: meta.epoch, model: meta.model, networkRootCid: head.networkRootCid, networkState: head.networkState,
+        version: 1,
+        name,
+        cid: digest.cid,
+        sha256: digest.sha256,
+        size: digest.size,
+        time: new Date().toISOString(),
+        step: meta.step,
+        epoch: meta.epoch,
+        model: meta.model,
+        networkRootCid: head.networkRootCid,
+        networkState: head.networkState,
         data: meta.dataLineage,
       },
       this.signer,
@@ -188,7 +215,15 @@ export class CheckpointWriter {
 
     const seq = this.manifest.checkpoints.reduce((m, e) => Math.max(m, e.seq), 0) + 1
     const entry: ManifestEntry = {
-      seq, name, cid: record.cid, sha256: record.sha256, size: record.size, step: meta.step, epoch: meta.epoch, time: record.time, signer: record.signer,
+      seq,
+      name,
+      cid: record.cid,
+      sha256: record.sha256,
+      size: record.size,
+      step: meta.step,
+      epoch: meta.epoch,
+      time: record.time,
+      signer: record.signer,
     }
     const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints, entry] }
     await this.putJson(MANIFEST_KEY, manifest, signal)

@@ -7,11 +7,7 @@
 namespace o3 {
 
 BatchLoader::BatchLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions opts, HostAllocator allocate)
-    : dataset_(std::move(dataset)),
-      opts_(opts),
-      allocate_(std::move(allocate)),
-      epochSize_(0),
-      pool_(std::max(1, opts.workers)) {
+    : dataset_(std::move(dataset)), opts_(opts), allocate_(std::move(allocate)), epochSize_(0), pool_(std::max(1, opts.workers)) {
   SamplerOptions& s = opts_.sampler;
   if (opts_.batchSize < 1) throw Error("batchSize must be at least 1");
   s.batchSize = opts_.batchSize;
@@ -26,8 +22,9 @@ BatchLoader::~BatchLoader() { drain(); }
 
 std::shared_ptr<const std::vector<int64_t>> BatchLoader::orderFor(int64_t epoch) {
   if (orderEpoch_ != epoch) {
-    order_ = std::make_shared<const std::vector<int64_t>>(shardSizes_.empty() ? epochOrder(dataset_->size(), epoch, opts_.sampler)
-                                                                               : shardedEpochOrder(shardSizes_, epoch, opts_.sampler));
+    order_ =
+        std::make_shared<const std::vector<int64_t>>(shardSizes_.empty() ? epochOrder(dataset_->size(), epoch, opts_.sampler)
+                                                                         : shardedEpochOrder(shardSizes_, epoch, opts_.sampler));
     orderEpoch_ = epoch;
   }
   return order_;
@@ -40,16 +37,15 @@ void BatchLoader::fill() {
     p.count = std::min(opts_.batchSize, epochSize_ - planned_.index);
     p.next = planned_.index + p.count == epochSize_ ? Position{planned_.epoch + 1, 0}
                                                     : Position{planned_.epoch, planned_.index + p.count};
-    p.result = pool_.submit([dataset = dataset_, order = orderFor(planned_.epoch), first = planned_.index,
-                             count = p.count, allocate = allocate_] {
-      const int64_t sampleBytes = dataset->shape().bytes();
-      HostBuffer buf = allocate(size_t(count) * (sizeof(int64_t) + size_t(sampleBytes)));
-      auto* labels = reinterpret_cast<int64_t*>(buf.data);
-      uint8_t* images = buf.data + count * int64_t(sizeof(int64_t));
-      for (int64_t i = 0; i < count; ++i)
-        labels[i] = dataset->load((*order)[size_t(first + i)], images + i * sampleBytes);
-      return buf;
-    });
+    p.result = pool_.submit(
+        [dataset = dataset_, order = orderFor(planned_.epoch), first = planned_.index, count = p.count, allocate = allocate_] {
+          const int64_t sampleBytes = dataset->shape().bytes();
+          HostBuffer buf = allocate(size_t(count) * (sizeof(int64_t) + size_t(sampleBytes)));
+          auto* labels = reinterpret_cast<int64_t*>(buf.data);
+          uint8_t* images = buf.data + count * int64_t(sizeof(int64_t));
+          for (int64_t i = 0; i < count; ++i) labels[i] = dataset->load((*order)[size_t(first + i)], images + i * sampleBytes);
+          return buf;
+        });
     planned_ = p.next;
     pending_.push_back(std::move(p));
   }
@@ -82,8 +78,8 @@ Batch BatchLoader::next() {
 
 void BatchLoader::seek(Position pos, uint64_t seed) {
   if (pos.epoch < 0 || pos.index < 0 || pos.index > epochSize_)
-    throw Error("loader position (" + std::to_string(pos.epoch) + ", " + std::to_string(pos.index) +
-                ") is outside an epoch of " + std::to_string(epochSize_) + " samples");
+    throw Error("loader position (" + std::to_string(pos.epoch) + ", " + std::to_string(pos.index) + ") is outside an epoch of " +
+                std::to_string(epochSize_) + " samples");
   if (pos.index == epochSize_) pos = {pos.epoch + 1, 0};
   consumed_ = pos;
   drain();

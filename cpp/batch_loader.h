@@ -30,8 +30,8 @@ struct Position {
 
 struct Batch {
   int64_t count = 0;
-  Position start;     // position of the batch's first sample
-  Position next;      // position after the batch (the next epoch's start after its last batch)
+  Position start;      // position of the batch's first sample
+  Position next;       // position after the batch (the next epoch's start after its last batch)
   HostBuffer storage;  // count int64 labels, then count samples of CHW uint8
   const int64_t* labels() const { return reinterpret_cast<const int64_t*>(storage.data); }
   const uint8_t* images() const { return storage.data + count * int64_t(sizeof(int64_t)); }

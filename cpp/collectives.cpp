@@ -112,7 +112,9 @@ std::unique_ptr<Collectives> Collectives::connect(const DistOptions& o, torch::D
       return std::make_unique<GroupCollectives<c10d::ProcessGroupNCCL>>(
           c10::make_intrusive<c10d::ProcessGroupNCCL>(store, int(o.rank), int(o.worldSize), options), o);
 #else
-      throw Error("training on CUDA with WORLD_SIZE > 1 needs NCCL, and this libtorch (or this build of the addon) has none; use --device cpu for Gloo");
+      throw Error(
+          "training on CUDA with WORLD_SIZE > 1 needs NCCL, and this libtorch (or this build of the addon) has none; use "
+          "--device cpu for Gloo");
 #endif
     }
 #ifdef O3_WITH_GLOO
@@ -125,13 +127,14 @@ std::unique_ptr<Collectives> Collectives::connect(const DistOptions& o, torch::D
     throw Error("training on the CPU with WORLD_SIZE > 1 needs Gloo, and this libtorch (or this build of the addon) has none");
 #endif
   } catch (const c10::Error& e) {
-    throw Error("joining the " + std::to_string(o.worldSize) + "-rank job at " + o.masterAddr + ":" + std::to_string(o.masterPort) +
-                " failed: " + e.what_without_backtrace());
+    throw Error("joining the " + std::to_string(o.worldSize) + "-rank job at " + o.masterAddr + ":" +
+                std::to_string(o.masterPort) + " failed: " + e.what_without_backtrace());
   }
 #else
   (void)device;
   throw Error("WORLD_SIZE is " + std::to_string(o.worldSize) +
-              " but this build has no distributed support (libtorch without c10d, or Gloo headers missing: install libgloo-dev and rebuild)");
+              " but this build has no distributed support (libtorch without c10d, or Gloo headers missing: install libgloo-dev "
+              "and rebuild)");
 #endif
 }
 

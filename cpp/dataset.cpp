@@ -23,8 +23,8 @@ class MnistDataset final : public Dataset {
     if (images_.dims.size() != 3) throw fileError(imagesPath, "expected a 3-dimensional idx array of images");
     if (labels_.dims.size() != 1) throw fileError(labelsPath, "expected a 1-dimensional idx array of labels");
     if (labels_.dims[0] != images_.dims[0])
-      throw fileError(labelsPath, std::to_string(labels_.dims[0]) + " labels for " +
-                                      std::to_string(images_.dims[0]) + " images in " + imagesPath);
+      throw fileError(labelsPath, std::to_string(labels_.dims[0]) + " labels for " + std::to_string(images_.dims[0]) +
+                                      " images in " + imagesPath);
     for (uint8_t l : labels_.data)
       if (l >= kMnistClasses) throw fileError(labelsPath, "label " + std::to_string(l) + " out of range 0-9");
   }

@@ -14,9 +14,9 @@ struct DistOptions {
   int64_t localRank = 0;
   std::string masterAddr = "127.0.0.1";
   int masterPort = 29500;
-  int64_t restartCount = 0;    // a fresh key prefix per restart attempt: stale keys never match
-  bool useAgentStore = false;  // torchrun's agent hosts the store; else rank 0 does
-  std::string socketIfname;    // Gloo's network interface; empty: MASTER_ADDR's route
+  int64_t restartCount = 0;     // a fresh key prefix per restart attempt: stale keys never match
+  bool useAgentStore = false;   // torchrun's agent hosts the store; else rank 0 does
+  std::string socketIfname;     // Gloo's network interface; empty: MASTER_ADDR's route
   double timeoutSeconds = 300;  // any collective or store wait longer than this fails the rank
 };
 

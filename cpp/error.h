@@ -15,14 +15,10 @@ class Error : public std::runtime_error {
 };
 
 // A data file that cannot be read or decoded; the message always starts with the file's path.
-inline Error fileError(const std::string& path, const std::string& what) {
-  return Error(path + ": " + what);
-}
+inline Error fileError(const std::string& path, const std::string& what) { return Error(path + ": " + what); }
 
 // A file that cannot be opened, with the system's reason: "No such file", or the
 // "Transport endpoint is not connected" of a FUSE mount whose server died.
-inline Error openError(const std::string& path) {
-  return fileError(path, std::string("cannot open: ") + std::strerror(errno));
-}
+inline Error openError(const std::string& path) { return fileError(path, std::string("cannot open: ") + std::strerror(errno)); }
 
 }  // namespace o3

@@ -1,8 +1,8 @@
 #include "image_decode.h"
 
 // jpeglib.h needs size_t and FILE declared first.
-#include <cstdio>
 #include <csetjmp>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 
@@ -102,8 +102,7 @@ Image decodeImage(const std::vector<uint8_t>& bytes, const std::string& name, in
   if (channels != 1 && channels != 3) throw Error("channels must be 1 or 3");
   static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   if (bytes.size() >= 8 && std::memcmp(bytes.data(), kPng, 8) == 0) return decodePng(name, bytes, channels);
-  if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF)
-    return decodeJpeg(name, bytes, channels);
+  if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF) return decodeJpeg(name, bytes, channels);
   throw fileError(name, bytes.empty() ? "empty file" : "neither a JPEG nor a PNG image");
 }
 

@@ -1,12 +1,11 @@
 #include "models.h"
 
+#include <torch/nn/functional/activation.h>
+#include <torch/nn/functional/pooling.h>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
-#include <torch/nn/functional/activation.h>
-#include <torch/nn/functional/pooling.h>
-
 
 #include "error.h"
 

@@ -15,7 +15,8 @@ namespace {
 uint64_t below(std::mt19937_64& rng, uint64_t bound) {
   const uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
   uint64_t x;
-  do x = rng(); while (x >= limit);
+  do x = rng();
+  while (x >= limit);
   return x % bound;
 }
 
@@ -62,7 +63,8 @@ int64_t toRankIndex(int64_t globalIndex, const SamplerOptions& opts) {
   if (opts.worldSize == 1) return globalIndex;
   const int64_t global = opts.batchSize * opts.worldSize;
   if (globalIndex % global != 0)
-    throw Error("data position " + std::to_string(globalIndex) + " is not on a boundary of the global batch of " + std::to_string(global));
+    throw Error("data position " + std::to_string(globalIndex) + " is not on a boundary of the global batch of " +
+                std::to_string(global));
   return globalIndex / global * opts.batchSize;
 }
 
@@ -81,7 +83,8 @@ std::vector<int64_t> epochOrder(int64_t datasetSize, int64_t epoch, const Sample
     for (int64_t i = first; i < first + opts.batchSize; ++i) {
       if (i < datasetSize) mine.push_back(all[size_t(i)]);
       // Padding repeats the epoch's first samples, as PyTorch's DistributedSampler does.
-      else if (opts.lastBatch == LastBatch::Pad) mine.push_back(all[size_t(i % datasetSize)]);
+      else if (opts.lastBatch == LastBatch::Pad)
+        mine.push_back(all[size_t(i % datasetSize)]);
     }
   }
   return mine;
@@ -90,7 +93,7 @@ std::vector<int64_t> epochOrder(int64_t datasetSize, int64_t epoch, const Sample
 int64_t shardedEpochSize(const std::vector<int64_t>& shardSizes, const SamplerOptions& opts) {
   if (int64_t(shardSizes.size()) < opts.worldSize)
     throw Error(std::to_string(shardSizes.size()) + " shards for " + std::to_string(opts.worldSize) +
-                                " ranks: write at least one shard per rank");
+                " ranks: write at least one shard per rank");
   int64_t n = 0;
   for (size_t s = size_t(opts.rank); s < shardSizes.size(); s += size_t(opts.worldSize)) n += shardSizes[s];
   return n;

@@ -34,8 +34,8 @@ DType toDType(torch::ScalarType t) {
 }
 
 torch::ScalarType toScalarType(DType t) {
-  static const torch::ScalarType kTypes[] = {torch::kFloat, torch::kDouble, torch::kHalf,  torch::kBFloat16, torch::kLong,
-                                             torch::kInt,   torch::kShort,  torch::kChar,  torch::kByte,     torch::kBool};
+  static const torch::ScalarType kTypes[] = {torch::kFloat, torch::kDouble, torch::kHalf, torch::kBFloat16, torch::kLong,
+                                             torch::kInt,   torch::kShort,  torch::kChar, torch::kByte,     torch::kBool};
   return kTypes[size_t(t)];
 }
 
@@ -55,7 +55,8 @@ typename Map::key_type optimizerKey(const Map&, const torch::Tensor& param) {
 
 StateTensor exportTensor(std::string name, const torch::Tensor& t) {
   // A private contiguous CPU copy: the caller gets a snapshot that later training leaves alone.
-  const torch::Tensor copy = t.is_cpu() ? t.detach().clone(at::MemoryFormat::Contiguous) : t.detach().to(torch::kCPU).contiguous();
+  const torch::Tensor copy =
+      t.is_cpu() ? t.detach().clone(at::MemoryFormat::Contiguous) : t.detach().to(torch::kCPU).contiguous();
   auto owner = std::make_shared<torch::Tensor>(copy);
   StateTensor s;
   s.name = std::move(name);
@@ -97,7 +98,8 @@ class Entries {
         elements *= size_t(d);
       }
       if (elements * dtypeSize(s.dtype) != s.bytes)
-        throw Error("state '" + s.name + "': " + std::to_string(s.bytes) + " bytes do not hold " + dtypeName(s.dtype) + " " + describe(s.shape));
+        throw Error("state '" + s.name + "': " + std::to_string(s.bytes) + " bytes do not hold " + dtypeName(s.dtype) + " " +
+                    describe(s.shape));
       if (!byName_.emplace(s.name, &s).second) throw Error("state '" + s.name + "' appears twice");
     }
   }
@@ -110,7 +112,8 @@ class Entries {
     }
     const StateTensor& s = *it->second;
     if (s.dtype != dtype || s.shape != shape)
-      throw Error("state '" + name + "' is " + dtypeName(s.dtype) + " " + describe(s.shape) + ", expected " + dtypeName(dtype) + " " + describe(shape));
+      throw Error("state '" + name + "' is " + dtypeName(s.dtype) + " " + describe(s.shape) + ", expected " + dtypeName(dtype) +
+                  " " + describe(shape));
     used_.insert(name);
     return &s;
   }
@@ -199,7 +202,8 @@ void setGeneratorState(at::Generator gen, const StateTensor& s) {
 
 // A generator's state entries: "rng.<kind>" for one process; with collectives every rank's,
 // gathered, as "rng.<kind>.rank<r>".
-void exportGenerator(std::vector<StateTensor>& out, Collectives* comm, torch::Device device, const std::string& kind, const at::Generator& gen) {
+void exportGenerator(std::vector<StateTensor>& out, Collectives* comm, torch::Device device, const std::string& kind,
+                     const at::Generator& gen) {
   const torch::Tensor state = generatorState(gen);
   if (!comm) {
     out.push_back(exportTensor("rng." + kind, state));
@@ -212,7 +216,8 @@ void exportGenerator(std::vector<StateTensor>& out, Collectives* comm, torch::De
 
 // This rank's generator state from a dict written by any world size: its own entry, else a
 // one-process dict's (for rank 0 of a job, or a process without collectives); null when neither.
-const StateTensor* takeGenerator(Entries& entries, const std::string& kind, int64_t rank, bool job, const std::vector<int64_t>& shape) {
+const StateTensor* takeGenerator(Entries& entries, const std::string& kind, int64_t rank, bool job,
+                                 const std::vector<int64_t>& shape) {
   const StateTensor* own = entries.take("rng." + kind + ".rank" + std::to_string(rank), DType::U8, shape, false);
   if (!own && (rank == 0 || !job)) own = entries.take("rng." + kind, DType::U8, shape, false);
   entries.ignorePrefix("rng." + kind);
@@ -256,7 +261,9 @@ void Trainer::loadStateDict(const std::vector<StateTensor>& state) {
     const StateTensor* cpuRng = takeGenerator(entries, "cpu", rank, bool(m.comm), generatorState(m.cpuGenerator).sizes().vec());
     // A checkpoint moves between devices: CUDA generator state applies only when training on CUDA.
     const at::Generator cudaGenerator = m.device.is_cuda() ? at::globalContext().defaultGenerator(m.device) : at::Generator();
-    const StateTensor* cudaRng = m.device.is_cuda() ? takeGenerator(entries, "cuda", rank, bool(m.comm), generatorState(cudaGenerator).sizes().vec()) : nullptr;
+    const StateTensor* cudaRng =
+        m.device.is_cuda() ? takeGenerator(entries, "cuda", rank, bool(m.comm), generatorState(cudaGenerator).sizes().vec())
+                           : nullptr;
     entries.ignorePrefix("rng.cuda");
     const StateTensor* loaderState = entries.take("loader.position", DType::I64, {3}, true);
     const int64_t globalIndex = readI64(*loaderState, 2);

@@ -95,7 +95,8 @@ TarReader::~TarReader() { ::close(fd_); }
 
 bool TarReader::refill() {
   ssize_t got;
-  do got = ::read(fd_, buf_.data(), buf_.size()); while (got < 0 && errno == EINTR);
+  do got = ::read(fd_, buf_.data(), buf_.size());
+  while (got < 0 && errno == EINTR);
   if (got < 0) throw fileError(path_, "read error at offset " + std::to_string(pos_) + ": " + std::strerror(errno));
   bufPos_ = 0;
   bufEnd_ = size_t(got);
@@ -127,8 +128,10 @@ void TarReader::skip(int64_t n, const char* what) {
   struct stat st;
   if (::fstat(fd_, &st) == 0 && pos_ + n > st.st_size)
     throw fileError(path_, "truncated tar: the file ends at offset " + std::to_string(st.st_size) + " inside " + what);
-  if (::lseek(fd_, pos_ + n, SEEK_SET) < 0) fill(nullptr, n, what);  // not seekable: read through
-  else pos_ += n;
+  if (::lseek(fd_, pos_ + n, SEEK_SET) < 0)
+    fill(nullptr, n, what);  // not seekable: read through
+  else
+    pos_ += n;
 }
 
 bool TarReader::next(TarMember& member) {
@@ -143,7 +146,8 @@ bool TarReader::next(TarMember& member) {
     // A clean end of file between members still lacks the end-of-archive marker: a shard cut
     // short at a member boundary must not pass for a complete one.
     if (bufPos_ == bufEnd_ && !refill())
-      throw fileError(path_, "truncated tar: the file ends at offset " + std::to_string(at) + " without the end-of-archive marker");
+      throw fileError(path_,
+                      "truncated tar: the file ends at offset " + std::to_string(at) + " without the end-of-archive marker");
     fill(h, kBlock, "a header");
     if (std::all_of(h, h + kBlock, [](uint8_t b) { return b == 0; })) return false;
     const std::string where = path_ + ": tar header at offset " + std::to_string(at);

@@ -9,9 +9,9 @@
 namespace o3 {
 
 struct TarMember {
-  std::string name;     // full path inside the archive (pax path, GNU long name or ustar prefix/name)
-  int64_t header = 0;   // offset of the member's own header block
-  int64_t offset = 0;   // offset of its data
+  std::string name;    // full path inside the archive (pax path, GNU long name or ustar prefix/name)
+  int64_t header = 0;  // offset of the member's own header block
+  int64_t offset = 0;  // offset of its data
   int64_t size = 0;
 };
 

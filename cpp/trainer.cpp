@@ -27,8 +27,7 @@ namespace F = torch::nn::functional;
 std::string cpuModelName() {
   std::ifstream in("/proc/cpuinfo");
   for (std::string line; std::getline(in, line);)
-    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos)
-      return line.substr(line.find(':') + 2);
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) return line.substr(line.find(':') + 2);
   return "cpu";
 }
 
@@ -42,11 +41,11 @@ std::string gpuName(torch::Device device) {
 
 torch::Device chooseDevice(const std::string& requested, int64_t localRank) {
   if (requested == "cpu") return torch::kCPU;
-  if (requested != "auto" && requested != "cuda")
-    throw Error("device must be 'auto', 'cpu' or 'cuda', not '" + requested + "'");
+  if (requested != "auto" && requested != "cuda") throw Error("device must be 'auto', 'cpu' or 'cuda', not '" + requested + "'");
   if (torch::cuda::is_available()) {
     if (localRank >= int64_t(torch::cuda::device_count()))
-      throw Error("LOCAL_RANK " + std::to_string(localRank) + " has no GPU: " + std::to_string(torch::cuda::device_count()) + " visible");
+      throw Error("LOCAL_RANK " + std::to_string(localRank) + " has no GPU: " + std::to_string(torch::cuda::device_count()) +
+                  " visible");
     return torch::Device(torch::kCUDA, c10::DeviceIndex(localRank));
   }
   if (requested == "cuda") throw Error("device 'cuda' requested, but this libtorch has no CUDA support or no GPU is visible");
@@ -66,8 +65,8 @@ std::unique_ptr<torch::optim::Optimizer> makeOptimizer(const OptimizerSpec& s, c
   if (!(s.weightDecay >= 0)) throw Error("optimizer weightDecay must be >= 0");
   if (!(s.momentum >= 0)) throw Error("optimizer momentum must be >= 0");
   if (s.type == "sgd")
-    return std::make_unique<torch::optim::SGD>(
-        params, torch::optim::SGDOptions(s.lr).momentum(s.momentum).weight_decay(s.weightDecay));
+    return std::make_unique<torch::optim::SGD>(params,
+                                               torch::optim::SGDOptions(s.lr).momentum(s.momentum).weight_decay(s.weightDecay));
   if (s.type == "adam") {
     if (s.momentum != 0) throw Error("momentum applies to sgd only (adam uses its betas)");
     return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(s.lr).weight_decay(s.weightDecay));
@@ -186,8 +185,7 @@ Trainer::Trainer(const TrainerOptions& opts) : impl_(std::make_unique<Impl>()) {
 
     auto dataset = openDataset(opts.data);
     m.cpuGenerator = at::detail::createCPUGenerator(rankSeed(opts.seed, rank));
-    const at::Generator dropoutGenerator =
-        m.device.is_cuda() ? at::globalContext().defaultGenerator(m.device) : m.cpuGenerator;
+    const at::Generator dropoutGenerator = m.device.is_cuda() ? at::globalContext().defaultGenerator(m.device) : m.cpuGenerator;
     {
       std::lock_guard<std::mutex> lock(modelInitMutex());
       torch::manual_seed(opts.seed);
@@ -262,8 +260,7 @@ EvalResult Trainer::evaluate(const DataSpec& data, int64_t batchSize) {
       throw Error("evaluation images are " + std::to_string(got.channels) + "x" + std::to_string(got.height) + "x" +
                   std::to_string(got.width) + " but the model takes " + std::to_string(want.channels) + "x" +
                   std::to_string(want.height) + "x" + std::to_string(want.width));
-    if (dataset->numClasses() > m.loader->dataset().numClasses())
-      throw Error("evaluation data has more classes than the model");
+    if (dataset->numClasses() > m.loader->dataset().numClasses()) throw Error("evaluation data has more classes than the model");
 
     torch::NoGradGuard noGrad;
     EvalMode evalMode(*m.model.net);

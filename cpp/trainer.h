@@ -39,7 +39,7 @@ struct TrainerOptions {
   int64_t worldSize = 1;
   DistOptions dist;
   LastBatch lastBatch = LastBatch::Short;  // Short is refused with dist: ranks would disagree on steps
-  int progressEvery = 10;  // steps between reads of the loss (each read waits for the GPU)
+  int progressEvery = 10;                  // steps between reads of the loss (each read waits for the GPU)
   int prefetch = 4;
   int workers = 2;
 };
@@ -77,8 +77,8 @@ struct TrainResult {
   int64_t steps;
   int64_t samples;
   double seconds;
-  bool epochEnded;  // the last step trained the last batch of its epoch
-  int64_t epoch;    // the epoch of the last step (the one that ended), or the current one if none ran
+  bool epochEnded;     // the last step trained the last batch of its epoch
+  int64_t epoch;       // the epoch of the last step (the one that ended), or the current one if none ran
   double commSeconds;  // of which in gradient all-reduces
   bool stopped;        // ended early by stopAfterStep() (agreed by every rank) or cancel()
 };

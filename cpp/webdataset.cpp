@@ -134,10 +134,13 @@ class WebDataset final : public Dataset {
       const ssize_t got = ::pread(fds_[size_t(s.shard)], bytes.data() + done, size_t(s.size - done), s.offset + done);
       if (got < 0 && errno == EINTR) continue;
       if (got < 0) throw fileError(path, "read error at offset " + std::to_string(s.offset + done) + ": " + std::strerror(errno));
-      if (got == 0) throw fileError(path, "truncated tar: the file ends at offset " + std::to_string(s.offset + done) + " inside " + s.member);
+      if (got == 0)
+        throw fileError(path,
+                        "truncated tar: the file ends at offset " + std::to_string(s.offset + done) + " inside " + s.member);
       done += got;
     }
-    decodeSample(bytes, path + ": member " + s.member + " at offset " + std::to_string(s.offset), int(channels_), int(size_), out);
+    decodeSample(bytes, path + ": member " + s.member + " at offset " + std::to_string(s.offset), int(channels_), int(size_),
+                 out);
     return s.label;
   }
 
@@ -182,7 +185,8 @@ std::vector<std::string> expandShardPattern(const std::string& pattern) {
     };
     if (!digits(a) || !digits(b) || std::stoll(a) > std::stoll(b))
       throw Error("shard pattern '" + pattern + "': a range must be {first..last} with first <= last, e.g. {000000..000127}");
-    if (std::stoll(b) - std::stoll(a) >= int64_t(kMaxShards)) throw Error("shard pattern '" + pattern + "' names too many shards");
+    if (std::stoll(b) - std::stoll(a) >= int64_t(kMaxShards))
+      throw Error("shard pattern '" + pattern + "' names too many shards");
     for (int64_t i = std::stoll(a); i <= std::stoll(b); ++i) {
       std::string n = std::to_string(i);
       alternatives.push_back(std::string(a.size() > n.size() ? a.size() - n.size() : 0, '0') + n);

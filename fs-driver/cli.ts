@@ -20,7 +20,6 @@ import { VERIFY_MODES, type VerifyMode } from './verify/manifest-index.js'
 import { parseTrustedSigners } from '../lib/content/trusted-signers.js'
 import { defaultLogFile, defaultStatsFile, openPrivateFile } from './paths.js'
 
-
 interface RawOptions extends O3Flags {
   unmount?: string
   fileMode: string
@@ -71,7 +70,14 @@ function program(): Command {
     .option('--stats-interval <duration>', 'period of the stats log line', '60s')
     .option('--log-file <path>', 'log here instead of stderr (the default for --daemon)')
     .option('--daemon', 'detach once mounted; prints the PID and the log path')
-    .addOption(new Option('--verify <mode>', 'check every block read against the dataset manifest (.o3-manifest.json): off, if-present (files a manifest names), required (refuse other files)').choices(VERIFY_MODES).default('if-present'))
+    .addOption(
+      new Option(
+        '--verify <mode>',
+        'check every block read against the dataset manifest (.o3-manifest.json): off, if-present (files a manifest names), required (refuse other files)',
+      )
+        .choices(VERIFY_MODES)
+        .default('if-present'),
+    )
     .option('--trust-signer <address...>', 'accept only dataset manifests signed by one of these 0x addresses (also O3_TRUSTED_SIGNERS, comma-separated)')
     .addOption(new Option('--debug-fuse', 'libfuse debug output').hideHelp())
 }
@@ -103,7 +109,8 @@ function toMountOptions(mountpoint: string, location: string, r: RawOptions): Mo
     trustedSigners: parseTrustedSigners(r.trustSigner, process.env, (message) => new MountError(message, ExitCode.badOption)),
   }
   if (!Number.isFinite(o.opTimeoutMs) || o.opTimeoutMs < 1000) throw new MountError('--op-timeout must be a finite duration of at least 1s', ExitCode.badOption)
-  if (!Number.isFinite(o.statsIntervalMs) || o.statsIntervalMs < 1000) throw new MountError('--stats-interval must be a finite duration of at least 1s', ExitCode.badOption)
+  if (!Number.isFinite(o.statsIntervalMs) || o.statsIntervalMs < 1000)
+    throw new MountError('--stats-interval must be a finite duration of at least 1s', ExitCode.badOption)
   checkOptions(o)
   return o
 }
@@ -126,7 +133,10 @@ async function unmount(mountpoint: string): Promise<number> {
 /** Starts a detached copy of this command and waits until it has mounted or failed. */
 async function daemonize(o: MountOptions, argv: string[]): Promise<number> {
   const logFile = o.logFile ?? defaultLogFile(o.mountpoint)
-  const { info } = await launchMount(argv.filter((a) => a !== '--daemon'), { logFile, detached: true })
+  const { info } = await launchMount(
+    argv.filter((a) => a !== '--daemon'),
+    { logFile, detached: true },
+  )
   console.log(`o3mount: mounted ${info.location} at ${info.mountpoint}; pid ${info.pid}; log ${logFile}; stats ${info.statsFile}`)
   return ExitCode.ok
 }
@@ -137,7 +147,8 @@ async function main(): Promise<number> {
   const r = cmd.opts<RawOptions>()
   if (r.unmount) return unmount(r.unmount)
   const [mountpoint, location] = cmd.args
-  if (!mountpoint || !location) throw new MountError('usage: o3mount <mountpoint> <bucket[/prefix]> [options], or o3mount --unmount <mountpoint>', ExitCode.badOption)
+  if (!mountpoint || !location)
+    throw new MountError('usage: o3mount <mountpoint> <bucket[/prefix]> [options], or o3mount --unmount <mountpoint>', ExitCode.badOption)
   const o = toMountOptions(mountpoint, location, r)
   if (r.daemon) return daemonize(o, process.argv.slice(2))
   const launchedAs = process.env[LAUNCHED_AS]

@@ -95,8 +95,16 @@ export class O3Filesystem {
       return { mode: S_IFDIR | this.o.dirMode, uid: this.o.uid, gid: this.o.gid, size: 4096, nlink: 2, mtime: t, atime: t, ctime: t }
     }
     return {
-      mode: S_IFREG | this.o.fileMode, uid: this.o.uid, gid: this.o.gid, size: e.size, nlink: 1,
-      mtime: e.mtime, atime: e.mtime, ctime: e.mtime, blocks: Math.ceil(e.size / 512), blksize: this.blocks.blockSize,
+      mode: S_IFREG | this.o.fileMode,
+      uid: this.o.uid,
+      gid: this.o.gid,
+      size: e.size,
+      nlink: 1,
+      mtime: e.mtime,
+      atime: e.mtime,
+      ctime: e.mtime,
+      blocks: Math.ceil(e.size / 512),
+      blksize: this.blocks.blockSize,
     }
   }
 
@@ -167,7 +175,10 @@ export class O3Filesystem {
         // Logged where it was found, with the key, block and both digests.
         if (err instanceof LeafMismatchError) return cb(E.EIO)
         if (err instanceof O3IntegrityError) {
-          this.log.error({ path, key: obj.key, etag: obj.etag }, 'the object was replaced while open; failing the read (EIO) rather than mixing two versions; reopen the file to read the new one')
+          this.log.error(
+            { path, key: obj.key, etag: obj.etag },
+            'the object was replaced while open; failing the read (EIO) rather than mixing two versions; reopen the file to read the new one',
+          )
           this.meta.invalidate(path)
           return cb(E.EIO)
         }
@@ -222,7 +233,12 @@ export class O3Filesystem {
             this.handles.set(fd, {
               path,
               obj: { key: e.key, etag: e.etag, versionId: e.versionId, size: e.size, leaves },
-              ra: new Readahead({ blockSize: this.blocks.blockSize, initialWindow: this.o.readaheadInitial, seekTolerance: this.o.seekTolerance, maxWindow: this.maxWindow }),
+              ra: new Readahead({
+                blockSize: this.blocks.blockSize,
+                initialWindow: this.o.readaheadInitial,
+                seekTolerance: this.o.seekTolerance,
+                maxWindow: this.maxWindow,
+              }),
             })
             this.counters.opens++
             cb(0, fd)

@@ -6,9 +6,7 @@ import { checkRelativeKey } from '../lib/o3/scope.js'
 import type { Logger } from '../lib/log.js'
 import type { MountCounters } from './stats.js'
 
-export type Entry =
-  | { kind: 'dir' }
-  | { kind: 'file'; key: string; size: number; etag: string; versionId?: string; mtime: Date }
+export type Entry = { kind: 'dir' } | { kind: 'file'; key: string; size: number; etag: string; versionId?: string; mtime: Date }
 
 interface Listing {
   entries: Map<string, Entry>
@@ -121,7 +119,7 @@ export class MetadataCache {
     const now = Date.now()
     const page = this.pages.get(parent)?.find((p) => p.expires > now && covers(p, name))
     const probe = this.probes.get(path)
-    const known = page ? page.entries.get(name) ?? null : probe && probe.expires > now ? probe.entry : undefined
+    const known = page ? (page.entries.get(name) ?? null) : probe && probe.expires > now ? probe.entry : undefined
     if (known !== undefined) {
       if (known) this.counters.metaHits++
       else this.counters.negativeHits++
@@ -141,7 +139,10 @@ export class MetadataCache {
     this.counters.listRequests++
     const { entries: listed, next } = await this.client.listPage(prefix, { delimiter: '/', startAfter: after })
     const entries = this.collect(prefix, listed)
-    const tail = listed.map((e) => (e.type === 'prefix' ? e.prefix : e.key).slice(prefix.length)).sort(byteOrder).at(-1)
+    const tail = listed
+      .map((e) => (e.type === 'prefix' ? e.prefix : e.key).slice(prefix.length))
+      .sort(byteOrder)
+      .at(-1)
     const page: Page = { after, last: next === undefined ? undefined : tail, entries, expires: this.expiry(this.ttlMs) }
     const now = Date.now()
     this.pages.set(parent, [...(this.pages.get(parent) ?? []).filter((p) => p.expires > now).slice(1 - MAX_PAGES_PER_DIR), page])

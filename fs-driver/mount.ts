@@ -66,9 +66,17 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   const networkReserve = Math.min(o.maxConnections * NETWORK_BYTES_PER_CONNECTION, Math.floor(o.cacheMem / 2))
   // A leaf is checked whole: with verification on, a block holds whole leaves.
   const blockSize = o.verify === 'off' ? o.blockSize : Math.max(o.blockSize, CID_BLOCK_SIZE)
-  if (blockSize !== o.blockSize) log.info({ blockSize, asked: o.blockSize }, 'block size raised to one 1 MiB leaf so that each block can be verified whole (--verify off keeps it)')
+  if (blockSize !== o.blockSize)
+    log.info({ blockSize, asked: o.blockSize }, 'block size raised to one 1 MiB leaf so that each block can be verified whole (--verify off keeps it)')
   const blocks = new BlockCache({
-    client, blockSize, memoryBytes: o.cacheMem - networkReserve, partSize: o.partSize, maxConnections: o.maxConnections, disk, counters, log,
+    client,
+    blockSize,
+    memoryBytes: o.cacheMem - networkReserve,
+    partSize: o.partSize,
+    maxConnections: o.maxConnections,
+    disk,
+    counters,
+    log,
   })
   const meta = new MetadataCache(client, o.metadataTtl, counters, log)
   const manifests = new ManifestIndex(client, meta, o.verify, o.trustedSigners, log)
@@ -80,8 +88,13 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
     throw err
   }
   const fs = new O3Filesystem(meta, blocks, manifests, counters, log, {
-    fileMode: o.fileMode, dirMode: o.dirMode, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0,
-    opTimeoutMs: o.opTimeoutMs, readaheadInitial: 2 * o.blockSize, readaheadMax: o.readaheadMax,
+    fileMode: o.fileMode,
+    dirMode: o.dirMode,
+    uid: process.getuid?.() ?? 0,
+    gid: process.getgid?.() ?? 0,
+    opTimeoutMs: o.opTimeoutMs,
+    readaheadInitial: 2 * o.blockSize,
+    readaheadMax: o.readaheadMax,
     seekTolerance: Math.max(16 << 20, 2 * o.kernelReadaheadKb * 1024),
   })
 
@@ -113,7 +126,11 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       o3: () => client.stats,
       readahead: () => fs.readaheadStats(),
       memory: () => ({
-        budgetBytes: blocks.budget.limit, cacheBytes: blocks.cachedBytes, inflightBytes: blocks.budget.inflightBytes, overflowBuffers: blocks.overflowBuffers, peakUsedBytes: blocks.budget.peakBytes,
+        budgetBytes: blocks.budget.limit,
+        cacheBytes: blocks.cachedBytes,
+        inflightBytes: blocks.budget.inflightBytes,
+        overflowBuffers: blocks.overflowBuffers,
+        peakUsedBytes: blocks.budget.peakBytes,
       }),
       diskBytes: () => disk?.bytes ?? 0,
       openFiles: () => fs.openFiles,
@@ -127,11 +144,17 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   } catch (err) {
     disk?.unlock()
     client.close()
-    throw new MountError(`mounting ${o.mountpoint} failed: ${(err as Error).message}; check that you may use FUSE (user_allow_other for --allow-other)`, ExitCode.mountFailed)
+    throw new MountError(
+      `mounting ${o.mountpoint} failed: ${(err as Error).message}; check that you may use FUSE (user_allow_other for --allow-other)`,
+      ExitCode.mountFailed,
+    )
   }
   tuneKernel(o.mountpoint, { readAheadKb: o.kernelReadaheadKb, maxBackground: o.maxBackground }, log)
   stats.start(STATS_FILE_EVERY_MS, o.statsIntervalMs)
-  log.info({ mountpoint: o.mountpoint, location: o.location, endpoint: config.endpoint, statsFile, cacheDir: o.cacheDir, credentialsFrom: config.sources.credentials }, 'mounted')
+  log.info(
+    { mountpoint: o.mountpoint, location: o.location, endpoint: config.endpoint, statsFile, cacheDir: o.cacheDir, credentialsFrom: config.sources.credentials },
+    'mounted',
+  )
   onReady({ pid: process.pid, mountpoint: o.mountpoint, location: o.location, statsFile })
 
   return new Promise<number>((resolve) => {

@@ -39,7 +39,22 @@ export interface MountOptions extends O3Flags {
   trustedSigners: string[]
 }
 
-const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: MiB, mb: MiB, mib: MiB, g: 1 << 30, gb: 1 << 30, gib: 1 << 30, t: 2 ** 40, tb: 2 ** 40, tib: 2 ** 40 }
+const UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: MiB,
+  mb: MiB,
+  mib: MiB,
+  g: 1 << 30,
+  gb: 1 << 30,
+  gib: 1 << 30,
+  t: 2 ** 40,
+  tb: 2 ** 40,
+  tib: 2 ** 40,
+}
 
 function bad(what: string, value: string, expected: string): never {
   throw new MountError(`${what} ${JSON.stringify(value)} is not valid: expected ${expected}`, ExitCode.badOption)

@@ -17,7 +17,8 @@ export function privateDir(dir: string): string {
   if (st.isSymbolicLink()) throw unsafe(`${dir} is a symbolic link; refusing to follow it: remove it or set XDG_RUNTIME_DIR to a directory of yours`)
   if (!st.isDirectory()) throw unsafe(`${dir} is not a directory: remove it or set XDG_RUNTIME_DIR to a directory of yours`)
   const uid = process.getuid?.()
-  if (uid !== undefined && st.uid !== uid) throw unsafe(`${dir} belongs to uid ${st.uid}, not to you (uid ${uid}); refusing to use it: remove it or set XDG_RUNTIME_DIR to a directory of yours`)
+  if (uid !== undefined && st.uid !== uid)
+    throw unsafe(`${dir} belongs to uid ${st.uid}, not to you (uid ${uid}); refusing to use it: remove it or set XDG_RUNTIME_DIR to a directory of yours`)
   if (st.mode & 0o077) chmodSync(dir, 0o700)
   return dir
 }
@@ -27,7 +28,11 @@ export function privateDir(dir: string): string {
  * $XDG_RUNTIME_DIR when set, /run/o3mount for root, else a per-user directory in the temp dir.
  */
 export function runtimeDir(): string {
-  const candidates = [process.env.XDG_RUNTIME_DIR && join(process.env.XDG_RUNTIME_DIR, 'o3mount'), process.getuid?.() === 0 ? '/run/o3mount' : undefined, join(tmpdir(), `o3mount-${process.getuid?.() ?? 'user'}`)]
+  const candidates = [
+    process.env.XDG_RUNTIME_DIR && join(process.env.XDG_RUNTIME_DIR, 'o3mount'),
+    process.getuid?.() === 0 ? '/run/o3mount' : undefined,
+    join(tmpdir(), `o3mount-${process.getuid?.() ?? 'user'}`),
+  ]
   let lastError: unknown
   for (const dir of candidates) {
     if (!dir) continue
@@ -52,14 +57,19 @@ export function openPrivateFile(path: string, how: 'append' | 'exclusive'): numb
   try {
     return openSync(path, flags, 0o600)
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw unsafe(`${path} is a symbolic link; refusing to write through it: remove it or choose another path`)
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP')
+      throw unsafe(`${path} is a symbolic link; refusing to write through it: remove it or choose another path`)
     throw err
   }
 }
 
 /** A file name derived from the mountpoint, so other tools can find a mount's files from its path alone. */
 function slug(mountpoint: string): string {
-  return resolve(mountpoint).replace(/^\/+/, '').replace(/[^A-Za-z0-9._-]+/g, '_') || 'root'
+  return (
+    resolve(mountpoint)
+      .replace(/^\/+/, '')
+      .replace(/[^A-Za-z0-9._-]+/g, '_') || 'root'
+  )
 }
 
 /** The stats file a mount at `mountpoint` writes unless given --stats-file. */

@@ -14,7 +14,10 @@ export async function checkFuse(): Promise<void> {
     if (!statSync('/dev/fuse').isCharacterDevice()) throw new Error('not a device')
     accessSync('/dev/fuse', constants.R_OK | constants.W_OK)
   } catch {
-    throw new MountError('/dev/fuse is missing or not accessible; load the fuse module (modprobe fuse) or run the container with --device /dev/fuse', ExitCode.noFuse)
+    throw new MountError(
+      '/dev/fuse is missing or not accessible; load the fuse module (modprobe fuse) or run the container with --device /dev/fuse',
+      ExitCode.noFuse,
+    )
   }
   try {
     await fusermountVersion()
@@ -42,7 +45,10 @@ export async function checkMountpoint(mountpoint: string, log: Logger): Promise<
     try {
       await fusermountUnmount(mountpoint)
     } catch (err) {
-      throw new MountError(`${mountpoint} holds a dead mount that fusermount could not clear (${oneLine(err)}); run fusermount -u -z ${mountpoint}`, ExitCode.alreadyMounted)
+      throw new MountError(
+        `${mountpoint} holds a dead mount that fusermount could not clear (${oneLine(err)}); run fusermount -u -z ${mountpoint}`,
+        ExitCode.alreadyMounted,
+      )
     }
   }
   let st
@@ -67,9 +73,15 @@ export async function checkBucket(location: string, config: O3Config): Promise<v
   try {
     await client.checkBucket()
   } catch (err) {
-    if (err instanceof O3NotFoundError) throw new MountError(`bucket ${bucket} does not exist at ${config.endpoint}; check the name (and O3_ENDPOINT)`, err.exitCode)
-    if (err instanceof O3AuthError) throw new MountError(`the server rejected the credentials for bucket ${bucket}; check O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY (from ${config.sources.credentials}) and the region`, err.exitCode)
-    if (err instanceof O3UnreachableError) throw new MountError(`cannot reach ${config.endpoint} (from ${config.sources.endpoint}); check O3_ENDPOINT and the network`, err.exitCode)
+    if (err instanceof O3NotFoundError)
+      throw new MountError(`bucket ${bucket} does not exist at ${config.endpoint}; check the name (and O3_ENDPOINT)`, err.exitCode)
+    if (err instanceof O3AuthError)
+      throw new MountError(
+        `the server rejected the credentials for bucket ${bucket}; check O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY (from ${config.sources.credentials}) and the region`,
+        err.exitCode,
+      )
+    if (err instanceof O3UnreachableError)
+      throw new MountError(`cannot reach ${config.endpoint} (from ${config.sources.endpoint}); check O3_ENDPOINT and the network`, err.exitCode)
     if (err instanceof O3Error) throw new MountError(oneLine(err), err.exitCode)
     throw err
   } finally {

@@ -60,7 +60,13 @@ export interface StatsSnapshot {
   verify: { mode: string; blocksVerified: number; failures: number; refusedOpens: number }
   readahead: { streams: number; maxWindowBytes: number; totalWindowBytes: number }
   memory: {
-    budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; rssBytes: number; heapBytes: number; arrayBufferBytes: number
+    budgetBytes: number
+    cacheBytes: number
+    inflightBytes: number
+    overflowBuffers: number
+    rssBytes: number
+    heapBytes: number
+    arrayBufferBytes: number
     /** The most cached plus in-flight block bytes held at once. */
     peakUsedBytes: number
   }
@@ -102,10 +108,22 @@ export class StatsReporter {
       location: this.meta.location,
       uptimeSec: Math.round((Date.now() - this.started) / 1000),
       cache: {
-        memHits: c.memHits, memMisses: c.memMisses, diskHits: c.diskHits, diskMisses: c.diskMisses, diskCorrupt: c.diskCorrupt,
-        diskWrites: c.diskWrites, diskBytes: this.src.diskBytes(), hitRatio: demand === 0 ? 0 : Math.max(0, 1 - demandFetches / demand),
+        memHits: c.memHits,
+        memMisses: c.memMisses,
+        diskHits: c.diskHits,
+        diskMisses: c.diskMisses,
+        diskCorrupt: c.diskCorrupt,
+        diskWrites: c.diskWrites,
+        diskBytes: this.src.diskBytes(),
+        hitRatio: demand === 0 ? 0 : Math.max(0, 1 - demandFetches / demand),
       },
-      fetch: { bytesFetched: c.bytesFetched, blocksFetched: c.blocksFetched, blocksPrefetched: c.blocksPrefetched, prefetchWasted: c.prefetchWasted, getRequests: c.getRequests },
+      fetch: {
+        bytesFetched: c.bytesFetched,
+        blocksFetched: c.blocksFetched,
+        blocksPrefetched: c.blocksPrefetched,
+        prefetchWasted: c.prefetchWasted,
+        getRequests: c.getRequests,
+      },
       o3: { ...this.src.o3() },
       metadata: { hits: c.metaHits, misses: c.metaMisses, negativeHits: c.negativeHits, listRequests: c.listRequests, headRequests: c.headRequests },
       reads: { count: c.reads, bytes: c.bytesRead, errors: c.readErrors, timeouts: c.timeouts, opens: c.opens, openFiles: this.src.openFiles() },
@@ -144,9 +162,14 @@ export class StatsReporter {
         readMBps: rate(s.reads.bytes, this.lastLogged.bytesRead),
         fetchMBps: rate(s.fetch.bytesFetched, this.lastLogged.bytesFetched),
         hitRatio: Number(s.cache.hitRatio.toFixed(3)),
-        requests: s.o3.requests, retries: s.o3.retries, errors: s.o3.errors, readErrors: s.reads.errors,
-        openFiles: s.reads.openFiles, readaheadMaxMiB: s.readahead.maxWindowBytes / 2 ** 20,
-        cacheMiB: Math.round(s.memory.cacheBytes / 2 ** 20), rssMiB: Math.round(s.memory.rssBytes / 2 ** 20),
+        requests: s.o3.requests,
+        retries: s.o3.retries,
+        errors: s.o3.errors,
+        readErrors: s.reads.errors,
+        openFiles: s.reads.openFiles,
+        readaheadMaxMiB: s.readahead.maxWindowBytes / 2 ** 20,
+        cacheMiB: Math.round(s.memory.cacheBytes / 2 ** 20),
+        rssMiB: Math.round(s.memory.rssBytes / 2 ** 20),
       },
       'stats',
     )

@@ -8,14 +8,25 @@ export type { Logger }
  * A log file is passed as a descriptor the caller opened (o3mount opens its log without following symlinks).
  */
 export function createLogger(component: string, destination?: DestinationStream | number): Logger {
-  const dest = typeof destination === 'number' ? pino.destination({ fd: destination, sync: false }) : destination ?? pino.destination(2)
+  const dest = typeof destination === 'number' ? pino.destination({ fd: destination, sync: false }) : (destination ?? pino.destination(2))
   return pino(
     {
       name: component,
       level: process.env.O3_LOG_LEVEL ?? 'info',
       base: { pid: process.pid },
       redact: {
-        paths: ['credentials', '*.credentials', 'secretAccessKey', '*.secretAccessKey', 'accessKeyId', '*.accessKeyId', 'privateKey', '*.privateKey', 'headers.authorization', '*.headers.authorization'],
+        paths: [
+          'credentials',
+          '*.credentials',
+          'secretAccessKey',
+          '*.secretAccessKey',
+          'accessKeyId',
+          '*.accessKeyId',
+          'privateKey',
+          '*.privateKey',
+          'headers.authorization',
+          '*.headers.authorization',
+        ],
         censor: '[redacted]',
       },
       timestamp: pino.stdTimeFunctions.isoTime,

@@ -18,7 +18,10 @@ export interface Progress {
  * A bar on a TTY, and JSON lines (at most one every `intervalMs`) otherwise, so that logs and CI
  * output stay readable and parseable. Both go to stderr: stdout is kept for results.
  */
-export function createProgress(label: string, options: { unit: string; tty?: boolean; intervalMs?: number; stream?: NodeJS.WriteStream } = { unit: 'items' }): Progress {
+export function createProgress(
+  label: string,
+  options: { unit: string; tty?: boolean; intervalMs?: number; stream?: NodeJS.WriteStream } = { unit: 'items' },
+): Progress {
   const stream = options.stream ?? process.stderr
   const tty = options.tty ?? stream.isTTY === true
   if (tty) {
@@ -27,7 +30,10 @@ export function createProgress(label: string, options: { unit: string; tty?: boo
       cliProgress.Presets.shades_classic,
     )
     let started = false
-    const extra = (f?: Record<string, number | string>) => Object.entries(f ?? {}).map(([k, v]) => `${k} ${typeof v === 'number' ? fmt(v) : v}`).join(' ')
+    const extra = (f?: Record<string, number | string>) =>
+      Object.entries(f ?? {})
+        .map(([k, v]) => `${k} ${typeof v === 'number' ? fmt(v) : v}`)
+        .join(' ')
     return {
       update(u) {
         if (!started) {

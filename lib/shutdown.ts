@@ -9,7 +9,11 @@ export interface Shutdown {
   dispose(): void
 }
 
-export function installShutdown(handlers: { onRequest?: (sig: NodeJS.Signals) => void; onForce: (sig: NodeJS.Signals) => Promise<void> | void; forceExitCode?: number }): Shutdown {
+export function installShutdown(handlers: {
+  onRequest?: (sig: NodeJS.Signals) => void
+  onForce: (sig: NodeJS.Signals) => Promise<void> | void
+  forceExitCode?: number
+}): Shutdown {
   const controller = new AbortController()
   let count = 0
   const handle = (sig: NodeJS.Signals) => {

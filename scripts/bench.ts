@@ -34,7 +34,11 @@ function table(rows: BenchRow[]): string {
 }
 
 async function main(): Promise<void> {
-  const opts = new Command('bench').option('--only <areas>', `comma-separated subset of ${Object.keys(AREAS).join(',')}`).option('--no-readme', 'print the table without writing README.md').parse().opts<{ only?: string; readme: boolean }>()
+  const opts = new Command('bench')
+    .option('--only <areas>', `comma-separated subset of ${Object.keys(AREAS).join(',')}`)
+    .option('--no-readme', 'print the table without writing README.md')
+    .parse()
+    .opts<{ only?: string; readme: boolean }>()
   const chosen = opts.only ? opts.only.split(',') : Object.keys(AREAS)
   for (const a of chosen) if (!AREAS[a]) throw new Error(`unknown bench area ${a}; choose from ${Object.keys(AREAS).join(', ')}`)
   const server = await startS3Server()

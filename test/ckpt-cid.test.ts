@@ -54,12 +54,20 @@ t.test('several blocks: matches the reference builder however the input is cut',
 
 t.test('multi-level DAG over 174 MiB: kubo legacy-cid-v1 vectors and the reference builder', async (t) => {
   // From kubo test/cli/add_test.go (profile legacy-cid-v1 = these exact add flags).
-  t.equal((await digestContent(kuboSeeded('v1-seed', 174 * MiB, 196_613))).cid, 'bafybeigwduxcf2aawppv3isnfeshnimkyplvw3hthxjhr2bdeje4tdaicu', '174 MiB: one level')
+  t.equal(
+    (await digestContent(kuboSeeded('v1-seed', 174 * MiB, 196_613))).cid,
+    'bafybeigwduxcf2aawppv3isnfeshnimkyplvw3hthxjhr2bdeje4tdaicu',
+    '174 MiB: one level',
+  )
   const data = Buffer.concat([...kuboSeeded('v1-seed', 175 * MiB, 16 * MiB)])
   const d = await digestContent(data)
   t.equal(d.cid, 'bafybeidhd7lo2n2v7lta5yamob3xwhbxcczmmtmhquwhjesi35jntf7mpu', '175 MiB: two levels')
   t.equal(await referenceCid([data]), d.cid, 'the reference builder agrees')
-  t.equal(await referenceCid(kuboSeeded('v1-seed', 174 * MiB, 196_613)), 'bafybeigwduxcf2aawppv3isnfeshnimkyplvw3hthxjhr2bdeje4tdaicu', 'the reference builder gives kubo\'s one-level vector too')
+  t.equal(
+    await referenceCid(kuboSeeded('v1-seed', 174 * MiB, 196_613)),
+    'bafybeigwduxcf2aawppv3isnfeshnimkyplvw3hthxjhr2bdeje4tdaicu',
+    "the reference builder gives kubo's one-level vector too",
+  )
   t.equal(await referenceCid([Buffer.from('hello world')]), 'bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e', 'and kubo\'s "hello world"')
 })
 
@@ -67,8 +75,12 @@ t.test('the hand-written reference builder agrees with the importer at every bou
   // Each size is generated twice as a stream, never held whole: the 3-level boundary (174 x 174 MiB)
   // would mean hashing about 60 GiB, too slow for CI, so it is left out.
   const sizes: [number, string][] = [
-    [0, 'empty'], [1, 'one byte'], [MiB, 'one full leaf'], [MiB + 1, 'a partial second leaf'],
-    [174 * MiB, '174 full leaves: one full level'], [174 * MiB + 1, 'two levels, the last leaf one byte'],
+    [0, 'empty'],
+    [1, 'one byte'],
+    [MiB, 'one full leaf'],
+    [MiB + 1, 'a partial second leaf'],
+    [174 * MiB, '174 full leaves: one full level'],
+    [174 * MiB + 1, 'two levels, the last leaf one byte'],
   ]
   for (const [size, what] of sizes) {
     const ours = await digestContent(kuboSeeded(`boundary-${size}`, size, 4 * MiB + 7))
@@ -98,7 +110,13 @@ t.test('update settles only when the chunk may be reused', async (t) => {
 t.test('ThreadHasher: the same digest on a worker thread, the chunk free once update settles', async (t) => {
   // Sizes around a block and past one DAG level; chunks that straddle blocks and exceed the
   // worker's in-flight cap.
-  for (const [size, chunk] of [[0, 1], [3, 1], [MiB, MiB], [MiB + 1, 4096], [175 * MiB + 5, 9 * MiB + 3]] as const) {
+  for (const [size, chunk] of [
+    [0, 1],
+    [3, 1],
+    [MiB, MiB],
+    [MiB + 1, 4096],
+    [175 * MiB + 5, 9 * MiB + 3],
+  ] as const) {
     const data = randomBytes(size, size)
     const h = new ThreadHasher()
     const scratch = Buffer.alloc(chunk)

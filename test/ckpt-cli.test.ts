@@ -16,14 +16,24 @@ const run = `o3://${bucket}/runs/cli`
 
 function o3ckpt(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--no-warnings', '--import', 'tsx', 'checkpoint/cli.ts', ...args], {
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, ...serverEnv(info) },
-    }, (err, stdout, stderr) => resolve({ code: err ? (err.code as number) : 0, stdout, stderr }))
+    execFile(
+      process.execPath,
+      ['--no-warnings', '--import', 'tsx', 'checkpoint/cli.ts', ...args],
+      {
+        env: { PATH: process.env.PATH, HOME: process.env.HOME, ...serverEnv(info) },
+      },
+      (err, stdout, stderr) => resolve({ code: err ? (err.code as number) : 0, stdout, stderr }),
+    )
   })
 }
 
 const client = openClient(t, info, `${bucket}/runs/cli`)
-const writer = await CheckpointWriter.open(client, { localDir: tempDir(t), partSize: 5 * MiB, parallel: 2, signer: signerFromHex('ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80', 'test') })
+const writer = await CheckpointWriter.open(client, {
+  localDir: tempDir(t),
+  partSize: 5 * MiB,
+  parallel: 2,
+  signer: signerFromHex('ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80', 'test'),
+})
 const first = await writer.save(syntheticState([3 * MiB]), { step: 10, epoch: 0, model: 'cli-model', config: { a: 1 } })
 const second = await writer.save(syntheticState([6 * MiB + 4]), { step: 20, epoch: 1, model: 'cli-model' })
 
@@ -42,7 +52,7 @@ t.test('show prints the record, metadata and tensor table', async (t) => {
   const shown = JSON.parse(r.stdout)
   t.equal(shown.record.cid, first.record.cid)
   t.same(shown.metadata, { format: 'pt', step: '10', epoch: '0', model: 'cli-model', config: '{"a":1}' })
-  t.same(shown.tensors, [{ name: 'layer0.weight', dtype: 'F32', shape: [3 * MiB / 4], bytes: 3 * MiB, elementBytes: 4 }])
+  t.same(shown.tensors, [{ name: 'layer0.weight', dtype: 'F32', shape: [(3 * MiB) / 4], bytes: 3 * MiB, elementBytes: 4 }])
 })
 
 t.test('get writes a verified file; verify checks all', async (t) => {

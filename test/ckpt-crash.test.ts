@@ -15,7 +15,9 @@ for (const crashAt of STEPS) {
     const location = `${bucket}/after-${crashAt}`
     const localDir = tempDir(t)
     const client = openClient(t, info, location)
-    const first = await (await CheckpointWriter.open(client, { localDir, partSize: 5 * MiB, parallel: 2, signer: null })).save(syntheticState([2 * MiB]), { step: 100, epoch: 0, model: 'm' })
+    const first = await (
+      await CheckpointWriter.open(client, { localDir, partSize: 5 * MiB, parallel: 2, signer: null })
+    ).save(syntheticState([2 * MiB]), { step: 100, epoch: 0, model: 'm' })
 
     const out = await runSaveChild(info, { location, localDir, step: 200, tensorsKiB: [12 << 10], partSize: 5 * MiB, parallel: 2, crashAt })
     t.equal(out.signal, 'SIGKILL', 'the child died at the injected point')

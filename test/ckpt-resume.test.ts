@@ -14,10 +14,15 @@ await createBucket(info, bucket)
 
 // A shard of Fashion-MNIST (300 samples, 10 batches an epoch) so that the run crosses an epoch.
 const options = (seed: number): TrainerOptions => ({
-  model: 'cnn', seed, threads: 2, device: 'cpu',
+  model: 'cnn',
+  seed,
+  threads: 2,
+  device: 'cpu',
   optimizer: { type: 'adam', lr: 1e-3 },
   data: { kind: 'mnist', root: FASHION_MNIST, split: 'train' },
-  batchSize: 32, rank: 3, worldSize: 200,
+  batchSize: 32,
+  rank: 3,
+  worldSize: 200,
 })
 
 function differing(a: StateTensor[], b: StateTensor[]): string[] {

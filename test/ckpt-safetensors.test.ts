@@ -35,7 +35,10 @@ t.test('round trip with metadata', async (t) => {
   const meta = { step: 1200, epoch: 3, model: 'fashion-cnn', config: { lr: 0.01, layers: [32, 64] }, dataPosition: { batch: 17, seed: 7 } }
   const f = file(tensors, encodeMeta(meta))
   const { header, tensors: back } = parseSafetensors(f, 'f')
-  t.same(back.map((x) => [x.name, x.dtype, x.shape, [...x.data]]), tensors.map((x) => [x.name, x.dtype, x.shape, [...x.data]]))
+  t.same(
+    back.map((x) => [x.name, x.dtype, x.shape, [...x.data]]),
+    tensors.map((x) => [x.name, x.dtype, x.shape, [...x.data]]),
+  )
   t.equal(header.metadata.format, 'pt')
   t.same(decodeMeta(header.metadata, 'f'), meta)
   t.equal(header.dataStart % 8, 0)
@@ -52,8 +55,22 @@ t.test('the reader validates bounds, offsets and sizes', async (t) => {
   const good = '{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
   t.ok(parseHeader(raw(good, Buffer.alloc(8)), 8 + good.length + 8, 'ok'))
   const bad: [string, Buffer][] = [
-    ['header longer than the file', (() => { const b = raw(good, Buffer.alloc(8)); b.writeBigUInt64LE(10_000n); return b })()],
-    ['header over 100 MB', (() => { const b = raw(good); b.writeBigUInt64LE(200_000_000n); return b })()],
+    [
+      'header longer than the file',
+      (() => {
+        const b = raw(good, Buffer.alloc(8))
+        b.writeBigUInt64LE(10_000n)
+        return b
+      })(),
+    ],
+    [
+      'header over 100 MB',
+      (() => {
+        const b = raw(good)
+        b.writeBigUInt64LE(200_000_000n)
+        return b
+      })(),
+    ],
     ['not JSON', raw('{"x":', Buffer.alloc(8))],
     ['not an object', raw('[1,2]')],
     ['invalid UTF-8', Buffer.concat([raw('{"\xff":1}').subarray(0, 8), Buffer.from([0x7b, 0x22, 0xff, 0x22, 0x3a, 0x31, 0x7d])])],

@@ -36,7 +36,9 @@ for (const { what, tensorsKiB } of ROUND_TRIPS) {
     const r = out.result!
     const extra = r.peakRssMiB - r.baselineRssMiB
     const budget = (partSize / MiB) * (parallel + 1)
-    t.comment(`${what}: baseline RSS ${r.baselineRssMiB.toFixed(0)} MiB, peak ${r.peakRssMiB.toFixed(0)} MiB, extra ${extra.toFixed(1)} MiB (part buffers at most ${budget} MiB)`)
+    t.comment(
+      `${what}: baseline RSS ${r.baselineRssMiB.toFixed(0)} MiB, peak ${r.peakRssMiB.toFixed(0)} MiB, extra ${extra.toFixed(1)} MiB (part buffers at most ${budget} MiB)`,
+    )
     // The pool's buffers plus a fixed allowance for the JS heap and sockets, whatever the state's size.
     t.ok(extra <= budget + 16, `peak extra RSS ${extra.toFixed(1)} MiB within ${budget} + 16 MiB`)
 
@@ -83,7 +85,10 @@ t.test('a flipped byte is detected; resume falls back to the previous checkpoint
   const resumed = await store.resume()
   t.equal(resumed?.entry.name, 'step-0000000100')
   t.equal(sha(resumed!.tensors[0]!.data), sha(s1[0]!.data))
-  t.ok(warnings().some((w) => w.checkpoint === 'step-0000000200'), 'the skipped checkpoint is named in a warning')
+  t.ok(
+    warnings().some((w) => w.checkpoint === 'step-0000000200'),
+    'the skipped checkpoint is named in a warning',
+  )
 })
 
 t.test('resume of a run with nothing committed is a fresh start', async (t) => {
@@ -96,7 +101,10 @@ t.test('cancel midway aborts the multipart upload: no parts, no object, latest u
   const client = openClient(t, info, `${bucket}/cancel`)
   const controller = new AbortController()
   const writer = await CheckpointWriter.open(client, {
-    localDir: tempDir(t), partSize: 5 * MiB, parallel: 2, signer: null,
+    localDir: tempDir(t),
+    partSize: 5 * MiB,
+    parallel: 2,
+    signer: null,
     onStep: (step, name) => {
       if (step === 'part' && name === 'step-0000000002') controller.abort(new Error('cancelled by test'))
     },
@@ -132,16 +140,28 @@ t.test('retention keeps the last N and every Kth, deleting data, sidecar and man
   for (let seq = 1; seq <= 7; seq++) await writer.save(syntheticState([64 * 1024]), meta(seq * 10))
   const kept = ['step-0000000030', 'step-0000000060', 'step-0000000070']
   const manifest = await new CheckpointStore(client).readManifest()
-  t.same(manifest.checkpoints.map((e) => e.name), kept)
+  t.same(
+    manifest.checkpoints.map((e) => e.name),
+    kept,
+  )
   t.same(await keys(client), [...kept.flatMap((n) => [dataKey(n), sidecarKey(n)]), 'latest', 'manifest.json'].sort())
-  t.same(readdirSync(localDir).sort(), kept.map((n) => `${n}.safetensors.cid`))
+  t.same(
+    readdirSync(localDir).sort(),
+    kept.map((n) => `${n}.safetensors.cid`),
+  )
 })
 
 t.test('async save: returns while the upload runs, one upload at a time, flush reports the result', async (t) => {
   const client = openClient(t, info, `${bucket}/async`)
   // Every commit step of every save, and the moments the caller gets control back, in order.
   const events: string[] = []
-  const writer = await CheckpointWriter.open(client, { localDir: tempDir(t), partSize: 5 * MiB, parallel: 2, signer: null, onStep: (step, name) => events.push(`${name} ${step}`) })
+  const writer = await CheckpointWriter.open(client, {
+    localDir: tempDir(t),
+    partSize: 5 * MiB,
+    parallel: 2,
+    signer: null,
+    onStep: (step, name) => events.push(`${name} ${step}`),
+  })
   const s1 = syntheticState([48 * MiB])
   await writer.saveAsync(s1, meta(1))
   events.push('first saveAsync returned')
@@ -158,7 +178,10 @@ t.test('async save: returns while the upload runs, one upload at a time, flush r
   t.ok(at('step-0000000001 latest') < at('second saveAsync returned'), 'the second saveAsync returned only once the first was committed')
   const firstOfSecond = events.findIndex((e) => e.startsWith('step-0000000002 '))
   t.ok(firstOfSecond > at('step-0000000001 latest'), `the uploads did not overlap: ${events.join(', ')}`)
-  t.same((await new CheckpointStore(client).readManifest()).checkpoints.map((e) => e.name), ['step-0000000001', 'step-0000000002'])
+  t.same(
+    (await new CheckpointStore(client).readManifest()).checkpoints.map((e) => e.name),
+    ['step-0000000001', 'step-0000000002'],
+  )
   t.equal(await writer.flush(), undefined)
 })
 

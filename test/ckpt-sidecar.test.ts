@@ -20,7 +20,11 @@ async function sidecarText(store: CheckpointStore, name: string): Promise<string
 }
 
 /** Rewrites a stored sidecar through `edit`, keeping its format. */
-async function tamper(store: CheckpointStore, entry: ManifestEntry, edit: (r: CheckpointRecord, firstLine: string) => [CheckpointRecord, string]): Promise<void> {
+async function tamper(
+  store: CheckpointStore,
+  entry: ManifestEntry,
+  edit: (r: CheckpointRecord, firstLine: string) => [CheckpointRecord, string],
+): Promise<void> {
   const text = await sidecarText(store, entry.name)
   const nl = text.indexOf('\n')
   const [record, first] = edit(JSON.parse(text.slice(nl + 1)) as CheckpointRecord, text.slice(0, nl))
@@ -57,10 +61,14 @@ t.test('tampered sidecars and bad signatures are reported', async (t) => {
   const cases: [string, (r: CheckpointRecord, first: string) => [CheckpointRecord, string], RegExp][] = [
     ['a field only the signature covers', (r, f) => [{ ...r, model: 'other-model' }, f], /bad signature/],
     ['a signature by another key', (r, f) => [{ ...r, signature: OTHER.sign(signedMessage(r)) }, f], /bad signature/],
-    ['a re-signed record claiming another signer', (r, f) => {
-      const forged = { ...r, signer: OTHER.address }
-      return [{ ...forged, signature: OTHER.sign(signedMessage(forged)) }, f]
-    }, /disagrees with the manifest/],
+    [
+      'a re-signed record claiming another signer',
+      (r, f) => {
+        const forged = { ...r, signer: OTHER.address }
+        return [{ ...forged, signature: OTHER.sign(signedMessage(forged)) }, f]
+      },
+      /disagrees with the manifest/,
+    ],
     ['a garbled signature', (r, f) => [{ ...r, signature: '0x1234' }, f], /bad signature/],
     ['the sha256', (r, f) => [{ ...r, sha256: '0'.repeat(64) }, f], /disagrees with the manifest/],
     ['the CID line', (r) => [r, 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku'], /first line/],

@@ -24,9 +24,14 @@ await createBucket(info, bucket)
 
 function o3ckpt(env: Record<string, string>, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--no-warnings', '--import', 'tsx', 'checkpoint/cli.ts', ...args], {
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, ...serverEnv(info), ...env },
-    }, (err, stdout, stderr) => resolve({ code: err ? (err.code as number) : 0, stdout, stderr }))
+    execFile(
+      process.execPath,
+      ['--no-warnings', '--import', 'tsx', 'checkpoint/cli.ts', ...args],
+      {
+        env: { PATH: process.env.PATH, HOME: process.env.HOME, ...serverEnv(info), ...env },
+      },
+      (err, stdout, stderr) => resolve({ code: err ? (err.code as number) : 0, stdout, stderr }),
+    )
   })
 }
 
@@ -61,7 +66,7 @@ t.test('a checkpoint re-signed by another key is refused; resume falls back and 
   const { logger, warnings } = capture()
   const store = new CheckpointStore(client, logger)
   const resumed = await store.resume()
-  t.equal(resumed?.entry.name, 'step-0000000001', 'resumed from the owner\'s checkpoint')
+  t.equal(resumed?.entry.name, 'step-0000000001', "resumed from the owner's checkpoint")
   t.ok(resumed!.tensors[0]!.data.equals(good[0]!.data))
   const warning = warnings().find((w) => w.checkpoint === 'step-0000000002')
   t.match(warning?.err, `signed by ${ATTACKER.address}, but this run's signer (trusted on first use; name another with --trust-signer) is ${OWNER.address}`)
@@ -69,7 +74,10 @@ t.test('a checkpoint re-signed by another key is refused; resume falls back and 
 
   // Naming the other signer is how a user accepts it, by flag or environment.
   t.equal((await store.resume({ trust: TrustPolicy.fromFlags([ATTACKER.address], {}) }))?.entry.name, 'step-0000000002')
-  t.equal((await store.resume({ trust: TrustPolicy.fromFlags([], { O3_TRUSTED_SIGNERS: `${OWNER.address}, ${ATTACKER.address}` }) }))?.entry.name, 'step-0000000002')
+  t.equal(
+    (await store.resume({ trust: TrustPolicy.fromFlags([], { O3_TRUSTED_SIGNERS: `${OWNER.address}, ${ATTACKER.address}` }) }))?.entry.name,
+    'step-0000000002',
+  )
   t.equal((await store.resume({ trust: TrustPolicy.fromFlags([OWNER.address], {}) }))?.entry.name, 'step-0000000001')
 
   const run = `o3://${location}`
@@ -138,7 +146,10 @@ t.test('control objects are checked before they are believed', async (t) => {
   const entry = (over: Record<string, unknown>): string => JSON.stringify({ ...manifest, checkpoints: [{ ...manifest.checkpoints[0], ...over }] })
   const size = manifest.checkpoints[0]!.size
   // A forger who rewrites sidecar and manifest alike: only the object's own length can tell.
-  const forgedSize = (n: number): [string, string][] => [['manifest.json', entry({ size: n })], [sidecarKey('step-0000000001'), sidecar.replace(`"size":${size},`, `"size":${n},`)]]
+  const forgedSize = (n: number): [string, string][] => [
+    ['manifest.json', entry({ size: n })],
+    [sidecarKey('step-0000000001'), sidecar.replace(`"size":${size},`, `"size":${n},`)],
+  ]
   const cases: [string, [string, string][], RegExp][] = [
     ['a forged size (a petabyte)', forgedSize(2 ** 50), new RegExp(`is ${size} bytes but manifest\\.json records 1125899906842624`)],
     ['a size one byte short', forgedSize(size - 1), new RegExp(`is ${size} bytes but manifest\\.json records ${size - 1}`)],
@@ -153,12 +164,23 @@ t.test('control objects are checked before they are believed', async (t) => {
     ['a latest pointer with a bad CID', [['latest', JSON.stringify({ ...JSON.parse(latest), cid: 'bafy???' })]], /latest pointer has an invalid cid/],
     ['a latest pointer larger than the cap', [['latest', 'x'.repeat(CONTROL_OBJECT_MAX + 10)]], /larger than/],
     ['a sidecar larger than the cap', [[sidecarKey('step-0000000001'), `${manifest.checkpoints[0]!.cid}\n${' '.repeat(CONTROL_OBJECT_MAX)}`]], /larger than/],
-    ['a sidecar with a bad sha256', [[sidecarKey('step-0000000001'), sidecar.replace(/"sha256":"[0-9a-f]+"/, '"sha256":"nothex"')]], /sidecar record is malformed/],
-    ['a sidecar with a bad name', [[sidecarKey('step-0000000001'), sidecar.replace('"name":"step-0000000001"', '"name":"../x"')]], /sidecar record has an invalid name/],
+    [
+      'a sidecar with a bad sha256',
+      [[sidecarKey('step-0000000001'), sidecar.replace(/"sha256":"[0-9a-f]+"/, '"sha256":"nothex"')]],
+      /sidecar record is malformed/,
+    ],
+    [
+      'a sidecar with a bad name',
+      [[sidecarKey('step-0000000001'), sidecar.replace('"name":"step-0000000001"', '"name":"../x"')]],
+      /sidecar record has an invalid name/,
+    ],
   ]
   for (const [what, puts, message] of cases) {
     for (const [key, text] of puts) await client.put(key, text)
-    const err = await store.load('latest').then(() => undefined, (e: unknown) => e)
+    const err = await store.load('latest').then(
+      () => undefined,
+      (e: unknown) => e,
+    )
     t.type(err, O3IntegrityError, what)
     t.match((err as Error).message, message, what)
     t.notMatch((err as Error).message, /\n/, `${what}: one line`)

@@ -29,7 +29,13 @@ for (const [role, spec] of Object.entries(job.spec.pytorchReplicaSpecs)) {
     const o = parseTrainArgs(cmd.slice(at + 2))
     t.match(o.data, /^o3:\/\//)
     t.match(o.ckpt, /^o3:\/\//)
-    t.ok(c!.envFrom?.some((e) => e.secretRef), 'O3 keys from a Secret, never argv')
-    t.ok(c!.volumeMounts?.some((v) => v.mountPath === '/dev/fuse'), '/dev/fuse for the mount')
+    t.ok(
+      c!.envFrom?.some((e) => e.secretRef),
+      'O3 keys from a Secret, never argv',
+    )
+    t.ok(
+      c!.volumeMounts?.some((v) => v.mountPath === '/dev/fuse'),
+      '/dev/fuse for the mount',
+    )
   })
 }

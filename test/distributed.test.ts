@@ -24,15 +24,19 @@ function worker(name: string, batch: number, steps: number, env: Record<string, 
   const base = { ...process.env }
   for (const k of ['WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']) delete base[k]
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--no-warnings', '--import', 'tsx', 'test/support/dist-worker.ts', out, String(batch), String(steps), String(timeoutSeconds)],
+    execFile(
+      process.execPath,
+      ['--no-warnings', '--import', 'tsx', 'test/support/dist-worker.ts', out, String(batch), String(steps), String(timeoutSeconds)],
       { env: { ...base, ...env }, timeout: 120_000, killSignal: 'SIGKILL' },
-      (err, _stdout, stderr) => (err ? reject(new Error(`${name}: ${err.message} ${stderr}`)) : resolve(JSON.parse(readFileSync(out, 'utf8')) as Run)))
+      (err, _stdout, stderr) => (err ? reject(new Error(`${name}: ${err.message} ${stderr}`)) : resolve(JSON.parse(readFileSync(out, 'utf8')) as Run)),
+    )
   })
 }
 
 async function job(name: string, batch: number, steps: number): Promise<Run[]> {
   const port = String(await freePort())
-  const rank = (r: number) => worker(`${name}-${r}`, batch, steps, { WORLD_SIZE: '2', RANK: String(r), LOCAL_RANK: String(r), MASTER_ADDR: '127.0.0.1', MASTER_PORT: port })
+  const rank = (r: number) =>
+    worker(`${name}-${r}`, batch, steps, { WORLD_SIZE: '2', RANK: String(r), LOCAL_RANK: String(r), MASTER_ADDR: '127.0.0.1', MASTER_PORT: port })
   return Promise.all([rank(0), rank(1)])
 }
 
@@ -40,7 +44,13 @@ const floats = (b64: string) => new Float32Array(new Uint8Array(Buffer.from(b64,
 
 t.test('2 ranks x 32 train the same weights as 1 x 64, bit for bit on a rerun', async (t) => {
   const [a0, a1] = await job('a', 32, 200)
-  t.same([a0.world, a1.world].map((w) => [w.rank, w.worldSize, w.collectives]), [[0, 2, true], [1, 2, true]])
+  t.same(
+    [a0.world, a1.world].map((w) => [w.rank, w.worldSize, w.collectives]),
+    [
+      [0, 2, true],
+      [1, 2, true],
+    ],
+  )
   t.equal(a0.globalBatch, 64)
   t.equal(a0.result.samples, 200 * 32, 'each rank trained its half of every global batch')
   t.ok(a0.result.commSeconds > 0, 'time in all-reduce is reported')
@@ -55,7 +65,8 @@ t.test('2 ranks x 32 train the same weights as 1 x 64, bit for bit on a rerun', 
   t.equal(single.world.collectives, false)
   let worst = 0
   for (const [name, data] of Object.entries(single.weights)) {
-    const x = floats(data), y = floats(a0.weights[name])
+    const x = floats(data),
+      y = floats(a0.weights[name])
     t.equal(x.length, y.length, name)
     for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i] - y[i]))
   }

@@ -18,8 +18,6 @@ await createBucket(info, BUCKET)
 const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 
-
-
 t.test('the disk cache survives a remount and a corrupt block is fetched again', async (t) => {
   const cacheDir = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-cache-')), 'cache')
   t.teardown(() => rmSync(path.dirname(cacheDir), { recursive: true, force: true }))
@@ -60,7 +58,11 @@ t.test('a hundred files streaming at once stay within the memory budget', async 
   const N = 100
   const SIZE = 2 * MiB + 4096
   const bodies = Array.from({ length: N }, () => randomBytes(SIZE))
-  await mapLimit(bodies.map((b, i) => [i, b] as const), 8, ([i, b]) => client.put(`hundred/${i}.bin`, b))
+  await mapLimit(
+    bodies.map((b, i) => [i, b] as const),
+    8,
+    ([i, b]) => client.put(`hundred/${i}.bin`, b),
+  )
   const budget = 128 * MiB
   const m = await mount(t, info, BUCKET, { args: ['--cache-mem', '128M'] })
   // The kernel's own high-water mark of the mount process: no sampling can miss a peak.
@@ -68,17 +70,19 @@ t.test('a hundred files streaming at once stay within the memory budget', async 
   const baseline = status('VmHWM')
   const handles = await Promise.all(bodies.map((_, i) => fs.open(path.join(m.mountpoint, 'hundred', `${i}.bin`))))
   try {
-    const ok = await Promise.all(handles.map(async (h, i) => {
-      const chunks: Buffer[] = []
-      const buf = Buffer.alloc(128 * 1024)
-      for (let pos = 0; ; ) {
-        const { bytesRead } = await h.read(buf, 0, buf.length, pos)
-        if (bytesRead === 0) break
-        chunks.push(Buffer.from(buf.subarray(0, bytesRead)))
-        pos += bytesRead
-      }
-      return sha256(Buffer.concat(chunks)) === sha256(bodies[i]!)
-    }))
+    const ok = await Promise.all(
+      handles.map(async (h, i) => {
+        const chunks: Buffer[] = []
+        const buf = Buffer.alloc(128 * 1024)
+        for (let pos = 0; ; ) {
+          const { bytesRead } = await h.read(buf, 0, buf.length, pos)
+          if (bytesRead === 0) break
+          chunks.push(Buffer.from(buf.subarray(0, bytesRead)))
+          pos += bytesRead
+        }
+        return sha256(Buffer.concat(chunks)) === sha256(bodies[i]!)
+      }),
+    )
     t.equal(ok.filter(Boolean).length, N, 'every file read exactly')
   } finally {
     await Promise.all(handles.map((h) => h.close()))
@@ -88,7 +92,10 @@ t.test('a hundred files streaming at once stay within the memory budget', async 
   // stated here as 48 MiB over its peak once mounted.
   const SLACK = 48 * MiB
   t.comment(`peak RSS once mounted ${(baseline / MiB).toFixed(0)} MiB, after ${(peak / MiB).toFixed(0)} MiB, budget ${budget / MiB} MiB`)
-  t.ok(peak <= baseline + budget + SLACK, `peak RSS ${(peak / MiB).toFixed(0)} MiB <= ${(baseline / MiB).toFixed(0)} MiB baseline + budget + ${SLACK / MiB} MiB`)
+  t.ok(
+    peak <= baseline + budget + SLACK,
+    `peak RSS ${(peak / MiB).toFixed(0)} MiB <= ${(baseline / MiB).toFixed(0)} MiB baseline + budget + ${SLACK / MiB} MiB`,
+  )
   const s = await statsWhen(m, (s) => s.memory.peakUsedBytes > 0)
   t.ok(s.memory.peakUsedBytes > budget / 4, `the data path's peak was recorded (${(s.memory.peakUsedBytes / MiB).toFixed(0)} MiB)`)
   t.ok(s.memory.peakUsedBytes <= budget, 'cached and in-flight blocks at their peak within the budget')

@@ -61,7 +61,10 @@ t.test('directories and stats come from the listing', async (t) => {
   for (const p of ['nope', 'tree/nope.txt', 'tree/b/d/e.bin/x', 'nope/deeper']) {
     await t.rejects(fs.stat(at(p)), { code: p.endsWith('/x') ? 'ENOTDIR' : 'ENOENT' }, p)
   }
-  const warnings = m.log().split('\n').filter((l) => l.includes('skipping key'))
+  const warnings = m
+    .log()
+    .split('\n')
+    .filter((l) => l.includes('skipping key'))
   t.equal(warnings.length, badKeys.length, 'one warning per unusable key')
 })
 
@@ -119,7 +122,7 @@ t.test('every write operation fails with EROFS', async (t) => {
     ['mknod via O_CREAT|O_EXCL', () => fs.open(at('tree/fifo'), constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY)],
   ]
   for (const [name, op] of ops) await t.rejects(op(), { code: 'EROFS' }, name)
-  t.equal((await fs.readFile(at('tree/a.txt'), 'utf8')), 'alpha\n', 'nothing changed')
+  t.equal(await fs.readFile(at('tree/a.txt'), 'utf8'), 'alpha\n', 'nothing changed')
 })
 
 t.test('a prefix mount shows only what is under the prefix', async (t) => {
@@ -134,7 +137,13 @@ t.test('a prefix mount shows only what is under the prefix', async (t) => {
 t.test('no path escapes the prefix: through the mount, or handed to the lookups directly', async (t) => {
   // Keys that spell a way out, stored literally under the prefix.
   const raw = s3Client(info)
-  const sneaky = ['tree/../other/secret.txt', 'tree/evil/../../other/secret.txt', 'tree/./other/secret.txt', 'tree//other/secret.txt', 'tree/%2e%2e/other/secret.txt']
+  const sneaky = [
+    'tree/../other/secret.txt',
+    'tree/evil/../../other/secret.txt',
+    'tree/./other/secret.txt',
+    'tree//other/secret.txt',
+    'tree/%2e%2e/other/secret.txt',
+  ]
   const stored: string[] = []
   for (const Key of sneaky) {
     try {
@@ -150,7 +159,14 @@ t.test('no path escapes the prefix: through the mount, or handed to the lookups 
   const names = await fs.readdir(p.mountpoint)
   t.notOk(names.includes('..') || names.includes('.') || names.includes('other'), `no escape among the names: ${names.join(', ')}`)
   const secret = files.get('other/secret.txt')!
-  const attempts = ['../other/secret.txt', 'evil/../../other/secret.txt', './other/secret.txt', '%2e%2e/other/secret.txt', 'other/secret.txt', '..%2fother/secret.txt']
+  const attempts = [
+    '../other/secret.txt',
+    'evil/../../other/secret.txt',
+    './other/secret.txt',
+    '%2e%2e/other/secret.txt',
+    'other/secret.txt',
+    '..%2fother/secret.txt',
+  ]
   for (const a of attempts) {
     const got = await fs.readFile(path.join(p.mountpoint, a)).catch((err: NodeJS.ErrnoException) => err.code ?? 'error')
     t.ok(typeof got === 'string' || !got.equals(secret), `${a}: ${typeof got === 'string' ? got : 'read something else'}`)
@@ -159,7 +175,16 @@ t.test('no path escapes the prefix: through the mount, or handed to the lookups 
   const scoped = serverClient(info, `${BUCKET}/tree`)
   const meta = new MetadataCache(scoped, 60, new MountCounters(), silentLogger)
   try {
-    for (const bad of ['/../other/secret.txt', '/..', '/../other', '//other/secret.txt', '/./a.txt', '/b/../../other/secret.txt', '/..\\other\\secret.txt', '/b/..']) {
+    for (const bad of [
+      '/../other/secret.txt',
+      '/..',
+      '/../other',
+      '//other/secret.txt',
+      '/./a.txt',
+      '/b/../../other/secret.txt',
+      '/..\\other\\secret.txt',
+      '/b/..',
+    ]) {
       t.equal(await meta.lookup(bad), undefined, `lookup ${bad} finds nothing`)
     }
     t.match(await meta.lookup('/a.txt'), { kind: 'file', key: 'a.txt', size: 6 }, 'while a real name under the prefix is found')

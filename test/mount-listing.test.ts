@@ -18,19 +18,30 @@ const client = serverClient(info, BUCKET, { maxSockets: 16 })
 t.teardown(() => client.close())
 
 const name = (i: number) => `obj-${String(i).padStart(5, '0')}.txt`
-await mapLimit(Array.from({ length: N }, (_, i) => i), 16, (i) => client.put(`flat/${name(i)}`, `${i}\n`))
+await mapLimit(
+  Array.from({ length: N }, (_, i) => i),
+  16,
+  (i) => client.put(`flat/${name(i)}`, `${i}\n`),
+)
 
 t.test('10,000 objects in one directory', async (t) => {
   const m = await mount(t, info, BUCKET)
   const dir = path.join(m.mountpoint, 'flat')
   const names = await fs.readdir(dir)
   t.equal(names.length, N)
-  t.same(names.sort(), Array.from({ length: N }, (_, i) => name(i)))
+  t.same(
+    names.sort(),
+    Array.from({ length: N }, (_, i) => name(i)),
+  )
   const ls = await new Promise<string>((resolve, reject) =>
-    execFile('ls', ['-lR', m.mountpoint], { maxBuffer: 1 << 26 }, (err, out) => (err ? reject(err) : resolve(out))))
+    execFile('ls', ['-lR', m.mountpoint], { maxBuffer: 1 << 26 }, (err, out) => (err ? reject(err) : resolve(out))),
+  )
   const files = ls.split('\n').filter((l) => l.startsWith('-r--r--r--'))
   t.equal(files.length, N, 'ls -lR shows every object')
-  t.ok(files.every((l) => / [0-9]+ [A-Z][a-z]{2} /.test(l)), 'with sizes and dates')
+  t.ok(
+    files.every((l) => / [0-9]+ [A-Z][a-z]{2} /.test(l)),
+    'with sizes and dates',
+  )
   t.equal(await fs.readFile(path.join(dir, name(9_999)), 'utf8'), '9999\n')
   await sleep(2_100) // the stats file is rewritten every 2 s
   const s = m.stats()

@@ -24,10 +24,15 @@ t.teardown(() => rmSync(local, { recursive: true, force: true }))
 /** Runs a Python snippet with Debian's interpreter (the one that sees python3-torchvision) and parses its JSON output. */
 function python(code: string, args: string[]): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
-    execFile('/usr/bin/python3', ['-c', code, ...args], { env: { ...process.env, OMP_NUM_THREADS: '1' }, maxBuffer: 1 << 24, timeout: 300_000 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`python failed: ${stderr || err.message}`))
-      else resolve(JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, unknown>)
-    })
+    execFile(
+      '/usr/bin/python3',
+      ['-c', code, ...args],
+      { env: { ...process.env, OMP_NUM_THREADS: '1' }, maxBuffer: 1 << 24, timeout: 300_000 },
+      (err, stdout, stderr) => {
+        if (err) reject(new Error(`python failed: ${stderr || err.message}`))
+        else resolve(JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, unknown>)
+      },
+    )
   })
 }
 

@@ -69,8 +69,12 @@ t.test('no /dev/fuse, no libfuse', async (t) => {
   // A private mount namespace hides the real device or library from this one command only.
   const hide = (target: string) =>
     new Promise<{ code: number | null; stderr: string }>((resolve) =>
-      execFile('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount --bind ${dummy} ${target} && exec ${cli}`], { cwd: ROOT, env: mountEnv(info) }, (err, _out, stderr) =>
-        resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stderr })),
+      execFile(
+        'unshare',
+        ['-m', '--propagation', 'private', 'sh', '-c', `mount --bind ${dummy} ${target} && exec ${cli}`],
+        { cwd: ROOT, env: mountEnv(info) },
+        (err, _out, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stderr }),
+      ),
     )
   failedWith(t, await hide('/dev/fuse'), ExitCode.noFuse, /\/dev\/fuse/)
   failedWith(t, await hide('/lib/x86_64-linux-gnu/libfuse.so.2'), ExitCode.noFuse, /libfuse/)
@@ -138,12 +142,15 @@ t.test('--daemon detaches and prints the PID and log path', async (t) => {
   t.equal(await fs.readFile(path.join(mp, 'hello.txt'), 'utf8'), 'hello\n')
   t.match(readFileSync(log, 'utf8'), /"msg":"mounted"/)
   t.equal((await runCli(info, ['--unmount', mp])).code, 0)
-  t.ok(await waitFor(() => {
-    try {
-      process.kill(pid, 0)
-      return false
-    } catch {
-      return true
-    }
-  }, 10_000), 'the daemon exited after the unmount')
+  t.ok(
+    await waitFor(() => {
+      try {
+        process.kill(pid, 0)
+        return false
+      } catch {
+        return true
+      }
+    }, 10_000),
+    'the daemon exited after the unmount',
+  )
 })

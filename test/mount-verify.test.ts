@@ -23,7 +23,6 @@ await createBucket(info, BUCKET)
 const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 
-
 function cacheDirFor(t: Test): string {
   const dir = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-verify-')), 'cache')
   t.teardown(() => rmSync(path.dirname(dir), { recursive: true, force: true }))
@@ -65,10 +64,17 @@ t.test('a byte flipped in the object store: that block fails with EIO, the other
     const s = await statsWhen(m, (x) => x.verify.failures >= 3 && x.verify.blocksVerified >= 5)
     t.ok(s.verify.failures >= 3, `${when}: failures counted (${s.verify.failures})`)
     t.ok(s.verify.blocksVerified >= 5, `${when}: the good blocks were verified (${s.verify.blocksVerified})`)
-    const line = m.log().split('\n').find((l) => l.includes('does not match the manifest'))
+    const line = m
+      .log()
+      .split('\n')
+      .find((l) => l.includes('does not match the manifest'))
     t.ok(line, `${when}: one log line for the mismatch`)
     const rec = JSON.parse(line!) as Record<string, unknown>
-    t.match(rec, { key: 'a.bin', block: 2, leaf: 2, expected: sha256(body.subarray(2 * MiB, 3 * MiB)), actual: sha256(bad.subarray(2 * MiB, 3 * MiB)) }, `${when}: it names key, block and both digests`)
+    t.match(
+      rec,
+      { key: 'a.bin', block: 2, leaf: 2, expected: sha256(body.subarray(2 * MiB, 3 * MiB)), actual: sha256(bad.subarray(2 * MiB, 3 * MiB)) },
+      `${when}: it names key, block and both digests`,
+    )
     return s
   }
   const first = await mount(t, info, `${BUCKET}/flip`, { args })
@@ -114,7 +120,10 @@ t.test('a manifest whose leaves do not hash to its CID is refused at mount time:
   const good = await manifestFile(randomBytes(2 * MiB + 1))
   const forged = { ...good, leaves: [good.leaves[0]!, sha256(Buffer.from('not this')), good.leaves[2]!] }
   await client.put('forged/c.bin', randomBytes(2 * MiB + 1))
-  await client.put(`forged/${DATASET_MANIFEST_NAME}`, formatDatasetManifest({ format: 'o3-dataset-manifest', version: 1, leafSize: MiB, created: new Date().toISOString(), files: { 'c.bin': forged } }))
+  await client.put(
+    `forged/${DATASET_MANIFEST_NAME}`,
+    formatDatasetManifest({ format: 'o3-dataset-manifest', version: 1, leafSize: MiB, created: new Date().toISOString(), files: { 'c.bin': forged } }),
+  )
   const r = await runCli(info, [tempMountpoint(t), `${BUCKET}/forged`])
   t.equal(r.code, ExitCode.integrity, r.stderr)
   t.equal(r.stderr.trim().split('\n').length, 1, 'one line')

@@ -2,7 +2,16 @@ import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import { pino } from 'pino'
-import { O3Client, resolveConfig, O3AuthError, O3IntegrityError, O3NotFoundError, O3UnreachableError, O3UsageError, type O3ClientOptions } from '../lib/o3/index.js'
+import {
+  O3Client,
+  resolveConfig,
+  O3AuthError,
+  O3IntegrityError,
+  O3NotFoundError,
+  O3UnreachableError,
+  O3UsageError,
+  type O3ClientOptions,
+} from '../lib/o3/index.js'
 import { createBucket, serverClient, useS3Server, type S3ServerInfo } from './support/s3-server.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 
@@ -67,8 +76,17 @@ t.test('list: past 1,000 keys, nested prefixes with a delimiter', async (t) => {
   const all = await collect(c.list('', {}))
   t.equal(all.filter((e) => e.type === 'object' && e.key.startsWith('k')).length, 1105, 'every key across pages')
   const top = await collect(c.list('tree/', { delimiter: '/' }))
-  t.same(top.filter((e) => e.type === 'prefix').map((e) => e.type === 'prefix' && e.prefix).sort(), ['tree/d1/', 'tree/d2/'])
-  t.same(top.filter((e) => e.type === 'object').map((e) => e.type === 'object' && e.key), ['tree/top'])
+  t.same(
+    top
+      .filter((e) => e.type === 'prefix')
+      .map((e) => e.type === 'prefix' && e.prefix)
+      .sort(),
+    ['tree/d1/', 'tree/d2/'],
+  )
+  t.same(
+    top.filter((e) => e.type === 'object').map((e) => e.type === 'object' && e.key),
+    ['tree/top'],
+  )
   const d1 = await collect(c.list('tree/d1/', { delimiter: '/' }))
   t.same(d1.map((e) => (e.type === 'object' ? e.key : e.prefix)).sort(), ['tree/d1/sub/', 'tree/d1/x', 'tree/d1/y'])
 })
@@ -77,7 +95,11 @@ t.test('multipart: round trip, and abort leaves no upload', async (t) => {
   const c = open(info, 'client-test/mp')
   const parts = [randomBytes(5 * MiB), randomBytes(5 * MiB), randomBytes(1234)]
   const id = await c.createMultipartUpload('big.bin')
-  t.same((await collect(c.listMultipartUploads(''))).map((u) => u.uploadId), [id], 'listed while in progress')
+  t.same(
+    (await collect(c.listMultipartUploads(''))).map((u) => u.uploadId),
+    [id],
+    'listed while in progress',
+  )
   const done = await Promise.all(parts.map((p, i) => c.uploadPart('big.bin', id, i + 1, p)))
   await c.completeMultipartUpload('big.bin', id, done.reverse())
   const all = Buffer.concat(parts)
@@ -137,21 +159,27 @@ async function readInto(c: O3Client, key: string, start: number, end: number, et
   const full: Buffer[] = []
   let cur = Buffer.alloc(MiB)
   let filled = 0
-  await c.readRangeInto(key, start, end, { etag }, {
-    space: () => cur.subarray(filled),
-    wrote: (n) => {
-      filled += n
-      if (filled === cur.length) {
-        full.push(cur)
-        cur = Buffer.alloc(MiB)
-        filled = 0
-      }
+  await c.readRangeInto(
+    key,
+    start,
+    end,
+    { etag },
+    {
+      space: () => cur.subarray(filled),
+      wrote: (n) => {
+        filled += n
+        if (filled === cur.length) {
+          full.push(cur)
+          cur = Buffer.alloc(MiB)
+          filled = 0
+        }
+      },
     },
-  })
+  )
   return Buffer.concat([...full, cur.subarray(0, filled)])
 }
 
-t.test('readRangeInto: the body lands in the caller\'s buffers, resumes after resets, and fails typed', async (t) => {
+t.test("readRangeInto: the body lands in the caller's buffers, resumes after resets, and fails typed", async (t) => {
   const body = randomBytes(16 * MiB + 123)
   const { etag } = await open(info, 'client-test').put('into.bin', body)
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
@@ -183,7 +211,10 @@ t.test('unreachable endpoint: a clear error naming the endpoint', async (t) => {
   const port = proxy.port
   await proxy.close()
   const c = open(info, 'client-test', { retry: { maxAttempts: 3, baseDelayMs: 50 } }, `http://127.0.0.1:${port}`)
-  const err = await c.head('x').then(() => undefined, (e: Error) => e)
+  const err = await c.head('x').then(
+    () => undefined,
+    (e: Error) => e,
+  )
   t.type(err, O3UnreachableError)
   t.match(err?.message, `127.0.0.1:${port}`)
   t.match(err?.message, /O3_ENDPOINT/)
@@ -204,7 +235,11 @@ t.test('a client on bucket/prefix cannot address keys outside it', async (t) => 
   t.throws(() => O3Client.open('client-test/../x'), O3UsageError)
   t.throws(() => O3Client.open('Bad_Bucket'), O3UsageError)
   const listed = await collect(c.list(''))
-  t.same(listed.map((e) => e.type === 'object' && e.key), ['inside.txt'], 'the sibling prefix data2/ is not listed')
+  t.same(
+    listed.map((e) => e.type === 'object' && e.key),
+    ['inside.txt'],
+    'the sibling prefix data2/ is not listed',
+  )
   t.equal((await outside.head('data/inside.txt')).size, 6, 'keys are stored under the prefix')
 })
 
@@ -222,23 +257,39 @@ t.test('the connection pool is bounded and closed on teardown', async (t) => {
 
 t.test('no secret appears in any log line or error message', async (t) => {
   const lines: string[] = []
-  const sink = new Writable({ write(chunk, _enc, cb) { lines.push(String(chunk)); cb() } })
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(String(chunk))
+      cb()
+    },
+  })
   const logger = pino({ level: 'trace' }, sink)
   const privateKey = 'ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80'
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
   const messages: string[] = []
-  const capture = (e: unknown) => { messages.push(String((e as Error).message), JSON.stringify(e), String((e as Error).stack)) }
+  const capture = (e: unknown) => {
+    messages.push(String((e as Error).message), JSON.stringify(e), String((e as Error).stack))
+  }
   const good = open(info, 'client-test', { logger }, proxy.endpoint)
   await good.put('log.txt', 'x')
   proxy.resetAfterBytes(0, { count: 2 })
   await good.head('log.txt')
   const bad = open(info, 'client-test', { logger }, info.endpoint, 'wrong-secret-value')
   await bad.head('log.txt').catch(capture)
-  await open(info, 'client-test', { logger, retry: { maxAttempts: 2, baseDelayMs: 10 } }, 'http://127.0.0.1:1').head('x').catch(capture)
+  await open(info, 'client-test', { logger, retry: { maxAttempts: 2, baseDelayMs: 10 } }, 'http://127.0.0.1:1')
+    .head('x')
+    .catch(capture)
   const { signerFromHex } = await import('../lib/content/signer.js')
-  try { signerFromHex(privateKey.slice(0, 60), 'AKAVE_PRIVATE_KEY') } catch (e) { capture(e) }
-  t.ok(lines.some((l) => l.includes('retrying')), 'the retries were logged')
+  try {
+    signerFromHex(privateKey.slice(0, 60), 'AKAVE_PRIVATE_KEY')
+  } catch (e) {
+    capture(e)
+  }
+  t.ok(
+    lines.some((l) => l.includes('retrying')),
+    'the retries were logged',
+  )
   const everything = [...lines, ...messages].join('\n')
   for (const secret of [info.secretAccessKey, 'wrong-secret-value', info.accessKeyId, privateKey, privateKey.slice(0, 60)]) {
     t.notOk(everything.includes(secret), `${secret.length}-char secret absent`)
@@ -258,14 +309,19 @@ t.test('a 4xx whose message mentions "aborted" is final, not retried', async (t)
 t.test('no credentials anywhere: O3AuthError that says where to set them', async (t) => {
   const config = resolveConfig({ endpoint: info.endpoint, region: info.region }, {})
   const saved = { ...process.env }
-  t.teardown(() => { process.env = saved })
+  t.teardown(() => {
+    process.env = saved
+  })
   for (const k of Object.keys(process.env)) if (/^(AWS_|O3_)/.test(k)) delete process.env[k]
   process.env.AWS_SHARED_CREDENTIALS_FILE = '/nonexistent'
   process.env.AWS_CONFIG_FILE = '/nonexistent'
   process.env.AWS_EC2_METADATA_DISABLED = 'true'
   const c = O3Client.open('client-test', { config })
   t.teardown(() => c.close())
-  const err = await c.head('x').then(() => undefined, (e: Error) => e)
+  const err = await c.head('x').then(
+    () => undefined,
+    (e: Error) => e,
+  )
   t.type(err, O3AuthError)
   t.match(err?.message, /no credentials found; set O3_ACCESS_KEY_ID and O3_SECRET_ACCESS_KEY/)
 })

@@ -7,7 +7,11 @@ import { loadSigner, recoverAddress, signerFromHex } from '../lib/content/signer
 
 t.test('first match wins: flags, O3_*, AWS_*, defaults', async (t) => {
   const env = { O3_ENDPOINT: 'http://o3.example:1', AWS_ENDPOINT_URL: 'http://aws.example:2', O3_REGION: 'r-o3', AWS_REGION: 'r-aws' }
-  t.match(resolveConfig({ endpoint: 'http://flag.example:3', region: 'r-flag' }, env), { endpoint: 'http://flag.example:3', region: 'r-flag', sources: { endpoint: '--endpoint', region: '--region' } })
+  t.match(resolveConfig({ endpoint: 'http://flag.example:3', region: 'r-flag' }, env), {
+    endpoint: 'http://flag.example:3',
+    region: 'r-flag',
+    sources: { endpoint: '--endpoint', region: '--region' },
+  })
   t.match(resolveConfig({}, env), { endpoint: 'http://o3.example:1', region: 'r-o3' })
   t.match(resolveConfig({}, { AWS_ENDPOINT_URL: 'http://aws.example:2', AWS_REGION: 'r-aws' }), { endpoint: 'http://aws.example:2', region: 'r-aws' })
   const d = resolveConfig({}, {})
@@ -17,12 +21,19 @@ t.test('first match wins: flags, O3_*, AWS_*, defaults', async (t) => {
 })
 
 t.test('credentials from the environment or a file, both halves required', async (t) => {
-  t.same(resolveConfig({}, { O3_ACCESS_KEY_ID: 'id', O3_SECRET_ACCESS_KEY: 'sec' }).credentials, { accessKeyId: 'id', secretAccessKey: 'sec', sessionToken: undefined })
+  t.same(resolveConfig({}, { O3_ACCESS_KEY_ID: 'id', O3_SECRET_ACCESS_KEY: 'sec' }).credentials, {
+    accessKeyId: 'id',
+    secretAccessKey: 'sec',
+    sessionToken: undefined,
+  })
   t.throws(() => resolveConfig({}, { O3_ACCESS_KEY_ID: 'id' }), O3ConfigError)
   const dir = mkdtempSync(join(tmpdir(), 'o3cfg-'))
   const file = join(dir, 'keys')
   writeFileSync(file, 'export O3_ACCESS_KEY_ID="fid"\nO3_SECRET_ACCESS_KEY=fsec\n')
-  t.match(resolveConfig({ credentialsFile: file }, { O3_ACCESS_KEY_ID: 'id', O3_SECRET_ACCESS_KEY: 'sec' }), { credentials: { accessKeyId: 'fid', secretAccessKey: 'fsec' }, sources: { credentials: '--credentials-file' } })
+  t.match(resolveConfig({ credentialsFile: file }, { O3_ACCESS_KEY_ID: 'id', O3_SECRET_ACCESS_KEY: 'sec' }), {
+    credentials: { accessKeyId: 'fid', secretAccessKey: 'fsec' },
+    sources: { credentials: '--credentials-file' },
+  })
   t.throws(() => resolveConfig({ credentialsFile: join(dir, 'missing') }, {}), /cannot read credentials file/)
   t.throws(() => resolveConfig({ endpoint: 'ftp://x' }, {}), O3ConfigError)
   t.throws(() => resolveConfig({ endpoint: 'not a url' }, {}), /is not a URL/)
@@ -33,7 +44,10 @@ t.test('AKAVE_PRIVATE_KEY: validated, shown only as its address, signs EIP-191',
   const s = loadSigner({ AKAVE_PRIVATE_KEY: key })!
   t.equal(s.address, '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266')
   // The signature ethers' Wallet.signMessage('hello') gives for this key.
-  t.equal(s.sign('hello'), '0xf16ea9a3478698f695fd1401bfe27e9e4a7e8e3da94aa72b021125e31fa899cc573c48ea3fe1d4ab61a9db10c19032026e3ed2dbccba5a178235ac27f94504311c')
+  t.equal(
+    s.sign('hello'),
+    '0xf16ea9a3478698f695fd1401bfe27e9e4a7e8e3da94aa72b021125e31fa899cc573c48ea3fe1d4ab61a9db10c19032026e3ed2dbccba5a178235ac27f94504311c',
+  )
   t.equal(recoverAddress('hello', s.sign('hello')), s.address)
   t.not(recoverAddress('hellO', s.sign('hello')), s.address, 'another message recovers another address')
   t.equal(Object.keys(s).join(','), 'address,sign', 'nothing else is exposed')

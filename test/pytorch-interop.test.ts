@@ -45,7 +45,8 @@ const node = (source: string, args: string[]) => {
   const cli = cliCommand(source)
   return run(process.execPath, [...cli.execArgv, cli.file, ...args])
 }
-const o3train = (args: string[]) => node('trainer/cli.ts', ['--dataset', 'fashion-mnist', '--device', 'cpu', '--threads', '2', '--batch', '64', '--seed', '7', ...args])
+const o3train = (args: string[]) =>
+  node('trainer/cli.ts', ['--dataset', 'fashion-mnist', '--device', 'cpu', '--threads', '2', '--batch', '64', '--seed', '7', ...args])
 const python = (script: string, args: string[]) => run(PYTHON, [join(EXAMPLES, script), ...args])
 
 interface PyEval {
@@ -103,7 +104,14 @@ async function correctPerClass(trainer: Trainer, split: { images: Buffer[]; labe
       out.push(0)
       continue
     }
-    const e = await trainer.evaluate({ kind: 'mnist', root: writeTestSplit(images, images.map(() => c)), split: 'test' })
+    const e = await trainer.evaluate({
+      kind: 'mnist',
+      root: writeTestSplit(
+        images,
+        images.map(() => c),
+      ),
+      split: 'test',
+    })
     out.push(Math.round(e.accuracy * e.samples))
   }
   return out
@@ -161,7 +169,15 @@ for (const model of ['cnn', 'mlp', 'resnet'] as const) {
 
     // o3train's own model, from the same file, through the addon.
     const split = testSplit(data)
-    const trainer = await Trainer.create({ model, device: 'cpu', threads: 2, seed: 7, optimizer: { type: 'sgd', lr: 0.05 }, data: { kind: 'mnist', root: data, split: 'train' }, batchSize: 64 })
+    const trainer = await Trainer.create({
+      model,
+      device: 'cpu',
+      threads: 2,
+      seed: 7,
+      optimizer: { type: 'sgd', lr: 0.05 },
+      data: { kind: 'mnist', root: data, split: 'train' },
+      batchSize: 64,
+    })
     t.teardown(() => trainer.close())
     await applyInitWeights(trainer, ckpt)
     t.same(await correctPerClass(trainer, split), py.correct_per_class, 'correct answers per class are the same')
@@ -173,7 +189,10 @@ for (const model of ['cnn', 'mlp', 'resnet'] as const) {
     const fresh = join(scratch, `${model}.pytorch-init.safetensors`)
     const saved = await python('save_init.py', [fresh, '--model', model, '--seed', '5'])
     t.equal(saved.code, 0, saved.stderr)
-    t.notOk(parseSafetensors(readFileSync(fresh), fresh).tensors.some((x) => x.name.startsWith('model.')), 'PyTorch wrote bare names')
+    t.notOk(
+      parseSafetensors(readFileSync(fresh), fresh).tensors.some((x) => x.name.startsWith('model.')),
+      'PyTorch wrote bare names',
+    )
     const pyFresh = await pyEvaluate(fresh, data)
     t.equal(await applyInitWeights(trainer, fresh), parseSafetensors(readFileSync(ckpt), ckpt).tensors.filter((x) => x.name.startsWith('model.')).length)
     const e = await trainer.evaluate({ kind: 'mnist', root: data, split: 'test' })

@@ -1,10 +1,10 @@
 // The test S3 server itself: does Swift + s3api speak the S3 the rest of the suite relies on,
 // and does stopping it leave nothing behind.
-import t from 'tap';
-import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { existsSync, readFileSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -17,76 +17,93 @@ import {
   PutObjectCommand,
   UploadPartCommand,
   type S3Client,
-} from '@aws-sdk/client-s3';
-import { createBucket, s3Client, startS3Server, stopS3Server, useS3Server } from './support/s3-server.js';
+} from '@aws-sdk/client-s3'
+import { createBucket, s3Client, startS3Server, stopS3Server, useS3Server } from './support/s3-server.js'
 
-const MiB = 1024 * 1024;
-const md5 = (b: Uint8Array): string => createHash('md5').update(b).digest('hex');
+const MiB = 1024 * 1024
+const md5 = (b: Uint8Array): string => createHash('md5').update(b).digest('hex')
 
 async function getBytes(client: S3Client, Bucket: string, Key: string, Range?: string): Promise<Buffer> {
-  const res = await client.send(new GetObjectCommand({ Bucket, Key, Range }));
-  return Buffer.from(await res.Body!.transformToByteArray());
+  const res = await client.send(new GetObjectCommand({ Bucket, Key, Range }))
+  return Buffer.from(await res.Body!.transformToByteArray())
 }
 
 function readPids(dir: string): number[] {
-  return readFileSync(`${dir}/pids`, 'utf8').split('\n').filter(Boolean).map(Number);
+  return readFileSync(`${dir}/pids`, 'utf8').split('\n').filter(Boolean).map(Number)
 }
 
 async function waitGone(pids: number[], ms: number): Promise<number[]> {
-  const deadline = Date.now() + ms;
-  let alive = pids;
-  while ((alive = pids.filter(p => existsSync(`/proc/${p}`))).length && Date.now() < deadline) await sleep(100);
-  return alive;
+  const deadline = Date.now() + ms
+  let alive = pids
+  while ((alive = pids.filter((p) => existsSync(`/proc/${p}`))).length && Date.now() < deadline) await sleep(100)
+  return alive
 }
 
-t.test('speaks S3 through the AWS SDK', async t => {
-  const info = await useS3Server(t);
-  t.equal(info.region, 'akave-network');
-  const client = s3Client(info);
-  t.teardown(() => client.destroy());
-  const Bucket = `s3srv-${process.pid}-${Date.now()}`;
-  await createBucket(info, Bucket);
+t.test('speaks S3 through the AWS SDK', async (t) => {
+  const info = await useS3Server(t)
+  t.equal(info.region, 'akave-network')
+  const client = s3Client(info)
+  t.teardown(() => client.destroy())
+  const Bucket = `s3srv-${process.pid}-${Date.now()}`
+  await createBucket(info, Bucket)
 
-  const body = randomBytes(1000);
-  const put = await client.send(new PutObjectCommand({ Bucket, Key: 'a/b/c.bin', Body: body }));
-  t.equal(put.ETag, `"${md5(body)}"`, 'single-part ETag is the MD5');
-  const head = await client.send(new HeadObjectCommand({ Bucket, Key: 'a/b/c.bin' }));
-  t.equal(head.ContentLength, 1000);
+  const body = randomBytes(1000)
+  const put = await client.send(new PutObjectCommand({ Bucket, Key: 'a/b/c.bin', Body: body }))
+  t.equal(put.ETag, `"${md5(body)}"`, 'single-part ETag is the MD5')
+  const head = await client.send(new HeadObjectCommand({ Bucket, Key: 'a/b/c.bin' }))
+  t.equal(head.ContentLength, 1000)
 
-  t.same(await getBytes(client, Bucket, 'a/b/c.bin'), body, 'whole object');
-  t.same(await getBytes(client, Bucket, 'a/b/c.bin', 'bytes=0-0'), body.subarray(0, 1), 'bytes=0-0');
-  t.same(await getBytes(client, Bucket, 'a/b/c.bin', 'bytes=-5'), body.subarray(995), 'suffix range');
-  t.same(await getBytes(client, Bucket, 'a/b/c.bin', 'bytes=999-'), body.subarray(999), 'last byte');
-  t.same(await getBytes(client, Bucket, 'a/b/c.bin', 'bytes=990-5000'), body.subarray(990), 'range past EOF is clipped');
-  await t.rejects(getBytes(client, Bucket, 'a/b/c.bin', 'bytes=1000-'), { name: 'InvalidRange' }, 'range wholly past EOF');
-  await t.rejects(getBytes(client, Bucket, 'nope'), { name: 'NoSuchKey' });
+  t.same(await getBytes(client, Bucket, 'a/b/c.bin'), body, 'whole object')
+  t.same(await getBytes(client, Bucket, 'a/b/c.bin', 'bytes=0-0'), body.subarray(0, 1), 'bytes=0-0')
+  t.same(await getBytes(client, Bucket, 'a/b/c.bin', 'bytes=-5'), body.subarray(995), 'suffix range')
+  t.same(await getBytes(client, Bucket, 'a/b/c.bin', 'bytes=999-'), body.subarray(999), 'last byte')
+  t.same(await getBytes(client, Bucket, 'a/b/c.bin', 'bytes=990-5000'), body.subarray(990), 'range past EOF is clipped')
+  await t.rejects(getBytes(client, Bucket, 'a/b/c.bin', 'bytes=1000-'), { name: 'InvalidRange' }, 'range wholly past EOF')
+  await t.rejects(getBytes(client, Bucket, 'nope'), { name: 'NoSuchKey' })
 
   for (const Key of ['a/x.txt', 'a/b/d.txt', 'a/e/f.txt', 'top.txt']) {
-    await client.send(new PutObjectCommand({ Bucket, Key, Body: Key }));
+    await client.send(new PutObjectCommand({ Bucket, Key, Body: Key }))
   }
-  const root = await client.send(new ListObjectsV2Command({ Bucket, Delimiter: '/' }));
-  t.same(root.CommonPrefixes?.map(p => p.Prefix), ['a/']);
-  t.same(root.Contents?.map(o => o.Key), ['top.txt']);
-  const underA = await client.send(new ListObjectsV2Command({ Bucket, Delimiter: '/', Prefix: 'a/' }));
-  t.same(underA.CommonPrefixes?.map(p => p.Prefix), ['a/b/', 'a/e/'], 'nested prefixes');
-  t.same(underA.Contents?.map(o => o.Key), ['a/x.txt']);
-  const page = await client.send(new ListObjectsV2Command({ Bucket, MaxKeys: 2 }));
-  t.equal(page.IsTruncated, true);
-  const rest = await client.send(
-    new ListObjectsV2Command({ Bucket, MaxKeys: 10, ContinuationToken: page.NextContinuationToken }),
-  );
-  t.same([...page.Contents!, ...rest.Contents!].map(o => o.Key), ['a/b/c.bin', 'a/b/d.txt', 'a/e/f.txt', 'a/x.txt', 'top.txt']);
+  const root = await client.send(new ListObjectsV2Command({ Bucket, Delimiter: '/' }))
+  t.same(
+    root.CommonPrefixes?.map((p) => p.Prefix),
+    ['a/'],
+  )
+  t.same(
+    root.Contents?.map((o) => o.Key),
+    ['top.txt'],
+  )
+  const underA = await client.send(new ListObjectsV2Command({ Bucket, Delimiter: '/', Prefix: 'a/' }))
+  t.same(
+    underA.CommonPrefixes?.map((p) => p.Prefix),
+    ['a/b/', 'a/e/'],
+    'nested prefixes',
+  )
+  t.same(
+    underA.Contents?.map((o) => o.Key),
+    ['a/x.txt'],
+  )
+  const page = await client.send(new ListObjectsV2Command({ Bucket, MaxKeys: 2 }))
+  t.equal(page.IsTruncated, true)
+  const rest = await client.send(new ListObjectsV2Command({ Bucket, MaxKeys: 10, ContinuationToken: page.NextContinuationToken }))
+  t.same(
+    [...page.Contents!, ...rest.Contents!].map((o) => o.Key),
+    ['a/b/c.bin', 'a/b/d.txt', 'a/e/f.txt', 'a/x.txt', 'top.txt'],
+  )
 
   // Multipart: parts other than the last must be >= 5 MiB, as on S3
-  const parts = [randomBytes(5 * MiB), randomBytes(5 * MiB), randomBytes(123)];
-  const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket, Key: 'big.bin' }));
-  const etags: string[] = [];
+  const parts = [randomBytes(5 * MiB), randomBytes(5 * MiB), randomBytes(123)]
+  const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket, Key: 'big.bin' }))
+  const etags: string[] = []
   for (const [i, Body] of parts.entries()) {
-    const r = await client.send(new UploadPartCommand({ Bucket, Key: 'big.bin', UploadId, PartNumber: i + 1, Body }));
-    etags.push(r.ETag!);
+    const r = await client.send(new UploadPartCommand({ Bucket, Key: 'big.bin', UploadId, PartNumber: i + 1, Body }))
+    etags.push(r.ETag!)
   }
-  const listed = await client.send(new ListPartsCommand({ Bucket, Key: 'big.bin', UploadId }));
-  t.same(listed.Parts?.map(p => p.Size), parts.map(p => p.length));
+  const listed = await client.send(new ListPartsCommand({ Bucket, Key: 'big.bin', UploadId }))
+  t.same(
+    listed.Parts?.map((p) => p.Size),
+    parts.map((p) => p.length),
+  )
   const done = await client.send(
     new CompleteMultipartUploadCommand({
       Bucket,
@@ -94,51 +111,46 @@ t.test('speaks S3 through the AWS SDK', async t => {
       UploadId,
       MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) },
     }),
-  );
-  const concat = Buffer.concat(parts);
-  const expectedEtag = md5(Buffer.concat(etags.map(e => Buffer.from(e.replace(/"/g, ''), 'hex'))));
-  t.equal(done.ETag, `"${expectedEtag}-3"`, 'S3-style multipart ETag');
-  t.equal(md5(await getBytes(client, Bucket, 'big.bin')), md5(concat), 'multipart content');
+  )
+  const concat = Buffer.concat(parts)
+  const expectedEtag = md5(Buffer.concat(etags.map((e) => Buffer.from(e.replace(/"/g, ''), 'hex'))))
+  t.equal(done.ETag, `"${expectedEtag}-3"`, 'S3-style multipart ETag')
+  t.equal(md5(await getBytes(client, Bucket, 'big.bin')), md5(concat), 'multipart content')
   t.same(
     await getBytes(client, Bucket, 'big.bin', `bytes=${5 * MiB - 2}-${5 * MiB + 1}`),
     concat.subarray(5 * MiB - 2, 5 * MiB + 2),
     'range across a part boundary',
-  );
+  )
 
-  const aborted = await client.send(new CreateMultipartUploadCommand({ Bucket, Key: 'gone.bin' }));
-  await client.send(
-    new UploadPartCommand({ Bucket, Key: 'gone.bin', UploadId: aborted.UploadId, PartNumber: 1, Body: parts[0] }),
-  );
-  await client.send(new AbortMultipartUploadCommand({ Bucket, Key: 'gone.bin', UploadId: aborted.UploadId }));
-  const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket }));
-  t.same(uploads.Uploads ?? [], [], 'no uploads left after abort');
-  await t.rejects(
-    client.send(new ListPartsCommand({ Bucket, Key: 'gone.bin', UploadId: aborted.UploadId })),
-    { name: 'NoSuchUpload' },
-  );
-  await t.rejects(client.send(new HeadObjectCommand({ Bucket, Key: 'gone.bin' })), { name: 'NotFound' });
-});
+  const aborted = await client.send(new CreateMultipartUploadCommand({ Bucket, Key: 'gone.bin' }))
+  await client.send(new UploadPartCommand({ Bucket, Key: 'gone.bin', UploadId: aborted.UploadId, PartNumber: 1, Body: parts[0] }))
+  await client.send(new AbortMultipartUploadCommand({ Bucket, Key: 'gone.bin', UploadId: aborted.UploadId }))
+  const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket }))
+  t.same(uploads.Uploads ?? [], [], 'no uploads left after abort')
+  await t.rejects(client.send(new ListPartsCommand({ Bucket, Key: 'gone.bin', UploadId: aborted.UploadId })), { name: 'NoSuchUpload' })
+  await t.rejects(client.send(new HeadObjectCommand({ Bucket, Key: 'gone.bin' })), { name: 'NotFound' })
+})
 
-t.test('stop leaves no process and no directory, and is idempotent', async t => {
-  const server = await startS3Server();
-  const pids = readPids(server.dir);
-  t.equal(pids.length, 6, 'memcached, 4 Swift servers, watchdog');
+t.test('stop leaves no process and no directory, and is idempotent', async (t) => {
+  const server = await startS3Server()
+  const pids = readPids(server.dir)
+  t.equal(pids.length, 6, 'memcached, 4 Swift servers, watchdog')
   // a second instance runs beside the shared one and answers on its own port
-  const res = await fetch(`${server.endpoint}/healthcheck`);
-  t.equal(res.status, 200);
-  await server.stop();
-  t.same(await waitGone(pids, 0), [], 'every recorded PID is gone');
-  t.notOk(existsSync(server.dir), 'directory removed');
-  await t.resolves(stopS3Server(server.dir), 'a second stop is a no-op');
-});
+  const res = await fetch(`${server.endpoint}/healthcheck`)
+  t.equal(res.status, 200)
+  await server.stop()
+  t.same(await waitGone(pids, 0), [], 'every recorded PID is gone')
+  t.notOk(existsSync(server.dir), 'directory removed')
+  await t.resolves(stopS3Server(server.dir), 'a second stop is a no-op')
+})
 
-t.test('the watchdog stops the server when the watched process dies', async t => {
-  const watched = spawn('sleep', ['600'], { stdio: 'ignore' });
-  t.teardown(() => watched.kill('SIGKILL'));
-  const server = await startS3Server({ watchPid: watched.pid!, stopOnExit: false });
-  t.teardown(() => server.stop());
-  const pids = readPids(server.dir);
-  watched.kill('SIGKILL');
-  t.same(await waitGone(pids, 15_000), [], 'every recorded PID is gone');
-  t.notOk(existsSync(server.dir), 'directory removed');
-});
+t.test('the watchdog stops the server when the watched process dies', async (t) => {
+  const watched = spawn('sleep', ['600'], { stdio: 'ignore' })
+  t.teardown(() => watched.kill('SIGKILL'))
+  const server = await startS3Server({ watchPid: watched.pid!, stopOnExit: false })
+  t.teardown(() => server.stop())
+  const pids = readPids(server.dir)
+  watched.kill('SIGKILL')
+  t.same(await waitGone(pids, 15_000), [], 'every recorded PID is gone')
+  t.notOk(existsSync(server.dir), 'directory removed')
+})

@@ -34,7 +34,28 @@ const dataDir = join(scratch, 'fmnist')
 const files = writeFashionSubset(dataDir, 1024, 256)
 const EPOCHS = 4
 const TOTAL = 16 * EPOCHS
-const train = ['--data', dataDir, '--dataset', 'fashion-mnist', '--model', 'mlp', '--model-opt', 'dropout=0', '--batch', '32', '--lr', '0.05', '--seed', '7', '--threads', '1', '--epochs', String(EPOCHS), '--ckpt-every', '4']
+const train = [
+  '--data',
+  dataDir,
+  '--dataset',
+  'fashion-mnist',
+  '--model',
+  'mlp',
+  '--model-opt',
+  'dropout=0',
+  '--batch',
+  '32',
+  '--lr',
+  '0.05',
+  '--seed',
+  '7',
+  '--threads',
+  '1',
+  '--epochs',
+  String(EPOCHS),
+  '--ckpt-every',
+  '4',
+]
 const cli = cliCommand('trainer/cli.ts')
 const o3train = [process.execPath, ...cli.execArgv, cli.file]
 // What Debian's torchrun 1.13 needs under Python 3.11, and notices a dead rank within a second.
@@ -45,7 +66,8 @@ const env = (extra: NodeJS.ProcessEnv = {}) => {
   for (const k of ['WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT']) delete e[k]
   return e
 }
-const standalone = (args: string[], torchrunArgs: string[] = []) => startGroup(t, TORCHRUN, ['--standalone', '--nproc_per_node=2', ...torchrunBase, ...torchrunArgs, '--no_python', ...o3train, ...train, ...args], env())
+const standalone = (args: string[], torchrunArgs: string[] = []) =>
+  startGroup(t, TORCHRUN, ['--standalone', '--nproc_per_node=2', ...torchrunBase, ...torchrunArgs, '--no_python', ...o3train, ...train, ...args], env())
 const ckpt = (run: string) => ['--ckpt', `o3://${BUCKET}/${run}`]
 function client(run: string): O3Client {
   const c = serverClient(info, `${BUCKET}/${run}`)
@@ -123,9 +145,25 @@ t.test('elastic: a 2-rank run stopped through the agent resumes on 1 rank with -
 t.test('two torchrun agents with c10d rendezvous stand in for two nodes', async (t) => {
   const endpoint = `127.0.0.1:${await freePort()}`
   const node = (rank: number) =>
-    startGroup(t, TORCHRUN, ['--nnodes=2', `--node_rank=${rank}`, '--nproc_per_node=1', '--rdzv_backend=c10d', `--rdzv_endpoint=${endpoint}`, '--rdzv_id=two-nodes', ...torchrunBase, '--no_python', ...o3train, ...train, ...ckpt('nodes')],
+    startGroup(
+      t,
+      TORCHRUN,
+      [
+        '--nnodes=2',
+        `--node_rank=${rank}`,
+        '--nproc_per_node=1',
+        '--rdzv_backend=c10d',
+        `--rdzv_endpoint=${endpoint}`,
+        '--rdzv_id=two-nodes',
+        ...torchrunBase,
+        '--no_python',
+        ...o3train,
+        ...train,
+        ...ckpt('nodes'),
+      ],
       // Two "nodes" on one host: Gloo binds loopback, as GLOO_SOCKET_IFNAME picks the interface on a cluster.
-      env({ GLOO_SOCKET_IFNAME: 'lo' }))
+      env({ GLOO_SOCKET_IFNAME: 'lo' }),
+    )
   const nodes = [node(0), node(1)]
   const exits = await Promise.all(nodes.map((n) => n.done))
   exits.forEach((e, i) => t.equal(e.code, 0, `node ${i}'s torchrun exits 0`, { output: nodes[i]!.output() }))

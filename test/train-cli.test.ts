@@ -110,14 +110,24 @@ const SIGNING_KEY = 'ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f
 t.test('--data o3://: mounts for the run (without the signing key), trains, checkpoints, unmounts at exit', async (t) => {
   const keyFile = join(scratch, 'signing.key')
   writeFileSync(keyFile, SIGNING_KEY, { mode: 0o600 })
-  const r = o3train(['--data', `o3://${BUCKET}/fmnist`, ...base, '--epochs', '2', '--ckpt', `o3://${BUCKET}/runs/basic`, '--ckpt-every', 'epoch'], { AKAVE_PRIVATE_KEY: SIGNING_KEY, AKAVE_PRIVATE_KEY_FILE: keyFile })
+  const r = o3train(['--data', `o3://${BUCKET}/fmnist`, ...base, '--epochs', '2', '--ckpt', `o3://${BUCKET}/runs/basic`, '--ckpt-every', 'epoch'], {
+    AKAVE_PRIVATE_KEY: SIGNING_KEY,
+    AKAVE_PRIVATE_KEY_FILE: keyFile,
+  })
   await r.waitFor('"msg":"mounted the data for this run"')
   // The mount's pid follows its mountpoint in that line (the line's first pid is o3train's own).
   const pid = Number(/"mountpoint":"[^"]+","pid":(\d+)/.exec(r.stderr())![1])
   t.not(pid, r.child.pid)
   const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')
-  t.ok(environ.some((v) => v.startsWith('O3_ACCESS_KEY_ID=')), 'the mount got what it needs: the O3 credentials')
-  t.same(environ.filter((v) => v.startsWith('AKAVE_PRIVATE_KEY')), [], 'but not the signing key nor its file name')
+  t.ok(
+    environ.some((v) => v.startsWith('O3_ACCESS_KEY_ID=')),
+    'the mount got what it needs: the O3 credentials',
+  )
+  t.same(
+    environ.filter((v) => v.startsWith('AKAVE_PRIVATE_KEY')),
+    [],
+    'but not the signing key nor its file name',
+  )
   t.match(readFileSync(`/proc/${pid}/cmdline`, 'utf8'), /^(?!.*(ac0974bec39a|testing)).*$/s, 'no secret in its argv')
   const { code, stdout, stderr } = await r.done
   t.equal(code, 0, stderr)
@@ -125,8 +135,15 @@ t.test('--data o3://: mounts for the run (without the signing key), trains, chec
   t.equal(s.epochsCompleted, 2)
   t.equal(s.steps, 64)
   t.ok(s.test && s.test.accuracy > 0.6, `test accuracy ${s.test?.accuracy} after 2 epochs on 2,048 samples`)
-  t.same(s.checkpoints.map((c) => c.step), [32, 64])
-  t.same(s.threads, { threads: availableParallelism(), cores: availableParallelism(), env: { OMP_WAIT_POLICY: 'PASSIVE', OPENBLAS_NUM_THREADS: '1' } }, 'threads from the machine, passive OpenMP, one-thread BLAS')
+  t.same(
+    s.checkpoints.map((c) => c.step),
+    [32, 64],
+  )
+  t.same(
+    s.threads,
+    { threads: availableParallelism(), cores: availableParallelism(), env: { OMP_WAIT_POLICY: 'PASSIVE', OPENBLAS_NUM_THREADS: '1' } },
+    'threads from the machine, passive OpenMP, one-thread BLAS',
+  )
   t.match(stderr, /"threads":"\d+ intra-op on \d+ cores, OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1"/, 'the set-up in the start line')
   const mountpoint = /"mountpoint":"([^"]+)"/.exec(stderr)?.[1]
   t.ok(mountpoint, 'it said where it mounted the data')
@@ -185,14 +202,22 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
 t.test('the S3 server gone for 5 s during training: no error', async (t) => {
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
-  const r = o3train(['--data', `o3://${BUCKET}/fmnist`, ...base, '--epochs', '8', '--ckpt', `o3://${BUCKET}/runs/outage`, '--ckpt-every', '4'], { O3_ENDPOINT: proxy.endpoint })
+  const r = o3train(['--data', `o3://${BUCKET}/fmnist`, ...base, '--epochs', '8', '--ckpt', `o3://${BUCKET}/runs/outage`, '--ckpt-every', '4'], {
+    O3_ENDPOINT: proxy.endpoint,
+  })
   await r.waitFor('"msg":"checkpoint committed"')
   await proxy.outage(5000)
   const outageEnded = Date.now()
   const { code, stdout, stderr } = await r.done
   t.equal(code, 0, stderr)
-  const commits = stderr.split('\n').filter((l) => l.includes('"msg":"checkpoint committed"')).map((l) => (JSON.parse(l) as { time: number }).time)
-  t.ok(commits.some((time) => time > outageEnded), 'training went on through the outage: checkpoints committed after it ended')
+  const commits = stderr
+    .split('\n')
+    .filter((l) => l.includes('"msg":"checkpoint committed"'))
+    .map((l) => (JSON.parse(l) as { time: number }).time)
+  t.ok(
+    commits.some((time) => time > outageEnded),
+    'training went on through the outage: checkpoints committed after it ended',
+  )
   t.match(stderr, /retrying O3 request/, 'requests failed during the outage and were retried')
   const s = summaryOf(stdout)
   t.equal(s.epochsCompleted, 8)
@@ -202,7 +227,24 @@ t.test('the S3 server gone for 5 s during training: no error', async (t) => {
 t.test('the mount killed during training: a clear error; with the mount back, it resumes', async (t) => {
   const tree = buildImageFolder(join(scratch, 'images'), { perClass: 24 })
   await uploadDir(tree.root, `${BUCKET}/images`)
-  const args = ['--dataset', 'imagefolder', '--model', 'resnet', '--image-size', '28', '--batch', '8', '--lr', '0.05', '--epochs', '40', '--ckpt', `o3://${BUCKET}/runs/img`, '--ckpt-every', '5']
+  const args = [
+    '--dataset',
+    'imagefolder',
+    '--model',
+    'resnet',
+    '--image-size',
+    '28',
+    '--batch',
+    '8',
+    '--lr',
+    '0.05',
+    '--epochs',
+    '40',
+    '--ckpt',
+    `o3://${BUCKET}/runs/img`,
+    '--ckpt-every',
+    '5',
+  ]
   const m = await mount(t, info, `${BUCKET}/images`)
   const r = o3train(['--data', m.mountpoint, ...args])
   await r.waitFor('"msg":"checkpoint committed"')
@@ -210,7 +252,10 @@ t.test('the mount killed during training: a clear error; with the mount back, it
   const { code, stderr } = await r.done
   t.equal(code, 91, 'exits with the training-failure status')
   const last = stderr.trim().split('\n').at(-1)!
-  t.match(last, /^o3train: reading the data failed \(.*Transport endpoint is not connected; .*: ENOTCONN\): check the mount under .*, then rerun; --resume auto continues from the last checkpoint$/)
+  t.match(
+    last,
+    /^o3train: reading the data failed \(.*Transport endpoint is not connected; .*: ENOTCONN\): check the mount under .*, then rerun; --resume auto continues from the last checkpoint$/,
+  )
   t.match(last, `(${m.mountpoint}/`, 'it names the file that could not be read')
   await m.stop()
 

@@ -40,8 +40,12 @@ async function ipfsAdd(bytes: Buffer): Promise<string> {
 function run(cli: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const c = cliCommand(cli)
   return new Promise((resolve) => {
-    execFile(process.execPath, [...c.execArgv, c.file, ...args], { cwd: scratch, env: mountEnv(info), timeout: 600_000, maxBuffer: 1 << 24 }, (err, stdout, stderr) =>
-      resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stdout, stderr }))
+    execFile(
+      process.execPath,
+      [...c.execArgv, c.file, ...args],
+      { cwd: scratch, env: mountEnv(info), timeout: 600_000, maxBuffer: 1 << 24 },
+      (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stdout, stderr }),
+    )
   })
 }
 
@@ -52,7 +56,9 @@ t.test('a local directory: the CIDs of the files read, as ipfs add computes them
   t.equal(r.code, 0, r.stderr)
   const latest = await new CheckpointStore(serverClient(info, `${BUCKET}/runs/local`)).load('latest')
   const lineage = latest.meta.dataLineage!
-  const expected = await Promise.all(names.sort().map(async (n) => ({ path: n, cid: await ipfsAdd(readFileSync(join(data, n))), size: readFileSync(join(data, n)).length })))
+  const expected = await Promise.all(
+    names.sort().map(async (n) => ({ path: n, cid: await ipfsAdd(readFileSync(join(data, n))), size: readFileSync(join(data, n)).length })),
+  )
   t.same(lineage, { files: expected, verified: false }, 'every file read, with the reference CID')
   const record = await new CheckpointStore(serverClient(info, `${BUCKET}/runs/local`)).readRecord(latest.entry)
   t.same(record.data, lineage, 'the sidecar records the same')
@@ -74,7 +80,7 @@ t.test('a local directory: the CIDs of the files read, as ipfs add computes them
   t.match(bad.stdout, new RegExp(`FAIL .*${names[0]!.replace(/\./g, '\\.')}: CID`))
 })
 
-t.test('o3:// data with a manifest: the manifest\'s CID, reads verified; verify --data checks the files it names', async (t) => {
+t.test("o3:// data with a manifest: the manifest's CID, reads verified; verify --data checks the files it names", async (t) => {
   const files = Object.fromEntries(readdirSync(data).map((n) => [n, readFileSync(join(data, n))]))
   await putTree(client, 'datasets/fm', files)
   const manifestCid = (await digestContent(Buffer.concat(await collect(client.iterateRange(`datasets/fm/${DATASET_MANIFEST_NAME}`))))).cid

@@ -27,7 +27,10 @@ const options = (data: DataSpec, over: Partial<TrainerOptions> = {}): TrainerOpt
 t.test('listImageFolder gives the files and labels of the class directories', async (t) => {
   const listing = await listImageFolder(tree.root)
   t.same(listing.classes, ['boot', 'sneaker', 'trouser', 'tshirt'])
-  t.same(listing.samples, tree.files.map((f) => ({ path: f.path, label: f.label })))
+  t.same(
+    listing.samples,
+    tree.files.map((f) => ({ path: f.path, label: f.label })),
+  )
   t.ok(tree.files.some((f) => f.format === 'png') && tree.files.some((f) => f.format === 'jpeg'), 'both formats')
 })
 
@@ -40,8 +43,14 @@ t.test('a ResNet trains on the image tree', async (t) => {
   t.equal(r.samples, 32)
   t.ok(Number.isFinite(r.loss), `loss ${r.loss}`)
   const state = await tr.stateDict()
-  t.ok(state.some((s) => s.name === 'model.blocks.0.bn1.running_mean'), 'batch-norm buffers are part of the state')
-  t.ok(state.some((s) => s.name === 'model.blocks.0.bn1.num_batches_tracked' && s.dtype === 'I64'), 'I64 buffers too')
+  t.ok(
+    state.some((s) => s.name === 'model.blocks.0.bn1.running_mean'),
+    'batch-norm buffers are part of the state',
+  )
+  t.ok(
+    state.some((s) => s.name === 'model.blocks.0.bn1.num_batches_tracked' && s.dtype === 'I64'),
+    'I64 buffers too',
+  )
   const e = await tr.evaluate(images, 10)
   t.equal(e.samples, 24)
 })

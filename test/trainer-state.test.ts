@@ -26,13 +26,21 @@ function byName(state: StateTensor[]): Map<string, StateTensor> {
 }
 
 function sameState(t: Test, a: StateTensor[], b: StateTensor[], what: string): void {
-  t.same(a.map((s) => s.name), b.map((s) => s.name), `${what}: same names`)
+  t.same(
+    a.map((s) => s.name),
+    b.map((s) => s.name),
+    `${what}: same names`,
+  )
   const other = byName(b)
   const differing = a.filter((s) => {
     const o = other.get(s.name)
     return !o || o.dtype !== s.dtype || o.shape.join() !== s.shape.join() || !o.data.equals(s.data)
   })
-  t.same(differing.map((s) => s.name), [], `${what}: every tensor bit-identical`)
+  t.same(
+    differing.map((s) => s.name),
+    [],
+    `${what}: every tensor bit-identical`,
+  )
 }
 
 async function withTrainer<T>(opts: TrainerOptions, f: (tr: Trainer) => Promise<T>): Promise<T> {
@@ -77,7 +85,11 @@ t.test('stateDict holds every tensor, typed, shaped and named once', async (t) =
     t.match(m.get('rng.cpu'), { dtype: 'U8' })
     const loader = m.get('loader.position')!
     t.match(loader, { dtype: 'I64', shape: [3] })
-    t.same([0, 1, 2].map((i) => Number(loader.data.readBigInt64LE(8 * i))), [11, 0, 96], 'seed, epoch, index')
+    t.same(
+      [0, 1, 2].map((i) => Number(loader.data.readBigInt64LE(8 * i))),
+      [11, 0, 96],
+      'seed, epoch, index',
+    )
     t.same(tr.position, { epoch: 0, index: 96 })
 
     const before = Buffer.from(m.get('model.fc2.weight')!.data)
@@ -107,7 +119,7 @@ t.test('round trip with Adam, dropout and an epoch boundary is bit-identical', a
   sameState(t, uninterrupted, resumed, 'resumed vs uninterrupted')
 })
 
-t.test('trainSteps with toEpochEnd ends at the epoch\'s last batch and says so', async (t) => {
+t.test("trainSteps with toEpochEnd ends at the epoch's last batch and says so", async (t) => {
   await withTrainer(options({ model: 'mlp' }), async (tr) => {
     const first = await tr.trainSteps(6, { toEpochEnd: true })
     t.match(first, { steps: 6, samples: 6 * 32, epochEnded: false, epoch: 0 }, 'a limit inside the epoch')
@@ -133,7 +145,10 @@ t.test('round trip with SGD momentum and weight decay, by epochs, is bit-identic
     t.equal((await tr.trainEpoch()).samples, 300, 'then a whole one')
     return tr.stateDict()
   })
-  t.ok(saved.some((s) => s.name === 'optim.out.weight.momentum_buffer'), 'momentum buffers exported')
+  t.ok(
+    saved.some((s) => s.name === 'optim.out.weight.momentum_buffer'),
+    'momentum buffers exported',
+  )
   const resumed = await withTrainer(sgd, async (tr) => {
     await tr.loadStateDict(saved)
     await tr.trainEpoch()

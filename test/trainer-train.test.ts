@@ -41,7 +41,10 @@ t.test('one epoch of the CNN on Fashion-MNIST', async (t) => {
   // Each report reads the loss (a GPU sync on CUDA), so by default one every 10 steps and the last.
   t.equal(progress.length, Math.floor(938 / 10) + 1, 'a progress report every 10 steps and after the last')
   t.match(progress.at(-1), { step: 938, samples: 60000, epoch: 1, index: 0, total: 60000 })
-  t.ok(progress.slice(0, -1).every((p, i) => p.step === (i + 1) * 10), 'reports arrive in order')
+  t.ok(
+    progress.slice(0, -1).every((p, i) => p.step === (i + 1) * 10),
+    'reports arrive in order',
+  )
   t.same(trainer.position, { epoch: 1, index: 0 })
   // Generous bounds: CI machines are shared; a blocked loop would show seconds, not milliseconds.
   t.ok(ticks >= (seconds * 1000) / periodMs / 4, `timer fired ${ticks} times in ${seconds.toFixed(1)} s`)

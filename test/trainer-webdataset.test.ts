@@ -23,7 +23,9 @@ const COUNT = 120
 // The first COUNT test images as grayscale PNGs (PIL), one directory per label ("0".."9", so the
 // directory order is the label order), and the same images as idx files in the ImageFolder order.
 const tree = path.join(work, 'tree')
-execFileSync('/usr/bin/python3', ['-c', `
+execFileSync('/usr/bin/python3', [
+  '-c',
+  `
 import gzip, os, sys
 from PIL import Image
 src, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -32,10 +34,20 @@ with gzip.open(os.path.join(src, 't10k-labels-idx1-ubyte.gz')) as f: labels = f.
 for i in range(n):
     d = os.path.join(root, str(labels[i])); os.makedirs(d, exist_ok=True)
     Image.frombytes('L', (28, 28), images[i * 784:(i + 1) * 784]).save(os.path.join(d, f'{i:05d}.png'))
-`, FASHION_MNIST, tree, String(COUNT)])
+`,
+  FASHION_MNIST,
+  tree,
+  String(COUNT),
+])
 
 /** (class, source index) of every tree file in the ImageFolder order: classes, then paths. */
-const ordered = readdirSync(tree).sort().flatMap((c) => readdirSync(path.join(tree, c)).sort().map((f) => ({ label: Number(c), index: Number(f.slice(0, 5)) })))
+const ordered = readdirSync(tree)
+  .sort()
+  .flatMap((c) =>
+    readdirSync(path.join(tree, c))
+      .sort()
+      .map((f) => ({ label: Number(c), index: Number(f.slice(0, 5)) })),
+  )
 const idxDir = path.join(work, 'idx')
 mkdirSync(idxDir)
 {
@@ -71,8 +83,14 @@ const options = (data: DataSpec, over: Partial<TrainerOptions> = {}): TrainerOpt
 t.test('the writer cuts shards by size and keeps every sample once', async (t) => {
   t.ok(written.shards.length >= 3, `${written.shards.length} shards`)
   for (const s of written.shards) t.ok(s.bytes <= 12 << 10, `${s.name}: ${s.bytes} bytes`)
-  t.equal(written.shards.reduce((n, s) => n + s.samples, 0), COUNT)
-  t.same(written.samples.map((s) => s.label), ordered.map((o) => o.label))
+  t.equal(
+    written.shards.reduce((n, s) => n + s.samples, 0),
+    COUNT,
+  )
+  t.same(
+    written.samples.map((s) => s.label),
+    ordered.map((o) => o.label),
+  )
   const shuffled = await writeShards(tree, directorySink(path.join(work, 'shuffled')), { shardSize: 12 << 10 })
   t.not(shuffled.samples.map((s) => s.source).join(), written.samples.map((s) => s.source).join(), 'shuffled by default')
   t.same(shuffled.samples.map((s) => s.source).sort(), written.samples.map((s) => s.source).sort())
@@ -82,11 +100,7 @@ t.test('one image, one tensor: idx, ImageFolder PNG and shard PNG score identica
   const tr = await Trainer.create(options({ kind: 'mnist', root: idxDir, split: 'test' }))
   t.teardown(() => tr.close())
   await tr.trainSteps(10)
-  const forms: DataSpec[] = [
-    { kind: 'mnist', root: idxDir, split: 'test' },
-    { kind: 'imagefolder', root: tree, imageSize: 28, channels: 1 },
-    gray(ours),
-  ]
+  const forms: DataSpec[] = [{ kind: 'mnist', root: idxDir, split: 'test' }, { kind: 'imagefolder', root: tree, imageSize: 28, channels: 1 }, gray(ours)]
   const results = []
   for (const d of forms) results.push(await tr.evaluate(d, 7))
   t.ok(results[0]!.accuracy > 0.2 && results[0]!.accuracy < 1, `a model that is neither blind nor perfect: ${results[0]!.accuracy}`)
@@ -109,7 +123,9 @@ t.test("shards from Python's tarfile (pax, GNU) and GNU tar read like ours", asy
     dirs[fmt] = path.join(work, `py-${fmt}`)
     mkdirSync(dirs[fmt])
     // Members under a 120-character directory: a pax path record or a GNU long name, beyond ustar.
-    execFileSync('/usr/bin/python3', ['-c', `
+    execFileSync('/usr/bin/python3', [
+      '-c',
+      `
 import os, sys, tarfile
 stage, out, fmt = sys.argv[1], sys.argv[2], getattr(tarfile, sys.argv[3] + '_FORMAT')
 names = sorted(os.listdir(stage))
@@ -117,7 +133,11 @@ for s in range(2):
     with tarfile.open(os.path.join(out, f'part-{s}.tar'), 'w', format=fmt) as t:
         for n in names[s * len(names) // 2:(s + 1) * len(names) // 2]:
             t.add(os.path.join(stage, n), arcname='d' * 120 + '/' + n)
-`, stage, dirs[fmt], fmt])
+`,
+      stage,
+      dirs[fmt],
+      fmt,
+    ])
   }
   dirs.gnutar = path.join(work, 'gnutar')
   mkdirSync(dirs.gnutar)
@@ -134,7 +154,11 @@ t.test('o3train: --dataset webdataset, --shards and --channels reach the loader'
   const args = ['--data', ours, '--dataset', 'webdataset', '--image-size', '28', '--model', 'mlp', '--device', 'cpu', '--batch', '8', '--threads', '2']
   const o = parseTrainArgs([...args, '--shards', 'shard-{000000..000003}.tar', '--channels', '1'])
   const s = await train(o, ours)
-  t.equal(s.samples, written.shards.slice(0, 4).reduce((n, x) => n + x.samples, 0), 'one epoch over the four shards named')
+  t.equal(
+    s.samples,
+    written.shards.slice(0, 4).reduce((n, x) => n + x.samples, 0),
+    'one epoch over the four shards named',
+  )
   t.equal(s.epochsCompleted, 1)
   t.equal(parseTrainArgs([...args, '--shuffle-window', '50']).shuffleWindow, 50)
   t.throws(() => parseTrainArgs([...args, '--channels', '2']), /--channels must be 1 or 3/)
@@ -170,8 +194,14 @@ t.test('ranks split the shards: rank r takes every world-size-th shard', async (
     tr.close()
   }
   const perShard = written.shards.map((s) => s.samples)
-  t.same(sizes, [0, 1, 2].map((r) => perShard.filter((_, i) => i % 3 === r).reduce((a, b) => a + b, 0)))
-  await t.rejects(Trainer.create(options(gray(ours), { rank: 0, worldSize: written.shards.length + 1 })), /shards for \d+ ranks: write at least one shard per rank/)
+  t.same(
+    sizes,
+    [0, 1, 2].map((r) => perShard.filter((_, i) => i % 3 === r).reduce((a, b) => a + b, 0)),
+  )
+  await t.rejects(
+    Trainer.create(options(gray(ours), { rank: 0, worldSize: written.shards.length + 1 })),
+    /shards for \d+ ranks: write at least one shard per rank/,
+  )
 })
 
 t.test('truncated and corrupt shards name the shard and the offset', async (t) => {
@@ -181,18 +211,32 @@ t.test('truncated and corrupt shards name the shard and the offset', async (t) =
   const cases: [string, Buffer, RegExp][] = [
     ['cut-mid-member', bytes.subarray(0, 612), /truncated tar: the file ends at offset 612 inside a member's data/],
     ['cut-at-boundary', bytes.subarray(0, second + 1024), new RegExp(`ends at offset ${second + 1024} without the end-of-archive marker`)],
-    ['bad-checksum', Buffer.concat([bytes.subarray(0, second + 20), Buffer.from('Z'), bytes.subarray(second + 21)]), new RegExp(`tar header at offset ${second} is corrupt \\(checksum mismatch\\)`)],
-    ['bad-label', Buffer.concat([bytes.subarray(0, second + 512), Buffer.from('x'), bytes.subarray(second + 513)]), new RegExp(`member 0+\\.cls at offset ${second}: the class index must be a non-negative integer, not 'x'`)],
+    [
+      'bad-checksum',
+      Buffer.concat([bytes.subarray(0, second + 20), Buffer.from('Z'), bytes.subarray(second + 21)]),
+      new RegExp(`tar header at offset ${second} is corrupt \\(checksum mismatch\\)`),
+    ],
+    [
+      'bad-label',
+      Buffer.concat([bytes.subarray(0, second + 512), Buffer.from('x'), bytes.subarray(second + 513)]),
+      new RegExp(`member 0+\\.cls at offset ${second}: the class index must be a non-negative integer, not 'x'`),
+    ],
   ]
   for (const [name, b, why] of cases) {
     const dir = path.join(work, `bad-${name}`)
     mkdirSync(dir)
     writeFileSync(path.join(dir, 'shard-000000.tar'), b)
-    const err = await Trainer.create(options(gray(dir))).then(() => new Error('opened'), (e: Error) => e)
+    const err = await Trainer.create(options(gray(dir))).then(
+      () => new Error('opened'),
+      (e: Error) => e,
+    )
     t.match(err.message, path.join(dir, 'shard-000000.tar'), `${name}: names the shard`)
     t.match(err.message, why, `${name}: ${err.message}`)
   }
-  const missing = await Trainer.create(options(gray(ours, { shards: 'shard-{000000..000999}.tar' } as Partial<DataSpec>))).then(() => new Error('opened'), (e: Error) => e)
+  const missing = await Trainer.create(options(gray(ours, { shards: 'shard-{000000..000999}.tar' } as Partial<DataSpec>))).then(
+    () => new Error('opened'),
+    (e: Error) => e,
+  )
   t.match(missing.message, /shard-0000\d\d\.tar: cannot open: No such file or directory/)
   // A shard cut short after the trainer opened it: the read that finds out names the shard.
   const late = path.join(work, 'late')
@@ -200,7 +244,10 @@ t.test('truncated and corrupt shards name the shard and the offset', async (t) =
   writeFileSync(path.join(late, 'shard-000000.tar'), bytes)
   const tr = await Trainer.create(options(gray(late), { batchSize: 64, shuffle: false }))
   truncateSync(path.join(late, 'shard-000000.tar'), 1024)
-  const err = await tr.trainSteps(1).then(() => new Error('trained'), (e: Error) => e)
+  const err = await tr.trainSteps(1).then(
+    () => new Error('trained'),
+    (e: Error) => e,
+  )
   t.match(err.message, /shard-000000\.tar: truncated tar: the file ends at offset \d+ inside 0000\d\d\.png/)
   tr.close()
 })
@@ -209,7 +256,15 @@ t.test('truncated and corrupt shards name the shard and the offset', async (t) =
 function o3upload(args: string[], env: Record<string, string>): { code: number; stdout: string; stderr: string } {
   const cli = cliCommand('upload/cli.ts')
   try {
-    return { code: 0, stdout: execFileSync(process.execPath, [...cli.execArgv, cli.file, ...args], { env: { ...process.env, ...env }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }), stderr: '' }
+    return {
+      code: 0,
+      stdout: execFileSync(process.execPath, [...cli.execArgv, cli.file, ...args], {
+        env: { ...process.env, ...env },
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
+      stderr: '',
+    }
   } catch (err) {
     const e = err as { status: number; stdout: string; stderr: string }
     return { code: e.status, stdout: e.stdout, stderr: e.stderr }
@@ -237,7 +292,10 @@ t.test('o3upload --webdataset: shards to O3, trained on through a real mount, re
   const m = await mount(t, info, `${bucket}/shards`)
   const remote = readdirSync(m.mountpoint)
   t.same(remote.filter((n) => n.endsWith('.tar')).sort(), names, 'the same shards')
-  t.ok(names.every((n) => remote.includes(`${n}.cid`)), 'each with a .cid sidecar')
+  t.ok(
+    names.every((n) => remote.includes(`${n}.cid`)),
+    'each with a .cid sidecar',
+  )
   const fromLocal = await Trainer.create(options(gray(local)))
   t.teardown(() => fromLocal.close())
   const mounted = await Trainer.create(options(gray(m.mountpoint)))
@@ -247,11 +305,19 @@ t.test('o3upload --webdataset: shards to O3, trained on through a real mount, re
   t.same(stateBytes(await mounted.stateDict()), stateBytes(await fromLocal.stateDict()), 'and the same weights')
   mounted.close()
   const list = (file: string) =>
-    execFileSync('/usr/bin/python3', ['-c', `
+    execFileSync(
+      '/usr/bin/python3',
+      [
+        '-c',
+        `
 import hashlib, json, sys, tarfile
 with tarfile.open(sys.argv[1]) as t:
     print(json.dumps([[m.name, hashlib.sha256(t.extractfile(m).read()).hexdigest()] for m in t.getmembers()]))
-`, file], { encoding: 'utf8' })
+`,
+        file,
+      ],
+      { encoding: 'utf8' },
+    )
   const members = JSON.parse(list(path.join(m.mountpoint, names[1]!))) as [string, string][]
   t.ok(members.length >= 2 && members.every(([n]) => /^\d{6}\.(png|cls)$/.test(n)), `${members.length} members named <key>.png|cls`)
   t.same(members, JSON.parse(list(path.join(local, names[1]!))), 'tarfile reads the same members through the mount')

@@ -56,17 +56,35 @@ t.test('uploads a tree, one file multipart, each with a sidecar the shared reade
 
   const r = await o3upload([dir, `o3://${bucket}/tree/`])
   t.equal(r.code, 0, r.stderr)
-  const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { event: string; location: string; files?: number; bytes?: number; cid?: string })
-  t.same(lines.filter((l) => l.event === 'file').map((l) => l.location).sort(), Object.keys(sizes).map((k) => `o3://${bucket}/tree/${k}`).sort())
+  const lines = r.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { event: string; location: string; files?: number; bytes?: number; cid?: string })
+  t.same(
+    lines
+      .filter((l) => l.event === 'file')
+      .map((l) => l.location)
+      .sort(),
+    Object.keys(sizes)
+      .map((k) => `o3://${bucket}/tree/${k}`)
+      .sort(),
+  )
   t.match(lines.at(-1), { event: 'summary', files: 4, bytes: Object.values(sizes).reduce((a, b) => a + b, 0) })
   t.match(r.stderr, /"event":"done"/, 'progress as JSON lines on stderr when not a terminal')
 
   const client = openClient(t, info, `${bucket}/tree`)
-  t.same(await keys(client), [DATASET_MANIFEST_NAME, ...Object.keys(sizes).flatMap((k) => [k, sidecarKeyOf(k)])].sort(), 'every file and its sidecar, the manifest, and no local .cid file or manifest')
+  t.same(
+    await keys(client),
+    [DATASET_MANIFEST_NAME, ...Object.keys(sizes).flatMap((k) => [k, sidecarKeyOf(k)])].sort(),
+    'every file and its sidecar, the manifest, and no local .cid file or manifest',
+  )
   const manifestBytes = await readAll(client, DATASET_MANIFEST_NAME)
   const manifest = await parseDatasetManifest(manifestBytes, DATASET_MANIFEST_NAME)
   t.same(Object.keys(manifest.files).sort(), Object.keys(sizes).sort(), 'the manifest covers every file')
-  t.match(lines.find((l) => l.event === 'manifest'), { location: `o3://${bucket}/tree/${DATASET_MANIFEST_NAME}`, cid: (await digestContent(manifestBytes)).cid, files: 4 })
+  t.match(
+    lines.find((l) => l.event === 'manifest'),
+    { location: `o3://${bucket}/tree/${DATASET_MANIFEST_NAME}`, cid: (await digestContent(manifestBytes)).cid, files: 4 },
+  )
   t.same(await uploads(client), [], 'no multipart upload left open')
   for (const key of Object.keys(sizes)) {
     const file = path.join(dir, key)

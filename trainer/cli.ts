@@ -26,7 +26,9 @@ import type { ThreadSetup } from './thread-setup.js'
 const kill = new AbortController()
 
 function threadLine(t: ThreadSetup): string {
-  return `${t.threads} intra-op on ${t.cores} cores, ${Object.entries(t.env).map(([k, v]) => `${k}=${v}`).join(' ')}`
+  return `${t.threads} intra-op on ${t.cores} cores, ${Object.entries(t.env)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(' ')}`
 }
 
 function printSummary(s: TrainSummary): void {
@@ -75,7 +77,7 @@ async function main(): Promise<number> {
   try {
     if (o.data.startsWith('o3://') && !mountsData) {
       dataDir = (await nodeShare!.take<{ dir: string }>('mount', 'the o3mount of this node')).dir
-      log.info({ location: o.data, mountpoint: dataDir }, 'reading the data through local rank 0\'s o3mount')
+      log.info({ location: o.data, mountpoint: dataDir }, "reading the data through local rank 0's o3mount")
     } else if (mountLog) {
       mount = await mountForRun(o.data, o, mountLog)
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
@@ -90,7 +92,11 @@ async function main(): Promise<number> {
       // o3mount verifies by default wherever a dataset manifest names the files.
       readsVerified: mount !== undefined,
       nodeShare,
-      onStart: (s) => log.info({ device: s.device, threads: threadLine(s.threads), dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom }, 'training'),
+      onStart: (s) =>
+        log.info(
+          { device: s.device, threads: threadLine(s.threads), dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom },
+          'training',
+        ),
     })
     training = run
     printSummary(await run)
@@ -100,7 +106,10 @@ async function main(): Promise<number> {
     const broken = err instanceof O3Error ? undefined : await unreadable(dataDir)
     if (broken) {
       const where = mount ? `the o3mount this run started at ${mount.dir}` : `the mount under ${dataDir}, if it is one`
-      throw new CliError(`reading the data failed (${(err as Error).message.split('\n')[0]}; ${dataDir}: ${broken}): check ${where}, then rerun; --resume auto continues from the last checkpoint`, ExitCode.training)
+      throw new CliError(
+        `reading the data failed (${(err as Error).message.split('\n')[0]}; ${dataDir}: ${broken}): check ${where}, then rerun; --resume auto continues from the last checkpoint`,
+        ExitCode.training,
+      )
     }
     // Whatever else stops training (a native error, a failed step) is a training failure, not a bug.
     if (!(err instanceof O3Error || err instanceof CliError)) throw new CliError((err as Error).message ?? String(err), ExitCode.training)

@@ -18,7 +18,9 @@ function intVar(env: NodeJS.ProcessEnv, name: string, fallback?: number): number
   const raw = env[name]
   if (raw === undefined || raw === '') {
     if (fallback !== undefined) return fallback
-    throw new DistEnvError(`${name} is not set but WORLD_SIZE is: run o3train under torchrun, or set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT together`)
+    throw new DistEnvError(
+      `${name} is not set but WORLD_SIZE is: run o3train under torchrun, or set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT together`,
+    )
   }
   const n = Number(raw)
   if (!Number.isInteger(n) || n < 0) throw new DistEnvError(`${name} must be a non-negative integer (got ${JSON.stringify(raw)})`)
@@ -32,7 +34,7 @@ export function distributedFromEnv(env: NodeJS.ProcessEnv, timeoutSeconds: numbe
   if (worldSize < 1) throw new DistEnvError('WORLD_SIZE must be at least 1')
   const rank = intVar(env, 'RANK')
   if (rank >= worldSize) throw new DistEnvError(`RANK ${rank} is not below WORLD_SIZE ${worldSize}`)
-  if (!env.MASTER_ADDR) throw new DistEnvError('MASTER_ADDR is not set but WORLD_SIZE is: run o3train under torchrun, or set it to rank 0\'s address')
+  if (!env.MASTER_ADDR) throw new DistEnvError("MASTER_ADDR is not set but WORLD_SIZE is: run o3train under torchrun, or set it to rank 0's address")
   return {
     rank,
     worldSize,
@@ -67,7 +69,10 @@ export function runUnderTorchrun(nproc: number, argv: string[], torchrun = proce
   const self = [process.execPath, ...process.execArgv, process.argv[1]]
   const r = spawnSync(torchrun, torchrunArgs(nproc, self, argv), { stdio: 'inherit' })
   if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') {
-    throw new CliError(`--nproc-per-node needs torchrun, which is not installed (${torchrun} not found): apt-get install python3-torch, or pip install torch`, ExitCode.usage)
+    throw new CliError(
+      `--nproc-per-node needs torchrun, which is not installed (${torchrun} not found): apt-get install python3-torch, or pip install torch`,
+      ExitCode.usage,
+    )
   }
   if (r.error) throw r.error
   return r.status ?? 1

@@ -86,14 +86,16 @@ export class OptionsError extends CliError {
 }
 
 /** A commander parser for a number flag: an integer or any finite number, > 0 or >= 0. */
-const numberArg = (name: string, { integer, positive }: { integer: boolean; positive: boolean }) => (v: string): number => {
-  const n = Number(v)
-  if (!(integer ? Number.isInteger(n) : Number.isFinite(n)) || (positive ? n <= 0 : n < 0)) {
-    const what = positive ? `a positive ${integer ? 'integer' : 'number'}` : `${integer ? 'an integer' : 'a number'} >= 0`
-    throw new InvalidArgumentError(`${name} must be ${what}`)
+const numberArg =
+  (name: string, { integer, positive }: { integer: boolean; positive: boolean }) =>
+  (v: string): number => {
+    const n = Number(v)
+    if (!(integer ? Number.isInteger(n) : Number.isFinite(n)) || (positive ? n <= 0 : n < 0)) {
+      const what = positive ? `a positive ${integer ? 'integer' : 'number'}` : `${integer ? 'an integer' : 'a number'} >= 0`
+      throw new InvalidArgumentError(`${name} must be ${what}`)
+    }
+    return n
   }
-  return n
-}
 const positiveInt = (name: string) => numberArg(name, { integer: true, positive: true })
 const nonNegInt = (name: string) => numberArg(name, { integer: true, positive: false })
 const positiveNum = (name: string) => numberArg(name, { integer: false, positive: true })
@@ -112,7 +114,21 @@ const every = (v: string): number | 'epoch' => (v === 'epoch' ? 'epoch' : positi
 
 /** Checks a whole options object (from flags merged over a config file) and fills defaults. */
 export function validateOptions(raw: Partial<TrainOptions> & Record<string, unknown>): TrainOptions {
-  const known = new Set([...Object.keys(DEFAULTS), 'data', 'threads', 'ckpt', 'init', 'shards', 'lastBatch', 'nprocPerNode', 'trustSigner', 'endpoint', 'region', 'credentialsFile', 'profile'])
+  const known = new Set([
+    ...Object.keys(DEFAULTS),
+    'data',
+    'threads',
+    'ckpt',
+    'init',
+    'shards',
+    'lastBatch',
+    'nprocPerNode',
+    'trustSigner',
+    'endpoint',
+    'region',
+    'credentialsFile',
+    'profile',
+  ])
   for (const k of Object.keys(raw)) if (!known.has(k)) throw new OptionsError(`unknown option "${k}"; see o3train --help`)
   const o = { ...DEFAULTS, ...raw } as TrainOptions
   if (!o.data) throw new OptionsError('--data is required: a directory (e.g. an o3mount mountpoint) or o3://bucket/prefix')
@@ -123,7 +139,12 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
   oneOf('--model', o.model, ['cnn', 'mlp', 'resnet'])
   oneOf('--optimizer', o.optimizer, ['sgd', 'adam'])
   oneOf('--device', o.device, ['auto', 'cpu', 'cuda'])
-  for (const [name, v] of [['epochs', o.epochs], ['batch', o.batch], ['imageSize', o.imageSize], ['shuffleWindow', o.shuffleWindow]] as const) {
+  for (const [name, v] of [
+    ['epochs', o.epochs],
+    ['batch', o.batch],
+    ['imageSize', o.imageSize],
+    ['shuffleWindow', o.shuffleWindow],
+  ] as const) {
     if (!Number.isInteger(v) || v <= 0) throw new OptionsError(`${name} must be a positive integer (got ${v})`)
   }
   if (o.channels !== 1 && o.channels !== 3) throw new OptionsError(`channels must be 1 or 3 (got ${o.channels})`)
@@ -136,7 +157,8 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
     throw new OptionsError('modelOpt must map hyperparameter names to numbers')
   }
   if (o.init !== undefined && (typeof o.init !== 'string' || o.init === '')) throw new OptionsError('--init must name a local safetensors file')
-  if (o.trustSigner !== undefined && !(Array.isArray(o.trustSigner) && o.trustSigner.every((a) => typeof a === 'string'))) throw new OptionsError('trustSigner must be a list of 0x addresses')
+  if (o.trustSigner !== undefined && !(Array.isArray(o.trustSigner) && o.trustSigner.every((a) => typeof a === 'string')))
+    throw new OptionsError('trustSigner must be a list of 0x addresses')
   if (o.ckpt && !/^o3:\/\/[^/]+\/.+/.test(o.ckpt)) throw new OptionsError(`--ckpt must look like o3://bucket/prefix/run (got ${o.ckpt})`)
   return o
 }
@@ -188,8 +210,18 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
     .option('--no-evaluate', 'skip the test-set evaluation after each epoch')
     .option('--model-opt <key=value>', 'a model hyperparameter (hidden, layers, channels, dropout, ...); repeatable', modelOpt)
     .option('--nproc-per-node <n>', 'run as N local ranks under a standalone torchrun', positiveInt('--nproc-per-node'))
-    .option('--dist-timeout <s>', `seconds a collective may wait for the other ranks before this rank exits (default ${DEFAULTS.distTimeout})`, positiveNum('--dist-timeout'))
-    .addOption(new Option('--last-batch <mode>', 'an epoch\'s last incomplete global batch (default: short for one process, drop under torchrun)').choices(['short', 'drop', 'pad']))
+    .option(
+      '--dist-timeout <s>',
+      `seconds a collective may wait for the other ranks before this rank exits (default ${DEFAULTS.distTimeout})`,
+      positiveNum('--dist-timeout'),
+    )
+    .addOption(
+      new Option('--last-batch <mode>', "an epoch's last incomplete global batch (default: short for one process, drop under torchrun)").choices([
+        'short',
+        'drop',
+        'pad',
+      ]),
+    )
     .option('--restart-data-position', 'resume a checkpoint saved with another global batch (batch x ranks) at the start of its epoch')
   addO3Flags(cmd).parse(argv, { from: 'user' })
   const { config, ...flags } = cmd.opts<Record<string, unknown>>()

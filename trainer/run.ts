@@ -212,7 +212,19 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
 
     const startStep = step
     let lastSavedStep = step
-    const config = { model: trainer.model, dataset: o.dataset, batch: o.batch, worldSize: trainer.world.worldSize, globalBatch: trainer.dataset.globalBatch, epochs: o.epochs, seed: o.seed, optimizer: o.optimizer, lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay }
+    const config = {
+      model: trainer.model,
+      dataset: o.dataset,
+      batch: o.batch,
+      worldSize: trainer.world.worldSize,
+      globalBatch: trainer.dataset.globalBatch,
+      epochs: o.epochs,
+      seed: o.seed,
+      optimizer: o.optimizer,
+      lr: o.lr,
+      momentum: o.momentum,
+      weightDecay: o.weightDecay,
+    }
     /** Snapshots the state, then uploads it: in the background during training, in the foreground at the end. */
     const checkpoint = async (background: boolean) => {
       if (!client || step === lastSavedStep) return
@@ -257,7 +269,14 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
         // The trainer ends the call at the epoch's last batch; it knows where that is.
         const r = await trainer.trainSteps(Math.min(toCheckpoint, STEP_CHUNK), {
           toEpochEnd: true,
-          onProgress: bar && ((p) => bar.update({ done: p.index === 0 ? p.total : p.index, total: p.total, fields: { loss: p.loss, 'samples/s': (epochSamples + p.samples) / ((Date.now() - epochStarted) / 1000) } })),
+          onProgress:
+            bar &&
+            ((p) =>
+              bar.update({
+                done: p.index === 0 ? p.total : p.index,
+                total: p.total,
+                fields: { loss: p.loss, 'samples/s': (epochSamples + p.samples) / ((Date.now() - epochStarted) / 1000) },
+              })),
         })
         steps += r.steps
         step += r.steps
@@ -274,7 +293,8 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
         test = { loss: e.loss, accuracy: e.accuracy }
       }
       bar?.stop({ ...(test ? { 'test acc': `${(test.accuracy * 100).toFixed(2)}%` } : {}) })
-      if (leader) log.info({ epoch: epoch + 1, seconds: (Date.now() - epochStarted) / 1000, samples: epochSamples, ...test }, stopped ? 'stopped' : 'epoch done')
+      if (leader)
+        log.info({ epoch: epoch + 1, seconds: (Date.now() - epochStarted) / 1000, samples: epochSamples, ...test }, stopped ? 'stopped' : 'epoch done')
       if (!stopped && o.ckptEvery === 'epoch') await checkpoint(true)
     }
     await writer?.flush()

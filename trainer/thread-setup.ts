@@ -18,5 +18,9 @@ export interface ThreadSetup {
 export function threadSetup(threads: number | undefined, env: NodeJS.ProcessEnv = process.env): ThreadSetup {
   const cores = availableParallelism()
   const keys = Object.keys(THREAD_ENV_DEFAULTS) as (keyof typeof THREAD_ENV_DEFAULTS)[]
-  return { cores, threads: threads ?? Math.max(1, Math.floor(cores / localWorldSize(env))), env: Object.fromEntries(keys.map((k) => [k, env[k] ?? THREAD_ENV_DEFAULTS[k]])) as ThreadSetup['env'] }
+  return {
+    cores,
+    threads: threads ?? Math.max(1, Math.floor(cores / localWorldSize(env))),
+    env: Object.fromEntries(keys.map((k) => [k, env[k] ?? THREAD_ENV_DEFAULTS[k]])) as ThreadSetup['env'],
+  }
 }

@@ -59,7 +59,8 @@ const kill = new AbortController()
 
 /** Every regular file below `dir`, by key; local `.cid` files and manifests are left out, since each upload writes its own. */
 async function listFiles(dir: string): Promise<LocalFile[]> {
-  if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw new CliError(`${dir} is not a directory; give the local directory to upload`, ExitCode.usage)
+  if (!(await stat(dir).catch(() => undefined))?.isDirectory())
+    throw new CliError(`${dir} is not a directory; give the local directory to upload`, ExitCode.usage)
   const files: LocalFile[] = []
   for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
     if (!e.isFile() || e.name.endsWith('.cid') || e.name === DATASET_MANIFEST_NAME) continue
@@ -98,11 +99,16 @@ async function openBucket(client: O3Client, create: boolean): Promise<void> {
 async function main(): Promise<number> {
   const program = addO3Flags(
     newCommand('o3upload')
-      .description(`Upload a local directory tree to Akave O3, each file with a <file>.cid sidecar (its CID on the first line, then its sha256, size and time), then the tree's ${DATASET_MANIFEST_NAME} (every file's CID and 1 MiB leaf digests, signed with AKAVE_PRIVATE_KEY when set)`)
+      .description(
+        `Upload a local directory tree to Akave O3, each file with a <file>.cid sidecar (its CID on the first line, then its sha256, size and time), then the tree's ${DATASET_MANIFEST_NAME} (every file's CID and 1 MiB leaf digests, signed with AKAVE_PRIVATE_KEY when set)`,
+      )
       .argument('<dir>', 'local directory to upload')
       .argument('<location>', 'o3://bucket/prefix to upload it to')
       .option('--create-bucket', 'create the bucket if it does not exist')
-      .option('--webdataset', 'write <dir> (a folder per class of JPEG/PNG images) as WebDataset tar shards of <key>.png|jpg + <key>.cls, samples shuffled; <location> may then be a local directory')
+      .option(
+        '--webdataset',
+        'write <dir> (a folder per class of JPEG/PNG images) as WebDataset tar shards of <key>.png|jpg + <key>.cls, samples shuffled; <location> may then be a local directory',
+      )
       .option('--shard-size <size>', 'with --webdataset: close each shard before it passes this size (default 64M)', shardSizeArg, 64 << 20),
   )
   await program.parseAsync(process.argv)
@@ -149,7 +155,9 @@ async function putManifest(client: O3Client, files: Record<string, ManifestFile>
   await client.put(DATASET_MANIFEST_NAME, text, { contentType: 'application/json', signal: kill.signal })
   const { cid } = await digestContent(Buffer.from(text))
   const line = { event: 'manifest', location: `${where}/${DATASET_MANIFEST_NAME}`, cid, files: Object.keys(files).length, signer: signer?.address ?? null }
-  process.stdout.write(tty ? `manifest ${line.location} ${cid} (${line.files} files, ${signer ? `signed by ${signer.address}` : 'unsigned'})\n` : `${JSON.stringify(line)}\n`)
+  process.stdout.write(
+    tty ? `manifest ${line.location} ${cid} (${line.files} files, ${signer ? `signed by ${signer.address}` : 'unsigned'})\n` : `${JSON.stringify(line)}\n`,
+  )
 }
 
 /** Uploads `files` in turn with progress and the two-signal stop; results on stdout. */
@@ -199,7 +207,8 @@ async function uploadAll(client: O3Client, files: LocalFile[], where: string, si
   if (done === files.length) await putManifest(client, manifest, signer, where, tty)
   const summary = { event: 'summary', location: where, files: done, bytes: stored }
   process.stdout.write(tty ? `uploaded ${done} files (${stored} bytes) to ${where}\n` : `${JSON.stringify(summary)}\n`)
-  if (done < files.length) throw new CliError(`stopped by a signal after ${done} of ${files.length} files; run the same command again to upload them all`, ExitCode.interrupted)
+  if (done < files.length)
+    throw new CliError(`stopped by a signal after ${done} of ${files.length} files; run the same command again to upload them all`, ExitCode.interrupted)
   return 0
 }
 

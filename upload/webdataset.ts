@@ -54,7 +54,10 @@ const byCodeUnit = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0)
 
 /** The tree's images and labels in the ImageFolder loader's order (classes sorted, then paths). */
 export async function listImageTree(root: string): Promise<{ classes: string[]; files: { path: string; label: number }[] }> {
-  const classes = (await readdir(root, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name).sort(byCodeUnit)
+  const classes = (await readdir(root, { withFileTypes: true }))
+    .filter((e) => e.isDirectory())
+    .map((e) => e.name)
+    .sort(byCodeUnit)
   const files: { path: string; label: number }[] = []
   for (const [label, c] of classes.entries()) {
     for (const path of (await filesUnder(join(root, c))).sort(byCodeUnit)) files.push({ path, label })

@@ -233,7 +233,10 @@ export class BlockCache {
       return true
     }
     this.o.counters.verifyFailures++
-    this.o.log.error({ key: obj.key, block: index, leaf: bad.leaf, expected: bad.expected, actual: bad.actual, from: 'disk' }, 'disk cache block does not match the manifest; dropping it and fetching it again')
+    this.o.log.error(
+      { key: obj.key, block: index, leaf: bad.leaf, expected: bad.expected, actual: bad.actual, from: 'disk' },
+      'disk cache block does not match the manifest; dropping it and fetching it again',
+    )
     this.o.disk!.drop(this.idOf(obj, index))
     return false
   }
@@ -248,9 +251,17 @@ export class BlockCache {
           return this.complete(obj, index, data, p, true)
         }
         this.o.counters.verifyFailures++
-        this.o.log.error({ key: obj.key, block: index, leaf: bad.leaf, expected: bad.expected, actual: bad.actual, from: 'o3' }, 'block does not match the manifest; failing its reads with EIO, not caching it')
+        this.o.log.error(
+          { key: obj.key, block: index, leaf: bad.leaf, expected: bad.expected, actual: bad.actual, from: 'o3' },
+          'block does not match the manifest; failing its reads with EIO, not caching it',
+        )
         this.pool.release(data)
-        this.fail(obj, index, p, new LeafMismatchError(`${obj.key} block ${index}: leaf ${bad.leaf} has sha256 ${bad.actual}, the manifest says ${bad.expected}`))
+        this.fail(
+          obj,
+          index,
+          p,
+          new LeafMismatchError(`${obj.key} block ${index}: leaf ${bad.leaf} has sha256 ${bad.actual}, the manifest says ${bad.expected}`),
+        )
       },
       (err) => {
         this.pool.release(data)

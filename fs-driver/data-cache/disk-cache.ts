@@ -74,7 +74,8 @@ export class DiskCache {
       closeSync(fd)
       return
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new MountError(`cannot lock cache directory ${this.dir}: ${(err as Error).message}`, ExitCode.cacheDir)
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST')
+        throw new MountError(`cannot lock cache directory ${this.dir}: ${(err as Error).message}`, ExitCode.cacheDir)
     }
     const holder = Number(readFileSync(this.lockPath, 'utf8'))
     let alive = false
@@ -166,7 +167,12 @@ export class DiskCache {
       this.counters.diskMisses++
       return false
     }
-    const ok = size === HEADER + into.length && got === size && header.readUInt32LE(0) === MAGIC && header.readUInt32LE(4) === into.length && header.readUInt32LE(8) === DiskCache.checksum(name, into)
+    const ok =
+      size === HEADER + into.length &&
+      got === size &&
+      header.readUInt32LE(0) === MAGIC &&
+      header.readUInt32LE(4) === into.length &&
+      header.readUInt32LE(8) === DiskCache.checksum(name, into)
     if (!ok) {
       this.counters.diskCorrupt++
       this.log.warn({ block: name, file: this.pathOf(name) }, 'disk cache block failed its checksum; deleting it and fetching again')

@@ -36,7 +36,11 @@ export class ManifestIndex {
   /** Loads the root's manifest at mount time, so that a bad one stops the mount with its error. */
   async loadRoot(): Promise<number | undefined> {
     const m = await this.manifestIn('')
-    if (m) this.log.info({ manifest: DATASET_MANIFEST_NAME, files: Object.keys(m.files).length, mode: this.mode }, 'dataset manifest loaded; reads of the files it names are verified')
+    if (m)
+      this.log.info(
+        { manifest: DATASET_MANIFEST_NAME, files: Object.keys(m.files).length, mode: this.mode },
+        'dataset manifest loaded; reads of the files it names are verified',
+      )
     return m ? Object.keys(m.files).length : undefined
   }
 
@@ -68,7 +72,8 @@ export class ManifestIndex {
   }
 
   private async load(key: string, etag: string, size: number): Promise<Loaded> {
-    if (size > MAX_DATASET_MANIFEST_BYTES) throw new O3IntegrityError(`${key}: ${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
+    if (size > MAX_DATASET_MANIFEST_BYTES)
+      throw new O3IntegrityError(`${key}: ${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
     const bytes = size === 0 ? Buffer.alloc(0) : await this.client.getBytes(key, 0, size - 1, { pin: { etag } })
     const m = await parseDatasetManifest(bytes, key, this.trustedSigners)
     return { etag, files: m.files }

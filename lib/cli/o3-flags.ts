@@ -3,15 +3,26 @@ import type { O3Flags } from '../o3/config.js'
 
 /** The connection flags every command takes, with one help text. Keys never come from argv. */
 const FLAGS: { flag: string; key: keyof O3Flags; help: string }[] = [
-  { flag: '--endpoint <url>', key: 'endpoint', help: 'S3 endpoint (else O3_ENDPOINT, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL; default https://o3-rc2.akave.xyz)' },
+  {
+    flag: '--endpoint <url>',
+    key: 'endpoint',
+    help: 'S3 endpoint (else O3_ENDPOINT, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL; default https://o3-rc2.akave.xyz)',
+  },
   { flag: '--region <region>', key: 'region', help: 'region (else O3_REGION, AWS_REGION; default akave-network)' },
-  { flag: '--credentials-file <file>', key: 'credentialsFile', help: 'file of O3_ACCESS_KEY_ID=... / O3_SECRET_ACCESS_KEY=... lines (keys are never taken from argv)' },
+  {
+    flag: '--credentials-file <file>',
+    key: 'credentialsFile',
+    help: 'file of O3_ACCESS_KEY_ID=... / O3_SECRET_ACCESS_KEY=... lines (keys are never taken from argv)',
+  },
   { flag: '--profile <name>', key: 'profile', help: 'AWS shared-config profile' },
 ]
 
 export function addO3Flags<C extends Command>(cmd: C): C {
   for (const f of FLAGS) cmd.option(f.flag, f.help)
-  cmd.addHelpText('after', '\nCredentials come from O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY, O3_CREDENTIALS_FILE or the AWS chain, never from the command line.')
+  cmd.addHelpText(
+    'after',
+    '\nCredentials come from O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY, O3_CREDENTIALS_FILE or the AWS chain, never from the command line.',
+  )
   return cmd
 }
 

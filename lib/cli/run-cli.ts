@@ -32,7 +32,9 @@ export function runCli(name: string, main: () => Promise<number>, options: RunCl
     if (options.exitOwnedElsewhere?.()) return
     if (err instanceof CommanderError) {
       // commander has printed its message (or the help) already.
-      return finish(err.exitCode === 0 || err.code === 'commander.helpDisplayed' || err.code === 'commander.version' ? ExitCode.ok : (options.usageExit ?? ExitCode.usage))
+      return finish(
+        err.exitCode === 0 || err.code === 'commander.helpDisplayed' || err.code === 'commander.version' ? ExitCode.ok : (options.usageExit ?? ExitCode.usage),
+      )
     }
     const code = (err as { exitCode?: unknown } | null)?.exitCode
     process.stderr.write(`${name}: ${oneLine(err)}\n`)

@@ -76,7 +76,9 @@ function checkSignature(m: DatasetManifest, what: string, trustedSigners: readon
   }
   const recovered = typeof m.signature === 'string' ? recoverAddress(signedMessage(m), m.signature) : undefined
   if (!recovered || typeof m.signer !== 'string' || recovered.toLowerCase() !== m.signer.toLowerCase()) {
-    throw new O3IntegrityError(`${what}: bad signature (claims ${String(m.signer ?? 'no signer')}, recovers to ${recovered ?? 'nothing'}); the manifest was altered or forged`)
+    throw new O3IntegrityError(
+      `${what}: bad signature (claims ${String(m.signer ?? 'no signer')}, recovers to ${recovered ?? 'nothing'}); the manifest was altered or forged`,
+    )
   }
   if (trustedSigners.length > 0 && !trustedSigners.some((s) => s.toLowerCase() === recovered.toLowerCase())) {
     throw new O3IntegrityError(`${what}: signed by ${recovered}, who is not among the trusted signers (${trustedSigners.join(', ')})`)
@@ -90,22 +92,26 @@ function checkSignature(m: DatasetManifest, what: string, trustedSigners: readon
  * a bad signature, or no signature by one of `trustedSigners` when that list is not empty.
  */
 export async function parseDatasetManifest(bytes: Uint8Array, what: string, trustedSigners: readonly string[] = []): Promise<DatasetManifest> {
-  if (bytes.length > MAX_DATASET_MANIFEST_BYTES) throw new O3IntegrityError(`${what}: ${bytes.length} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
+  if (bytes.length > MAX_DATASET_MANIFEST_BYTES)
+    throw new O3IntegrityError(`${what}: ${bytes.length} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
   let m: DatasetManifest
   try {
     m = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('utf8')) as DatasetManifest
   } catch {
     throw new O3IntegrityError(`${what}: not JSON; the manifest is corrupt, upload the tree again`)
   }
-  if (m === null || typeof m !== 'object' || m.format !== 'o3-dataset-manifest' || m.version !== 1) throw new O3IntegrityError(`${what}: not an o3 dataset manifest of version 1`)
+  if (m === null || typeof m !== 'object' || m.format !== 'o3-dataset-manifest' || m.version !== 1)
+    throw new O3IntegrityError(`${what}: not an o3 dataset manifest of version 1`)
   if (m.leafSize !== CID_BLOCK_SIZE) throw new O3IntegrityError(`${what}: leaf size ${String(m.leafSize)}, expected ${CID_BLOCK_SIZE}`)
-  if (typeof m.created !== 'string' || m.files === null || typeof m.files !== 'object' || Array.isArray(m.files)) throw new O3IntegrityError(`${what}: malformed (created, files)`)
+  if (typeof m.created !== 'string' || m.files === null || typeof m.files !== 'object' || Array.isArray(m.files))
+    throw new O3IntegrityError(`${what}: malformed (created, files)`)
   checkSignature(m, what, trustedSigners)
   const files: Record<string, ManifestFile> = Object.create(null) as Record<string, ManifestFile>
   for (const [key, f] of Object.entries(m.files)) {
     const file = checkFile(key, f, what)
     const rebuilt = await cidFromLeaves(file.leaves, file.size)
-    if (rebuilt !== file.cid) throw new O3IntegrityError(`${what}: the leaves of ${key} hash to ${rebuilt}, not to its CID ${file.cid}; the manifest is corrupt or forged`)
+    if (rebuilt !== file.cid)
+      throw new O3IntegrityError(`${what}: the leaves of ${key} hash to ${rebuilt}, not to its CID ${file.cid}; the manifest is corrupt or forged`)
     files[key] = file
   }
   return { ...m, files }

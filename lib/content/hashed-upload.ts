@@ -62,14 +62,25 @@ async function multipart(
   options: HashedUploadOptions & { partSize: number; parallel: number },
 ): Promise<void> {
   const { partSize, parallel, signal, contentType } = options
-  const sink = await MultipartSink.open(client, key, { partSize, parallel, signal, contentType, tap: (part) => hasher.update(part), onPartStored: options.onPartStored })
+  const sink = await MultipartSink.open(client, key, {
+    partSize,
+    parallel,
+    signal,
+    contentType,
+    tap: (part) => hasher.update(part),
+    onPartStored: options.onPartStored,
+  })
   try {
     for await (const c of content) await sink.write(c)
     // finish() hands the last part to the hasher, so the caller's digest() must come after it.
     await sink.finish()
   } catch (err) {
     const log = options.logger ?? silentLogger
-    await sink.abort(err).catch((abortErr: Error) => log.error({ key, err: abortErr.message }, 'could not abort the multipart upload; its parts stay on the server until it is aborted'))
+    await sink
+      .abort(err)
+      .catch((abortErr: Error) =>
+        log.error({ key, err: abortErr.message }, 'could not abort the multipart upload; its parts stay on the server until it is aborted'),
+      )
     throw err
   }
 }

@@ -34,11 +34,21 @@ export function parseSidecar<R extends SidecarRecord = SidecarRecord>(text: stri
   } catch {
     throw new O3IntegrityError(`${what}: sidecar is not a CID line followed by JSON`)
   }
-  if (nl < 0 || typeof record?.cid !== 'string' || !isCid(record.cid) || typeof record.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(record.sha256) || !Number.isSafeInteger(record.size) || record.size < 0 || typeof record.time !== 'string') {
+  if (
+    nl < 0 ||
+    typeof record?.cid !== 'string' ||
+    !isCid(record.cid) ||
+    typeof record.sha256 !== 'string' ||
+    !/^[0-9a-f]{64}$/.test(record.sha256) ||
+    !Number.isSafeInteger(record.size) ||
+    record.size < 0 ||
+    typeof record.time !== 'string'
+  ) {
     throw new O3IntegrityError(`${what}: sidecar record is malformed`)
   }
   const first = text.slice(0, nl).trim()
-  if (!isCid(first) || normalizeCid(first) !== normalizeCid(record.cid)) throw new O3IntegrityError(`${what}: sidecar's first line ${first} differs from its record's CID ${record.cid}`)
+  if (!isCid(first) || normalizeCid(first) !== normalizeCid(record.cid))
+    throw new O3IntegrityError(`${what}: sidecar's first line ${first} differs from its record's CID ${record.cid}`)
   return record
 }
 

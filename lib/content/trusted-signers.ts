@@ -9,7 +9,10 @@ const ADDRESS = /^0x[0-9a-fA-F]{40}$/
  * A malformed address is the error `invalid` makes of a one-line message.
  */
 export function parseTrustedSigners(flags: readonly string[] = [], env: Record<string, string | undefined>, invalid: (message: string) => Error): string[] {
-  const fromEnv = (env[TRUSTED_SIGNERS_ENV] ?? '').split(',').map((s) => s.trim()).filter(Boolean)
+  const fromEnv = (env[TRUSTED_SIGNERS_ENV] ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
   const all = [...flags.map((a) => [a, '--trust-signer'] as const), ...fromEnv.map((a) => [a, TRUSTED_SIGNERS_ENV] as const)]
   for (const [a, source] of all) if (!ADDRESS.test(a)) throw invalid(`${source} ${JSON.stringify(a)} is not an address: give 0x and 40 hex digits`)
   return all.map(([a]) => a)

@@ -2,9 +2,20 @@ import http from 'node:http'
 import https from 'node:https'
 import { Readable } from 'node:stream'
 import {
-  S3Client, HeadObjectCommand, HeadBucketCommand, CreateBucketCommand, ListObjectsV2Command, GetObjectCommand, PutObjectCommand,
-  CreateMultipartUploadCommand, UploadPartCommand, CompleteMultipartUploadCommand, AbortMultipartUploadCommand,
-  ListMultipartUploadsCommand, DeleteObjectCommand, type S3ClientConfig,
+  S3Client,
+  HeadObjectCommand,
+  HeadBucketCommand,
+  CreateBucketCommand,
+  ListObjectsV2Command,
+  GetObjectCommand,
+  PutObjectCommand,
+  CreateMultipartUploadCommand,
+  UploadPartCommand,
+  CompleteMultipartUploadCommand,
+  AbortMultipartUploadCommand,
+  ListMultipartUploadsCommand,
+  DeleteObjectCommand,
+  type S3ClientConfig,
 } from '@aws-sdk/client-s3'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
 import { resolveConfig, type O3Config, type O3Flags } from './config.js'
@@ -43,9 +54,7 @@ export interface ObjectInfo {
   versionId?: string
 }
 
-export type ListEntry =
-  | { type: 'object'; key: string; size: number; etag: string; lastModified: Date }
-  | { type: 'prefix'; prefix: string }
+export type ListEntry = { type: 'object'; key: string; size: number; etag: string; lastModified: Date } | { type: 'prefix'; prefix: string }
 
 export interface RangeOptions {
   /** First byte, inclusive. */
@@ -192,7 +201,11 @@ export class O3Client {
   /** Creates the bucket; one that already exists and is ours is fine. */
   async createBucket(signal?: AbortSignal): Promise<void> {
     try {
-      await this.call(`create bucket ${this.scope.bucket}`, (s) => this.s3.send(new CreateBucketCommand({ Bucket: this.scope.bucket }), { abortSignal: s }), signal)
+      await this.call(
+        `create bucket ${this.scope.bucket}`,
+        (s) => this.s3.send(new CreateBucketCommand({ Bucket: this.scope.bucket }), { abortSignal: s }),
+        signal,
+      )
     } catch (err) {
       if ((err as { cause?: { name?: string } }).cause?.name !== 'BucketAlreadyOwnedByYou') throw err
     }
@@ -200,7 +213,11 @@ export class O3Client {
 
   async head(key: string, signal?: AbortSignal): Promise<ObjectInfo> {
     const Key = fullKey(this.scope, key)
-    const out = await this.call(`head ${this.scope.bucket}/${Key}`, (s) => this.s3.send(new HeadObjectCommand({ Bucket: this.scope.bucket, Key }), { abortSignal: s }), signal)
+    const out = await this.call(
+      `head ${this.scope.bucket}/${Key}`,
+      (s) => this.s3.send(new HeadObjectCommand({ Bucket: this.scope.bucket, Key }), { abortSignal: s }),
+      signal,
+    )
     const raw = (out as unknown as { [RAW_HEADERS]?: RawHeaders })[RAW_HEADERS] ?? {}
     return {
       key,
@@ -232,15 +249,27 @@ export class O3Client {
    * One page of the listing under `prefix`: from `token` (a previous page's `next`), or from the
    * first key that sorts after `prefix + startAfter`. `next` is absent on the last page.
    */
-  async listPage(prefix: string, options: { delimiter?: string; startAfter?: string; token?: string; maxKeys?: number; signal?: AbortSignal } = {}): Promise<{ entries: ListEntry[]; next?: string }> {
+  async listPage(
+    prefix: string,
+    options: { delimiter?: string; startAfter?: string; token?: string; maxKeys?: number; signal?: AbortSignal } = {},
+  ): Promise<{ entries: ListEntry[]; next?: string }> {
     const Prefix = fullPrefix(this.scope, prefix)
     // Only a position in the sort order, never an address: it needs no key checks.
     const StartAfter = options.startAfter ? `${Prefix}${options.startAfter}` : undefined
     const out = await this.call(
       `list ${this.scope.bucket}/${Prefix}`,
-      (s) => this.s3.send(new ListObjectsV2Command({
-        Bucket: this.scope.bucket, Prefix, Delimiter: options.delimiter, ContinuationToken: options.token, StartAfter, MaxKeys: options.maxKeys,
-      }), { abortSignal: s }),
+      (s) =>
+        this.s3.send(
+          new ListObjectsV2Command({
+            Bucket: this.scope.bucket,
+            Prefix,
+            Delimiter: options.delimiter,
+            ContinuationToken: options.token,
+            StartAfter,
+            MaxKeys: options.maxKeys,
+          }),
+          { abortSignal: s },
+        ),
       options.signal,
     )
     const entries: ListEntry[] = []
@@ -372,7 +401,18 @@ export class O3Client {
     const Body = typeof body === 'string' ? Buffer.from(body) : body
     const out = await this.call(
       `put ${this.scope.bucket}/${Key}`,
-      (s) => this.s3.send(new PutObjectCommand({ Bucket: this.scope.bucket, Key, Body, ContentLength: Body.length, ContentType: options.contentType, Metadata: options.metadata }), { abortSignal: s }),
+      (s) =>
+        this.s3.send(
+          new PutObjectCommand({
+            Bucket: this.scope.bucket,
+            Key,
+            Body,
+            ContentLength: Body.length,
+            ContentType: options.contentType,
+            Metadata: options.metadata,
+          }),
+          { abortSignal: s },
+        ),
       options.signal,
     )
     this.stats.bytesSent += Body.length
@@ -383,7 +423,10 @@ export class O3Client {
     const Key = fullKey(this.scope, key)
     const out = await this.call(
       `create upload ${this.scope.bucket}/${Key}`,
-      (s) => this.s3.send(new CreateMultipartUploadCommand({ Bucket: this.scope.bucket, Key, ContentType: options.contentType, Metadata: options.metadata }), { abortSignal: s }),
+      (s) =>
+        this.s3.send(new CreateMultipartUploadCommand({ Bucket: this.scope.bucket, Key, ContentType: options.contentType, Metadata: options.metadata }), {
+          abortSignal: s,
+        }),
       options.signal,
     )
     if (!out.UploadId) throw new O3StreamError(`create upload ${this.scope.bucket}/${Key}: the server returned no upload id`)
@@ -394,7 +437,11 @@ export class O3Client {
     const Key = fullKey(this.scope, key)
     const out = await this.call(
       `upload part ${partNumber} of ${this.scope.bucket}/${Key}`,
-      (s) => this.s3.send(new UploadPartCommand({ Bucket: this.scope.bucket, Key, UploadId: uploadId, PartNumber: partNumber, Body: body, ContentLength: body.length }), { abortSignal: s }),
+      (s) =>
+        this.s3.send(
+          new UploadPartCommand({ Bucket: this.scope.bucket, Key, UploadId: uploadId, PartNumber: partNumber, Body: body, ContentLength: body.length }),
+          { abortSignal: s },
+        ),
       signal,
     )
     this.stats.bytesSent += body.length
@@ -406,10 +453,16 @@ export class O3Client {
     const sorted = [...parts].sort((a, b) => a.partNumber - b.partNumber)
     const out = await this.call(
       `complete upload ${this.scope.bucket}/${Key}`,
-      (s) => this.s3.send(new CompleteMultipartUploadCommand({
-        Bucket: this.scope.bucket, Key, UploadId: uploadId,
-        MultipartUpload: { Parts: sorted.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
-      }), { abortSignal: s }),
+      (s) =>
+        this.s3.send(
+          new CompleteMultipartUploadCommand({
+            Bucket: this.scope.bucket,
+            Key,
+            UploadId: uploadId,
+            MultipartUpload: { Parts: sorted.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
+          }),
+          { abortSignal: s },
+        ),
       signal,
     )
     return { etag: out.ETag ?? '' }
@@ -417,7 +470,9 @@ export class O3Client {
 
   async abortMultipartUpload(key: string, uploadId: string): Promise<void> {
     const Key = fullKey(this.scope, key)
-    await this.call(`abort upload ${this.scope.bucket}/${Key}`, (s) => this.s3.send(new AbortMultipartUploadCommand({ Bucket: this.scope.bucket, Key, UploadId: uploadId }), { abortSignal: s }))
+    await this.call(`abort upload ${this.scope.bucket}/${Key}`, (s) =>
+      this.s3.send(new AbortMultipartUploadCommand({ Bucket: this.scope.bucket, Key, UploadId: uploadId }), { abortSignal: s }),
+    )
   }
 
   /** Multipart uploads in progress under `prefix` (relative to the scope). */
@@ -427,7 +482,9 @@ export class O3Client {
     let uploadIdMarker: string | undefined
     do {
       const out = await this.call(`list uploads ${this.scope.bucket}/${Prefix}`, (s) =>
-        this.s3.send(new ListMultipartUploadsCommand({ Bucket: this.scope.bucket, Prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }), { abortSignal: s }),
+        this.s3.send(new ListMultipartUploadsCommand({ Bucket: this.scope.bucket, Prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }), {
+          abortSignal: s,
+        }),
       )
       for (const u of out.Uploads ?? []) {
         if (u.Key && u.UploadId) yield { key: relativeKey(this.scope, u.Key), uploadId: u.UploadId, initiated: u.Initiated }

@@ -3,7 +3,10 @@
  * mark it weak (`W/"…"`); the same object must compare equal however it was spelled.
  */
 export function normalizeEtag(etag: string): string {
-  return etag.trim().replace(/^W\//i, '').replace(/^"(.*)"$/, '$1')
+  return etag
+    .trim()
+    .replace(/^W\//i, '')
+    .replace(/^"(.*)"$/, '$1')
 }
 
 export function sameEtag(a: string, b: string): boolean {
@@ -33,7 +36,9 @@ export function ifMatchOf(pin: ObjectPin): string {
 export function checkPinned(pin: ObjectPin, etag: string, versionId: string | undefined): void {
   const otherVersion = pin.versionId !== undefined && versionId !== undefined && versionId !== pin.versionId
   if (!sameEtag(etag, pin.etag) || otherVersion) {
-    throw new Error(`the object changed while it was being read (ETag ${etag}, version ${versionId ?? 'none'}; expected ${pin.etag}, version ${pin.versionId ?? 'any'})`)
+    throw new Error(
+      `the object changed while it was being read (ETag ${etag}, version ${versionId ?? 'none'}; expected ${pin.etag}, version ${pin.versionId ?? 'any'})`,
+    )
   }
   pin.versionId ??= versionId
 }

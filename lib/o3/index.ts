@@ -1,4 +1,14 @@
-export { O3Client, type O3ClientOptions, type ObjectInfo, type ListEntry, type RangeOptions, type ObjectPin, type PutOptions, type CompletedPart, type O3Stats } from './client.js'
+export {
+  O3Client,
+  type O3ClientOptions,
+  type ObjectInfo,
+  type ListEntry,
+  type RangeOptions,
+  type ObjectPin,
+  type PutOptions,
+  type CompletedPart,
+  type O3Stats,
+} from './client.js'
 export { resolveConfig, DEFAULT_ENDPOINT, DEFAULT_REGION, type O3Config, type O3Flags, type Credentials } from './config.js'
 export * from './errors.js'
 export { parseLocation, checkRelativeKey, type Scope } from './scope.js'

@@ -38,7 +38,8 @@ function socketError(code: string, message: string): Error {
   return Object.assign(new Error(message), { code })
 }
 
-const bytes = (d: SourceData): Uint8Array | string => (typeof d === 'string' ? d : ArrayBuffer.isView(d) ? new Uint8Array(d.buffer, d.byteOffset, d.byteLength) : new Uint8Array(d))
+const bytes = (d: SourceData): Uint8Array | string =>
+  typeof d === 'string' ? d : ArrayBuffer.isView(d) ? new Uint8Array(d.buffer, d.byteOffset, d.byteLength) : new Uint8Array(d)
 
 /** node:crypto's sha256 and HMAC in the shape the signer takes. */
 class Sha256 implements Hash {
@@ -89,16 +90,23 @@ class Connection {
   private ex: Exchange | undefined
   closed = false
 
-  constructor(url: URL, private readonly o: LeanGetOptions, onClose: (c: Connection) => void) {
+  constructor(
+    url: URL,
+    private readonly o: LeanGetOptions,
+    onClose: (c: Connection) => void,
+  ) {
     this.socket = net.connect({
       host: url.hostname,
       port: Number(url.port || 80),
       noDelay: true,
       timeout: o.connectTimeoutMs,
-      onread: { buffer: () => this.nextBuffer(), callback: (n: number) => {
+      onread: {
+        buffer: () => this.nextBuffer(),
+        callback: (n: number) => {
           this.onRead(n)
           return true
-        } },
+        },
+      },
     })
     this.socket.once('connect', () => this.socket.setTimeout(o.requestTimeoutMs))
     this.socket.on('timeout', () => this.socket.destroy(socketError('ETIMEDOUT', `no data from ${url.host} within ${this.o.requestTimeoutMs} ms`)))
@@ -256,14 +264,23 @@ export class LeanGet {
    * GET `path` (bucket and key, already URI-encoded) for bytes [start, end] into `sink`. Resolves
    * with the response's ETag; on failure `received()` tells how far the body got.
    */
-  async get(path: string, start: number, end: number, pin: ObjectPin | undefined, sink: RangeSink, signal?: AbortSignal): Promise<{ etag: string; received: number }> {
+  async get(
+    path: string,
+    start: number,
+    end: number,
+    pin: ObjectPin | undefined,
+    sink: RangeSink,
+    signal?: AbortSignal,
+  ): Promise<{ etag: string; received: number }> {
     const url = this.o.endpoint
     const headers: Record<string, string> = { host: url.host, range: `bytes=${start}-${end}`, 'x-amz-content-sha256': EMPTY_SHA256 }
     if (pin) headers['if-match'] = ifMatchOf(pin)
     const query: Record<string, string> = pin?.versionId ? { versionId: pin.versionId } : {}
     const signed = await this.signer.sign({ method: 'GET', protocol: 'http:', hostname: url.hostname, port: Number(url.port || 80), path, query, headers })
     const target = pin?.versionId ? `${path}?versionId=${encodeURIComponent(pin.versionId)}` : path
-    const head = `GET ${target} HTTP/1.1\r\n${Object.entries(signed.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}connection: keep-alive\r\n\r\n`
+    const head = `GET ${target} HTTP/1.1\r\n${Object.entries(signed.headers)
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join('')}connection: keep-alive\r\n\r\n`
     for (let attempt = 0; ; attempt++) {
       const reused = this.idle.pop()
       const conn = reused ?? new Connection(url, this.o, (c) => this.forget(c))

@@ -23,15 +23,36 @@ export function backoffDelay(policy: RetryPolicy, retry: number): number {
 }
 
 const AUTH_CODES = new Set([
-  'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AccessDenied', 'InvalidToken', 'ExpiredToken',
-  'AuthorizationHeaderMalformed', 'InvalidClientTokenId', 'Forbidden', 'Unauthorized',
+  'InvalidAccessKeyId',
+  'SignatureDoesNotMatch',
+  'AccessDenied',
+  'InvalidToken',
+  'ExpiredToken',
+  'AuthorizationHeaderMalformed',
+  'InvalidClientTokenId',
+  'Forbidden',
+  'Unauthorized',
 ])
 const NOT_FOUND_CODES = new Set(['NoSuchKey', 'NoSuchBucket', 'NotFound', 'NoSuchUpload'])
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN'])
 const TRANSIENT_CODES = new Set([
-  ...UNREACHABLE_CODES, 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE',
-  'TimeoutError', 'RequestTimeout', 'RequestTimeTooSkewed', 'SlowDown', 'Throttling', 'ThrottlingException',
-  'TooManyRequests', 'InternalError', 'ServiceUnavailable', 'RequestTimeoutException', 'UND_ERR_SOCKET',
+  ...UNREACHABLE_CODES,
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ECONNABORTED',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'TimeoutError',
+  'RequestTimeout',
+  'RequestTimeTooSkewed',
+  'SlowDown',
+  'Throttling',
+  'ThrottlingException',
+  'TooManyRequests',
+  'InternalError',
+  'ServiceUnavailable',
+  'RequestTimeoutException',
+  'UND_ERR_SOCKET',
   'ERR_HTTP2_STREAM_ERROR',
 ])
 
@@ -75,10 +96,9 @@ export function toO3Error(err: unknown, what: string, endpoint: string): O3Error
   const status = httpStatus(err)
   const detail = (err as Raw)?.message?.split('\n')[0] ?? String(err)
   if (code === 'CredentialsProviderError') {
-    return new O3AuthError(
-      `${what}: no credentials found; set O3_ACCESS_KEY_ID and O3_SECRET_ACCESS_KEY (or O3_CREDENTIALS_FILE, or an AWS profile)`,
-      { cause: err },
-    )
+    return new O3AuthError(`${what}: no credentials found; set O3_ACCESS_KEY_ID and O3_SECRET_ACCESS_KEY (or O3_CREDENTIALS_FILE, or an AWS profile)`, {
+      cause: err,
+    })
   }
   if (AUTH_CODES.has(code) || status === 401 || status === 403) {
     return new O3AuthError(

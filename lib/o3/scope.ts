@@ -14,9 +14,7 @@ export function parseLocation(location: string): Scope {
   const slash = bare.indexOf('/')
   const bucket = slash < 0 ? bare : bare.slice(0, slash)
   if (!BUCKET_RE.test(bucket)) {
-    throw new O3UsageError(
-      `invalid bucket name ${JSON.stringify(bucket)}: use 3-63 lowercase letters, digits, '.' or '-' (as in bucket/prefix)`,
-    )
+    throw new O3UsageError(`invalid bucket name ${JSON.stringify(bucket)}: use 3-63 lowercase letters, digits, '.' or '-' (as in bucket/prefix)`)
   }
   const rest = slash < 0 ? '' : bare.slice(slash + 1).replace(/\/+$/, '')
   if (rest !== '') checkRelativeKey(rest, 'prefix')

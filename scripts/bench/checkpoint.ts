@@ -53,7 +53,10 @@ async function measure(bytes: number, fn: () => Promise<unknown>): Promise<Run> 
 }
 
 const summary = (runs: Run[], size: number) =>
-  `${formatSpread(runs.map((r) => mbps(size, r.seconds)))} MB/s, CPU ${formatSpread(runs.map((r) => r.cpuPerGiB), 2)} s/GiB, event loop busy ${formatSpread(runs.map((r) => r.loopBusy * 100))}%`
+  `${formatSpread(runs.map((r) => mbps(size, r.seconds)))} MB/s, CPU ${formatSpread(
+    runs.map((r) => r.cpuPerGiB),
+    2,
+  )} s/GiB, event loop busy ${formatSpread(runs.map((r) => r.loopBusy * 100))}%`
 
 /**
  * Saving a 1 GiB state (8 tensors of 128 MiB) against a raw multipart upload of the same bytes
@@ -66,11 +69,22 @@ export const run: BenchModule = async (ctx) => {
   const rows: BenchRow[] = []
   try {
     ctx.log('checkpoint: generating a 1 GiB state')
-    const state: StateTensor[] = Array.from({ length: 8 }, (_, i) => ({ name: `layer${i}.weight`, dtype: 'F32', shape: [GiB / 8 / 4], data: randomFillSync(Buffer.allocUnsafeSlow(GiB / 8)) }))
+    const state: StateTensor[] = Array.from({ length: 8 }, (_, i) => ({
+      name: `layer${i}.weight`,
+      dtype: 'F32',
+      shape: [GiB / 8 / 4],
+      data: randomFillSync(Buffer.allocUnsafeSlow(GiB / 8)),
+    }))
     const header = encodeHeader(state, encodeMeta({ step: 0, epoch: 0, model: 'bench' }))
     const file = Buffer.concat([header, ...state.map((t) => t.data)])
     const size = file.length
-    const writer = await CheckpointWriter.open(client, { partSize: PART, parallel: PARALLEL, localDir: join(ctx.workDir, 'ckpt-sidecars'), signer: null, keepLast: 1 })
+    const writer = await CheckpointWriter.open(client, {
+      partSize: PART,
+      parallel: PARALLEL,
+      localDir: join(ctx.workDir, 'ckpt-sidecars'),
+      signer: null,
+      keepLast: 1,
+    })
 
     let step = 0
     let peakExtra = 0
@@ -99,7 +113,8 @@ export const run: BenchModule = async (ctx) => {
     ctx.metrics['ckpt.save.MBps'] = mbps(size, saveMedian)
     ctx.metrics['ckpt.save.vsRaw'] = ratio
     rows.push({
-      area: AREA, case: `save 1 GiB (8 x 128 MiB tensors), ${PART / MiB} MiB parts x ${PARALLEL}, commit included`,
+      area: AREA,
+      case: `save 1 GiB (8 x 128 MiB tensors), ${PART / MiB} MiB parts x ${PARALLEL}, commit included`,
       value: summary(runs.save, size),
       target: `>= 0.9x raw multipart: ${ratio >= 0.9 ? 'met' : 'not met'} (${ratio.toFixed(2)}x, medians)`,
       note: `raw multipart of the same bytes ${summary(runs.raw, size)}; median (range) of ${ROUNDS} runs each, alternating after a warm-up; sha256 + CID on a worker thread`,
@@ -109,12 +124,16 @@ export const run: BenchModule = async (ctx) => {
     const hashS = (await measure(size, () => digestContent(file))).seconds
     const hashShare = hashS / saveMedian
     rows.push({
-      area: AREA, case: 'CID + sha256 of 1 GiB, CPU alone (in memory)', value: `${hashS.toFixed(2)} s (${mbps(size, hashS).toFixed(0)} MB/s)`,
+      area: AREA,
+      case: 'CID + sha256 of 1 GiB, CPU alone (in memory)',
+      value: `${hashS.toFixed(2)} s (${mbps(size, hashS).toFixed(0)} MB/s)`,
       target: `<= 10% of the save: ${hashShare <= 0.1 ? 'met' : 'not met'} (${(hashShare * 100).toFixed(1)}%)`,
       note: `save wall time over raw: ${(((saveMedian - rawMedian) / rawMedian) * 100).toFixed(1)}% (medians)`,
     })
     rows.push({
-      area: AREA, case: 'peak extra RSS during a 1 GiB save', value: `${peakExtra.toFixed(0)} MiB`,
+      area: AREA,
+      case: 'peak extra RSS during a 1 GiB save',
+      value: `${peakExtra.toFixed(0)} MiB`,
       target: `<= part x (parallel + 1) = ${(PART / MiB) * (PARALLEL + 1)} MiB: ${peakExtra <= (PART / MiB) * (PARALLEL + 1) ? 'met' : 'not met'}`,
       note: 'parts inside one tensor are sent from its memory; only parts that straddle tensors are copied',
     })
@@ -129,7 +148,9 @@ export const run: BenchModule = async (ctx) => {
     const verifiedS = spread(restore.verified.map((r) => r.seconds)).median
     ctx.metrics['ckpt.restore.MBps'] = mbps(size, verifiedS)
     rows.push({
-      area: AREA, case: 'restore 1 GiB: download, sha256 + CID verified, parsed', value: summary(restore.verified, size),
+      area: AREA,
+      case: 'restore 1 GiB: download, sha256 + CID verified, parsed',
+      value: summary(restore.verified, size),
       note: `plain download into memory ${summary(restore.plain, size)}; verification costs ${(((verifiedS - plainS) / plainS) * 100).toFixed(1)}% (medians of ${ROUNDS}, alternating)`,
     })
   } finally {

@@ -26,7 +26,9 @@ async function job(workDir: string, world: number): Promise<{ samplesPerSecond: 
     Array.from({ length: world }, async (_, rank) => {
       const out = join(workDir, `dist-${world}-${rank}.json`)
       const env = world > 1 ? { WORLD_SIZE: String(world), RANK: String(rank), LOCAL_RANK: String(rank), MASTER_ADDR: '127.0.0.1', MASTER_PORT: port } : {}
-      await promisify(execFile)(process.execPath, ['--no-warnings', '--import', 'tsx', WORKER, out, String(GLOBAL_BATCH / world), String(STEPS), '120'], { env: { ...process.env, ...env } })
+      await promisify(execFile)(process.execPath, ['--no-warnings', '--import', 'tsx', WORKER, out, String(GLOBAL_BATCH / world), String(STEPS), '120'], {
+        env: { ...process.env, ...env },
+      })
       return JSON.parse(readFileSync(out, 'utf8')) as Rank
     }),
   )
@@ -55,7 +57,7 @@ export const run: BenchModule = async (ctx) => {
       area: 'distributed',
       case: `${what}: time in gradient all-reduce per step, 2 ranks`,
       value: `${(two.commPerStep * 1000).toFixed(2)} ms`,
-      note: 'the slower rank\'s commSeconds / steps',
+      note: "the slower rank's commSeconds / steps",
     },
     { area: 'distributed', case: '1 against N GPUs through NCCL', value: 'not measured: no GPU machine in this session' },
   ]

@@ -47,16 +47,32 @@ interface Peer {
 function rcloneEnv(ctx: BenchContext): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
-    RCLONE_CONFIG_O3_TYPE: 's3', RCLONE_CONFIG_O3_PROVIDER: 'Other', RCLONE_CONFIG_O3_ENDPOINT: ctx.server.endpoint,
-    RCLONE_CONFIG_O3_REGION: ctx.server.region, RCLONE_CONFIG_O3_FORCE_PATH_STYLE: 'true',
-    RCLONE_CONFIG_O3_ACCESS_KEY_ID: ctx.server.accessKeyId, RCLONE_CONFIG_O3_SECRET_ACCESS_KEY: ctx.server.secretAccessKey,
+    RCLONE_CONFIG_O3_TYPE: 's3',
+    RCLONE_CONFIG_O3_PROVIDER: 'Other',
+    RCLONE_CONFIG_O3_ENDPOINT: ctx.server.endpoint,
+    RCLONE_CONFIG_O3_REGION: ctx.server.region,
+    RCLONE_CONFIG_O3_FORCE_PATH_STYLE: 'true',
+    RCLONE_CONFIG_O3_ACCESS_KEY_ID: ctx.server.accessKeyId,
+    RCLONE_CONFIG_O3_SECRET_ACCESS_KEY: ctx.server.secretAccessKey,
   }
   delete env.AWS_CA_BUNDLE
   return env
 }
 
 const S3FS_FLAGS = ['parallel_count=16', 'multipart_size=16', 'max_stat_cache_size=100000', 'kernel_cache', 'ro']
-const RCLONE_FLAGS = ['--read-only', '--vfs-cache-mode', 'full', '--vfs-read-chunk-size', '16M', '--vfs-read-chunk-size-limit', 'off', '--buffer-size', '32M', '--dir-cache-time', '1h']
+const RCLONE_FLAGS = [
+  '--read-only',
+  '--vfs-cache-mode',
+  'full',
+  '--vfs-read-chunk-size',
+  '16M',
+  '--vfs-read-chunk-size-limit',
+  'off',
+  '--buffer-size',
+  '32M',
+  '--dir-cache-time',
+  '1h',
+]
 
 const PEERS: Peer[] = [
   {
@@ -68,11 +84,28 @@ const PEERS: Peer[] = [
     name: 's3fs',
     flags: `-o ${S3FS_FLAGS.join(',')}, read_ahead_kb ${READ_AHEAD_KB}`,
     start: (mp, ctx) =>
-      spawn('s3fs', [BUCKET, mp, '-f', '-o', `url=${ctx.server.endpoint}`, '-o', 'use_path_request_style', '-o', `endpoint=${ctx.server.region}`, '-o', 'sigv4', ...S3FS_FLAGS.flatMap((f) => ['-o', f])], {
-        // A key with ':' cannot go in a passwd file; s3fs takes it from the environment.
-        env: { ...process.env, AWSACCESSKEYID: ctx.server.accessKeyId, AWSSECRETACCESSKEY: ctx.server.secretAccessKey },
-        stdio: 'ignore',
-      }),
+      spawn(
+        's3fs',
+        [
+          BUCKET,
+          mp,
+          '-f',
+          '-o',
+          `url=${ctx.server.endpoint}`,
+          '-o',
+          'use_path_request_style',
+          '-o',
+          `endpoint=${ctx.server.region}`,
+          '-o',
+          'sigv4',
+          ...S3FS_FLAGS.flatMap((f) => ['-o', f]),
+        ],
+        {
+          // A key with ':' cannot go in a passwd file; s3fs takes it from the environment.
+          env: { ...process.env, AWSACCESSKEYID: ctx.server.accessKeyId, AWSSECRETACCESSKEY: ctx.server.secretAccessKey },
+          stdio: 'ignore',
+        },
+      ),
   },
   {
     name: 'rclone',
@@ -124,7 +157,14 @@ async function mountPeer(peer: Peer, ctx: BenchContext): Promise<Running> {
     return rss
   }
   for (const end = Date.now() + 60_000; ; await sleep(100)) {
-    if (findMount(mp) && (await fs.readdir(mp).then(() => true, () => false))) break
+    if (
+      findMount(mp) &&
+      (await fs.readdir(mp).then(
+        () => true,
+        () => false,
+      ))
+    )
+      break
     if (child.exitCode !== null || Date.now() > end) {
       await stop()
       throw new Error(`${peer.name} did not mount ${BUCKET} at ${mp}`)
@@ -262,7 +302,10 @@ function spread(xs: Sample[] | undefined, f: (s: Sample) => number, digits = 0):
   return `${median(v).toFixed(digits)} (${Math.min(...v).toFixed(digits)}-${Math.max(...v).toFixed(digits)})`
 }
 const verdict = (ok: boolean, ratio: number) => `${ok ? 'met' : 'not met'} (${ratio.toFixed(2)}x)`
-const fmtRss = (r: Record<string, number>) => Object.entries(r).map(([k, v]) => `${k} ${Math.round(v / MiB)}`).join(', ')
+const fmtRss = (r: Record<string, number>) =>
+  Object.entries(r)
+    .map(([k, v]) => `${k} ${Math.round(v / MiB)}`)
+    .join(', ')
 
 /**
  * o3mount against s3fs and rclone mount, each with its best documented settings, on the same
@@ -281,7 +324,11 @@ export const run: BenchModule = async (ctx) => {
     await writeObjects(ctx)
     const small = Buffer.alloc(SMALL_SIZE, 7)
     await mapLimit(smallNames, 16, (n) => client.put(`small/${n}`, small))
-    await mapLimit(Array.from({ length: LISTING }, (_, i) => i), 16, (i) => client.put(`listing/d${i % 10}/o${i}.txt`, `${i}\n`))
+    await mapLimit(
+      Array.from({ length: LISTING }, (_, i) => i),
+      16,
+      (i) => client.put(`listing/d${i % 10}/o${i}.txt`, `${i}\n`),
+    )
   } catch (err) {
     client.close()
     throw err
@@ -319,9 +366,18 @@ export const run: BenchModule = async (ctx) => {
   ctx.log(`mount: done in ${minutes.toFixed(1)} min`)
 
   const rows: BenchRow[] = []
-  rows.push({ area: AREA, case: 'settings of each mount (all sequential runs: fresh mount, page cache dropped)', value: PEERS[0]!.flags, note: PEERS.slice(1).map((p) => `${p.name}: ${p.flags}`).join('; ') })
+  rows.push({
+    area: AREA,
+    case: 'settings of each mount (all sequential runs: fresh mount, page cache dropped)',
+    value: PEERS[0]!.flags,
+    note: PEERS.slice(1)
+      .map((p) => `${p.name}: ${p.flags}`)
+      .join('; '),
+  })
   const peerNote = (s: Samples, f: (x: Sample) => number, unit: string, digits = 0) =>
-    PEERS.slice(1).map((p) => `${p.name} ${spread(s[p.name]?.cold, f, digits)} ${unit}`).join(', ')
+    PEERS.slice(1)
+      .map((p) => `${p.name} ${spread(s[p.name]?.cold, f, digits)} ${unit}`)
+      .join(', ')
   for (const { key, writer } of OBJECTS) {
     const s = seq[key]!
     const ours = s.o3mount?.cold ?? []
@@ -350,10 +406,16 @@ export const run: BenchModule = async (ctx) => {
       case: `warm re-read in the same mount (${writer})`,
       value: `${spread(s.o3mount?.warm, (x) => x.mbps)} MB/s`,
       target: `>= 1 GB/s: ${median((s.o3mount?.warm ?? []).map((x) => x.mbps)) >= 1000 ? 'met' : 'not met'}`,
-      note: PEERS.slice(1).map((p) => `${p.name} ${spread(s[p.name]?.warm, (x) => x.mbps)} MB/s`).join(', '),
+      note: PEERS.slice(1)
+        .map((p) => `${p.name} ${spread(s[p.name]?.warm, (x) => x.mbps)} MB/s`)
+        .join(', '),
     })
   }
-  const peers = (f: (r: OtherResult) => string) => PEERS.slice(1).filter((p) => other[p.name]).map((p) => `${p.name} ${f(other[p.name]!)}`).join(', ')
+  const peers = (f: (r: OtherResult) => string) =>
+    PEERS.slice(1)
+      .filter((p) => other[p.name])
+      .map((p) => `${p.name} ${f(other[p.name]!)}`)
+      .join(', ')
   const ours = other.o3mount
   if (ours) {
     const vsDownload = ours.small / download
@@ -364,7 +426,12 @@ export const run: BenchModule = async (ctx) => {
       target: `<= 1.2x a 32-way parallel download (${download.toFixed(2)} s): ${verdict(vsDownload <= 1.2, vsDownload)}`,
       note: peers((r) => `${r.small.toFixed(2)} s`),
     })
-    rows.push({ area: AREA, case: `ls -lR over ${LISTING.toLocaleString('en')} objects (10 directories, one run)`, value: `${ours.ls.toFixed(2)} s`, note: peers((r) => `${r.ls.toFixed(2)} s`) })
+    rows.push({
+      area: AREA,
+      case: `ls -lR over ${LISTING.toLocaleString('en')} objects (10 directories, one run)`,
+      value: `${ours.ls.toFixed(2)} s`,
+      note: peers((r) => `${r.ls.toFixed(2)} s`),
+    })
     rows.push({
       area: AREA,
       case: `time to first byte, 4 KiB at ${TTFB_SAMPLES} random offsets of a cold 512 MiB file (open+read)`,
@@ -372,6 +439,13 @@ export const run: BenchModule = async (ctx) => {
       note: peers((r) => `p50 ${percentile(r.ttfb, 50).toFixed(1)} / p99 ${percentile(r.ttfb, 99).toFixed(1)} ms`),
     })
   }
-  rows.push({ area: AREA, case: 'peak RSS of the mount in the sequential runs (MiB)', value: fmtRss(rss.o3mount ?? {}), note: `${PEERS.slice(1).map((p) => `${p.name} ${fmtRss(rss[p.name] ?? {})}`).join(', ')}; the mount bench took ${minutes.toFixed(1)} min` })
+  rows.push({
+    area: AREA,
+    case: 'peak RSS of the mount in the sequential runs (MiB)',
+    value: fmtRss(rss.o3mount ?? {}),
+    note: `${PEERS.slice(1)
+      .map((p) => `${p.name} ${fmtRss(rss[p.name] ?? {})}`)
+      .join(', ')}; the mount bench took ${minutes.toFixed(1)} min`,
+  })
   return rows
 }

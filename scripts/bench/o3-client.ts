@@ -28,7 +28,10 @@ export const run: BenchModule = async (ctx) => {
     for (const n of [1, 4, 8, 16]) {
       t0 = performance.now()
       const got = await mapLimit(ranges, n, async (off) => (await client.getBytes('big.bin', off, off + PART - 1)).length)
-      const rate = mbps(got.reduce((a, b) => a + b, 0), (performance.now() - t0) / 1000)
+      const rate = mbps(
+        got.reduce((a, b) => a + b, 0),
+        (performance.now() - t0) / 1000,
+      )
       best = Math.max(best, rate)
       rows.push({ area: AREA, case: `ranged GET 1 GiB in 8 MiB parts, ${n} in parallel`, value: `${rate.toFixed(0)} MB/s` })
     }
@@ -47,7 +50,11 @@ export const run: BenchModule = async (ctx) => {
     }
     ttfb.sort((a, b) => a - b)
     ctx.metrics['o3.ttfb.p50ms'] = percentile(ttfb, 50)
-    rows.push({ area: AREA, case: '4 KiB ranged GET, time to first byte (200 random offsets)', value: `p50 ${percentile(ttfb, 50).toFixed(1)} ms, p99 ${percentile(ttfb, 99).toFixed(1)} ms` })
+    rows.push({
+      area: AREA,
+      case: '4 KiB ranged GET, time to first byte (200 random offsets)',
+      value: `p50 ${percentile(ttfb, 50).toFixed(1)} ms, p99 ${percentile(ttfb, 99).toFixed(1)} ms`,
+    })
     await client.delete('big.bin')
   } finally {
     client.close()

@@ -50,9 +50,19 @@ async function api(): Promise<EpochResult> {
 /** o3train with nothing but the data: its defaults (SGD, one epoch, evaluation, threads from the machine). */
 async function cli(): Promise<EpochResult> {
   const { stdout } = await run$(process.execPath, [O3TRAIN, '--data', DATA], { maxBuffer: 64 << 20 })
-  const summary = JSON.parse(stdout.trim().split('\n').at(-1)!) as { samplesPerSecond: number; test: { accuracy: number }; threads: { threads: number; cores: number; env: Record<string, string> } }
+  const summary = JSON.parse(stdout.trim().split('\n').at(-1)!) as {
+    samplesPerSecond: number
+    test: { accuracy: number }
+    threads: { threads: number; cores: number; env: Record<string, string> }
+  }
   const t = summary.threads
-  return { samplesPerSecond: summary.samplesPerSecond, accuracy: summary.test.accuracy, threads: `${t.threads} threads on ${t.cores} cores, ${Object.entries(t.env).map(([k, v]) => `${k}=${v}`).join(' ')}` }
+  return {
+    samplesPerSecond: summary.samplesPerSecond,
+    accuracy: summary.test.accuracy,
+    threads: `${t.threads} threads on ${t.cores} cores, ${Object.entries(t.env)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')}`,
+  }
 }
 
 /** torch's own thread defaults, and no thread variables of ours. */
@@ -88,13 +98,24 @@ export const run: BenchModule = async (ctx) => {
   const note = `median (range) of ${ROUNDS} runs each, alternating; accuracy after the epoch`
   const rows: BenchRow[] = [
     {
-      area: 'trainer', case: `${what}: o3train as users run it (${runs.cli[0]!.threads})`,
+      area: 'trainer',
+      case: `${what}: o3train as users run it (${runs.cli[0]!.threads})`,
       value: `${formatSpread(sps(runs.cli))} samples/s`,
       target: `>= 1.0x python3-torch: ${ratio >= 1 ? 'met' : 'not met'} (${ratio.toFixed(2)}x, medians)`,
       note: `${note} ${acc(runs.cli)} (SGD, lr 0.01)`,
     },
-    { area: 'trainer', case: `${what}: addon API, ${THREADS} threads set by hand`, value: `${formatSpread(sps(runs.api))} samples/s`, note: `${note} ${acc(runs.api)} (Adam, lr 1e-3)` },
-    { area: 'trainer', case: `${what}: python3-torch 1.13.1, torch's defaults`, value: `${formatSpread(sps(runs.python))} samples/s`, note: `${note} ${acc(runs.python)} (Adam, lr 1e-3)` },
+    {
+      area: 'trainer',
+      case: `${what}: addon API, ${THREADS} threads set by hand`,
+      value: `${formatSpread(sps(runs.api))} samples/s`,
+      note: `${note} ${acc(runs.api)} (Adam, lr 1e-3)`,
+    },
+    {
+      area: 'trainer',
+      case: `${what}: python3-torch 1.13.1, torch's defaults`,
+      value: `${formatSpread(sps(runs.python))} samples/s`,
+      note: `${note} ${acc(runs.python)} (Adam, lr 1e-3)`,
+    },
   ]
   return rows
 }

@@ -23,7 +23,9 @@ export async function uploadRandomObject(client: O3Client, key: string, size: nu
   const parts = Array.from({ length: Math.ceil(size / partSize) }, (_, i) => i + 1)
   const done = []
   for (let i = 0; i < parts.length; i += 4) {
-    done.push(...(await Promise.all(parts.slice(i, i + 4).map((n) => client.uploadPart(key, uploadId, n, randomBytes(Math.min(partSize, size - (n - 1) * partSize)))))))
+    done.push(
+      ...(await Promise.all(parts.slice(i, i + 4).map((n) => client.uploadPart(key, uploadId, n, randomBytes(Math.min(partSize, size - (n - 1) * partSize)))))),
+    )
   }
   await client.completeMultipartUpload(key, uploadId, done)
 }
@@ -38,11 +40,13 @@ export function percentile(sorted: number[], p: number): number {
 export async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const out: R[] = new Array(items.length)
   let next = 0
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++
-      out[i] = await fn(items[i]!)
-    }
-  }))
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) {
+        const i = next++
+        out[i] = await fn(items[i]!)
+      }
+    }),
+  )
   return out
 }

@@ -19,7 +19,9 @@ const SHARD_SIZE = 16 * MiB
 
 /** Every train and test image as a grayscale PNG under `root/<label>/`. */
 function writePngTree(root: string): void {
-  execFileSync('/usr/bin/python3', ['-c', `
+  execFileSync('/usr/bin/python3', [
+    '-c',
+    `
 import gzip, os, sys
 from PIL import Image
 src, root = sys.argv[1], sys.argv[2]
@@ -29,7 +31,10 @@ for split in ('train', 't10k'):
     for i, l in enumerate(labels):
         d = os.path.join(root, str(l)); os.makedirs(d, exist_ok=True)
         Image.frombytes('L', (28, 28), images[i * 784:(i + 1) * 784]).save(os.path.join(d, f'{split}-{i:05d}.png'))
-`, FASHION_MNIST, root])
+`,
+    FASHION_MNIST,
+    root,
+  ])
 }
 
 async function epochSeconds(o: Partial<TrainOptions>, dataDir: string): Promise<number> {
@@ -75,7 +80,17 @@ export async function webdatasetRows(ctx: BenchContext, area: string): Promise<B
   const shape = `${written.shards.length} shards of <= ${SHARD_SIZE / MiB} MiB`
   return [
     { area, case: `Fashion-MNIST 70k as WebDataset shards, CNN epoch (batch 64, CPU), local shards`, value: `${local.toFixed(1)} s`, note: shape },
-    { area, case: 'same epoch from shards on o3mount, cold', value: `${mountedShards.toFixed(1)} s`, note: `${(mountedShards / local).toFixed(2)}x local shards` },
-    { area, case: 'same epoch from 70,000 PNG files on o3mount, cold', value: `${mountedPngs.toFixed(1)} s`, note: `${(mountedPngs / mountedShards).toFixed(2)}x shards on the mount` },
+    {
+      area,
+      case: 'same epoch from shards on o3mount, cold',
+      value: `${mountedShards.toFixed(1)} s`,
+      note: `${(mountedShards / local).toFixed(2)}x local shards`,
+    },
+    {
+      area,
+      case: 'same epoch from 70,000 PNG files on o3mount, cold',
+      value: `${mountedPngs.toFixed(1)} s`,
+      note: `${(mountedPngs / mountedShards).toFixed(2)}x shards on the mount`,
+    },
   ]
 }

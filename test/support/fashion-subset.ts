@@ -3,7 +3,6 @@ import { join } from 'node:path'
 import { gunzipSync, gzipSync } from 'node:zlib'
 import { FASHION_MNIST } from './imagefolder.js'
 
-
 /** idx header: magic (type, rank), then one big-endian u32 per dimension. */
 function idxSlice(file: string, count: number): Buffer {
   const all = gunzipSync(readFileSync(join(FASHION_MNIST, file)))
@@ -25,8 +24,10 @@ function idxSlice(file: string, count: number): Buffer {
 export function writeFashionSubset(dir: string, train: number, test: number): string[] {
   mkdirSync(dir, { recursive: true })
   const files: [string, number][] = [
-    ['train-images-idx3-ubyte.gz', train], ['train-labels-idx1-ubyte.gz', train],
-    ['t10k-images-idx3-ubyte.gz', test], ['t10k-labels-idx1-ubyte.gz', test],
+    ['train-images-idx3-ubyte.gz', train],
+    ['train-labels-idx1-ubyte.gz', train],
+    ['t10k-images-idx3-ubyte.gz', test],
+    ['t10k-labels-idx1-ubyte.gz', test],
   ]
   for (const [name, n] of files) writeFileSync(join(dir, name), gzipSync(idxSlice(name, n)))
   return files.map(([name]) => name)

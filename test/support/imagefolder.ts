@@ -62,10 +62,7 @@ print(json.dumps(out))
 /** Writes the tree under `root` (created if needed) and returns its files and labels. */
 export function buildImageFolder(root: string, opts: ImageFolderOptions = {}): ImageFolderTree {
   const labels = opts.labels ?? CLASS_DIRS.map((_, i) => i)
-  const args = [
-    '-c', WRITER, FASHION_MNIST, root, JSON.stringify(labels), String(opts.perClass ?? 6), String(opts.size ?? 28),
-    JSON.stringify(CLASS_DIRS),
-  ]
+  const args = ['-c', WRITER, FASHION_MNIST, root, JSON.stringify(labels), String(opts.perClass ?? 6), String(opts.size ?? 28), JSON.stringify(CLASS_DIRS)]
   const written = JSON.parse(execFileSync('/usr/bin/python3', args, { encoding: 'utf8' })) as Omit<ImageFolderFile, 'label'>[]
   const classes = labels.map((l) => CLASS_DIRS[l]).sort()
   const files = written

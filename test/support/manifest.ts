@@ -1,6 +1,12 @@
 // Puts files and their tree's dataset manifest into a bucket as o3upload does, without the CLI.
 import { ContentHasher } from '../../lib/content/cid.js'
-import { DATASET_MANIFEST_NAME, buildDatasetManifest, formatDatasetManifest, type DatasetManifest, type ManifestFile } from '../../lib/content/dataset-manifest.js'
+import {
+  DATASET_MANIFEST_NAME,
+  buildDatasetManifest,
+  formatDatasetManifest,
+  type DatasetManifest,
+  type ManifestFile,
+} from '../../lib/content/dataset-manifest.js'
 import type { Signer } from '../../lib/content/signer.js'
 import type { O3Client } from '../../lib/o3/index.js'
 

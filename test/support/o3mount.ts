@@ -83,7 +83,12 @@ function exited(child: ChildProcess): Promise<void> {
 }
 
 /** Mounts `location` and resolves once the kernel serves it. */
-export async function mount(t: Test, info: S3ServerInfo, location: string, opts: { mountpoint?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<Mounted> {
+export async function mount(
+  t: Test,
+  info: S3ServerInfo,
+  location: string,
+  opts: { mountpoint?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {},
+): Promise<Mounted> {
   const mountpoint = opts.mountpoint ?? tempMountpoint(t)
   const statsFile = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-stats-')), 'stats.json')
   const child = spawn(process.execPath, [...CLI, mountpoint, location, '--stats-file', statsFile, ...(opts.args ?? [])], {
@@ -136,7 +141,12 @@ export async function mount(t: Test, info: S3ServerInfo, location: string, opts:
 }
 
 /** Runs the CLI to completion (start-up checks, --unmount, --daemon) and returns what it said. */
-export function runCli(info: S3ServerInfo, args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runCli(
+  info: S3ServerInfo,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  timeoutMs = 60_000,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(process.execPath, [...CLI, ...args], { cwd: ROOT, env: mountEnv(info, env), timeout: timeoutMs }, (err, stdout, stderr) => {
       const code = err ? ((err as { code?: unknown }).code as number | null) : 0
@@ -147,7 +157,9 @@ export function runCli(info: S3ServerInfo, args: string[], env: NodeJS.ProcessEn
 
 /** Whether anything is mounted at `mountpoint` (read from /proc, so a dead mount does not hang the check). */
 export function isMounted(mountpoint: string): boolean {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === mountpoint)
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[4] === mountpoint)
 }
 
 /** Polls the mount's stats file (rewritten every 2 s) until `ok` holds, or `ms` have passed; returns the last snapshot. */

@@ -14,7 +14,7 @@ const DAG_PB = 0x70
 
 function varint(n: number): Buffer {
   const out: number[] = []
-  for (; n >= 0x80; n = Math.floor(n / 0x80)) out.push((n % 0x80) | 0x80)
+  for (; n >= 0x80; n = Math.floor(n / 0x80)) out.push(n % 0x80 | 0x80)
   out.push(n)
   return Buffer.from(out)
 }
@@ -24,7 +24,8 @@ const bytesField = (tag: number, b: Buffer) => Buffer.concat([varint((tag << 3) 
 const varintField = (tag: number, n: number) => Buffer.concat([varint(tag << 3), varint(n)])
 
 /** CIDv1 bytes: version, codec, sha2-256 multihash. */
-const cidBytes = (codec: number, block: Buffer) => Buffer.concat([varint(1), varint(codec), Buffer.from([0x12, 0x20]), createHash('sha256').update(block).digest()])
+const cidBytes = (codec: number, block: Buffer) =>
+  Buffer.concat([varint(1), varint(codec), Buffer.from([0x12, 0x20]), createHash('sha256').update(block).digest()])
 
 /** Multibase `b`: RFC 4648 base32, lower case, no padding. */
 function base32(bytes: Buffer): string {
@@ -41,7 +42,11 @@ function base32(bytes: Buffer): string {
   return bits > 0 ? out + alphabet[(acc << (5 - bits)) & 31] : out
 }
 
-interface Node { cid: Buffer; fileSize: number; tsize: number }
+interface Node {
+  cid: Buffer
+  fileSize: number
+  tsize: number
+}
 
 /** A UnixFS file node over `children`: PBNode { Links (PBLink { Hash, Name "", Tsize })..., Data }. */
 function parent(children: Node[]): Node {
@@ -66,7 +71,7 @@ export async function referenceCid(chunks: AsyncIterable<Uint8Array> | Iterable<
   let total = 0
   const emit = () => push(0, { cid: cidBytes(RAW, leaf.subarray(0, fill)), fileSize: fill, tsize: fill })
   for await (const chunk of chunks) {
-    for (let off = 0; off < chunk.length;) {
+    for (let off = 0; off < chunk.length; ) {
       const n = Math.min(LEAF - fill, chunk.length - off)
       leaf.set(chunk.subarray(off, off + n), fill)
       fill += n

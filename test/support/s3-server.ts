@@ -9,185 +9,183 @@
 //     engineers run tap in this same tree) and from runs that were killed.
 //  3. A server of its own, stopped at teardown, on exit, on SIGINT/SIGTERM, and by the
 //     script's watchdog if this process dies without running any of those.
-import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
-import { promisify } from 'node:util';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
-import type { Test } from 'tap';
-import { projectRoot } from '../../lib/paths.js';
-import { O3Client, resolveConfig, type O3ClientOptions } from '../../lib/o3/index.js';
+import { execFile, execFileSync } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
+import type { Test } from 'tap'
+import { projectRoot } from '../../lib/paths.js'
+import { O3Client, resolveConfig, type O3ClientOptions } from '../../lib/o3/index.js'
 
 export interface S3ServerInfo {
-  endpoint: string;
-  region: string;
-  accessKeyId: string;
-  secretAccessKey: string;
-  dir: string;
+  endpoint: string
+  region: string
+  accessKeyId: string
+  secretAccessKey: string
+  dir: string
 }
 
 export interface StartOptions {
   /** The script's watchdog stops the server once this process is gone. Default: this process. */
-  watchPid?: number;
+  watchPid?: number
   /** Stop it when this process exits or gets SIGINT/SIGTERM. Default true. */
-  stopOnExit?: boolean;
+  stopOnExit?: boolean
 }
 
-const ROOT = projectRoot();
-const SCRIPT = path.join(ROOT, 'scripts', 's3-server');
-export const RUN_STATE_DIR = path.join(ROOT, '.tap', 's3-server');
+const ROOT = projectRoot()
+const SCRIPT = path.join(ROOT, 'scripts', 's3-server')
+export const RUN_STATE_DIR = path.join(ROOT, '.tap', 's3-server')
 
-const execFileP = promisify(execFile);
+const execFileP = promisify(execFile)
 
-const owned = new Set<string>();
-let handlersInstalled = false;
+const owned = new Set<string>()
+let handlersInstalled = false
 
 function stopOwnedSync(): void {
   for (const dir of owned) {
     try {
-      execFileSync(SCRIPT, ['stop', dir], { stdio: 'ignore', timeout: 30_000 });
+      execFileSync(SCRIPT, ['stop', dir], { stdio: 'ignore', timeout: 30_000 })
     } catch {
       // the watchdog is the backstop; an exit handler must not throw
     }
-    owned.delete(dir);
+    owned.delete(dir)
   }
 }
 
 function installExitHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  process.on('exit', stopOwnedSync);
+  if (handlersInstalled) return
+  handlersInstalled = true
+  process.on('exit', stopOwnedSync)
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     const onSignal = (): void => {
-      stopOwnedSync();
-      process.removeListener(sig, onSignal);
+      stopOwnedSync()
+      process.removeListener(sig, onSignal)
       // Re-raise so the process still dies of the signal: a listener of our own would
       // otherwise turn Ctrl-C into a no-op (and signal-exit, which tap uses, only re-raises
       // when it is the last listener).
-      process.kill(process.pid, sig);
-    };
-    process.on(sig, onSignal);
+      process.kill(process.pid, sig)
+    }
+    process.on(sig, onSignal)
   }
 }
 
 export function parseServerOutput(stdout: string): S3ServerInfo {
-  const kv = new Map<string, string>();
+  const kv = new Map<string, string>()
   for (const line of stdout.split('\n')) {
-    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim());
-    if (m) kv.set(m[1], m[2]);
+    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim())
+    if (m) kv.set(m[1], m[2])
   }
   const get = (k: string): string => {
-    const v = kv.get(k);
-    if (!v) throw new Error(`scripts/s3-server start printed no ${k}; output was:\n${stdout}`);
-    return v;
-  };
+    const v = kv.get(k)
+    if (!v) throw new Error(`scripts/s3-server start printed no ${k}; output was:\n${stdout}`)
+    return v
+  }
   return {
     endpoint: get('O3_ENDPOINT'),
     region: get('O3_REGION'),
     accessKeyId: get('O3_ACCESS_KEY_ID'),
     secretAccessKey: get('O3_SECRET_ACCESS_KEY'),
     dir: get('S3_SERVER_DIR'),
-  };
+  }
 }
 
-export async function startS3Server(
-  opts: StartOptions = {},
-): Promise<S3ServerInfo & { stop(): Promise<void> }> {
-  const watchPid = opts.watchPid ?? process.pid;
-  let stdout: string;
+export async function startS3Server(opts: StartOptions = {}): Promise<S3ServerInfo & { stop(): Promise<void> }> {
+  const watchPid = opts.watchPid ?? process.pid
+  let stdout: string
   try {
-    ({ stdout } = await execFileP(SCRIPT, ['start', '--watch-pid', String(watchPid)], {
+    ;({ stdout } = await execFileP(SCRIPT, ['start', '--watch-pid', String(watchPid)], {
       timeout: 120_000,
-    }));
+    }))
   } catch (err) {
-    const e = err as Error & { stderr?: string };
-    throw new Error(`could not start the test S3 server (scripts/s3-server start): ${e.stderr?.trim() || e.message}`);
+    const e = err as Error & { stderr?: string }
+    throw new Error(`could not start the test S3 server (scripts/s3-server start): ${e.stderr?.trim() || e.message}`)
   }
-  const info = parseServerOutput(stdout);
+  const info = parseServerOutput(stdout)
   if (opts.stopOnExit ?? true) {
-    installExitHandlers();
-    owned.add(info.dir);
+    installExitHandlers()
+    owned.add(info.dir)
   }
-  let stopped: Promise<void> | undefined;
+  let stopped: Promise<void> | undefined
   const stop = (): Promise<void> => {
-    stopped ??= stopS3Server(info.dir);
-    return stopped;
-  };
-  return { ...info, stop };
+    stopped ??= stopS3Server(info.dir)
+    return stopped
+  }
+  return { ...info, stop }
 }
 
 /** Stops a server by its directory; a no-op if it is already stopped. */
 export async function stopS3Server(dir: string): Promise<void> {
-  await execFileP(SCRIPT, ['stop', dir], { timeout: 60_000 });
-  owned.delete(dir);
+  await execFileP(SCRIPT, ['stop', dir], { timeout: 60_000 })
+  owned.delete(dir)
 }
 
 function isServerInfo(v: unknown): v is S3ServerInfo {
-  if (typeof v !== 'object' || v === null) return false;
-  const o = v as Record<string, unknown>;
-  return ['endpoint', 'region', 'accessKeyId', 'secretAccessKey', 'dir'].every(k => typeof o[k] === 'string');
+  if (typeof v !== 'object' || v === null) return false
+  const o = v as Record<string, unknown>
+  return ['endpoint', 'region', 'accessKeyId', 'secretAccessKey', 'dir'].every((k) => typeof o[k] === 'string')
 }
 
 function parentOf(pid: number): number | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     // the command name (field 2) may contain spaces and parentheses: parse after the last ')'
-    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    return ppid > 0 ? ppid : undefined;
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+    return ppid > 0 ? ppid : undefined
   } catch {
-    return undefined;
+    return undefined
   }
 }
 
 /** Path of the info file that global-setup writes for the tap runner with this PID. */
 export function runStateFile(runnerPid: number): string {
-  return path.join(RUN_STATE_DIR, `${runnerPid}.json`);
+  return path.join(RUN_STATE_DIR, `${runnerPid}.json`)
 }
 
 function runServer(): S3ServerInfo | undefined {
   for (let pid = parentOf(process.pid); pid !== undefined && pid > 1; pid = parentOf(pid)) {
-    const file = runStateFile(pid);
-    if (!existsSync(file)) continue;
+    const file = runStateFile(pid)
+    if (!existsSync(file)) continue
     try {
-      const info: unknown = JSON.parse(readFileSync(file, 'utf8'));
-      if (isServerInfo(info) && existsSync(info.dir)) return info;
+      const info: unknown = JSON.parse(readFileSync(file, 'utf8'))
+      if (isServerInfo(info) && existsSync(info.dir)) return info
     } catch {
       // half-written or foreign: fall back to a server of our own
     }
-    return undefined;
+    return undefined
   }
-  return undefined;
+  return undefined
 }
 
 export async function useS3Server(t: Test): Promise<S3ServerInfo> {
-  const fromEnv = process.env.O3_TEST_SERVER;
+  const fromEnv = process.env.O3_TEST_SERVER
   if (fromEnv) {
-    const info: unknown = JSON.parse(fromEnv);
+    const info: unknown = JSON.parse(fromEnv)
     if (!isServerInfo(info)) {
-      throw new Error('O3_TEST_SERVER must be a JSON object with endpoint, region, accessKeyId, secretAccessKey, dir');
+      throw new Error('O3_TEST_SERVER must be a JSON object with endpoint, region, accessKeyId, secretAccessKey, dir')
     }
-    return info;
+    return info
   }
-  const shared = runServer();
-  if (shared) return shared;
-  const own = await startS3Server();
-  t.teardown(() => own.stop());
-  const { stop: _stop, ...info } = own;
-  return info;
+  const shared = runServer()
+  if (shared) return shared
+  const own = await startS3Server()
+  t.teardown(() => own.stop())
+  const { stop: _stop, ...info } = own
+  return info
 }
 
 /** The four settings that reach this server; what a client or a child process needs of its info. */
-export type ServerCredentials = Pick<S3ServerInfo, 'endpoint' | 'region' | 'accessKeyId' | 'secretAccessKey'>;
+export type ServerCredentials = Pick<S3ServerInfo, 'endpoint' | 'region' | 'accessKeyId' | 'secretAccessKey'>
 
 /** The O3_* variables that point a child process (a mount, a trainer, a CLI) at this server. */
 export function serverEnv(info: ServerCredentials): Record<string, string> {
-  return { O3_ENDPOINT: info.endpoint, O3_REGION: info.region, O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey };
+  return { O3_ENDPOINT: info.endpoint, O3_REGION: info.region, O3_ACCESS_KEY_ID: info.accessKeyId, O3_SECRET_ACCESS_KEY: info.secretAccessKey }
 }
 
 /** Our O3 client on this server, credentials passed in-process; `endpoint` overrides the server's (a fault proxy in front of it). */
 export function serverClient(info: ServerCredentials, location: string, options: O3ClientOptions = {}): O3Client {
-  const { endpoint = info.endpoint, ...rest } = options;
-  return O3Client.open(location, { ...rest, config: resolveConfig({ endpoint, region: info.region }, serverEnv(info)) });
+  const { endpoint = info.endpoint, ...rest } = options
+  return O3Client.open(location, { ...rest, config: resolveConfig({ endpoint, region: info.region }, serverEnv(info)) })
 }
 
 export function s3Client(info: S3ServerInfo): S3Client {
@@ -198,15 +196,15 @@ export function s3Client(info: S3ServerInfo): S3Client {
     forcePathStyle: true,
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  })
 }
 
 /** Buckets outlive a test file when the server is shared by the run: use unique names. */
 export async function createBucket(info: S3ServerInfo, name: string): Promise<void> {
-  const client = s3Client(info);
+  const client = s3Client(info)
   try {
-    await client.send(new CreateBucketCommand({ Bucket: name }));
+    await client.send(new CreateBucketCommand({ Bucket: name }))
   } finally {
-    client.destroy();
+    client.destroy()
   }
 }
