@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs'
 import { InvalidArgumentError, Option } from 'commander'
+import { readUserFile } from '../lib/read-user-file.js'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand } from '../lib/cli/run-cli.js'
@@ -164,12 +164,7 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
 }
 
 function readConfigFile(path: string): Record<string, unknown> {
-  let text: string
-  try {
-    text = readFileSync(path, 'utf8')
-  } catch (err) {
-    throw new OptionsError(`cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code}`)
-  }
+  const text = readUserFile(path, 'config file', (message) => new OptionsError(message))
   try {
     const parsed = JSON.parse(text) as unknown
     if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')

@@ -1,7 +1,7 @@
-import { readFileSync } from 'node:fs'
 import { secp256k1 } from '@noble/curves/secp256k1.js'
 import { keccak_256 } from '@noble/hashes/sha3.js'
 import { bytesToHex, hexToBytes, utf8ToBytes } from '@noble/hashes/utils.js'
+import { readUserFile } from '../read-user-file.js'
 import { O3ConfigError } from '../o3/errors.js'
 
 /**
@@ -68,12 +68,7 @@ export function loadSigner(env: Record<string, string | undefined> = process.env
   if (env.AKAVE_PRIVATE_KEY) return signerFromHex(env.AKAVE_PRIVATE_KEY, 'AKAVE_PRIVATE_KEY')
   const file = env.AKAVE_PRIVATE_KEY_FILE
   if (!file) return undefined
-  let text: string
-  try {
-    text = readFileSync(file, 'utf8')
-  } catch (err) {
-    throw new O3ConfigError(`cannot read AKAVE_PRIVATE_KEY_FILE ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
-  }
+  const text = readUserFile(file, 'AKAVE_PRIVATE_KEY_FILE', (message) => new O3ConfigError(message))
   return signerFromHex(text, `AKAVE_PRIVATE_KEY_FILE ${file}`)
 }
 

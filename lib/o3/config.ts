@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { readUserFile } from '../read-user-file.js'
 import { O3ConfigError } from './errors.js'
 
 export const DEFAULT_ENDPOINT = 'https://o3-rc2.akave.xyz'
@@ -33,12 +33,7 @@ export interface O3Config {
 type Env = Record<string, string | undefined>
 
 function readKeyFile(path: string): Env {
-  let text: string
-  try {
-    text = readFileSync(path, 'utf8')
-  } catch (err) {
-    throw new O3ConfigError(`cannot read credentials file ${path}: ${(err as NodeJS.ErrnoException).code ?? err}; check the path and its permissions`)
-  }
+  const text = readUserFile(path, 'credentials file', (message) => new O3ConfigError(message))
   const out: Env = {}
   for (const line of text.split('\n')) {
     const m = /^\s*(?:export\s+)?([A-Z0-9_]+)\s*=\s*"?([^"\n]*?)"?\s*$/.exec(line)

@@ -10,6 +10,7 @@ import { promisify } from 'node:util'
 import { findMount, fusermountUnmount } from '../../fs-driver/mount-table.js'
 import { createBucket } from '../../test/support/s3-server.js'
 import { parallelRangedGet } from './ranged-get.js'
+import { formatSpread, spread } from './stats.js'
 import type { BenchContext, BenchModule, BenchRow } from './types.js'
 import { MiB, benchClient, benchEnv, mapLimit, mbps, percentile } from './util.js'
 
@@ -291,15 +292,10 @@ async function writeObjects(ctx: BenchContext): Promise<void> {
   rmSync(dir, { recursive: true, force: true })
 }
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b)
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
-}
+const median = (xs: number[]): number => spread(xs).median
 /** `median (min-max)` of one measure over a peer's samples. */
-function spread(xs: Sample[] | undefined, f: (s: Sample) => number, digits = 0): string {
-  if (!xs?.length) return 'n/a'
-  const v = xs.map(f)
-  return `${median(v).toFixed(digits)} (${Math.min(...v).toFixed(digits)}-${Math.max(...v).toFixed(digits)})`
+function spreadOf(xs: Sample[] | undefined, f: (s: Sample) => number, digits = 0): string {
+  return xs?.length ? formatSpread(xs.map(f), digits) : 'n/a'
 }
 const verdict = (ok: boolean, ratio: number) => `${ok ? 'met' : 'not met'} (${ratio.toFixed(2)}x)`
 const fmtRss = (r: Record<string, number>) =>
@@ -376,7 +372,7 @@ export const run: BenchModule = async (ctx) => {
   })
   const peerNote = (s: Samples, f: (x: Sample) => number, unit: string, digits = 0) =>
     PEERS.slice(1)
-      .map((p) => `${p.name} ${spread(s[p.name]?.cold, f, digits)} ${unit}`)
+      .map((p) => `${p.name} ${spreadOf(s[p.name]?.cold, f, digits)} ${unit}`)
       .join(', ')
   for (const { key, writer } of OBJECTS) {
     const s = seq[key]!
@@ -384,11 +380,11 @@ export const run: BenchModule = async (ctx) => {
     const s3fs = s.s3fs?.cold ?? []
     const mOurs = median(ours.map((x) => x.mbps))
     const mS3fs = median(s3fs.map((x) => x.mbps))
-    const ceil = `ceiling (16 x 16 MiB ranged GETs) in-process ${spread(s.ceiling?.['in-process'], (x) => x.mbps)} MB/s at ${spread(s.ceiling?.['in-process'], (x) => x.cpuPerGiB, 1)} CPU-s/GiB, separate process ${spread(s.ceiling?.['separate process'], (x) => x.mbps)} MB/s`
+    const ceil = `ceiling (16 x 16 MiB ranged GETs) in-process ${spreadOf(s.ceiling?.['in-process'], (x) => x.mbps)} MB/s at ${spreadOf(s.ceiling?.['in-process'], (x) => x.cpuPerGiB, 1)} CPU-s/GiB, separate process ${spreadOf(s.ceiling?.['separate process'], (x) => x.mbps)} MB/s`
     rows.push({
       area: AREA,
       case: `cold sequential read, 512 MiB written by ${writer}, MB/s median (min-max) of ${ROUNDS}`,
-      value: `${spread(ours, (x) => x.mbps)} MB/s`,
+      value: `${spreadOf(ours, (x) => x.mbps)} MB/s`,
       target: `>= 1.1x s3fs: ${verdict(mOurs >= 1.1 * mS3fs, mOurs / mS3fs)}`,
       note: `${peerNote(s, (x) => x.mbps, 'MB/s')}; ${ceil}`,
     })
@@ -397,17 +393,17 @@ export const run: BenchModule = async (ctx) => {
     rows.push({
       area: AREA,
       case: `CPU of the mount process per GiB in the same cold reads (${writer}), user+sys s`,
-      value: `${spread(ours, (x) => x.cpuPerGiB, 1)} s`,
+      value: `${spreadOf(ours, (x) => x.cpuPerGiB, 1)} s`,
       target: `<= s3fs: ${verdict(cOurs <= cS3fs, cOurs / cS3fs)}`,
       note: peerNote(s, (x) => x.cpuPerGiB, 's', 1),
     })
     rows.push({
       area: AREA,
       case: `warm re-read in the same mount (${writer})`,
-      value: `${spread(s.o3mount?.warm, (x) => x.mbps)} MB/s`,
+      value: `${spreadOf(s.o3mount?.warm, (x) => x.mbps)} MB/s`,
       target: `>= 1 GB/s: ${median((s.o3mount?.warm ?? []).map((x) => x.mbps)) >= 1000 ? 'met' : 'not met'}`,
       note: PEERS.slice(1)
-        .map((p) => `${p.name} ${spread(s[p.name]?.warm, (x) => x.mbps)} MB/s`)
+        .map((p) => `${p.name} ${spreadOf(s[p.name]?.warm, (x) => x.mbps)} MB/s`)
         .join(', '),
     })
   }
