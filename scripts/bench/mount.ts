@@ -75,6 +75,13 @@ const RCLONE_FLAGS = [
   '1h',
 ]
 
+/** The same mount with verification off: o3upload's manifest makes the default mount verify its object. */
+const UNVERIFIED: Peer = {
+  name: 'o3mount --verify off',
+  flags: 'defaults and --verify off',
+  start: (mp, ctx) => spawn(process.execPath, [CLI, mp, BUCKET, '--stats-interval', '1h', '--verify', 'off'], { env: benchEnv(ctx), stdio: 'ignore' }),
+}
+
 const PEERS: Peer[] = [
   {
     name: 'o3mount',
@@ -342,6 +349,7 @@ export const run: BenchModule = async (ctx) => {
         const peak = await sequentialRun(peer, ctx, key, into)
         ;(rss[peer.name] ??= {}).sequential = Math.max(rss[peer.name]!.sequential ?? 0, peak)
       }
+      if (key === OBJECTS[0]!.key) await sequentialRun(UNVERIFIED, ctx, key, into)
       await ceilingRun(ctx, key, into)
     }
   }
@@ -407,6 +415,15 @@ export const run: BenchModule = async (ctx) => {
         .join(', '),
     })
   }
+  const verified = seq[OBJECTS[0]!.key]!
+  const [on, off] = [median((verified.o3mount?.cold ?? []).map((x) => x.mbps)), median((verified[UNVERIFIED.name]?.cold ?? []).map((x) => x.mbps))]
+  rows.push({
+    area: AREA,
+    case: `cold sequential read of the o3upload-written object (its manifest makes every block verified) against ${UNVERIFIED.name}`,
+    value: `${spreadOf(verified.o3mount?.cold, (x) => x.mbps)} MB/s`,
+    target: `<= 10% slower: ${on >= 0.9 * off ? 'met' : 'not met'} (${(on / off).toFixed(2)}x)`,
+    note: `${UNVERIFIED.name} ${spreadOf(verified[UNVERIFIED.name]?.cold, (x) => x.mbps)} MB/s, ${spreadOf(verified[UNVERIFIED.name]?.cold, (x) => x.cpuPerGiB, 1)} CPU-s/GiB; small files carry no manifest here`,
+  })
   const peers = (f: (r: OtherResult) => string) =>
     PEERS.slice(1)
       .filter((p) => other[p.name])
