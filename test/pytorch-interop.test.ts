@@ -157,7 +157,7 @@ for (const model of ['cnn', 'mlp', 'resnet'] as const) {
     t.equal(trained.code, 0, trained.stderr)
     const reported = summaryOf(trained).test
     const ckpt = join(scratch, `${model}.safetensors`)
-    const got = await node('trainer/ckpt-cli.ts', ['get', runUrl, 'latest', '-o', ckpt])
+    const got = await node('checkpoint/cli.ts', ['get', runUrl, 'latest', '-o', ckpt])
     t.equal(got.code, 0, got.stderr)
 
     const logits = join(scratch, `${model}.logits.safetensors`)
