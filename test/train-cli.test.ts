@@ -252,8 +252,8 @@ t.test('the mount killed during training: a clear error; with the mount back, it
   const { code, stderr } = await r.done
   t.equal(code, 91, 'exits with the training-failure status')
   const last = stderr.trim().split('\n').at(-1)!
-  t.match(
   // A read in flight when the daemon dies gets ECONNABORTED, later ones ENOTCONN: either names the dead mount.
+  t.match(
     last,
     /^o3train: reading the data failed \(.*(Transport endpoint is not connected|Software caused connection abort); .*: ENOTCONN\): check the mount under .*, then rerun; --resume auto continues from the last checkpoint$/,
   )
