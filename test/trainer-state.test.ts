@@ -6,7 +6,9 @@ import t, { type Test } from 'tap'
 import { Trainer, type StateTensor, type TrainerOptions } from '../addon/index.js'
 import { FASHION_MNIST } from './support/imagefolder.js'
 
-// rank 3 of 200: 300 samples per epoch, 10 batches of 32 (the last one short).
+// rank 3 of 200: each global step of 200 x 32 samples gives rank 3 its 32, and its slice of the
+// tenth, short global batch (57,600 + 96 ... + 128 < 60,000) is whole: 320 samples, 10 batches.
+const RANK_EPOCH = 320
 const options = (over: Partial<TrainerOptions> = {}): TrainerOptions => ({
   model: 'cnn',
   seed: 11,
@@ -125,7 +127,7 @@ t.test("trainSteps with toEpochEnd ends at the epoch's last batch and says so", 
     const first = await tr.trainSteps(6, { toEpochEnd: true })
     t.match(first, { steps: 6, samples: 6 * 32, epochEnded: false, epoch: 0 }, 'a limit inside the epoch')
     const rest = await tr.trainSteps(20, { toEpochEnd: true })
-    t.match(rest, { steps: 4, samples: 300 - 6 * 32, epochEnded: true, epoch: 0 }, 'stopped after the short last batch')
+    t.match(rest, { steps: 4, samples: RANK_EPOCH - 6 * 32, epochEnded: true, epoch: 0 }, 'stopped after the last batch')
     t.same(tr.position, { epoch: 1, index: 0 })
     const across = await tr.trainSteps(12)
     t.match(across, { steps: 12, epochEnded: false, epoch: 2 }, 'without it, the call crosses into the next epoch')
@@ -142,8 +144,8 @@ t.test('round trip with SGD momentum and weight decay, by epochs, is bit-identic
     await tr.trainSteps(4)
     saved = await tr.stateDict()
     const r = await tr.trainEpoch()
-    t.equal(r.samples, 300 - 4 * 32, 'trainEpoch finishes the current epoch')
-    t.equal((await tr.trainEpoch()).samples, 300, 'then a whole one')
+    t.equal(r.samples, RANK_EPOCH - 4 * 32, 'trainEpoch finishes the current epoch')
+    t.equal((await tr.trainEpoch()).samples, RANK_EPOCH, 'then a whole one')
     return tr.stateDict()
   })
   t.ok(
