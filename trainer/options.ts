@@ -228,7 +228,8 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
     )
     .option('--restart-data-position', 'resume a checkpoint saved with another global batch (batch x ranks) at the start of its epoch')
   addO3Flags(cmd).parse(argv, { from: 'user' })
-  const { config, ...flags } = cmd.opts<Record<string, unknown>>()
+  // --log-format is every command's, already applied (lib/cli/run-cli.ts): not a training option.
+  const { config, logFormat: _logFormat, ...flags } = cmd.opts<Record<string, unknown>>()
   const fromFile = typeof config === 'string' ? readConfigFile(config) : {}
   // commander reports `evaluate: true` for an absent --no-evaluate; only an explicit flag overrides the file.
   if (cmd.getOptionValueSource('evaluate') === 'default') delete flags.evaluate
