@@ -91,7 +91,16 @@ t.test('one image, one tensor: idx, ImageFolder PNG and shard PNG score identica
   t.same(results[1], results[0], 'ImageFolder PNG = idx')
   t.same(results[2], results[0], 'shard PNG = idx')
   const info = await Trainer.create(options(gray(ours)))
-  t.same(info.dataset, { size: COUNT, epochSize: COUNT, classes: 10, shape: [1, 28, 28], stepsPerEpoch: Math.ceil(COUNT / 16), globalBatch: 16 })
+  t.same(info.dataset, {
+    size: COUNT,
+    epochSize: COUNT,
+    classes: 10,
+    shape: [1, 28, 28],
+    stepsPerEpoch: Math.ceil(COUNT / 16),
+    globalBatch: 16,
+    classNames: [],
+    normalize: { mul: 2 / 255, sub: 1 },
+  })
   info.close()
 })
 
