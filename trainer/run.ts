@@ -1,5 +1,5 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { access } from 'node:fs/promises'
+import { access, stat } from 'node:fs/promises'
 import { extname, join } from 'node:path'
 import { dataLineage, type DataLineage } from '../lib/content/lineage.js'
 import { Trainer, type DataSpec, type DatasetInfo, type DeviceInfo } from '../addon/index.js'
@@ -82,7 +82,11 @@ export async function fashionMnistDir(root: string, split: 'train' | 't10k' = 't
 
 /** A directory named by a flag, checked at start rather than when first read (after an epoch, for --test-data). */
 async function checkDirectory(dir: string, flag: string): Promise<void> {
-  if (!(await exists(dir))) throw new Error(`${flag} ${dir}: no such directory`)
+  const st = await withDeadline(stat(dir), dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ETIMEDOUT') throw err
+    return undefined
+  })
+  if (!st?.isDirectory()) throw new Error(`${flag} ${dir}: ${st ? 'not a directory' : 'no such directory'}`)
 }
 
 async function dataSpecs(o: TrainOptions, dataDir: string): Promise<{ train: DataSpec; test?: DataSpec }> {
