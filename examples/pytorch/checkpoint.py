@@ -135,6 +135,8 @@ def load_model(path, requested=None, dataset=None, channels=None, size=None):
     name = name or requested
     if not name:
         raise CheckpointError(f"{path} does not record its model: pass --model cnn, mlp or resnet")
+    if size is not None and not 8 <= size <= 1024:
+        raise CheckpointError("--image-size must be between 8 and 1024, as o3train's")
     rec = recorded_input(metadata)
     if rec is None:
         rec = assumed_input(metadata, dataset, channels, size)
