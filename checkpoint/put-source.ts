@@ -42,9 +42,10 @@ async function* readExactly(file: string, size: number, shown: string): AsyncGen
     throw usage(`${shown} changed while it was read (${read > size ? 'more' : read} bytes, ${size} when listed); put it again once it is written`)
 }
 
-function checkName(name: string, shown: string): void {
+/** `where` names the directory holding `name` (or PATH itself); the name is quoted, as it may hold anything. */
+function checkName(name: string, where: string): void {
   const problem = nameProblem(name)
-  if (problem) throw usage(`${shown}: ${JSON.stringify(name)} cannot be a key in O3: ${problem}; rename it`)
+  if (problem) throw usage(`${where}: ${JSON.stringify(name)} cannot be a key in O3: ${problem}; rename it`)
 }
 
 /**
@@ -72,9 +73,9 @@ export async function scanPutPath(input: string): Promise<PutSource> {
     if (entries.length === 0)
       throw usage(`${rel === '' ? input : path.join(input, rel)} is an empty directory; O3 keeps no empty directories, so remove it or put a file in it`)
     for (const entry of entries.sort()) {
+      checkName(entry, path.join(input, rel))
       const relPath = rel === '' ? entry : `${rel}/${entry}`
       const shown = path.join(input, relPath)
-      checkName(entry, shown)
       const full = path.join(dir, entry)
       let st = await lstat(full)
       let source = full
