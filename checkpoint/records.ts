@@ -278,12 +278,18 @@ function checkFileList(record: CheckpointRecord, what: string): void {
   const files = record.files
   if (!Array.isArray(files) || files.length === 0) throw new O3IntegrityError(`${what}: directory record lists no files`)
   let total = 0
+  const paths = new Set<string>()
   for (const [i, f] of files.entries()) {
     checkFields(f, { path: isEntryPath, cid: isCidText, sha256: isSha256, size: isCount }, what, `file ${i} of the record`)
     if (i > 0 && !(Buffer.compare(Buffer.from(files[i - 1]!.path), Buffer.from(f.path)) < 0))
       throw new O3IntegrityError(`${what}: record's files are not sorted by path or repeat one (${f.path})`)
+    paths.add(f.path)
     total += f.size
   }
+  // A path is a file or a directory, not both: `get` writes them as they are listed.
+  for (const p of paths)
+    for (let cut = p.lastIndexOf('/'); cut > 0; cut = p.lastIndexOf('/', cut - 1))
+      if (paths.has(p.slice(0, cut))) throw new O3IntegrityError(`${what}: record lists ${p.slice(0, cut)} both as a file and as a directory`)
   if (total !== record.size) throw new O3IntegrityError(`${what}: record's files add up to ${total} bytes, not its size ${record.size}`)
 }
 

@@ -87,7 +87,7 @@ t.test('a torch.save file and a safetensors file: put, listed, verified, fetched
 
   const second = await o3ckpt(['put', st, run])
   t.equal(second.code, 0, second.stderr)
-  t.match(second.stdout, /^step-0000000002 {2}bafk/, "the step defaults to the run's last + 1")
+  t.match(second.stdout, /^step-0000000002 {2}baf/, "the step defaults to the run's last + 1")
 
   const ls = await o3ckpt(['ls', run])
   t.equal(ls.code, 0, ls.stderr)
@@ -191,6 +191,25 @@ t.test('a tampered file inside a directory entry: verify and get fail (65), no d
   t.equal(g.code, ExitCode.integrity)
   t.equal(g.stderr.trim().split('\n').length, 1, 'one line')
   t.same(readdirSync(out), [], 'neither the directory nor a partial one is left')
+  bytes[100]! ^= 0x01
+  await client.put(key, bytes)
+
+  // A file's sidecar that disagrees with the record, and a record whose path would leave the directory.
+  const sidecarKey = `${directoryFileKey(entry, 'config.json')}.cid`
+  const sidecar = (await readAll(client, sidecarKey)).toString()
+  await client.put(sidecarKey, sidecar.replace(/"size":\d+/, '"size":1'))
+  const s = await o3ckpt(['verify', run])
+  t.equal(s.code, ExitCode.integrity)
+  t.match(s.stdout, /^FAIL {2}step-0000000001 .*config\.json\.cid: file sidecar disagrees with the checkpoint's record \(size 1 vs 59\)/m)
+  await client.put(sidecarKey, sidecar)
+  t.equal((await o3ckpt(['verify', run])).code, 0, 'restored, it verifies')
+  const record = (await readAll(client, recordKey(entry))).toString()
+  await client.put(recordKey(entry), record.replace('"path":"config.json"', '"path":"../escape.json"'))
+  const e = await o3ckpt(['get', run, 'latest', '-o', path.join(out, 'model')])
+  t.equal(e.code, ExitCode.integrity)
+  t.match(e.stderr, /file 1 of the record has an invalid path \("\.\.\/escape\.json"\)/)
+  t.same(readdirSync(out), [], 'nothing written')
+  t.notOk(existsSync(path.join(path.dirname(out), 'escape.json')))
 })
 
 t.test('steps: an existing one is refused, --replace replaces it and removes the old objects', async (t) => {

@@ -9,12 +9,15 @@ import t from 'tap'
 import { cliCommand, projectRoot } from '../lib/paths.js'
 import { CheckpointStore } from '../checkpoint/index.js'
 import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
-import { openClient } from './fixtures/ckpt.js'
+import { writeFashionSubset } from './support/fashion-subset.js'
+import { openClient, tempDir } from './fixtures/ckpt.js'
 
 const info = await useS3Server(t)
 const bucket = `pytorch-put-${process.pid}`
 await createBucket(info, bucket)
-const DATA = '/usr/share/datasets/fashion-mnist'
+// The first 256 training images of the real Fashion-MNIST: each put hashes its data for the lineage.
+const DATA = tempDir(t)
+writeFashionSubset(DATA, 256, 16)
 const cli = cliCommand('checkpoint/cli.ts')
 const o3ckptCommand = [process.execPath, ...cli.execArgv, cli.file].map((a) => `'${a}'`).join(' ')
 
@@ -36,7 +39,14 @@ function train(run: string, epochs: number): Promise<Line[]> {
       ],
       { env: { PATH: process.env.PATH, HOME: process.env.HOME, ...serverEnv(info) }, timeout: 300_000 },
       (err, stdout, stderr) =>
-        err ? reject(new Error(`train_put.py failed: ${stderr}`)) : resolve(stdout.trim().split('\n').map((l) => JSON.parse(l) as Line)),
+        err
+          ? reject(new Error(`train_put.py failed: ${stderr}`))
+          : resolve(
+              stdout
+                .trim()
+                .split('\n')
+                .map((l) => JSON.parse(l) as Line),
+            ),
     ),
   )
 }
@@ -77,7 +87,7 @@ t.test('trains, puts a checkpoint each epoch, resumes from latest, and ends wher
   t.same(record.meta, { model: 'mlp', framework: 'pytorch' })
   t.same(
     record.files?.map((f) => f.path),
-    ['model.safetensors', 'optimizer.pt', 'trainer_state.json'],
+    ['model.safetensors', 'optimizer.pt', 'rng.pt', 'trainer_state.json'],
   )
   t.equal(record.data?.files?.length, 4, 'the data lineage names the idx files')
   for (const e of manifest.checkpoints) t.ok((await store.verify(e)).ok, `${e.name} verifies`)

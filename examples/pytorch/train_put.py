@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Trains a model in PyTorch and keeps its checkpoints in O3 with `o3ckpt put`: after each epoch
-a checkpoint directory (model.safetensors, optimizer.pt, trainer_state.json) is put into the run,
+a checkpoint directory (model.safetensors, optimizer.pt, rng.pt, trainer_state.json) is put into the run,
 with a CID, signed sidecars (with AKAVE_PRIVATE_KEY set), the manifest and `latest`; at start the
 run's `latest` is fetched, verified, with `o3ckpt get` and training resumes from it.
 
@@ -40,7 +40,7 @@ def o3ckpt(cmd, *args, check=True):
 
 
 def resume(cmd, run, work):
-    """(model state, optimizer state, trainer state) of the run's latest checkpoint, or None."""
+    """(model state, optimizer state, RNG state, trainer state) of the run's latest checkpoint, or None."""
     out = os.path.join(work, "resume")
     r = o3ckpt(cmd, "get", run, "latest", "-o", out, check=False)
     if r.returncode == NOT_FOUND:
@@ -49,9 +49,10 @@ def resume(cmd, run, work):
         sys.exit(f"train_put.py: cannot resume from {run}: {r.stderr.strip()}")
     tensors, _ = st_file.load(os.path.join(out, "model.safetensors"))
     optimizer = torch.load(os.path.join(out, "optimizer.pt"))
+    rng = torch.load(os.path.join(out, "rng.pt"))
     with open(os.path.join(out, "trainer_state.json")) as f:
         state = json.load(f)
-    return tensors, optimizer, state
+    return tensors, optimizer, rng, state
 
 
 def save(directory, model, optimizer, state):
@@ -59,6 +60,8 @@ def save(directory, model, optimizer, state):
     os.makedirs(directory)
     st_file.save(os.path.join(directory, "model.safetensors"), model.state_dict(), {"format": "pt"})
     torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+    # Dropout draws from the global generator: without its state a resumed run would diverge.
+    torch.save(torch.get_rng_state(), os.path.join(directory, "rng.pt"))
     with open(os.path.join(directory, "trainer_state.json"), "w") as f:
         json.dump(state, f, sort_keys=True)
 
@@ -87,9 +90,10 @@ def main(argv):
         state = {"epoch": 0, "step": 0}
         found = resume(cmd, a.run, work)
         if found:
-            tensors, opt_state, state = found
+            tensors, opt_state, rng, state = found
             model.load_state_dict(tensors)
             optimizer.load_state_dict(opt_state)
+            torch.set_rng_state(rng)
             print(json.dumps({"event": "resumed", **state}), flush=True)
         while state["epoch"] < a.epochs:
             epoch = state["epoch"]
