@@ -127,11 +127,14 @@ Failure curlFailure(CURLcode rc, const char* detail) {
       return {ErrorKind::Unreachable, false,
               "TLS: the server's certificate is not trusted (" + text +
                   "); give the CA that signed it with --ca-bundle or O3_CA_BUNDLE"};
-    case CURLE_OUT_OF_MEMORY: return {ErrorKind::NoMemory, false, text};
+    case CURLE_OUT_OF_MEMORY:
+      // libcurl also says this of a response header line over 100 KiB: a server's doing, retried.
+      return {ErrorKind::Stream, true, "libcurl: out of memory, or a response header line over 100 KiB"};
     case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_BAD_FUNCTION_ARGUMENT:
     case CURLE_NOT_BUILT_IN: return {ErrorKind::Stream, false, text};
+    // CURLE_UNSUPPORTED_PROTOCOL included: only http and https are allowed, so it means a response
+    // that is not HTTP/1.x ("HTTP/0.9", a malformed status line).
     default: return {ErrorKind::Stream, true, text};
   }
 }
