@@ -117,8 +117,9 @@ Failure curlFailure(CURLcode rc, const char* detail) {
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT: return {ErrorKind::Unreachable, true, "cannot reach the endpoint (" + text + ")"};
     case CURLE_OPERATION_TIMEDOUT: return {ErrorKind::Stream, true, "timed out (" + text + ")"};
-    case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CACERT_BADFILE:
+      return {ErrorKind::Unreachable, false, "TLS: cannot load the CA bundle (" + text + "); check --ca-bundle or O3_CA_BUNDLE"};
+    case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_ISSUER_ERROR:
     case CURLE_SSL_CRL_BADFILE:
