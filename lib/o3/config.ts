@@ -1,3 +1,5 @@
+import { X509Certificate } from 'node:crypto'
+import { resolve } from 'node:path'
 import { readUserFile } from '../read-user-file.js'
 import { O3ConfigError } from './errors.js'
 
@@ -12,6 +14,8 @@ export interface O3Flags {
   credentialsFile?: string
   /** An AWS shared-config profile name. */
   profile?: string
+  /** A PEM file of the CA certificates to trust for HTTPS, instead of the system store. */
+  caBundle?: string
 }
 
 export interface Credentials {
@@ -26,8 +30,14 @@ export interface O3Config {
   /** Static keys, or undefined to let the AWS SDK's chain (AWS_* variables, profiles) find them. */
   credentials?: Credentials
   profile?: string
+  /**
+   * The CA bundle HTTPS trusts instead of the system store: its absolute path (what the native
+   * fetch engine is given) and its PEM text (what the SDK's https agent is given), checked to hold
+   * certificates. Undefined: the system store.
+   */
+  caBundle?: { path: string; pem: string }
   /** Where each setting came from, for a start-up log line that shows no secret. */
-  sources: { endpoint: string; region: string; credentials: string }
+  sources: { endpoint: string; region: string; credentials: string; caBundle: string }
 }
 
 type Env = Record<string, string | undefined>
@@ -52,7 +62,29 @@ function staticCredentials(env: Env): Credentials | undefined {
   return { accessKeyId: id, secretAccessKey: secret, sessionToken: env.O3_SESSION_TOKEN || undefined }
 }
 
-/** Resolves endpoint, region and credentials: flags, then O3_*, then AWS_* and profiles, then defaults. */
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g
+
+/** Reads a CA bundle and checks that it is PEM certificates, each one parsed; else one line saying what is wrong. */
+function readCaBundle(path: string, from: string): { path: string; pem: string } {
+  const what = `CA bundle (from ${from})`
+  const pem = readUserFile(path, what, (message) => new O3ConfigError(message))
+  const blocks = pem.match(PEM_CERTIFICATE) ?? []
+  if (blocks.length === 0) {
+    throw new O3ConfigError(
+      `${what} ${path} holds no PEM certificate; give a file of -----BEGIN CERTIFICATE----- blocks (the CA that signed the server's certificate)`,
+    )
+  }
+  blocks.forEach((block, i) => {
+    try {
+      new X509Certificate(block)
+    } catch (err) {
+      throw new O3ConfigError(`${what} ${path}: certificate ${i + 1} of ${blocks.length} cannot be parsed (${(err as Error).message})`)
+    }
+  })
+  return { path: resolve(path), pem }
+}
+
+/** Resolves endpoint, region, credentials and CA bundle: flags, then O3_*, then AWS_* and profiles, then defaults. */
 export function resolveConfig(flags: O3Flags = {}, env: Env = process.env): O3Config {
   const pick = (...c: [string | undefined, string][]): [string, string] | undefined => {
     for (const [v, src] of c) if (v) return [v, src]
@@ -92,11 +124,13 @@ export function resolveConfig(flags: O3Flags = {}, env: Env = process.env): O3Co
     credentials = staticCredentials(env)
     credSrc = credentials ? 'O3_ACCESS_KEY_ID' : flags.profile ? `profile ${flags.profile}` : 'AWS default chain'
   }
+  const ca = pick([flags.caBundle, '--ca-bundle'], [env.O3_CA_BUNDLE, 'O3_CA_BUNDLE'], [env.AWS_CA_BUNDLE, 'AWS_CA_BUNDLE'])
   return {
     endpoint: url.toString().replace(/\/$/, ''),
     region,
     credentials,
     profile: flags.profile,
-    sources: { endpoint: endpointSrc, region: regionSrc, credentials: credSrc },
+    caBundle: ca && readCaBundle(ca[0], ca[1]),
+    sources: { endpoint: endpointSrc, region: regionSrc, credentials: credSrc, caBundle: ca ? ca[1] : 'system store' },
   }
 }
