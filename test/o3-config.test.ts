@@ -96,7 +96,15 @@ t.test('CA bundle: --ca-bundle, then O3_CA_BUNDLE, then AWS_CA_BUNDLE, else the 
   writeFileSync(broken, `${pem}\n-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n`)
   t.throws(() => resolveConfig({}, { AWS_CA_BUNDLE: broken }), {
     exitCode: 78,
-    message: /^CA bundle \(from AWS_CA_BUNDLE\) .*broken\.pem: certificate 2 of 2 cannot be parsed/,
+    message: /^CA bundle \(from AWS_CA_BUNDLE\) .*broken\.pem: certificate 2 of 2 is not a DER certificate/,
   })
+  const truncated = join(dir, 'truncated.pem')
+  writeFileSync(truncated, pem.replace(/\n[^\n]*\n-----END/, '\n-----END'))
+  t.throws(() => resolveConfig({ caBundle: truncated }, {}), { exitCode: 78, message: /certificate 1 of 1 is not a DER certificate/ })
+  const notCert = join(dir, 'not-cert.pem')
+  // A DER SEQUENCE that is no certificate.
+  writeFileSync(notCert, `-----BEGIN CERTIFICATE-----\n${Buffer.from([0x30, 0x03, 0x02, 0x01, 0x05]).toString('base64')}\n-----END CERTIFICATE-----\n`)
+  t.throws(() => resolveConfig({ caBundle: notCert }, {}), { exitCode: 78, message: /certificate 1 of 1 cannot be parsed/ })
+  t.ok(resolveConfig({ caBundle: '/etc/ssl/certs/ca-certificates.crt' }, {}).caBundle, "Debian's whole system bundle passes")
   t.throws(() => resolveConfig({ caBundle: dir }, {}), { exitCode: 78, message: /EISDIR/ })
 })
