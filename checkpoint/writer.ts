@@ -5,11 +5,12 @@ import { hashedUpload } from '../lib/content/hashed-upload.js'
 import { putSidecar } from '../lib/content/sidecar.js'
 import { startHashThread } from '../lib/content/thread-hasher.js'
 import { loadSigner, type Signer } from '../lib/content/signer.js'
-import { O3IntegrityError, O3UsageError, type O3Client } from '../lib/o3/index.js'
+import { O3IntegrityError, O3UsageError, type O3Client, type StoredObject } from '../lib/o3/index.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import { encodeHeader, type StateTensor } from './safetensors.js'
 import { encodeMeta, type CheckpointMeta } from './meta.js'
 import { CheckpointStore } from './store.js'
+import { prune, putJson } from './retention.js'
 import {
   CHECKPOINT_DIR,
   LATEST_KEY,
@@ -22,6 +23,8 @@ import {
   type LatestPointer,
   type Manifest,
   type ManifestEntry,
+  type VersionPin,
+  versionPin,
 } from './records.js'
 
 /**
@@ -65,6 +68,8 @@ export class CheckpointWriter {
   private readonly localDir: string
   private readonly signer: Signer | undefined
   private inflight: Promise<SavedCheckpoint> | undefined
+  /** The run's `latest` as this writer last read or wrote it. */
+  private latest: LatestPointer | undefined
 
   private constructor(
     /** The run's read side, on the same client: resume and load go through it. */
@@ -87,7 +92,8 @@ export class CheckpointWriter {
     startHashThread()
     const store = new CheckpointStore(client, options.logger)
     const writer = new CheckpointWriter(store, await store.readManifest(), options)
-    await writer.clearLeftovers(await store.readLatest())
+    writer.latest = await store.readLatest()
+    await writer.clearLeftovers(writer.latest)
     return writer
   }
 
@@ -125,8 +131,8 @@ export class CheckpointWriter {
     }
   }
 
-  private async putJson(key: string, value: unknown, signal?: AbortSignal): Promise<void> {
-    await this.client.put(key, `${JSON.stringify(value, null, 2)}\n`, { contentType: 'application/json', signal })
+  private async putJson(key: string, value: unknown, signal?: AbortSignal): Promise<StoredObject> {
+    return putJson(this.client, key, value, signal)
   }
 
   /**
@@ -175,6 +181,7 @@ export class CheckpointWriter {
     const key = dataKey(name)
     const started = Date.now()
     const header = encodeHeader(state, encodeMeta(meta))
+    let stored: StoredObject = { etag: '' }
     const digest = await hashedUpload(
       this.client,
       key,
@@ -186,6 +193,7 @@ export class CheckpointWriter {
         signal,
         contentType: 'application/octet-stream',
         onPartStored: () => this.step('part', name),
+        onStored: (s) => (stored = s),
         logger: this.log,
       },
     )
@@ -210,7 +218,8 @@ export class CheckpointWriter {
       },
       this.signer,
     )
-    await this.writeLocalSidecar(name, await putSidecar(this.client, key, record, signal))
+    const sidecar = await putSidecar(this.client, key, record, signal)
+    await this.writeLocalSidecar(name, sidecar.text)
     this.step('sidecar', name)
 
     const seq = this.manifest.checkpoints.reduce((m, e) => Math.max(m, e.seq), 0) + 1
@@ -224,18 +233,21 @@ export class CheckpointWriter {
       epoch: meta.epoch,
       time: record.time,
       signer: record.signer,
+      ...withVersion('dataVersion', versionPin(stored)),
+      ...withVersion('sidecarVersion', versionPin(sidecar.stored)),
     }
     const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints, entry] }
-    await this.putJson(MANIFEST_KEY, manifest, signal)
+    const manifestVersion = versionPin(await this.putJson(MANIFEST_KEY, manifest, signal))
     this.manifest = manifest
     this.step('manifest', name)
 
-    const latest: LatestPointer = { version: 1, name, cid: record.cid, seq, time: record.time }
+    const latest: LatestPointer = { version: 1, name, cid: record.cid, seq, time: record.time, ...withVersion('manifestVersion', manifestVersion) }
     await this.putJson(LATEST_KEY, latest, signal)
+    this.latest = latest
     this.step('latest', name)
     this.log.info({ checkpoint: name, cid: record.cid, bytes: record.size, ms: Date.now() - started, signer: record.signer }, 'checkpoint committed')
 
-    await this.applyRetention(entry)
+    await this.applyRetention()
     return { entry, record, digest }
   }
 
@@ -248,29 +260,25 @@ export class CheckpointWriter {
   }
 
   /**
-   * Keeps the newest `keepLast` and every `keepEvery`th save. The manifest drops an entry before
-   * its objects go, so it never names a deleted checkpoint; a crash in between leaves objects that
-   * the next writer's open removes.
+   * Keeps the newest `keepLast` and every `keepEvery`th save (retention.ts: the manifest and
+   * `latest` first, then every version of the dropped checkpoints' objects). A failure is logged:
+   * the checkpoint just committed stands, and the next writer removes what is left.
    */
-  private async applyRetention(current: ManifestEntry): Promise<void> {
+  private async applyRetention(): Promise<void> {
     const { keepLast, keepEvery } = this.options
-    if (keepLast === undefined) return
-    const all = this.manifest.checkpoints
-    const newest = new Set(all.slice(-keepLast).map((e) => e.name))
-    const keep = (e: ManifestEntry) => e.name === current.name || newest.has(e.name) || (keepEvery !== undefined && e.seq % keepEvery === 0)
-    const drop = all.filter((e) => !keep(e))
-    if (drop.length === 0) return
-    this.manifest = { version: 1, checkpoints: all.filter(keep) }
-    await this.putJson(MANIFEST_KEY, this.manifest)
-    for (const e of drop) {
-      try {
-        await this.client.delete(sidecarKey(e.name))
-        await this.client.delete(dataKey(e.name))
-        await rm(path.join(this.localDir, `${e.name}.safetensors.cid`), { force: true })
-        this.log.info({ checkpoint: e.name }, 'retention removed a checkpoint')
-      } catch (err) {
-        this.log.warn({ checkpoint: e.name, err: (err as Error).message }, 'retention could not remove a checkpoint; the next writer will')
-      }
+    if (keepLast === undefined || !this.latest) return
+    try {
+      const r = await prune(this.client, this.manifest, this.latest, { keepLast, keepEvery }, { logger: this.log })
+      this.manifest = r.manifest
+      this.latest = r.latest
+      for (const { entry } of r.removed) await rm(path.join(this.localDir, `${entry.name}.safetensors.cid`), { force: true })
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'retention failed; the checkpoints it would drop stay until the next save prunes them')
     }
   }
+}
+
+/** `{ [field]: pin }`, or nothing where the bucket named no version: absent, not undefined, in what is stored. */
+function withVersion<K extends string>(field: K, pin: VersionPin | undefined): { [k in K]?: VersionPin } {
+  return (pin ? { [field]: pin } : {}) as { [k in K]?: VersionPin }
 }
