@@ -291,7 +291,8 @@ t.test('o3train --keep-last 2 on a versioned bucket: 5 checkpoints, the 3 pruned
   let stderr = ''
   run.stderr.on('data', (d: Buffer) => (stderr += d))
   const code = await new Promise<number | null>((resolve) => run.once('exit', resolve))
-  t.equal(code, 0, stderr.slice(-2000))
+  if (code !== 0) t.comment(stderr.slice(-4000))
+  t.equal(code, 0, 'o3train exits 0')
   t.equal(stderr.split('"checkpoint committed"').length - 1, 5, 'five checkpoints were committed')
   const client = openClient(t, info, location)
   const kept = (await new CheckpointStore(client).readManifest()).checkpoints.map((e) => e.step)
