@@ -1,6 +1,18 @@
 import { O3Error, type O3Client, type ObjectVersion, type StoredObject } from '../lib/o3/index.js'
 import { silentLogger, type Logger } from '../lib/log.js'
-import { LATEST_KEY, MANIFEST_KEY, dataKey, sidecarKey, versionPin, type LatestPointer, type Manifest, type ManifestEntry } from './records.js'
+import {
+  LATEST_KEY,
+  MANIFEST_KEY,
+  dataKey,
+  entryPrefix,
+  ownsKey,
+  recordKey,
+  sidecarKey,
+  versionPin,
+  type LatestPointer,
+  type Manifest,
+  type ManifestEntry,
+} from './records.js'
 
 /** Keep the newest `keepLast` committed checkpoints and also every `keepEvery`th save (by `seq`). */
 export interface RetentionPolicy {
@@ -21,13 +33,13 @@ export function checkpointsToDrop(manifest: Manifest, latest: LatestPointer, pol
 
 export interface Removed {
   entry: ManifestEntry
-  /** Versions and delete markers deleted; in a bucket without versions, the data and the sidecar. */
+  /** Versions and delete markers deleted; in a bucket without versions, the objects deleted. */
   versions: number
-  /** Bytes freed: the versions' sizes as listed; in a bucket without versions, the data's recorded size. */
+  /** Bytes freed: the versions' sizes as listed; in a bucket without versions, the checkpoint's recorded size. */
   bytes: number
 }
 
-export interface PruneResult {
+export interface DropResult {
   manifest: Manifest
   latest: LatestPointer
   removed: Removed[]
@@ -35,53 +47,74 @@ export interface PruneResult {
   failed: { entry: ManifestEntry; error: O3Error }[]
 }
 
+export interface DropOptions {
+  logger?: Logger
+  signal?: AbortSignal
+  /** The log line of each checkpoint removed. */
+  message?: string
+}
+
 /**
- * Applies `policy` to a run, under the commit protocol: the manifest without the dropped entries,
- * then `latest` again naming that manifest's version (where the bucket keeps versions), and only
- * then their objects, so that neither the manifest nor `latest` ever names a deleted checkpoint.
- * In a bucket that keeps versions (enabled or suspended) every version of the dropped data and
- * sidecars is deleted, delete markers too, so their storage is freed; there `manifest.json` and
- * `latest` also keep only their current and previous versions (a reader that is two commits
- * behind reads `latest` again: CheckpointStore.snapshot). Without versions each object is deleted
- * once, as before. A failure while deleting leaves objects no manifest names, which the next
- * writer's start-up removes.
+ * Applies `policy` to a run (see dropCheckpoints); with `dryRun`, only says what it would remove
+ * and how much that holds.
  */
 export async function prune(
   client: O3Client,
   manifest: Manifest,
   latest: LatestPointer,
   policy: RetentionPolicy,
-  options: { dryRun?: boolean; logger?: Logger; signal?: AbortSignal } = {},
-): Promise<PruneResult> {
-  const log = options.logger ?? silentLogger
+  options: DropOptions & { dryRun?: boolean } = {},
+): Promise<DropResult> {
   const drop = checkpointsToDrop(manifest, latest, policy)
+  if (!options.dryRun) return dropCheckpoints(client, manifest, latest, drop, options)
+  const versioned = drop.length > 0 && (await client.bucketVersioning(options.signal)) !== 'unversioned'
+  const removed: Removed[] = []
+  for (const entry of drop)
+    removed.push(
+      versioned ? (await versionsOf(client, entry, options.signal)).removed : { entry, versions: (await objectsOf(client, entry)).length, bytes: entry.size },
+    )
+  return { manifest, latest, removed, failed: [] }
+}
+
+/**
+ * Takes `drop` out of the run under the commit protocol: the manifest without them, then `latest`
+ * again naming that manifest's version (where the bucket keeps versions), and only then their
+ * objects, record first, so that neither the manifest nor `latest` ever names a deleted checkpoint
+ * and what is left of one never passes for complete. In a bucket that keeps versions (enabled or
+ * suspended) every version and delete marker of the dropped checkpoints' objects is deleted, so
+ * their storage is freed, and `manifest.json` and `latest` keep only their current and previous
+ * versions (a reader two commits behind reads `latest` again: CheckpointStore.snapshot). Without
+ * versions each object is deleted once, as before. A failure to write the manifest or `latest`
+ * throws before anything is deleted; one while deleting is reported in `failed`.
+ */
+export async function dropCheckpoints(
+  client: O3Client,
+  manifest: Manifest,
+  latest: LatestPointer,
+  drop: readonly ManifestEntry[],
+  options: DropOptions = {},
+): Promise<DropResult> {
   if (drop.length === 0) return { manifest, latest, removed: [], failed: [] }
+  const log = options.logger ?? silentLogger
   const versioned = (await client.bucketVersioning(options.signal)) !== 'unversioned'
-  if (options.dryRun) {
-    const removed = []
-    for (const entry of drop) removed.push(versioned ? (await listVersions(client, entry, options.signal)).removed : unversioned(entry))
-    return { manifest, latest, removed, failed: [] }
-  }
-  const dropped = new Set(drop.map((e) => e.name))
-  const kept: Manifest = { version: 1, checkpoints: manifest.checkpoints.filter((e) => !dropped.has(e.name)) }
-  const stored = await putJson(client, MANIFEST_KEY, kept, options.signal)
+  const kept: Manifest = { version: 1, checkpoints: manifest.checkpoints.filter((e) => !drop.includes(e)) }
+  const manifestVersion = versionPin(await putJson(client, MANIFEST_KEY, kept, options.signal))
   let pointer = latest
-  const manifestVersion = versionPin(stored)
   if (manifestVersion) {
     pointer = { ...latest, manifestVersion }
     await putJson(client, LATEST_KEY, pointer, options.signal)
   }
   const removed: Removed[] = []
-  const failed: PruneResult['failed'] = []
+  const failed: DropResult['failed'] = []
   for (const entry of drop) {
     try {
       const r = versioned ? await deleteVersions(client, entry, options.signal) : await deleteOnce(client, entry)
       removed.push(r)
-      log.info({ checkpoint: entry.name, versions: r.versions, bytes: r.bytes }, 'retention removed a checkpoint')
+      log.info({ checkpoint: entry.name, seq: entry.seq, versions: r.versions, bytes: r.bytes }, options.message ?? 'retention removed a checkpoint')
     } catch (err) {
       if (!(err instanceof O3Error) || options.signal?.aborted) throw err
       failed.push({ entry, error: err })
-      log.warn({ checkpoint: entry.name, err: err.message }, 'retention could not remove a checkpoint; the next writer will')
+      log.warn({ checkpoint: entry.name, err: err.message }, 'could not remove a checkpoint; the next writer will')
     }
   }
   if (versioned) {
@@ -100,30 +133,33 @@ export function putJson(client: O3Client, key: string, value: unknown, signal?: 
   return client.put(key, `${JSON.stringify(value, null, 2)}\n`, { contentType: 'application/json', signal })
 }
 
-function unversioned(entry: ManifestEntry): Removed {
-  return { entry, versions: 2, bytes: entry.size }
+/** Without versions, a checkpoint's objects: its record first, then its data (o3train's one object, or everything below a put's folder). */
+async function objectsOf(client: O3Client, e: ManifestEntry): Promise<string[]> {
+  if (e.kind === undefined) return [sidecarKey(e.name), dataKey(e.name)]
+  const keys = [recordKey(e)]
+  for await (const o of client.list(`${entryPrefix(e)}/`)) if (o.type === 'object') keys.push(o.key)
+  return keys
 }
 
-/** As before versions: the sidecar, then the data. */
-async function deleteOnce(client: O3Client, entry: ManifestEntry): Promise<Removed> {
-  await client.delete(sidecarKey(entry.name))
-  await client.delete(dataKey(entry.name))
-  return unversioned(entry)
+/** As before versions: each object deleted once. */
+async function deleteOnce(client: O3Client, e: ManifestEntry): Promise<Removed> {
+  const keys = await objectsOf(client, e)
+  for (const key of keys) await client.delete(key)
+  return { entry: e, versions: keys.length, bytes: e.size }
 }
 
-/** Every version and delete marker of a checkpoint's sidecar, then of its data, with their total size. */
-async function listVersions(client: O3Client, entry: ManifestEntry, signal?: AbortSignal): Promise<{ removed: Removed; list: ObjectVersion[] }> {
-  const data = dataKey(entry.name)
-  const sidecar = sidecarKey(entry.name)
+/** Every version and delete marker of a checkpoint's own objects, its record's first, with their total size. */
+async function versionsOf(client: O3Client, entry: ManifestEntry, signal?: AbortSignal): Promise<{ removed: Removed; list: ObjectVersion[] }> {
   const list: ObjectVersion[] = []
-  // One listing covers both: the sidecar's key is the data's with `.cid` after it.
-  for await (const v of client.listVersions(data, { signal })) if (v.key === data || v.key === sidecar) list.push(v)
-  list.sort((a, b) => Number(b.key === sidecar) - Number(a.key === sidecar))
+  // One listing covers them all: every key a checkpoint owns starts with its folder's name.
+  for await (const v of client.listVersions(entryPrefix(entry), { signal })) if (ownsKey(entry, v.key)) list.push(v)
+  const record = recordKey(entry)
+  list.sort((a, b) => Number(b.key === record) - Number(a.key === record))
   return { list, removed: { entry, versions: list.length, bytes: list.reduce((n, v) => n + v.size, 0) } }
 }
 
 async function deleteVersions(client: O3Client, entry: ManifestEntry, signal?: AbortSignal): Promise<Removed> {
-  const { list, removed } = await listVersions(client, entry, signal)
+  const { list, removed } = await versionsOf(client, entry, signal)
   for (const v of list) await client.deleteVersion(v.key, v.versionId, signal)
   return removed
 }

@@ -87,7 +87,7 @@ async function uploadFile(client: O3Client, f: LocalFile, count: (bytes: number)
   let stored: StoredObject = { etag: '' }
   const digest: ContentDigest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, {
     signal,
-    onLeaves: (l) => (leaves = l),
+    onDag: (d) => (leaves = d.leaves),
     onStored: (s) => (stored = s),
   })
   await putSidecar(client, f.key, { ...digest, time: new Date().toISOString() }, signal)
