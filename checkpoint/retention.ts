@@ -153,8 +153,14 @@ async function versionsOf(client: O3Client, entry: ManifestEntry, signal?: Abort
   const list: ObjectVersion[] = []
   // One listing covers them all: every key a checkpoint owns starts with its folder's name.
   for await (const v of client.listVersions(entryPrefix(entry), { signal })) if (ownsKey(entry, v.key)) list.push(v)
+  // The record first, so that what is left of a checkpoint never passes for complete; then by key,
+  // descending, and within a key the current version last. Real S3 needs no order, but Swift 2.30's
+  // s3api, when the current version is deleted by id, "restores" the newest version it lists under
+  // the key taken as a prefix (`x.cid`'s for `x`), and waits 60 s for a request body that never
+  // comes: in this order no version is left under that prefix by then.
   const record = recordKey(entry)
-  list.sort((a, b) => Number(b.key === record) - Number(a.key === record))
+  const rank = (v: ObjectVersion) => (v.key === record ? 0 : 1)
+  list.sort((a, b) => rank(a) - rank(b) || (a.key < b.key ? 1 : a.key > b.key ? -1 : 0) || Number(a.isLatest) - Number(b.isLatest))
   return { list, removed: { entry, versions: list.length, bytes: list.reduce((n, v) => n + v.size, 0) } }
 }
 

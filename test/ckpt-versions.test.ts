@@ -135,6 +135,48 @@ t.test('o3ckpt prune: --dry-run changes nothing; then every version of the dropp
   }
 })
 
+t.test('o3ckpt put checkpoints on a versioned bucket: --replace and pruning leave no version of what they drop; a put file reads pinned', async (t) => {
+  const location = `${VERSIONED}/runs/put`
+  const client = openClient(t, info, location)
+  const writer = await CheckpointWriter.open(client, { signer: null })
+  const file = (p: string, data: Buffer) => ({ path: p, size: data.length, content: () => [data] })
+  const dir = (tag: string) => [file('config.json', Buffer.from(`{"tag":"${tag}"}`)), file('weights/part-0.bin', randomBytes(70_000))]
+  await writer.put({ kind: 'directory', path: 'model', files: dir('a'), step: 1 })
+  const replaced = await writer.put({ kind: 'directory', path: 'model', files: dir('b'), step: 1, replace: true })
+  await writer.put({ kind: 'file', path: 'opt.pt', files: [file('opt.pt', randomBytes(5000))], step: 2 })
+  const last = await writer.put({ kind: 'file', path: 'opt.pt', files: [file('opt.pt', randomBytes(5000))], step: 3 })
+  t.equal(replaced.entry.rev, 1)
+  t.ok(replaced.entry.sidecarVersion && !replaced.entry.dataVersion, "a directory's entry pins its record; its files are named by the record")
+  t.ok(last.entry.dataVersion && last.entry.sidecarVersion, "a file's entry pins its data and its record")
+  t.same(
+    held(await versionsOf(client, 'checkpoints/')),
+    [
+      'checkpoints/step-0000000001.r1.cid',
+      'checkpoints/step-0000000001.r1/config.json',
+      'checkpoints/step-0000000001.r1/config.json.cid',
+      'checkpoints/step-0000000001.r1/weights/part-0.bin',
+      'checkpoints/step-0000000001.r1/weights/part-0.bin.cid',
+      'checkpoints/step-0000000002/opt.pt',
+      'checkpoints/step-0000000002/opt.pt.cid',
+      'checkpoints/step-0000000003/opt.pt',
+      'checkpoints/step-0000000003/opt.pt.cid',
+    ],
+    'ListObjectVersions: nothing of the replaced directory is left, not even a noncurrent version',
+  )
+  const r = await o3ckpt('prune', `o3://${location}`, '--keep-last', '1')
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, /pruned\s+step-0000000001\s+5 object versions/)
+  t.same(
+    held(await versionsOf(client, 'checkpoints/')),
+    ['checkpoints/step-0000000003/opt.pt', 'checkpoints/step-0000000003/opt.pt.cid'],
+    'only the newest is left',
+  )
+  const store = new CheckpointStore(client)
+  const entry = await store.resolve('latest')
+  t.same(entry.dataVersion, last.entry.dataVersion)
+  t.equal((await store.verify(entry)).ok, true, 'and it verifies, read at its pinned version')
+})
+
 t.test('o3ckpt prune on an unversioned bucket deletes as before and leaves latest as it was', async (t) => {
   const location = `${PLAIN}/runs/prune`
   const client = openClient(t, info, location)
