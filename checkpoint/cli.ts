@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
- * `o3ckpt`: put checkpoints of any framework into a run in O3, and inspect and fetch a run's
- * checkpoints. Every byte it hands over has been checked against the recorded sha256 and CID;
+ * `o3ckpt`: put checkpoints of any framework into a run in O3, and inspect, fetch and prune a
+ * run's checkpoints. Every byte it hands over has been checked against the recorded sha256 and CID;
  * secrets come only from the environment (O3_*, AKAVE_*).
  */
 import { existsSync } from 'node:fs'
@@ -22,6 +22,8 @@ import { putLineage } from './put-lineage.js'
 import { scanPutPath } from './put-source.js'
 import { contentKey, entryPrefix } from './records.js'
 import { TRUST_SIGNER_FLAG, TrustPolicy } from './trust.js'
+import { prune } from './retention.js'
+import { positiveInt } from '../lib/cli/number-arg.js'
 import { DTYPE_SIZE } from '../lib/state-tensor.js'
 
 interface GlobalFlags extends O3Flags {
@@ -46,7 +48,7 @@ function print(line: string): void {
 }
 
 async function ls(store: CheckpointStore, flags: GlobalFlags): Promise<void> {
-  const [manifest, latest] = await Promise.all([store.readManifest(), store.readLatest()])
+  const { manifest, latest } = await store.snapshot()
   if (flags.json) return print(JSON.stringify({ latest: latest?.name ?? null, checkpoints: manifest.checkpoints }, null, 2))
   if (manifest.checkpoints.length === 0) {
     // A missing bucket has no manifest either: say which one it is, with its exit status.
@@ -89,7 +91,7 @@ interface TrustFlags {
 
 async function verify(store: CheckpointStore, ref: string | undefined, opts: TrustFlags & { data?: string }, flags: GlobalFlags): Promise<void> {
   const trust = TrustPolicy.fromFlags(opts.trustSigner)
-  const manifest = await store.readManifest()
+  const { manifest } = await store.snapshot()
   const entries: ManifestEntry[] = ref ? [await store.resolve(ref)] : manifest.checkpoints
   if (entries.length === 0) throw new O3UsageError(`${store.location}: no checkpoints to verify`)
   let failure: O3Error | undefined
@@ -160,6 +162,37 @@ async function getDirectory(store: CheckpointStore, entry: ManifestEntry, record
     await rm(tmp, { recursive: true, force: true })
     throw err
   }
+}
+
+interface PruneFlags {
+  keepLast: number
+  keepEvery?: number
+  dryRun?: boolean
+}
+
+/** Applies a retention policy to a run, as `o3train --keep-last/--keep-every` does after each save. */
+async function pruneRun(store: CheckpointStore, opts: PruneFlags, flags: GlobalFlags): Promise<void> {
+  const { manifest, latest } = await store.snapshot()
+  if (!latest) {
+    // A missing bucket has no latest either: say which one it is, with its exit status.
+    await store.client.checkBucket()
+    return print(`${store.location}: no committed checkpoint, nothing to prune`)
+  }
+  const r = await prune(store.client, manifest, latest, { keepLast: opts.keepLast, keepEvery: opts.keepEvery }, { dryRun: opts.dryRun })
+  const verb = opts.dryRun ? 'would prune' : 'pruned'
+  for (const { entry, versions, bytes } of r.removed) {
+    if (flags.json) print(JSON.stringify({ name: entry.name, pruned: !opts.dryRun, versions, bytes }))
+    else print(`${verb.padEnd(11)} ${entry.name}  ${versions} object versions  ${mib(bytes)}`)
+  }
+  for (const { entry, error } of r.failed) {
+    if (flags.json) print(JSON.stringify({ name: entry.name, pruned: false, error: error.message }))
+    else print(`FAIL        ${entry.name}  ${error.message}`)
+  }
+  const kept = manifest.checkpoints.length - r.removed.length - r.failed.length
+  const freed = r.removed.reduce((n, x) => n + x.bytes, 0)
+  if (flags.json) print(JSON.stringify({ kept, pruned: r.removed.length, bytes: freed, dryRun: opts.dryRun === true }))
+  else print(`${store.location}: ${kept} kept, ${r.removed.length} ${verb}, ${mib(freed)} ${opts.dryRun ? 'to free' : 'freed'}`)
+  if (r.failed.length > 0) throw r.failed[0]!.error
 }
 
 async function show(store: CheckpointStore, ref: string): Promise<void> {
@@ -299,7 +332,7 @@ async function put(input: string, run: string, opts: PutFlags, flags: GlobalFlag
 }
 
 async function main(): Promise<number> {
-  const program = addO3Flags(newCommand('o3ckpt').description('List, verify, fetch and inspect content-addressed checkpoints in Akave O3')).option(
+  const program = addO3Flags(newCommand('o3ckpt').description('Put, list, verify, fetch, inspect and prune content-addressed checkpoints in Akave O3')).option(
     '--json',
     'machine-readable output',
   )
@@ -343,6 +376,16 @@ async function main(): Promise<number> {
     .option(...TRUST_SIGNER_FLAG)
     .description('download a checkpoint to a local file or directory, verified (bytes, CIDs, signature, signer) before it appears')
     .action(withStore((s, ref: string, opts: TrustFlags & { output?: string }) => get(s, ref, opts)))
+  program
+    .command('prune')
+    .argument('<run>')
+    .requiredOption('--keep-last <n>', 'keep the newest N committed checkpoints', positiveInt('--keep-last'))
+    .option('--keep-every <k>', 'and also every Kth save', positiveInt('--keep-every'))
+    .option('--dry-run', 'say what would be pruned and how much it holds; change nothing')
+    .description(
+      'drop older checkpoints from the manifest, then delete their objects: in a bucket that keeps versions, every version, so that the storage is freed',
+    )
+    .action(withStore((s, opts: PruneFlags) => pruneRun(s, opts, program.opts())))
   program
     .command('show')
     .argument('<run>')

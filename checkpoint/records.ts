@@ -4,6 +4,8 @@ import { isCid, normalizeCid } from '../lib/content/cid.js'
 import { canonicalJson } from '../lib/content/canonical-json.js'
 import type { DataLineage } from '../lib/content/lineage.js'
 import { parseSidecar, sidecarKeyOf, type SidecarRecord } from '../lib/content/sidecar.js'
+import type { ObjectPin } from '../lib/o3/etag.js'
+import type { StoredObject } from '../lib/o3/client.js'
 
 /** Object keys inside a run's prefix. */
 export const MANIFEST_KEY = 'manifest.json'
@@ -130,7 +132,23 @@ export interface CheckpointRecord extends SidecarRecord {
   signature?: string
 }
 
-/** One checkpoint in the run's manifest. `seq` numbers saves 1, 2, 3… and drives retention. */
+/**
+ * One version of an object in a bucket that keeps versions: its id and ETag, as the write that
+ * made it returned them. A read pinned to it gets exactly those bytes, whatever was written to the
+ * key since, or fails.
+ */
+export type VersionPin = Required<ObjectPin>
+
+/** The pin of what a write stored, where the bucket named its version. */
+export function versionPin(stored: StoredObject): VersionPin | undefined {
+  return stored.versionId ? { versionId: stored.versionId, etag: stored.etag } : undefined
+}
+
+/**
+ * One checkpoint in the run's manifest. `seq` numbers saves 1, 2, 3… and drives retention. Where
+ * the bucket keeps versions, the versions the save wrote of its data (a file checkpoint's one
+ * object; a directory's files are named, with their digests, by its record) and of its record.
+ */
 export interface ManifestEntry extends EntryRef {
   seq: number
   name: string
@@ -141,6 +159,8 @@ export interface ManifestEntry extends EntryRef {
   epoch: number
   time: string
   signer?: string
+  dataVersion?: VersionPin
+  sidecarVersion?: VersionPin
 }
 
 export interface Manifest {
@@ -148,13 +168,17 @@ export interface Manifest {
   checkpoints: ManifestEntry[]
 }
 
-/** The commit marker: the checkpoint a resume starts from. */
+/**
+ * The commit marker: the checkpoint a resume starts from and, where the bucket keeps versions, the
+ * version of the manifest committed with it, so that one read of `latest` pins every read after it.
+ */
 export interface LatestPointer {
   version: 1
   name: string
   cid: string
   seq: number
   time: string
+  manifestVersion?: VersionPin
 }
 
 /** The EIP-191 message of a record: everything but the signature, canonically encoded. */
@@ -315,6 +339,14 @@ const isText: FieldCheck = (v) => typeof v === 'string'
 const isSha256: FieldCheck = (v) => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v)
 const isOptionalAddress: FieldCheck = (v) => v === undefined || (typeof v === 'string' && /^0x[0-9a-fA-F]{40}$/.test(v))
 const isCidText: FieldCheck = (v) => typeof v === 'string' && isCid(v)
+/** A version id or ETag as servers spell them: printable ASCII, bounded. */
+const isVersionText = (v: unknown): boolean => typeof v === 'string' && /^[\x21-\x7e]{1,1024}$/.test(v)
+const isOptionalVersion: FieldCheck = (v) => {
+  if (v === undefined) return true
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return false
+  const { versionId, etag, ...rest } = v as Record<string, unknown>
+  return isVersionText(versionId) && isVersionText(etag) && Object.keys(rest).length === 0
+}
 const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v)
 
 /** kind, path and rev: absent together (o3train's), or a put's kind with its own name. */
@@ -348,6 +380,8 @@ const ENTRY_FIELDS: Record<string, FieldCheck> = {
   epoch: isCount,
   time: isText,
   signer: isOptionalAddress,
+  dataVersion: isOptionalVersion,
+  sidecarVersion: isOptionalVersion,
   ...ENTRY_REF_FIELDS,
 }
 
@@ -393,6 +427,6 @@ export function currentEntries(entries: readonly ManifestEntry[]): ManifestEntry
 export function parseLatest(text: string, what: string): LatestPointer {
   const p = parseJson(text, what, 'latest pointer') as LatestPointer
   if (p?.version !== 1) throw new O3IntegrityError(`${what}: latest pointer is malformed`)
-  checkFields(p, { name: isName, cid: isCidText, seq: isCount, time: isText }, what, 'latest pointer')
+  checkFields(p, { name: isName, cid: isCidText, seq: isCount, time: isText, manifestVersion: isOptionalVersion }, what, 'latest pointer')
   return p
 }

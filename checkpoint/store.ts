@@ -1,7 +1,7 @@
 import { ContentHasher, CID_BLOCK_SIZE, normalizeCid, verifyDigest, type ContentDigest } from '../lib/content/cid.js'
 import { sidecarKeyOf } from '../lib/content/sidecar.js'
 import { directoryCid } from '../lib/content/unixfs-directory.js'
-import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client } from '../lib/o3/index.js'
+import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, sameEtag, type O3Client, type ObjectPin } from '../lib/o3/index.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
 import {
@@ -22,6 +22,7 @@ import {
   type LatestPointer,
   type Manifest,
   type ManifestEntry,
+  type VersionPin,
 } from './records.js'
 import { decodeMeta, type CheckpointMeta } from './meta.js'
 import { TrustPolicy } from './trust.js'
@@ -70,12 +71,16 @@ export class CheckpointStore {
     return `${this.location}/${key}`
   }
 
-  /** A control object's text, read no further than CONTROL_OBJECT_MAX; undefined when it does not exist. */
-  private async readText(key: string, signal?: AbortSignal): Promise<string | undefined> {
+  /**
+   * A control object's text, read no further than CONTROL_OBJECT_MAX; undefined when it does not
+   * exist. With `pin`, exactly that version, and O3NotFoundError when it is gone.
+   */
+  private async readText(key: string, signal?: AbortSignal, pin?: VersionPin): Promise<string | undefined> {
     try {
       const chunks: Buffer[] = []
       let size = 0
-      for await (const c of this.client.iterateRange(key, { signal })) {
+      // A copy: the client records on a pin what the responses say.
+      for await (const c of this.client.iterateRange(key, { signal, pin: pin && { ...pin } })) {
         size += c.length
         if (size > CONTROL_OBJECT_MAX)
           throw new O3IntegrityError(
@@ -85,15 +90,41 @@ export class CheckpointStore {
       }
       return Buffer.concat(chunks).toString('utf8')
     } catch (err) {
-      if (err instanceof O3NotFoundError) return undefined
-      throw err
+      if (!(err instanceof O3NotFoundError)) throw err
+      if (pin) throw new O3NotFoundError(`${this.where(key)}: version ${pin.versionId} is gone (${err.message})`, { cause: err })
+      return undefined
     }
   }
 
-  /** The run's manifest; empty when the run has none yet. */
-  async readManifest(signal?: AbortSignal): Promise<Manifest> {
-    const text = await this.readText(MANIFEST_KEY, signal)
+  /** The run's manifest (the version `pin` names, if given); empty when the run has none yet. */
+  async readManifest(signal?: AbortSignal, pin?: VersionPin): Promise<Manifest> {
+    const text = await this.readText(MANIFEST_KEY, signal, pin)
     return text === undefined ? { version: 1, checkpoints: [] } : parseManifest(text, this.where(MANIFEST_KEY))
+  }
+
+  /**
+   * `latest`, then the manifest committed with it: the version `latest` names where the bucket
+   * keeps versions, so that a writer moving either meanwhile cannot hand over a manifest of another
+   * commit. Such a version is gone only when later commits trimmed it: then `latest` is read again.
+   * Without versions (or `latest`), the manifest as it is now. `onBadLatest`, if given, is told of
+   * a `latest` that is no valid pointer, which then counts as absent; else that is an O3IntegrityError.
+   */
+  async snapshot(signal?: AbortSignal, onBadLatest?: (err: O3IntegrityError) => void): Promise<{ latest?: LatestPointer; manifest: Manifest }> {
+    for (let attempt = 1; ; attempt++) {
+      let latest: LatestPointer | undefined
+      try {
+        latest = await this.readLatest(signal)
+      } catch (err) {
+        if (!(err instanceof O3IntegrityError) || !onBadLatest) throw err
+        onBadLatest(err)
+      }
+      try {
+        return { latest, manifest: await this.readManifest(signal, latest?.manifestVersion) }
+      } catch (err) {
+        if (!(err instanceof O3NotFoundError) || !latest?.manifestVersion || attempt >= 3) throw err
+        this.log.info({ err: err.message }, 'the run committed again while it was read; reading latest again')
+      }
+    }
   }
 
   async readLatest(signal?: AbortSignal): Promise<LatestPointer | undefined> {
@@ -101,12 +132,14 @@ export class CheckpointStore {
     return text === undefined ? undefined : parseLatest(text, this.where(LATEST_KEY))
   }
 
-  /** Finds a checkpoint by `latest`, by name (`step-0000000100`, with or without `.safetensors`) or by CID. */
+  /**
+   * Finds a checkpoint by `latest`, by name (`step-0000000100`, with or without `.safetensors`) or by
+   * CID, in the manifest `latest` names (see snapshot).
+   */
   async resolve(ref: string, signal?: AbortSignal): Promise<ManifestEntry> {
-    const manifest = await this.readManifest(signal)
+    const { latest, manifest } = await this.snapshot(signal)
     let found: ManifestEntry | undefined
     if (ref === 'latest') {
-      const latest = await this.readLatest(signal)
       if (!latest) throw new O3NotFoundError(`${this.location} has no committed checkpoint (no ${LATEST_KEY})`)
       found = this.latestEntry(manifest, latest)
     } else {
@@ -149,7 +182,7 @@ export class CheckpointStore {
   /** A sidecar whose signature, if any, checks; nothing said yet about whether its signer is trusted. */
   private async readSignedRecord(entry: ManifestEntry, signal?: AbortSignal): Promise<{ record: CheckpointRecord; signer?: string }> {
     const key = recordKey(entry)
-    const text = await this.readText(key, signal)
+    const text = await this.readText(key, signal, entry.sidecarVersion)
     if (text === undefined) throw new O3NotFoundError(`${this.where(key)} is missing`)
     const record = parseRecord(text, this.where(key))
     checkRecordAgainstEntry(record, entry, this.where(key))
@@ -157,13 +190,17 @@ export class CheckpointStore {
   }
 
   /**
-   * The ETag of an object once HEAD shows it is as long as `source` (the manifest, or a directory's
-   * record) says, so that nothing is sized by a record's word alone.
+   * The version of an object to read, once HEAD shows it is as long as `source` (the manifest, or a
+   * directory's record) says, so that nothing is sized by a record's word alone: the version
+   * `recorded` names where the bucket keeps versions (its ETag checked too), else the one there
+   * now. Every read of the object is pinned to it.
    */
-  private async checkedEtag(key: string, size: number, source: string, signal?: AbortSignal): Promise<string> {
-    const head = await this.client.head(key, signal)
+  private async checkedPin(key: string, size: number, source: string, recorded: VersionPin | undefined, signal?: AbortSignal): Promise<ObjectPin> {
+    const head = await this.client.head(key, signal, recorded?.versionId)
+    if (recorded && !sameEtag(head.etag, recorded.etag))
+      throw new O3IntegrityError(`${this.where(key)} version ${recorded.versionId} has ETag ${head.etag}, but ${source} records ${recorded.etag}`)
     if (head.size !== size) throw new O3IntegrityError(`${this.where(key)} is ${head.size} bytes but ${source} records ${size}; one of them was altered`)
-    return head.etag
+    return { etag: head.etag, versionId: recorded?.versionId ?? head.versionId }
   }
 
   /**
@@ -171,7 +208,7 @@ export class CheckpointStore {
    * and CID against the manifest. What `consume` received is only trustworthy once this resolves.
    */
   async download(entry: ManifestEntry, consume: (chunk: Buffer) => Promise<void> | void, signal?: AbortSignal): Promise<ContentDigest> {
-    return (await this.downloadObject(contentKey(entry), entry, MANIFEST_KEY, consume, signal)).digest
+    return (await this.downloadObject(contentKey(entry), entry, MANIFEST_KEY, consume, signal, entry.dataVersion)).digest
   }
 
   /** One object's bytes to `consume`, hashed as they pass and checked against `expected`; also the DAG size of its CID. */
@@ -181,12 +218,13 @@ export class CheckpointStore {
     source: string,
     consume: (chunk: Buffer) => Promise<void> | void,
     signal?: AbortSignal,
+    recorded?: VersionPin,
   ): Promise<{ digest: ContentDigest; dagSize: number }> {
-    const ifMatch = await this.checkedEtag(key, expected.size, source, signal)
+    const pin = await this.checkedPin(key, expected.size, source, recorded, signal)
     const hasher = new ContentHasher()
     let size = 0
     // An empty object has no range to ask for; HEAD said it is empty.
-    const chunks = expected.size === 0 ? [] : this.client.iterateRange(key, { signal, pin: { etag: ifMatch } })
+    const chunks = expected.size === 0 ? [] : this.client.iterateRange(key, { signal, pin })
     for await (const chunk of chunks) {
       size += chunk.length
       if (size > expected.size) throw new O3IntegrityError(`${this.where(key)} is longer than its recorded ${expected.size} bytes`)
@@ -234,12 +272,12 @@ export class CheckpointStore {
   /** The whole verified file in one buffer, hashed in place (no second copy). */
   async fetchVerified(entry: ManifestEntry, signal?: AbortSignal): Promise<Buffer> {
     const key = contentKey(entry)
-    const ifMatch = await this.checkedEtag(key, entry.size, MANIFEST_KEY, signal)
+    const pin = await this.checkedPin(key, entry.size, MANIFEST_KEY, entry.dataVersion, signal)
     const buf = Buffer.allocUnsafeSlow(entry.size)
     const hasher = new ContentHasher()
     let pos = 0
     let hashed = 0
-    for await (const chunk of this.client.iterateRange(key, { signal, pin: { etag: ifMatch } })) {
+    for await (const chunk of this.client.iterateRange(key, { signal, pin })) {
       if (pos + chunk.length > buf.length) throw new O3IntegrityError(`${this.where(key)} is longer than its recorded ${entry.size} bytes`)
       chunk.copy(buf, pos)
       pos += chunk.length
@@ -274,14 +312,9 @@ export class CheckpointStore {
    * committed; O3IntegrityError when checkpoints exist but none verifies.
    */
   async resume(options: ReadOptions = {}): Promise<LoadedCheckpoint | undefined> {
-    const manifest = await this.readManifest(options.signal)
-    let latest: LatestPointer | undefined
-    try {
-      latest = await this.readLatest(options.signal)
-    } catch (err) {
-      if (!(err instanceof O3IntegrityError)) throw err
-      this.log.warn({ err: err.message }, "latest pointer unreadable; trying the manifest's checkpoints")
-    }
+    const { latest, manifest } = await this.snapshot(options.signal, (err) =>
+      this.log.warn({ err: err.message }, "latest pointer unreadable; trying the manifest's checkpoints"),
+    )
     const committed = latest ? manifest.checkpoints.filter((e) => e.seq <= latest.seq) : manifest.checkpoints
     if (!latest && committed.length === 0) return undefined
     const candidates = [...committed].sort((a, b) => b.seq - a.seq)
@@ -304,9 +337,10 @@ export class CheckpointStore {
   /** The safetensors header of a stored checkpoint, read with two ranged GETs. */
   async readHeader(entry: ManifestEntry, signal?: AbortSignal): Promise<SafetensorsHeader> {
     const key = contentKey(entry)
-    const first = await this.client.getBytes(key, 0, 7, { signal })
+    const pin = await this.checkedPin(key, entry.size, MANIFEST_KEY, entry.dataVersion, signal)
+    const first = await this.client.getBytes(key, 0, 7, { signal, pin })
     const n = headerLength(first, entry.size, this.where(key))
-    const prefix = await this.client.getBytes(key, 0, 8 + n - 1, { signal })
+    const prefix = await this.client.getBytes(key, 0, 8 + n - 1, { signal, pin })
     return parseHeader(prefix, entry.size, this.where(key))
   }
 

@@ -7,11 +7,12 @@ import { putSidecar, sidecarKeyOf } from '../lib/content/sidecar.js'
 import { startHashThread } from '../lib/content/thread-hasher.js'
 import { loadSigner, type Signer } from '../lib/content/signer.js'
 import { checkDirectoryLayout, directoryCid } from '../lib/content/unixfs-directory.js'
-import { O3IntegrityError, O3UsageError, type O3Client, type ObjectInfo } from '../lib/o3/index.js'
+import { O3IntegrityError, O3UsageError, type O3Client, type ObjectInfo, type StoredObject } from '../lib/o3/index.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import { encodeHeader, type StateTensor } from './safetensors.js'
 import { encodeMeta, type CheckpointMeta } from './meta.js'
 import { CheckpointStore } from './store.js'
+import { checkpointsToDrop, dropCheckpoints, putJson } from './retention.js'
 import {
   CHECKPOINT_DIR,
   LATEST_KEY,
@@ -20,14 +21,11 @@ import {
   contentKey,
   currentEntries,
   currentEntry,
-  dataKey,
   definedFields,
   directoryFileKey,
   entryPrefix,
   nameProblem,
   ownsKey,
-  recordKey,
-  sidecarKey,
   signFileRecord,
   signRecord,
   type CheckpointRecord,
@@ -36,6 +34,8 @@ import {
   type LatestPointer,
   type Manifest,
   type ManifestEntry,
+  type VersionPin,
+  versionPin,
 } from './records.js'
 
 /**
@@ -79,6 +79,8 @@ export class CheckpointWriter {
   private readonly localDir: string
   private readonly signer: Signer | undefined
   private inflight: Promise<SavedCheckpoint> | undefined
+  /** The run's `latest` as this writer last read or wrote it. */
+  private latest: LatestPointer | undefined
 
   private constructor(
     /** The run's read side, on the same client: resume and load go through it. */
@@ -101,7 +103,8 @@ export class CheckpointWriter {
     startHashThread()
     const store = new CheckpointStore(client, options.logger)
     const writer = new CheckpointWriter(store, await store.readManifest(), options)
-    await writer.clearLeftovers(await store.readLatest())
+    writer.latest = await store.readLatest()
+    await writer.clearLeftovers(writer.latest)
     return writer
   }
 
@@ -138,8 +141,8 @@ export class CheckpointWriter {
     }
   }
 
-  private async putJson(key: string, value: unknown, signal?: AbortSignal): Promise<void> {
-    await this.client.put(key, `${JSON.stringify(value, null, 2)}\n`, { contentType: 'application/json', signal })
+  private async putJson(key: string, value: unknown, signal?: AbortSignal): Promise<StoredObject> {
+    return putJson(this.client, key, value, signal)
   }
 
   /**
@@ -252,8 +255,9 @@ export class CheckpointWriter {
     const written: string[] = []
     let record: CheckpointRecord
     let digest: ContentDigest
+    let versions: Pick<ManifestEntry, 'dataVersion' | 'sidecarVersion'>
     try {
-      ;({ record, digest } = await this.storeObjects(ref, plan, written, signal))
+      ;({ record, digest, versions } = await this.storeObjects(ref, plan, written, signal))
     } catch (err) {
       await this.removeKeys(written)
       throw err
@@ -270,35 +274,42 @@ export class CheckpointWriter {
       epoch: plan.epoch,
       time: record.time,
       signer: record.signer,
+      ...versions,
     })
     const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints, entry] }
-    await this.putJson(MANIFEST_KEY, manifest, signal)
+    const manifestVersion = versionPin(await this.putJson(MANIFEST_KEY, manifest, signal))
     this.manifest = manifest
     this.step('manifest', name)
 
-    const latest: LatestPointer = { version: 1, name, cid: record.cid, seq, time: record.time }
+    const latest: LatestPointer = definedFields({ version: 1, name, cid: record.cid, seq, time: record.time, manifestVersion })
     await this.putJson(LATEST_KEY, latest, signal)
+    this.latest = latest
     this.step('latest', name)
     this.log.info({ checkpoint: name, cid: record.cid, bytes: record.size, ms: Date.now() - started, signer: record.signer }, 'checkpoint committed')
 
     if (replaced) await this.dropEntries([replaced], 'replaced')
-    await this.applyRetention(entry)
+    await this.applyRetention()
     return { entry, record, digest }
   }
 
-  /** Uploads the plan's files and writes their sidecars and the record; every key it writes goes to `written` first. */
+  /**
+   * Uploads the plan's files and writes their sidecars and the record; every key it writes goes to
+   * `written` first. Where the bucket keeps versions, also the versions of a file checkpoint's data
+   * and of the record that the writes made, for the manifest entry.
+   */
   private async storeObjects(
     ref: EntryRef,
     plan: CommitPlan,
     written: string[],
     signal?: AbortSignal,
-  ): Promise<{ record: CheckpointRecord; digest: ContentDigest }> {
+  ): Promise<{ record: CheckpointRecord; digest: ContentDigest; versions: { dataVersion?: VersionPin; sidecarVersion?: VersionPin } }> {
     const { name } = ref
-    const stored: { path: string; digest: ContentDigest; dagSize: number; head: ObjectInfo }[] = []
+    const stored: { path: string; digest: ContentDigest; dagSize: number; head: ObjectInfo; version?: VersionPin }[] = []
     for (const file of plan.files) {
       const key = ref.kind === 'directory' ? directoryFileKey(ref, file.path) : contentKey(ref)
       written.push(key)
       let dagSize = 0
+      let version: VersionPin | undefined
       const digest = await hashedUpload(this.client, key, file.content(), file.size, {
         partSize: this.options.partSize,
         parallel: this.options.parallel,
@@ -306,6 +317,7 @@ export class CheckpointWriter {
         contentType: 'application/octet-stream',
         onPartStored: () => this.step('part', name),
         onDag: (d) => (dagSize = d.dagSize),
+        onStored: (s) => (version = versionPin(s)),
         logger: this.log,
       })
       const head = await this.client.head(key, signal)
@@ -330,7 +342,7 @@ export class CheckpointWriter {
         written.push(sidecarKeyOf(key))
         await putSidecar(this.client, key, fileRecord, signal)
       }
-      stored.push({ path: file.path, digest, dagSize, head })
+      stored.push({ path: file.path, digest, dagSize, head, version })
     }
     this.step('data', name)
 
@@ -364,11 +376,12 @@ export class CheckpointWriter {
     )
     const subject = ref.kind === 'directory' ? entryPrefix(ref) : contentKey(ref)
     written.push(sidecarKeyOf(subject))
-    const text = await putSidecar(this.client, subject, record, signal)
+    const sidecar = await putSidecar(this.client, subject, record, signal)
     // o3train keeps a local copy of each record beside its run; a put's files are the caller's own.
-    if (ref.kind === undefined) await this.writeLocalSidecar(name, text)
+    if (ref.kind === undefined) await this.writeLocalSidecar(name, sidecar.text)
     this.step('sidecar', name)
-    return { record, digest }
+    const dataVersion = ref.kind === 'directory' ? undefined : stored[0]!.version
+    return { record, digest, versions: { dataVersion, sidecarVersion: versionPin(sidecar.stored) } }
   }
 
   /** Deletes what a failed commit wrote; what cannot be deleted now, the next writer's open does. */
@@ -390,52 +403,32 @@ export class CheckpointWriter {
     await rename(tmp, file)
   }
 
-  /**
-   * Keeps the newest `keepLast` and every `keepEvery`th save. The manifest drops an entry before
-   * its objects go, so it never names a deleted checkpoint; a crash in between leaves objects that
-   * the next writer's open removes.
-   */
-  private async applyRetention(current: ManifestEntry): Promise<void> {
+  /** Keeps the newest `keepLast` and every `keepEvery`th save (retention.ts says which, and how they go). */
+  private async applyRetention(): Promise<void> {
     const { keepLast, keepEvery } = this.options
-    if (keepLast === undefined) return
-    const all = this.manifest.checkpoints
-    const newest = new Set(all.slice(-keepLast).map((e) => e.name))
-    const keep = (e: ManifestEntry) => e.name === current.name || newest.has(e.name) || (keepEvery !== undefined && e.seq % keepEvery === 0)
-    const drop = all.filter((e) => !keep(e))
+    if (keepLast === undefined || !this.latest) return
+    const drop = checkpointsToDrop(this.manifest, this.latest, { keepLast, keepEvery })
     if (drop.length > 0) await this.dropEntries(drop, 'retention')
   }
 
-  /** Takes `entries` out of the manifest, then deletes their objects. */
+  /**
+   * Takes `entries` out of the manifest (and `latest` onto that manifest's version), then deletes
+   * their objects: every version of them where the bucket keeps versions (retention.ts).
+   */
   private async dropEntries(entries: readonly ManifestEntry[], why: 'retention' | 'replaced'): Promise<void> {
-    this.manifest = { version: 1, checkpoints: this.manifest.checkpoints.filter((e) => !entries.includes(e)) }
+    const message = why === 'retention' ? 'retention removed a checkpoint' : 'removed the replaced checkpoint'
+    let r
     try {
-      await this.putJson(MANIFEST_KEY, this.manifest)
+      r = await dropCheckpoints(this.client, this.manifest, this.latest!, entries, { logger: this.log, message })
     } catch (err) {
       // Committed already: a replaced entry still listed is harmless, and the next writer drops it.
       if (why === 'retention') throw err
       this.log.warn({ err: (err as Error).message }, 'could not drop the replaced checkpoint from the manifest; the next writer will')
       return
     }
-    for (const e of entries) {
-      try {
-        await this.deleteObjects(e)
-        this.log.info({ checkpoint: e.name, seq: e.seq }, why === 'retention' ? 'retention removed a checkpoint' : 'removed the replaced checkpoint')
-      } catch (err) {
-        this.log.warn({ checkpoint: e.name, err: (err as Error).message }, 'could not remove a checkpoint; the next writer will')
-      }
-    }
-  }
-
-  /** A checkpoint's objects, its record first, so that what is left of it never passes for complete. */
-  private async deleteObjects(e: ManifestEntry): Promise<void> {
-    if (e.kind === undefined) {
-      await this.client.delete(sidecarKey(e.name))
-      await this.client.delete(dataKey(e.name))
-      await rm(path.join(this.localDir, `${e.name}.safetensors.cid`), { force: true })
-      return
-    }
-    await this.client.delete(recordKey(e))
-    for await (const o of this.client.list(`${entryPrefix(e)}/`)) if (o.type === 'object') await this.client.delete(o.key)
+    this.manifest = r.manifest
+    this.latest = r.latest
+    for (const { entry } of r.removed) if (entry.kind === undefined) await rm(path.join(this.localDir, `${entry.name}.safetensors.cid`), { force: true })
   }
 }
 

@@ -6,7 +6,8 @@ import type { BlockCache, ObjectRef } from './data-cache/block-cache.js'
 import type { Entry, MetadataCache } from './metadata-cache.js'
 import { Readahead } from './prefetch/readahead.js'
 import { LeafMismatchError } from './verify/leaf-check.js'
-import { NotCoveredError, type ManifestIndex } from './verify/manifest-index.js'
+import { NotCoveredError, openPin, type ManifestIndex } from './verify/manifest-index.js'
+import type { ManifestFile } from '../lib/content/dataset-manifest.js'
 import type { MountCounters } from './stats.js'
 
 export interface FilesystemOptions {
@@ -191,10 +192,14 @@ export class O3Filesystem {
     const erofs = (...args: unknown[]) => (args[args.length - 1] as (e: number) => void)(E.EROFS)
     return {
       getattr: (path, cb) => {
-        this.lookup(path).then(
-          (e) => (e ? cb(0, this.stat(e)) : cb(E.ENOENT)),
-          (err) => cb(this.errno(err, 'lookup', path)),
-        )
+        this.lookup(path)
+          .then(async (e) => {
+            if (!e) return cb(E.ENOENT)
+            // A file whose manifest records a version shows that version's size: the kernel reads no further.
+            if (e.kind === 'file') e = { ...e, size: await withDeadline(this.manifests.shownSize(path, e), this.o.opTimeoutMs, `manifest of ${path}`) }
+            cb(0, this.stat(e))
+          })
+          .catch((err) => cb(this.errno(err, 'lookup', path)))
       },
       readdir: (path, cb) => {
         this.lookup(path)
@@ -218,9 +223,9 @@ export class O3Filesystem {
           async (e) => {
             if (!e) return cb(E.ENOENT)
             if (e.kind !== 'file') return cb(E.EISDIR)
-            let leaves: readonly string[] | undefined
+            let recorded: ManifestFile | undefined
             try {
-              leaves = (await withDeadline(this.manifests.coverage(path, e.key, e.size), this.o.opTimeoutMs, `manifest of ${path}`))?.leaves
+              recorded = await withDeadline(this.manifests.coverage(path, e.key, e.size), this.o.opTimeoutMs, `manifest of ${path}`)
             } catch (err) {
               if (!(err instanceof NotCoveredError) && !(err instanceof O3IntegrityError)) throw err
               this.counters.verifyRefusedOpens++
@@ -229,10 +234,10 @@ export class O3Filesystem {
             }
             const fd = this.nextFd++
             // The version is pinned here: every block this handle reads must carry this ETag (and
-            // version id, from HEAD or else from the first response that names one).
+            // version id: the manifest's, or from HEAD, or else from the first response that names one).
             this.handles.set(fd, {
               path,
-              obj: { key: e.key, etag: e.etag, versionId: e.versionId, size: e.size, leaves },
+              obj: openPin(e, recorded),
               ra: new Readahead({
                 blockSize: this.blocks.blockSize,
                 initialWindow: this.o.readaheadInitial,

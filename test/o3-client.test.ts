@@ -10,9 +10,10 @@ import {
   O3NotFoundError,
   O3UnreachableError,
   O3UsageError,
+  MultipartSink,
   type O3ClientOptions,
 } from '../lib/o3/index.js'
-import { createBucket, serverClient, useS3Server, type S3ServerInfo } from './support/s3-server.js'
+import { createBucket, createVersionedBucket, serverClient, useS3Server, type S3ServerInfo } from './support/s3-server.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 
 const MiB = 1 << 20
@@ -37,10 +38,11 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
 }
 
 const info = await useS3Server(t)
-await createBucket(info, 'client-test')
+const BUCKET = `client-test-${process.pid}`
+await createBucket(info, BUCKET)
 
 t.test('put, head, get, delete', async (t) => {
-  const c = open(info, 'client-test')
+  const c = open(info, BUCKET)
   const body = randomBytes(100_000)
   const { etag } = await c.put('obj/a.bin', body, { contentType: 'application/x-test', metadata: { step: '7' } })
   const h = await c.head('obj/a.bin')
@@ -56,7 +58,7 @@ t.test('put, head, get, delete', async (t) => {
 })
 
 t.test('ranges: first byte, last byte, a middle span, past the end', async (t) => {
-  const c = open(info, 'client-test')
+  const c = open(info, BUCKET)
   const body = randomBytes(3 * MiB + 17)
   await c.put('ranges.bin', body)
   t.same(await c.getBytes('ranges.bin', 0, 0), body.subarray(0, 1), 'bytes=0-0')
@@ -69,7 +71,7 @@ t.test('ranges: first byte, last byte, a middle span, past the end', async (t) =
 })
 
 t.test('list: past 1,000 keys, nested prefixes with a delimiter', async (t) => {
-  const c = open(info, 'client-test/many')
+  const c = open(info, `${BUCKET}/many`)
   const keys = Array.from({ length: 1105 }, (_, i) => `k${String(i).padStart(5, '0')}`)
   for (let i = 0; i < keys.length; i += 32) await Promise.all(keys.slice(i, i + 32).map((k) => c.put(k, k)))
   await Promise.all(['d1/x', 'd1/y', 'd1/sub/z', 'd2/w', 'top'].map((k) => c.put(`tree/${k}`, k)))
@@ -92,7 +94,7 @@ t.test('list: past 1,000 keys, nested prefixes with a delimiter', async (t) => {
 })
 
 t.test('multipart: round trip, and abort leaves no upload', async (t) => {
-  const c = open(info, 'client-test/mp')
+  const c = open(info, `${BUCKET}/mp`)
   const parts = [randomBytes(5 * MiB), randomBytes(5 * MiB), randomBytes(1234)]
   const id = await c.createMultipartUpload('big.bin')
   t.same(
@@ -114,12 +116,104 @@ t.test('multipart: round trip, and abort leaves no upload', async (t) => {
   await t.rejects(c.head('aborted.bin'), O3NotFoundError, 'no object')
 })
 
+t.test('versioned bucket: version ids from put and multipart, pinned reads of an older version, listing and deleting versions', async (t) => {
+  const bucket = `client-ver-${process.pid}`
+  await createVersionedBucket(info, bucket)
+  const c = open(info, `${bucket}/run`)
+  t.equal(await c.bucketVersioning(), 'enabled')
+  t.equal(await open(info, BUCKET).bucketVersioning(), 'unversioned')
+
+  const one = randomBytes(2000)
+  const two = randomBytes(3000)
+  const v1 = await c.put('a', one)
+  const v2 = await c.put('a', two)
+  t.ok(v1.versionId && v2.versionId && v1.versionId !== v2.versionId, 'each put names its version')
+  const sink = await MultipartSink.open(c, 'big', { partSize: 5 * MiB, parallel: 2 })
+  await sink.write(randomBytes(11 * MiB))
+  const big = await sink.finish()
+  t.ok(big.versionId, `a multipart upload names its version (${big.versionId})`)
+  t.equal((await c.head('big')).versionId, big.versionId)
+
+  const h1 = await c.head('a', undefined, v1.versionId)
+  t.same([h1.size, h1.etag, h1.versionId], [one.length, v1.etag, v1.versionId], 'HEAD of an older version')
+  t.same(await c.getBytes('a', 0, one.length - 1, { pin: { etag: v1.etag, versionId: v1.versionId } }), one, 'a read pinned to the older version gets it')
+  await t.rejects(
+    c.getBytes('a', 0, 9, { pin: { etag: v2.etag, versionId: v1.versionId } }),
+    O3IntegrityError,
+    'a version whose ETag is not the pinned one is refused',
+  )
+
+  // Seven versions of one key and a delete marker, between two other keys: read in pages of 2 and
+  // 3 they must come out as in one page, each once (Swift names a wrong marker mid-key).
+  for (let i = 0; i < 5; i++) await c.put('a', `v${i}`)
+  await c.delete('a')
+  await c.put('b', 'b')
+  await c.put('0', '0')
+  const whole = await collect(c.listVersions(''))
+  t.same(
+    whole.map((v) => [v.key, v.deleteMarker]),
+    [['0', false], ...Array.from({ length: 7 }, () => ['a', false]), ['a', true], ['b', false], ['big', false]],
+    'every version and the delete marker, by key',
+  )
+  t.same(
+    whole
+      .filter((v) => v.key === 'a' && !v.deleteMarker)
+      .slice(-2)
+      .map((v) => v.versionId),
+    [v2.versionId, v1.versionId],
+  )
+  t.same(
+    whole.find((v) => v.key === 'big'),
+    {
+      key: 'big',
+      versionId: big.versionId,
+      isLatest: true,
+      deleteMarker: false,
+      size: 11 * MiB,
+      etag: big.etag,
+      lastModified: whole.find((v) => v.key === 'big')!.lastModified,
+    },
+  )
+  const ids = (vs: { key: string; versionId: string }[]) => vs.map((v) => `${v.key} ${v.versionId}`).sort()
+  for (const maxKeys of [1, 2, 3]) t.same(ids(await collect(c.listVersions('', { maxKeys }))), ids(whole), `the same, each once, in pages of ${maxKeys}`)
+  t.same((await collect(c.listVersions('a'))).length, 8, 'a prefix')
+
+  for (const v of whole.filter((v) => v.key === 'a')) await c.deleteVersion(v.key, v.versionId)
+  await c.deleteVersion('a', v1.versionId!)
+  t.pass('deleting a version already gone is no error')
+  t.same(
+    (await collect(c.listVersions(''))).map((v) => v.key),
+    ['0', 'b', 'big'],
+    'no version of a is left',
+  )
+})
+
+t.test('unversioned bucket: no version ids, deleteVersion of the null version removes the object', async (t) => {
+  const c = open(info, `${BUCKET}/unver`)
+  const put = await c.put('x', 'x')
+  t.equal(put.versionId, undefined)
+  const sink = await MultipartSink.open(c, 'y', { partSize: 5 * MiB, parallel: 1 })
+  await sink.write(randomBytes(6 * MiB))
+  t.equal((await sink.finish()).versionId, undefined)
+  const listed = await collect(c.listVersions(''))
+  t.same(
+    listed.map((v) => [v.key, v.versionId]),
+    [
+      ['x', 'null'],
+      ['y', 'null'],
+    ],
+    'each object is its null version',
+  )
+  await c.deleteVersion('x', 'null')
+  await t.rejects(c.head('x'), O3NotFoundError)
+})
+
 t.test('a 5 s outage in the middle of a read is survived with the right bytes', async (t) => {
   const body = randomBytes(24 * MiB)
-  await open(info, 'client-test').put('outage.bin', body)
+  await open(info, BUCKET).put('outage.bin', body)
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
-  const c = open(info, 'client-test', {}, proxy.endpoint)
+  const c = open(info, BUCKET, {}, proxy.endpoint)
   proxy.setBandwidth(8 * MiB)
   const reading = readAll(c.getRange('outage.bin'))
   await new Promise((r) => setTimeout(r, 800))
@@ -143,10 +237,10 @@ t.test('a 5 s outage in the middle of a read is survived with the right bytes', 
 
 t.test('a body reset midway resumes from the last byte received', async (t) => {
   const body = randomBytes(16 * MiB)
-  await open(info, 'client-test').put('reset.bin', body)
+  await open(info, BUCKET).put('reset.bin', body)
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
-  const c = open(info, 'client-test', {}, proxy.endpoint)
+  const c = open(info, BUCKET, {}, proxy.endpoint)
   proxy.resetAfterBytes(5 * MiB, { count: 2 })
   const got = await readAll(c.getRange('reset.bin'))
   t.equal(sha256(got), sha256(body))
@@ -181,10 +275,10 @@ async function readInto(c: O3Client, key: string, start: number, end: number, et
 
 t.test("readRangeInto: the body lands in the caller's buffers, resumes after resets, and fails typed", async (t) => {
   const body = randomBytes(16 * MiB + 123)
-  const { etag } = await open(info, 'client-test').put('into.bin', body)
+  const { etag } = await open(info, BUCKET).put('into.bin', body)
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
-  const c = open(info, 'client-test', {}, proxy.endpoint)
+  const c = open(info, BUCKET, {}, proxy.endpoint)
   t.equal(sha256(await readInto(c, 'into.bin', 0, body.length - 1, etag)), sha256(body), 'whole object')
   t.same(await readInto(c, 'into.bin', MiB - 7, 3 * MiB + 9, etag), body.subarray(MiB - 7, 3 * MiB + 10), 'a span across blocks, on a kept-alive connection')
   proxy.resetAfterBytes(5 * MiB, { count: 2 })
@@ -192,13 +286,13 @@ t.test("readRangeInto: the body lands in the caller's buffers, resumes after res
   t.equal(proxy.resets, 2, 'two connections were cut')
   await t.rejects(readInto(c, 'into.bin', 0, 99, '"not-its-etag"'), O3IntegrityError, 'another ETag')
   await t.rejects(readInto(c, 'missing.bin', 0, 99, etag), O3NotFoundError, 'a missing key')
-  const wrongKey = open(info, 'client-test', {}, info.endpoint, 'not-the-secret')
+  const wrongKey = open(info, BUCKET, {}, info.endpoint, 'not-the-secret')
   await t.rejects(readInto(wrongKey, 'into.bin', 0, 99, etag), O3AuthError, 'bad credentials')
   t.equal(wrongKey.stats.retries, 0, 'bad credentials are not retried')
 })
 
 t.test('bad credentials: O3AuthError at once, never retried', async (t) => {
-  const c = open(info, 'client-test', {}, info.endpoint, 'not-the-secret')
+  const c = open(info, BUCKET, {}, info.endpoint, 'not-the-secret')
   const started = Date.now()
   await t.rejects(c.head('x'), O3AuthError)
   await t.rejects(c.checkBucket(), O3AuthError)
@@ -210,7 +304,7 @@ t.test('unreachable endpoint: a clear error naming the endpoint', async (t) => {
   const proxy = await startFaultProxy({ targetPort: 9 })
   const port = proxy.port
   await proxy.close()
-  const c = open(info, 'client-test', { retry: { maxAttempts: 3, baseDelayMs: 50 } }, `http://127.0.0.1:${port}`)
+  const c = open(info, BUCKET, { retry: { maxAttempts: 3, baseDelayMs: 50 } }, `http://127.0.0.1:${port}`)
   const err = await c.head('x').then(
     () => undefined,
     (e: Error) => e,
@@ -222,10 +316,10 @@ t.test('unreachable endpoint: a clear error naming the endpoint', async (t) => {
 })
 
 t.test('a client on bucket/prefix cannot address keys outside it', async (t) => {
-  const outside = open(info, 'client-test')
+  const outside = open(info, BUCKET)
   await outside.put('secret.txt', 'outside')
   await outside.put('data2/x', 'sibling prefix')
-  const c = open(info, 'client-test/data')
+  const c = open(info, `${BUCKET}/data`)
   await c.put('inside.txt', 'inside')
   for (const bad of ['../secret.txt', '/secret.txt', 'a/../../secret.txt', '..', './x', 'a//b', '%2e%2e%2Fsecret.txt', 'a%2fb', 'a\\..\\b']) {
     await t.rejects(c.head(bad), O3UsageError, `head ${bad}`)
@@ -244,10 +338,10 @@ t.test('a client on bucket/prefix cannot address keys outside it', async (t) => 
 })
 
 t.test('the connection pool is bounded and closed on teardown', async (t) => {
-  await open(info, 'client-test').put('pool.txt', 'x')
+  await open(info, BUCKET).put('pool.txt', 'x')
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
-  const c = open(info, 'client-test', { maxSockets: 3 }, proxy.endpoint)
+  const c = open(info, BUCKET, { maxSockets: 3 }, proxy.endpoint)
   await Promise.all(Array.from({ length: 40 }, () => c.head('pool.txt')))
   t.ok(proxy.connections <= 3, `${proxy.connections} connections for 40 requests`)
   c.close()
@@ -271,13 +365,13 @@ t.test('no secret appears in any log line or error message', async (t) => {
   const capture = (e: unknown) => {
     messages.push(String((e as Error).message), JSON.stringify(e), String((e as Error).stack))
   }
-  const good = open(info, 'client-test', { logger }, proxy.endpoint)
+  const good = open(info, BUCKET, { logger }, proxy.endpoint)
   await good.put('log.txt', 'x')
   proxy.resetAfterBytes(0, { count: 2 })
   await good.head('log.txt')
-  const bad = open(info, 'client-test', { logger }, info.endpoint, 'wrong-secret-value')
+  const bad = open(info, BUCKET, { logger }, info.endpoint, 'wrong-secret-value')
   await bad.head('log.txt').catch(capture)
-  await open(info, 'client-test', { logger, retry: { maxAttempts: 2, baseDelayMs: 10 } }, 'http://127.0.0.1:1')
+  await open(info, BUCKET, { logger, retry: { maxAttempts: 2, baseDelayMs: 10 } }, 'http://127.0.0.1:1')
     .head('x')
     .catch(capture)
   const { signerFromHex } = await import('../lib/content/signer.js')
@@ -297,7 +391,7 @@ t.test('no secret appears in any log line or error message', async (t) => {
 })
 
 t.test('a 4xx whose message mentions "aborted" is final, not retried', async (t) => {
-  const c = open(info, 'client-test')
+  const c = open(info, BUCKET)
   const id = await c.createMultipartUpload('gone.bin')
   await c.abortMultipartUpload('gone.bin', id)
   const started = Date.now()

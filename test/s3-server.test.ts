@@ -9,16 +9,19 @@ import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetBucketVersioningCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
+  ListObjectVersionsCommand,
   ListObjectsV2Command,
   ListPartsCommand,
   PutObjectCommand,
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3'
-import { createBucket, s3Client, startS3Server, stopS3Server, useS3Server } from './support/s3-server.js'
+import { createBucket, enableVersioning, s3Client, startS3Server, stopS3Server, useS3Server } from './support/s3-server.js'
 
 const MiB = 1024 * 1024
 const md5 = (b: Uint8Array): string => createHash('md5').update(b).digest('hex')
@@ -129,6 +132,71 @@ t.test('speaks S3 through the AWS SDK', async (t) => {
   t.same(uploads.Uploads ?? [], [], 'no uploads left after abort')
   await t.rejects(client.send(new ListPartsCommand({ Bucket, Key: 'gone.bin', UploadId: aborted.UploadId })), { name: 'NoSuchUpload' })
   await t.rejects(client.send(new HeadObjectCommand({ Bucket, Key: 'gone.bin' })), { name: 'NotFound' })
+})
+
+t.test('PutBucketVersioning keeps every version; a bucket never put under it behaves as before', async (t) => {
+  const info = await useS3Server(t)
+  const client = s3Client(info)
+  t.teardown(() => client.destroy())
+  const Bucket = `s3srv-ver-${process.pid}-${Date.now()}`
+  const Plain = `s3srv-plain-${process.pid}-${Date.now()}`
+  await createBucket(info, Bucket)
+  await createBucket(info, Plain)
+  t.equal((await client.send(new GetBucketVersioningCommand({ Bucket }))).Status, undefined, 'a new bucket is unversioned')
+  await enableVersioning(info, Bucket)
+  t.equal((await client.send(new GetBucketVersioningCommand({ Bucket }))).Status, 'Enabled')
+  t.equal((await client.send(new GetBucketVersioningCommand({ Bucket: Plain }))).Status, undefined, 'the other bucket is not')
+
+  const one = randomBytes(1000)
+  const two = randomBytes(700)
+  const v1 = await client.send(new PutObjectCommand({ Bucket, Key: 'k/obj', Body: one }))
+  const v2 = await client.send(new PutObjectCommand({ Bucket, Key: 'k/obj', Body: two }))
+  t.ok(v1.VersionId && v2.VersionId && v1.VersionId !== v2.VersionId, `each PUT names its version (x-amz-version-id ${v1.VersionId}, ${v2.VersionId})`)
+  t.same(await getBytes(client, Bucket, 'k/obj'), two, 'a plain GET reads the newest')
+  const old = await client.send(new GetObjectCommand({ Bucket, Key: 'k/obj', VersionId: v1.VersionId }))
+  t.same(Buffer.from(await old.Body!.transformToByteArray()), one, 'GET with VersionId reads the older one')
+  t.equal(old.VersionId, v1.VersionId)
+  t.equal(old.ETag, `"${md5(one)}"`)
+  const ranged = await client.send(new GetObjectCommand({ Bucket, Key: 'k/obj', VersionId: v1.VersionId, Range: 'bytes=10-19' }))
+  t.same(Buffer.from(await ranged.Body!.transformToByteArray()), one.subarray(10, 20), 'a ranged GET of an older version')
+  const head = await client.send(new HeadObjectCommand({ Bucket, Key: 'k/obj', VersionId: v1.VersionId }))
+  t.same([head.ContentLength, head.VersionId], [1000, v1.VersionId], 'HEAD with VersionId')
+
+  const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket, Key: 'k/big' }))
+  const part = await client.send(new UploadPartCommand({ Bucket, Key: 'k/big', UploadId, PartNumber: 1, Body: one }))
+  await client.send(new CompleteMultipartUploadCommand({ Bucket, Key: 'k/big', UploadId, MultipartUpload: { Parts: [{ ETag: part.ETag, PartNumber: 1 }] } }))
+  const bigHead = await client.send(new HeadObjectCommand({ Bucket, Key: 'k/big' }))
+  t.ok(bigHead.VersionId, 'a completed multipart upload is a version too (HEAD names it; the completion itself does not here)')
+
+  const marker = await client.send(new DeleteObjectCommand({ Bucket, Key: 'k/obj' }))
+  t.equal(marker.DeleteMarker, true, 'a plain DELETE only adds a delete marker')
+  await t.rejects(getBytes(client, Bucket, 'k/obj'), { name: 'NoSuchKey' })
+  const listed = await client.send(new ListObjectVersionsCommand({ Bucket, Prefix: 'k/' }))
+  t.same(
+    listed.Versions?.map((v) => [v.Key, v.VersionId, v.IsLatest, v.Size]),
+    [
+      ['k/big', bigHead.VersionId, true, 1000],
+      ['k/obj', v2.VersionId, false, 700],
+      ['k/obj', v1.VersionId, false, 1000],
+    ],
+    'ListObjectVersions names every version, newest first',
+  )
+  t.same(
+    listed.DeleteMarkers?.map((m) => [m.Key, m.VersionId, m.IsLatest]),
+    [['k/obj', marker.VersionId, true]],
+  )
+  const again = await client.send(new GetObjectCommand({ Bucket, Key: 'k/obj', VersionId: v2.VersionId }))
+  t.same(Buffer.from(await again.Body!.transformToByteArray()), two, 'the data outlives its delete marker')
+  for (const v of [...listed.Versions!, ...listed.DeleteMarkers!]) await client.send(new DeleteObjectCommand({ Bucket, Key: v.Key, VersionId: v.VersionId }))
+  const after = await client.send(new ListObjectVersionsCommand({ Bucket, Prefix: 'k/' }))
+  t.same([after.Versions ?? [], after.DeleteMarkers ?? []], [[], []], 'DELETE with VersionId removes each for good')
+
+  const plain = await client.send(new PutObjectCommand({ Bucket: Plain, Key: 'p', Body: one }))
+  t.equal(plain.VersionId, undefined, 'an unversioned bucket names no version')
+  await client.send(new PutObjectCommand({ Bucket: Plain, Key: 'p', Body: two }))
+  t.same(await getBytes(client, Plain, 'p'), two)
+  await client.send(new DeleteObjectCommand({ Bucket: Plain, Key: 'p' }))
+  await t.rejects(client.send(new HeadObjectCommand({ Bucket: Plain, Key: 'p' })), { name: 'NotFound' }, 'and a DELETE there removes the object')
 })
 
 t.test('stop leaves no process and no directory, and is idempotent', async (t) => {

@@ -2,6 +2,7 @@ import { InvalidArgumentError, Option } from 'commander'
 import { readUserFile } from '../lib/read-user-file.js'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { addO3Flags } from '../lib/cli/o3-flags.js'
+import { numberArg, positiveInt } from '../lib/cli/number-arg.js'
 import { newCommand } from '../lib/cli/run-cli.js'
 import type { O3Flags } from '../lib/o3/index.js'
 import { TRUST_SIGNER_FLAG } from '../checkpoint/trust.js'
@@ -90,18 +91,6 @@ export class OptionsError extends CliError {
   }
 }
 
-/** A commander parser for a number flag: an integer or any finite number, > 0 or >= 0. */
-const numberArg =
-  (name: string, { integer, positive }: { integer: boolean; positive: boolean }) =>
-  (v: string): number => {
-    const n = Number(v)
-    if (!(integer ? Number.isInteger(n) : Number.isFinite(n)) || (positive ? n <= 0 : n < 0)) {
-      const what = positive ? `a positive ${integer ? 'integer' : 'number'}` : `${integer ? 'an integer' : 'a number'} >= 0`
-      throw new InvalidArgumentError(`${name} must be ${what}`)
-    }
-    return n
-  }
-const positiveInt = (name: string) => numberArg(name, { integer: true, positive: true })
 const nonNegInt = (name: string) => numberArg(name, { integer: true, positive: false })
 const positiveNum = (name: string) => numberArg(name, { integer: false, positive: true })
 const nonNegNum = (name: string) => numberArg(name, { integer: false, positive: false })

@@ -24,7 +24,7 @@ import { putSidecar } from '../lib/content/sidecar.js'
 import { DATASET_MANIFEST_NAME, buildDatasetManifest, formatDatasetManifest, type ManifestFile } from '../lib/content/dataset-manifest.js'
 import { loadSigner } from '../lib/content/signer.js'
 import { createLogger } from '../lib/log.js'
-import { O3Client, O3NotFoundError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
+import { O3Client, O3NotFoundError, O3UsageError, type O3Flags, type StoredObject } from '../lib/o3/index.js'
 import { createProgress } from '../lib/progress.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { directorySink, writeShards } from './webdataset.js'
@@ -78,12 +78,21 @@ async function* readCounted(file: string, count: (bytes: number) => void): Async
   }
 }
 
-/** The data, then its sidecar: a file whose data did not complete never gets one. */
+/**
+ * The data, then its sidecar: a file whose data did not complete never gets one. Its manifest
+ * record holds the version the upload made where the bucket names one, which mounts then read.
+ */
 async function uploadFile(client: O3Client, f: LocalFile, count: (bytes: number) => void, signal: AbortSignal): Promise<ManifestFile> {
   let leaves: readonly string[] = []
-  const digest: ContentDigest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, { signal, onDag: (d) => (leaves = d.leaves) })
+  let stored: StoredObject = { etag: '' }
+  const digest: ContentDigest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, {
+    signal,
+    onDag: (d) => (leaves = d.leaves),
+    onStored: (s) => (stored = s),
+  })
   await putSidecar(client, f.key, { ...digest, time: new Date().toISOString() }, signal)
-  return { ...digest, leaves: [...leaves] }
+  const version = stored.versionId ? { versionId: stored.versionId, etag: stored.etag } : {}
+  return { ...digest, leaves: [...leaves], ...version }
 }
 
 async function openBucket(client: O3Client, create: boolean): Promise<void> {

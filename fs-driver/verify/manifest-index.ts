@@ -2,7 +2,8 @@ import type { O3Client } from '../../lib/o3/client.js'
 import { O3IntegrityError } from '../../lib/o3/errors.js'
 import type { Logger } from '../../lib/log.js'
 import { DATASET_MANIFEST_NAME, MAX_DATASET_MANIFEST_BYTES, parseDatasetManifest, type ManifestFile } from '../../lib/content/dataset-manifest.js'
-import type { MetadataCache } from '../metadata-cache.js'
+import type { Entry, MetadataCache } from '../metadata-cache.js'
+import type { ObjectRef } from '../data-cache/block-cache.js'
 
 export const VERIFY_MODES = ['off', 'if-present', 'required'] as const
 export type VerifyMode = (typeof VERIFY_MODES)[number]
@@ -82,8 +83,22 @@ export class ManifestIndex {
   /**
    * The manifest record of the file at `path` (key `key`, `size` bytes), or undefined when no
    * manifest names it (NotCoveredError instead under `--verify required`); O3IntegrityError when a
-   * manifest above it is bad or names it with another size.
+   * manifest above it is bad, or names it with another size and no version of its own to read.
    */
+  /**
+   * The size a file shows: the size of the version its manifest records where there is one (what
+   * an open will read), else the object's now. Never fails: an open reports what is wrong.
+   */
+  async shownSize(path: string, listed: Extract<Entry, { kind: 'file' }>): Promise<number> {
+    if (this.mode === 'off') return listed.size
+    try {
+      const f = await this.coverage(path, listed.key, listed.size)
+      return f?.versionId !== undefined ? f.size : listed.size
+    } catch {
+      return listed.size
+    }
+  }
+
   async coverage(path: string, key: string, size: number): Promise<ManifestFile | undefined> {
     if (this.mode === 'off') return undefined
     const parts = path.replace(/^\/+/, '').split('/')
@@ -91,10 +106,23 @@ export class ManifestIndex {
       const m = await this.manifestForOpen(parts.slice(0, depth).join('/'))
       const f = m?.files[parts.slice(depth).join('/')]
       if (!f) continue
-      if (f.size !== size) throw new O3IntegrityError(`${key} has ${size} bytes, its manifest says ${f.size}; it was replaced or truncated after upload`)
+      if (f.versionId === undefined && f.size !== size)
+        throw new O3IntegrityError(`${key} has ${size} bytes, its manifest says ${f.size}; it was replaced or truncated after upload`)
       return f
     }
     if (this.mode === 'required') throw new NotCoveredError(`${key} is named by no ${DATASET_MANIFEST_NAME}; --verify required refuses to open it`)
     return undefined
   }
+}
+
+/**
+ * What an open of a file reads, its pin: the version its manifest records where the bucket gave
+ * one at upload (that version's ETag, id and size, so that a key overwritten since still serves the
+ * uploaded bytes, which the leaves then check), else the object listed now. Every read of the open
+ * file stays on this version.
+ */
+export function openPin(listed: Extract<Entry, { kind: 'file' }>, recorded: ManifestFile | undefined): ObjectRef {
+  if (recorded?.versionId !== undefined && recorded.etag !== undefined)
+    return { key: listed.key, etag: recorded.etag, versionId: recorded.versionId, size: recorded.size, leaves: recorded.leaves }
+  return { key: listed.key, etag: listed.etag, versionId: listed.versionId, size: listed.size, leaves: recorded?.leaves }
 }

@@ -6,7 +6,9 @@ import { recoverAddress, type Signer } from './signer.js'
 /**
  * The manifest of an uploaded tree, stored beside its files as `<prefix>/.o3-manifest.json`: per
  * file (key below the prefix) its CID, sha256, size and the sha256 of each 1 MiB leaf of that CID,
- * so that a mount can check any block it serves with one object fetched per tree. It is untrusted
+ * so that a mount can check any block it serves with one object fetched per tree; and, where the
+ * bucket keeps versions, the version id and ETag the upload made, so that a mount reads exactly
+ * that version even after the key is overwritten. It is untrusted
  * input wherever it is read: bounded, every field validated, every leaf list rebuilt into its CID,
  * and, when signed (same key and EIP-191 scheme as checkpoint records), its signature checked.
  */
@@ -17,6 +19,9 @@ export const MAX_DATASET_MANIFEST_BYTES = 256 << 20
 export interface ManifestFile extends ContentDigest {
   /** Hex sha256 of each 1 MiB leaf of the CID, in order; one (empty) leaf for an empty file. */
   leaves: string[]
+  /** The version the upload stored, where the bucket keeps versions; always with its `etag`. */
+  versionId?: string
+  etag?: string
 }
 
 export interface DatasetManifest {
@@ -31,6 +36,8 @@ export interface DatasetManifest {
 }
 
 const HEX64 = /^[0-9a-f]{64}$/
+/** A version id or ETag as servers spell them: printable ASCII, bounded. */
+const VERSION_TEXT = /^[\x21-\x7e]{1,1024}$/
 
 function signedMessage(m: DatasetManifest): string {
   const { signature: _signature, ...rest } = m
@@ -66,7 +73,11 @@ function checkFile(key: string, f: unknown, what: string): ManifestFile {
   const leaves = e!.leaves
   if (!Array.isArray(leaves) || leaves.length !== leafCount(e!.size!)) bad(`does not list ${leafCount(e!.size!)} leaf digests`)
   if (!leaves!.every((l) => typeof l === 'string' && HEX64.test(l))) bad('has a leaf digest that is not 64 hex digits')
-  return { cid: normalizeCid(e!.cid!), size: e!.size!, sha256: e!.sha256!, leaves: leaves! }
+  const file: ManifestFile = { cid: normalizeCid(e!.cid!), size: e!.size!, sha256: e!.sha256!, leaves: leaves! }
+  if (e!.versionId === undefined && e!.etag === undefined) return file
+  const text = (v: unknown) => typeof v === 'string' && VERSION_TEXT.test(v)
+  if (!text(e!.versionId) || !text(e!.etag)) bad('has a version id without a valid ETag, or the other way round')
+  return { ...file, versionId: e!.versionId, etag: e!.etag }
 }
 
 function checkSignature(m: DatasetManifest, what: string, trustedSigners: readonly string[]): string | undefined {

@@ -1,5 +1,5 @@
 import { silentLogger, type Logger } from '../log.js'
-import type { O3Client } from '../o3/client.js'
+import type { O3Client, StoredObject } from '../o3/client.js'
 import { MultipartSink } from '../o3/multipart.js'
 import type { ContentDigest } from './cid.js'
 import { ThreadHasher } from './thread-hasher.js'
@@ -23,6 +23,8 @@ export interface HashedUploadOptions {
    * the DAG's cumulative size (what a UnixFS directory's link to the content records as Tsize).
    */
   onDag?: (dag: { leaves: readonly string[]; dagSize: number }) => void
+  /** Receives the stored object's ETag and version id (where the bucket keeps versions) once it exists. */
+  onStored?: (stored: StoredObject) => void
 }
 
 /**
@@ -46,9 +48,10 @@ export async function hashedUpload(
       const chunks: Uint8Array[] = []
       for await (const c of content) chunks.push(c)
       const body = Buffer.concat(chunks)
-      await Promise.all([hasher.update(body), client.put(key, body, { contentType, signal })])
+      const [, stored] = await Promise.all([hasher.update(body), client.put(key, body, { contentType, signal })])
+      options.onStored?.(stored)
     } else {
-      await multipart(client, key, content, hasher, { ...options, partSize, parallel })
+      options.onStored?.(await multipart(client, key, content, hasher, { ...options, partSize, parallel }))
     }
     return await finish(hasher, options)
   } catch (err) {
@@ -63,7 +66,7 @@ async function multipart(
   content: Iterable<Uint8Array> | AsyncIterable<Uint8Array>,
   hasher: ThreadHasher,
   options: HashedUploadOptions & { partSize: number; parallel: number },
-): Promise<void> {
+): Promise<StoredObject> {
   const { partSize, parallel, signal, contentType } = options
   const sink = await MultipartSink.open(client, key, {
     partSize,
@@ -76,7 +79,8 @@ async function multipart(
   try {
     for await (const c of content) await sink.write(c)
     // finish() hands the last part to the hasher, so the caller's digest() must come after it.
-    await sink.finish()
+    const { etag, versionId } = await sink.finish()
+    return { etag, versionId }
   } catch (err) {
     const log = options.logger ?? silentLogger
     await sink

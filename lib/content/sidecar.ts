@@ -1,5 +1,5 @@
 import { O3IntegrityError } from '../o3/errors.js'
-import type { O3Client } from '../o3/client.js'
+import type { O3Client, StoredObject } from '../o3/client.js'
 import { isCid, normalizeCid, type ContentDigest } from './cid.js'
 
 /**
@@ -52,9 +52,9 @@ export function parseSidecar<R extends SidecarRecord = SidecarRecord>(text: stri
   return record
 }
 
-/** Stores the sidecar of the object at `key` and returns its text. */
-export async function putSidecar(client: O3Client, key: string, record: SidecarRecord, signal?: AbortSignal): Promise<string> {
+/** Stores the sidecar of the object at `key`; returns its text and what the write stored (ETag, version). */
+export async function putSidecar(client: O3Client, key: string, record: SidecarRecord, signal?: AbortSignal): Promise<{ text: string; stored: StoredObject }> {
   const text = formatSidecar(record)
-  await client.put(sidecarKeyOf(key), text, { contentType: 'text/plain; charset=utf-8', signal })
-  return text
+  const stored = await client.put(sidecarKeyOf(key), text, { contentType: 'text/plain; charset=utf-8', signal })
+  return { text, stored }
 }

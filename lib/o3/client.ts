@@ -15,12 +15,14 @@ import {
   AbortMultipartUploadCommand,
   ListMultipartUploadsCommand,
   DeleteObjectCommand,
+  GetBucketVersioningCommand,
+  ListObjectVersionsCommand,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
 import { resolveConfig, type O3Config, type O3Flags } from './config.js'
-import { O3IntegrityError, O3StreamError, O3UsageError } from './errors.js'
-import { checkPinned, ifMatchOf, type ObjectPin } from './etag.js'
+import { O3IntegrityError, O3NotFoundError, O3StreamError, O3UsageError } from './errors.js'
+import { checkPinned, ifMatchOf, sameEtag, type ObjectPin } from './etag.js'
 import { LeanGet, type RangeSink } from './lean-get.js'
 import { DEFAULT_RETRY, isFinal, toO3Error, withRetry, type RetryPolicy } from './retry.js'
 import { fullKey, fullPrefix, parseLocation, relativeKey, type Scope } from './scope.js'
@@ -79,6 +81,32 @@ export interface CompletedPart {
   etag: string
 }
 
+/**
+ * What a write stored: its ETag and, where the bucket keeps versions, the id of the version it
+ * made. `versionId` is absent where the bucket is unversioned and where the server names the
+ * `null` version (a suspended bucket), which a later write replaces: it pins nothing for good.
+ */
+export interface StoredObject {
+  etag: string
+  versionId?: string
+}
+
+/** A bucket's versioning state: `unversioned` when it was never put under versioning. */
+export type BucketVersioning = 'enabled' | 'suspended' | 'unversioned'
+
+/** One version (or delete marker) of an object, as ListObjectVersions names it. */
+export interface ObjectVersion {
+  key: string
+  /** `null` for the version written while the bucket was unversioned or suspended. */
+  versionId: string
+  isLatest: boolean
+  deleteMarker: boolean
+  /** 0 and '' for a delete marker. */
+  size: number
+  etag: string
+  lastModified: Date
+}
+
 export interface O3Stats {
   requests: number
   retries: number
@@ -93,6 +121,11 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true'
 
 type RawHeaders = Record<string, string>
 const RAW_HEADERS = Symbol('rawHeaders')
+
+/** A version id that names one version for good (see StoredObject). */
+function stableVersion(versionId: string | undefined): string | undefined {
+  return versionId && versionId !== 'null' ? versionId : undefined
+}
 
 /**
  * The one S3 client of the project, confined to a bucket and prefix. Every key it takes is
@@ -212,11 +245,12 @@ export class O3Client {
     }
   }
 
-  async head(key: string, signal?: AbortSignal): Promise<ObjectInfo> {
+  /** The object's current version, or the one `versionId` names. */
+  async head(key: string, signal?: AbortSignal, versionId?: string): Promise<ObjectInfo> {
     const Key = fullKey(this.scope, key)
     const out = await this.call(
-      `head ${this.scope.bucket}/${Key}`,
-      (s) => this.s3.send(new HeadObjectCommand({ Bucket: this.scope.bucket, Key }), { abortSignal: s }),
+      `head ${this.scope.bucket}/${Key}${versionId ? ` version ${versionId}` : ''}`,
+      (s) => this.s3.send(new HeadObjectCommand({ Bucket: this.scope.bucket, Key, VersionId: versionId }), { abortSignal: s }),
       signal,
     )
     const raw = (out as unknown as { [RAW_HEADERS]?: RawHeaders })[RAW_HEADERS] ?? {}
@@ -397,7 +431,7 @@ export class O3Client {
   }
 
   /** PUT of a whole object held in memory, retried under the client's policy. */
-  async put(key: string, body: Buffer | Uint8Array | string, options: PutOptions = {}): Promise<{ etag: string }> {
+  async put(key: string, body: Buffer | Uint8Array | string, options: PutOptions = {}): Promise<StoredObject> {
     const Key = fullKey(this.scope, key)
     const Body = typeof body === 'string' ? Buffer.from(body) : body
     const out = await this.call(
@@ -417,7 +451,7 @@ export class O3Client {
       options.signal,
     )
     this.stats.bytesSent += Body.length
-    return { etag: out.ETag ?? '' }
+    return { etag: out.ETag ?? '', versionId: stableVersion(out.VersionId) }
   }
 
   async createMultipartUpload(key: string, options: PutOptions = {}): Promise<string> {
@@ -449,7 +483,12 @@ export class O3Client {
     return { partNumber, etag: out.ETag ?? '' }
   }
 
-  async completeMultipartUpload(key: string, uploadId: string, parts: CompletedPart[], signal?: AbortSignal): Promise<{ etag: string }> {
+  /**
+   * Completes the upload. Where the completion names no version (Swift's s3api never does), HEAD
+   * names it, taken only when HEAD's ETag is the completion's: else another write came in between
+   * and the version stays unknown.
+   */
+  async completeMultipartUpload(key: string, uploadId: string, parts: CompletedPart[], signal?: AbortSignal): Promise<StoredObject> {
     const Key = fullKey(this.scope, key)
     const sorted = [...parts].sort((a, b) => a.partNumber - b.partNumber)
     const out = await this.call(
@@ -466,7 +505,11 @@ export class O3Client {
         ),
       signal,
     )
-    return { etag: out.ETag ?? '' }
+    const etag = out.ETag ?? ''
+    const versionId = stableVersion(out.VersionId)
+    if (versionId) return { etag, versionId }
+    const head = await this.head(key, signal)
+    return { etag, versionId: sameEtag(head.etag, etag) ? stableVersion(head.versionId) : undefined }
   }
 
   async abortMultipartUpload(key: string, uploadId: string): Promise<void> {
@@ -495,9 +538,110 @@ export class O3Client {
     } while (keyMarker)
   }
 
+  /** Deletes the object; in a versioned bucket that only adds a delete marker (see deleteVersion). */
   async delete(key: string): Promise<void> {
     const Key = fullKey(this.scope, key)
     await this.call(`delete ${this.scope.bucket}/${Key}`, (s) => this.s3.send(new DeleteObjectCommand({ Bucket: this.scope.bucket, Key }), { abortSignal: s }))
+  }
+
+  /** Deletes one version (or delete marker) for good; one already gone is not an error. */
+  async deleteVersion(key: string, versionId: string, signal?: AbortSignal): Promise<void> {
+    const Key = fullKey(this.scope, key)
+    try {
+      await this.call(
+        `delete ${this.scope.bucket}/${Key} version ${versionId}`,
+        (s) => this.s3.send(new DeleteObjectCommand({ Bucket: this.scope.bucket, Key, VersionId: versionId }), { abortSignal: s }),
+        signal,
+      )
+    } catch (err) {
+      if (!(err instanceof O3NotFoundError)) throw err
+    }
+  }
+
+  /** Whether the bucket keeps versions (GetBucketVersioning). */
+  async bucketVersioning(signal?: AbortSignal): Promise<BucketVersioning> {
+    const out = await this.call(
+      `versioning of ${this.scope.bucket}`,
+      (s) => this.s3.send(new GetBucketVersioningCommand({ Bucket: this.scope.bucket }), { abortSignal: s }),
+      signal,
+    )
+    return out.Status === 'Enabled' ? 'enabled' : out.Status === 'Suspended' ? 'suspended' : 'unversioned'
+  }
+
+  /**
+   * Every version and delete marker of the objects under `prefix` (relative to the scope), each
+   * once, by key, page by page as the caller iterates. Within a page a key's versions (newest first)
+   * come before its delete markers: S3 answers them in two lists, so how they interleave is lost.
+   */
+  async *listVersions(prefix = '', options: { signal?: AbortSignal; maxKeys?: number } = {}): AsyncGenerator<ObjectVersion> {
+    const Prefix = fullPrefix(this.scope, prefix)
+    let keyMarker: string | undefined
+    let versionMarker: string | undefined
+    // Versions of the page's last key already yielded: a continuation may repeat some (see below).
+    let seen = new Set<string>()
+    for (;;) {
+      const out = await this.call(
+        `list versions ${this.scope.bucket}/${Prefix}`,
+        (s) =>
+          this.s3.send(
+            new ListObjectVersionsCommand({
+              Bucket: this.scope.bucket,
+              Prefix,
+              KeyMarker: keyMarker,
+              VersionIdMarker: versionMarker,
+              MaxKeys: options.maxKeys,
+            }),
+            { abortSignal: s },
+          ),
+        options.signal,
+      )
+      const page: ObjectVersion[] = []
+      for (const v of out.Versions ?? []) {
+        if (v.Key && v.VersionId)
+          page.push({
+            key: v.Key,
+            versionId: v.VersionId,
+            isLatest: v.IsLatest === true,
+            deleteMarker: false,
+            size: v.Size ?? 0,
+            etag: v.ETag ?? '',
+            lastModified: v.LastModified ?? new Date(0),
+          })
+      }
+      for (const m of out.DeleteMarkers ?? []) {
+        if (m.Key && m.VersionId)
+          page.push({
+            key: m.Key,
+            versionId: m.VersionId,
+            isLatest: m.IsLatest === true,
+            deleteMarker: true,
+            size: 0,
+            etag: '',
+            lastModified: m.LastModified ?? new Date(0),
+          })
+      }
+      // A stable sort: by key, each list keeping the server's order.
+      page.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+      for (const v of page) {
+        const id = `${v.key}\0${v.versionId}`
+        if (seen.has(id)) continue
+        seen.add(id)
+        yield { ...v, key: relativeKey(this.scope, v.key) }
+      }
+      if (!out.IsTruncated || !out.NextKeyMarker) return
+      if (out.NextKeyMarker !== keyMarker) seen = new Set([...seen].filter((id) => id.startsWith(`${out.NextKeyMarker}\0`)))
+      keyMarker = out.NextKeyMarker
+      versionMarker = out.NextVersionIdMarker
+      // Swift 2.30's s3api names `null` as the next version marker whatever the page's last
+      // version was (it reads a field its listing does not have), which would skip the rest of that
+      // key's versions. Where the key has no null version in the page, continue from one of its
+      // versions there instead: the page splits versions from delete markers, so which came last
+      // is unknown, and the one picked may make the next page repeat a few (skipped above).
+      const ofKey = page.filter((v) => v.key === keyMarker)
+      if ((versionMarker === undefined || versionMarker === 'null') && ofKey.length > 0 && !ofKey.some((v) => v.versionId === 'null')) {
+        versionMarker = ofKey[ofKey.length - 1]!.versionId
+      }
+    }
   }
 
   /** Closes the connection pool. */

@@ -7,6 +7,9 @@ export {
   type ObjectPin,
   type PutOptions,
   type CompletedPart,
+  type StoredObject,
+  type BucketVersioning,
+  type ObjectVersion,
   type O3Stats,
 } from './client.js'
 export { resolveConfig, DEFAULT_ENDPOINT, DEFAULT_REGION, type O3Config, type O3Flags, type Credentials } from './config.js'

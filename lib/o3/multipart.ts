@@ -1,4 +1,4 @@
-import type { CompletedPart, O3Client } from './client.js'
+import type { CompletedPart, O3Client, StoredObject } from './client.js'
 import { O3UsageError } from './errors.js'
 
 export interface MultipartOptions {
@@ -164,7 +164,7 @@ export class MultipartSink {
   }
 
   /** Sends the last part and completes the upload; the object exists only after this. */
-  async finish(): Promise<{ etag: string; size: number }> {
+  async finish(): Promise<StoredObject & { size: number }> {
     this.check()
     // An empty object still needs one (empty) part.
     if (this.fill > 0 || this.partNumber === 0) {
@@ -175,8 +175,8 @@ export class MultipartSink {
     await this.until(() => this.inFlight.size === 0)
     this.options.signal?.throwIfAborted()
     // Like the create, the completion runs to its end once started, so that the caller knows which way it went.
-    const { etag } = await this.client.completeMultipartUpload(this.key, this.uploadId, this.parts)
-    return { etag, size: this.bytes }
+    const stored = await this.client.completeMultipartUpload(this.key, this.uploadId, this.parts)
+    return { ...stored, size: this.bytes }
   }
 
   /** Cancels the upload and removes its parts from the server. */

@@ -33,7 +33,7 @@ const AUTH_CODES = new Set([
   'Forbidden',
   'Unauthorized',
 ])
-const NOT_FOUND_CODES = new Set(['NoSuchKey', 'NoSuchBucket', 'NotFound', 'NoSuchUpload'])
+const NOT_FOUND_CODES = new Set(['NoSuchKey', 'NoSuchBucket', 'NotFound', 'NoSuchUpload', 'NoSuchVersion'])
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN'])
 /** Node's codes for a server certificate that is not trusted: no retry makes it trusted. */
 const UNTRUSTED_CERT_CODES = new Set([

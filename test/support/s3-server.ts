@@ -13,7 +13,7 @@ import { execFile, execFileSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { promisify } from 'node:util'
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
+import { CreateBucketCommand, PutBucketVersioningCommand, S3Client } from '@aws-sdk/client-s3'
 import type { Test } from 'tap'
 import { projectRoot } from '../../lib/paths.js'
 import { O3Client, resolveConfig, type O3ClientOptions } from '../../lib/o3/index.js'
@@ -207,4 +207,20 @@ export async function createBucket(info: S3ServerInfo, name: string): Promise<vo
   } finally {
     client.destroy()
   }
+}
+
+/** Puts the bucket under versioning (S3 PutBucketVersioning): every write then keeps the versions before it. */
+export async function enableVersioning(info: S3ServerInfo, name: string): Promise<void> {
+  const client = s3Client(info)
+  try {
+    await client.send(new PutBucketVersioningCommand({ Bucket: name, VersioningConfiguration: { Status: 'Enabled' } }))
+  } finally {
+    client.destroy()
+  }
+}
+
+/** A new bucket under versioning, as O3's buckets are. */
+export async function createVersionedBucket(info: S3ServerInfo, name: string): Promise<void> {
+  await createBucket(info, name)
+  await enableVersioning(info, name)
 }
