@@ -47,7 +47,10 @@ for (const { what, tensorsKiB } of ROUND_TRIPS) {
       `${what}: baseline RSS ${r.baselineRssMiB.toFixed(0)} MiB, peak ${r.peakRssMiB.toFixed(0)} MiB, extra ${extra.toFixed(1)} MiB ` +
         `(buffers at most ${buffers} MiB; event loop ArrayBuffers grew ${r.peakArrayBuffersMiB.toFixed(1)} MiB)`,
     )
-    t.ok(r.peakArrayBuffersMiB <= eventLoopBuffers + 1, `the writer holds no more than it says: ${r.peakArrayBuffersMiB.toFixed(1)} <= ${eventLoopBuffers} + 1 MiB`)
+    t.ok(
+      r.peakArrayBuffersMiB <= eventLoopBuffers + 1,
+      `the writer holds no more than it says: ${r.peakArrayBuffersMiB.toFixed(1)} <= ${eventLoopBuffers} + 1 MiB`,
+    )
     // On top of the buffers, what does not grow with the state: the two JS heaps and allocator
     // rounding. Measured here at most 4.3 MiB (the event loop's heapTotal growth during a save) +
     // 4 MiB (the hashing thread's: 14 MiB for hashing alone less its 10 MiB of buffers); HEAPS is
