@@ -12,7 +12,8 @@ import type { O3Client } from '../lib/o3/index.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { mountEnv } from './support/o3mount.js'
 import { writeFashionSubset } from './support/fashion-subset.js'
-import { alive, childRanks, logLines, startGroup, type GroupRun } from './support/process-group.js'
+import { alive, childRanks, killGroup, logLines, startGroup } from './support/process-group.js'
+import { childPids } from '../lib/processes.js'
 import { freePort } from './support/free-port.js'
 
 const TORCHRUN = process.env.O3_TORCHRUN ?? 'torchrun'
@@ -80,13 +81,13 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const started = (n: number) => (out: string) => count(out, '"msg":"training"') >= n
 /** How many times the process `pid` logged `msg`. */
 const loggedBy = (out: string, pid: number, msg: string) => logLines(out).filter((l) => l.pid === pid && l.msg === msg).length
-/** The rank processes of a standalone run's attempt `restart` (0 for the first), once both are there. */
-async function ranksOf(run: GroupRun, restart = 0): Promise<{ pid: number; rank: number }[]> {
+/** The two rank processes of torchrun `agent`'s attempt `restart` (0 for the first), once both are there. */
+async function ranksOf(agent: number, restart = 0): Promise<{ pid: number; rank: number }[]> {
   const deadline = Date.now() + 120_000
   for (;;) {
-    const ranks = childRanks(run.child.pid!).filter((r) => r.restart === restart)
+    const ranks = childRanks(agent).filter((r) => r.restart === restart)
     if (ranks.length === 2) return ranks
-    if (Date.now() > deadline) throw new Error(`attempt ${restart}'s two ranks never appeared:\n${run.output()}`)
+    if (Date.now() > deadline) throw new Error(`attempt ${restart}'s two ranks never appeared`)
     await sleep(50)
   }
 }
@@ -104,6 +105,41 @@ t.test('o3train --nproc-per-node 2 runs itself under torchrun, end to end', asyn
   reference = { cid: latest.entry.cid, step: latest.meta.step }
 })
 
+t.test(
+  'o3train --nproc-per-node 2 stops like o3train: a SIGTERM stops the ranks with a final checkpoint (0), a second at once (130); nothing is left',
+  async (t) => {
+    for (const [signals, status] of [
+      [1, 0],
+      [2, 130],
+    ] as const) {
+      const run = startGroup(
+        t,
+        process.execPath,
+        [...cli.execArgv, cli.file, '--nproc-per-node', '2', ...train, ...ckpt(`stop-${signals}`)],
+        env({ O3_TORCHRUN: TORCHRUN }),
+      )
+      await run.waitFor((out) => count(out, '"msg":"checkpoint upload started"') >= 1, 'a checkpoint upload')
+      // torchrun, o3train's child, and its ranks: in a process group of their own, so killed by their own teardown.
+      const agent = childPids(run.child.pid!)[0]!
+      t.teardown(() => killGroup(agent))
+      const ranks = await ranksOf(agent)
+      process.kill(run.child.pid!, 'SIGTERM')
+      if (signals === 2) {
+        await run.waitFor((out) => count(out, '"msg":"stopping at the next step boundary') >= 2, 'both ranks to take the first signal')
+        process.kill(run.child.pid!, 'SIGTERM')
+      }
+      const { code } = await run.done
+      t.equal(code, status, `${signals} SIGTERM: exit ${status}`, { output: run.output() })
+      for (const pid of [agent, ...ranks.map((r) => r.pid)]) t.notOk(alive(pid), `process ${pid} (torchrun or a rank) is gone`)
+      if (signals === 1) {
+        t.match(run.output(), /"msg":"stopped"/, 'the ranks agreed to stop')
+        const step = (await store(`stop-${signals}`).load('latest')).meta.step
+        t.ok(step > 0 && step < TOTAL, `a final checkpoint at step ${step}`)
+      }
+    }
+  },
+)
+
 t.test('--max_restarts 3, kill -9 of one rank at 3 moments of its progress: the group restarts from latest and ends bit-identical', async (t) => {
   // Each kill waits for an event in the ranks' own logs, so it lands on a running rank whatever
   // the machine's load, and torchrun restarts the group exactly three times.
@@ -120,7 +156,7 @@ t.test('--max_restarts 3, kill -9 of one rank at 3 moments of its progress: the 
   let kills = 0
   for (const [attempt, { victim, when, ready }] of plan.entries()) {
     await run.waitFor(started(2 * (attempt + 1)), `attempt ${attempt} training`)
-    const ranks = await ranksOf(run, attempt)
+    const ranks = await ranksOf(run.child.pid!, attempt)
     await run.waitFor((out) => ready(out, ranks[0]!.pid), `attempt ${attempt}: ${when}`)
     const pid = ranks[victim]!.pid
     t.ok(alive(pid), `attempt ${attempt}: rank ${victim} is running when ${when}`)
@@ -203,7 +239,7 @@ t.test('a hung rank (SIGSTOP) makes the other exit within --dist-timeout; nothin
   const timeout = 5
   const run = standalone([...ckpt('hang'), '--dist-timeout', String(timeout)])
   await run.waitFor((out) => started(2)(out) && count(out, '"msg":"checkpoint upload started"') >= 1, 'a checkpoint')
-  const [rank0, rank1] = await ranksOf(run)
+  const [rank0, rank1] = await ranksOf(run.child.pid!)
   process.kill(rank1!.pid, 'SIGSTOP')
   const stoppedAt = Date.now()
   // Without --dist-timeout the default of 300 s would apply: exiting well before that, rank 0 obeyed

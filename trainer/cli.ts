@@ -46,8 +46,8 @@ function printSummary(s: TrainSummary): void {
 async function main(): Promise<number> {
   const argv = process.argv.slice(2)
   const o = parseTrainArgs(argv)
-  if (o.nprocPerNode !== undefined && process.env.WORLD_SIZE === undefined) return runUnderTorchrun(o.nprocPerNode, withoutNproc(argv))
   const log = createLogger('o3train')
+  if (o.nprocPerNode !== undefined && process.env.WORLD_SIZE === undefined) return runUnderTorchrun(o.nprocPerNode, withoutNproc(argv), log)
   const signer = loadSigner()
   if (signer) log.info({ signer: signer.address }, 'checkpoint records will be signed')
   let mount: RunMount | undefined
