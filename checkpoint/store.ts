@@ -1,4 +1,4 @@
-import { ContentHasher, CID_BLOCK_SIZE, normalizeCid, verifyDigest, type ContentDigest } from '../lib/content/cid.js'
+import { ContentHasher, CID_BLOCK_SIZE, digestContent, normalizeCid, verifyDigest, type ContentDigest } from '../lib/content/cid.js'
 import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client } from '../lib/o3/index.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
@@ -211,7 +211,21 @@ export class CheckpointStore {
     return this.parse(entry, record, await this.fetchVerified(entry, options.signal))
   }
 
-  /** A checkpoint from its verified bytes: those `fetchVerified` returned, or a node-local copy of them. */
+  /**
+   * A checkpoint from a copy of its bytes made by someone else (a node's shared download), checked
+   * as a download is: the entry and record come from the run itself (the record under the trust
+   * policy), and the copy's size, sha256 and CID must be theirs.
+   */
+  async loadCopy(name: string, file: Buffer, options: ReadOptions = {}): Promise<LoadedCheckpoint> {
+    const manifest = await this.readManifest(options.signal)
+    const entry = manifest.checkpoints.find((e) => e.name === name)
+    if (!entry) throw new O3NotFoundError(`${this.location}: no checkpoint ${JSON.stringify(name)} in ${MANIFEST_KEY}`)
+    const record = await this.readRecord(entry, options, manifest)
+    verifyDigest(`${this.where(dataKey(entry.name))} (a local copy)`, await digestContent(file), entry)
+    return this.parse(entry, record, file)
+  }
+
+  /** A checkpoint from its verified bytes (those `fetchVerified` returned, or a copy loadCopy checked). */
   parse(entry: ManifestEntry, record: CheckpointRecord, file: Buffer): LoadedCheckpoint {
     const { header, tensors } = parseSafetensors(file, this.where(dataKey(entry.name)))
     return { entry, record, header, file, tensors, meta: decodeMeta(header.metadata, this.where(dataKey(entry.name))) }

@@ -316,19 +316,22 @@ t.test('a clean-up that fails does not hide the training error', async (t) => {
   for (const f of ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz']) copyFileSync(join(subset, f), join(trainOnly, f))
   await uploadDir(trainOnly, `${BUCKET}/train-only`)
   const tmp = mkdtempSync(join(tmpdir(), 'o3train-tmp-'))
-  const unfreeze = () => execFileSync('chattr', ['-i', tmp])
+  const frozen: string[] = []
+  const unfreeze = () => frozen.splice(0).forEach((d) => execFileSync('chattr', ['-i', d]))
   const r = o3train(['--data', `o3://${BUCKET}/train-only`, ...base, '--epochs', '1'], { TMPDIR: tmp })
   t.teardown(async () => {
     unfreeze()
     if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGKILL')
     await r.done
     // Its mount goes when o3train does; a lazy unmount covers a mount that has not noticed yet.
-    for (const d of readdirSync(tmp).filter((n) => n.startsWith('o3train-data-'))) spawnSync('fusermount', ['-u', '-z', join(tmp, d)])
+    for (const d of readdirSync(tmp).filter((n) => n.startsWith('o3train-run-'))) spawnSync('fusermount', ['-u', '-z', join(tmp, d, 'data')])
     rmSync(tmp, { recursive: true, force: true })
   })
   await r.waitFor('"msg":"training"', 600_000)
-  // The mountpoint lives in TMPDIR: made immutable, removing the mountpoint fails.
-  execFileSync('chattr', ['+i', tmp])
+  // The mountpoint lives in the run's directory under TMPDIR: made immutable, removing the mountpoint fails.
+  const runDir = join(tmp, readdirSync(tmp).find((n) => n.startsWith('o3train-run-'))!)
+  execFileSync('chattr', ['+i', runDir])
+  frozen.push(runDir)
   const { code, stderr } = await r.done
   unfreeze()
   t.equal(code, 91, stderr)

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmdirSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { launchMount } from '../fs-driver/launch.js'
@@ -14,9 +14,13 @@ export interface RunMount {
   close(): Promise<void>
 }
 
-/** Mounts `o3://bucket/prefix` for one run; the mount goes away with the run, even if the run is killed. */
-export async function mountForRun(location: string, o: O3Flags, logFile: string): Promise<RunMount> {
-  const dir = mkdtempSync(join(tmpdir(), 'o3train-data-'))
+/**
+ * Mounts `o3://bucket/prefix` for one run at `mountpoint` (made here, mode 0700), or at a fresh
+ * directory under the temp dir; the mount goes away with the run, even if the run is killed.
+ */
+export async function mountForRun(location: string, o: O3Flags, logFile: string, mountpoint?: string): Promise<RunMount> {
+  if (mountpoint) mkdirSync(mountpoint, { mode: 0o700 })
+  const dir = mountpoint ?? mkdtempSync(join(tmpdir(), 'o3train-data-'))
   const args = [dir, location, '--metadata-ttl', 'indefinite', ...o3FlagsToArgv(o)]
   let launched
   try {

@@ -1,9 +1,9 @@
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync } from 'node:fs'
 import { access } from 'node:fs/promises'
 import { extname, join } from 'node:path'
 import { dataLineage, type DataLineage } from '../lib/content/lineage.js'
 import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
-import { CheckpointStore, CheckpointWriter, type CheckpointRecord, type LoadedCheckpoint, type ManifestEntry } from '../checkpoint/index.js'
+import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
 import { TrustPolicy } from '../checkpoint/trust.js'
 import { distributedFromEnv } from './distributed.js'
 import { applyInitWeights } from './init-weights.js'
@@ -127,16 +127,17 @@ async function restore(o: TrainOptions, writer: CheckpointWriter | CheckpointSto
 /** Restores once per node: local rank 0 downloads and verifies, its node's other ranks read its copy. */
 async function restoreOnNode(o: TrainOptions, reader: CheckpointWriter | CheckpointStore, share: NodeShare | undefined): Promise<LoadedCheckpoint | undefined> {
   if (!share) return restore(o, reader)
-  const file = share.path('restore.safetensors')
   if (share.leader) {
     const loaded = await restore(o, reader)
-    if (loaded) writeFileSync(file, loaded.file)
-    share.publish('restore', loaded ? { entry: loaded.entry, record: loaded.record } : null)
+    if (loaded) share.write('restore.safetensors', loaded.file)
+    share.publish('restore', loaded ? { name: loaded.entry.name } : null)
     return loaded
   }
-  const found = await share.take<{ entry: ManifestEntry; record: CheckpointRecord } | null>('restore', 'the checkpoint to resume from')
+  const found = await share.take<{ name: string } | null>('restore', 'the checkpoint to resume from')
+  if (!found) return undefined
+  // The copy only saves the download: it is checked against the run's own record, under this run's trust policy.
   const store = reader instanceof CheckpointWriter ? reader.store : reader
-  return found ? store.parse(found.entry, found.record, readFileSync(file)) : undefined
+  return store.loadCopy(found.name, share.read('restore.safetensors'), { trust: TrustPolicy.fromFlags(o.trustSigner) })
 }
 
 /**
