@@ -65,8 +65,8 @@ async function main(): Promise<number> {
     nodeShare = undefined
     if (!runDir) return
     if (failed) log.warn({ mountLog: lastLines(join(runDir, 'mount.log'), 20) }, "the data mount's last log lines")
-    removeTempDir(runDir, log)
-    runDir = undefined
+    failed = false
+    if (removeTempDir(runDir, log)) runDir = undefined
   }
   const shutdown = installShutdown({
     onRequest: (sig) => {
@@ -79,7 +79,7 @@ async function main(): Promise<number> {
       let timer: NodeJS.Timeout | undefined
       await Promise.race([training?.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 10_000)))])
       clearTimeout(timer)
-      await mount?.close()
+      await mount?.close().catch((err: Error) => log.warn({ err: err.message, mountpoint: mount?.dir }, 'could not clean up the mount for this run'))
       removeTemp()
     },
   })

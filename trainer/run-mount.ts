@@ -31,23 +31,23 @@ export async function mountForRun(location: string, o: O3Flags, logFile: string,
     throw err
   }
   const { child, exited, info } = launched
-  let closed = false
+  let closing: Promise<void> | undefined
+  const close = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000)
+      await exited
+      clearTimeout(timer)
+    }
+    // A mount that was killed leaves the mountpoint disconnected (ENOTCONN) until it is lazily
+    // unmounted; after a clean stop there is nothing to unmount.
+    await fusermountUnmount(dir).catch(() => {})
+    rmdirSync(dir)
+  }
   return {
     dir,
     pid: info.pid,
-    async close() {
-      if (closed) return
-      closed = true
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM')
-        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000)
-        await exited
-        clearTimeout(timer)
-      }
-      // A mount that was killed leaves the mountpoint disconnected (ENOTCONN) until it is lazily
-      // unmounted; after a clean stop there is nothing to unmount.
-      await fusermountUnmount(dir).catch(() => {})
-      rmdirSync(dir)
-    },
+    // A second call (a forced stop racing the normal end) waits for the first to finish.
+    close: () => (closing ??= close()),
   }
 }
