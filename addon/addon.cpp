@@ -1,9 +1,12 @@
-// Module entry: createTrainer(options) and listImageFolder(root), both returning promises.
+// Module entry: createTrainer(options), listImageFolder(root) and listWebDatasetShards(root, pattern), all returning promises.
 #include <napi.h>
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "../cpp/dataset.h"
+#include "../cpp/webdataset.h"
 #include "convert.h"
 #include "promise_worker.h"
 #include "trainer_wrap.h"
@@ -35,6 +38,21 @@ Napi::Value ListImageFolder(const Napi::CallbackInfo& info) {
       [](Napi::Env env, o3::ImageFolderListing& listing) -> Napi::Value { return fromListing(env, listing); });
 }
 
+Napi::Value ListWebDatasetShards(const Napi::CallbackInfo& info) {
+  if (!info[0].IsString() || !info[1].IsString()) throw Napi::TypeError::New(info.Env(), "root and pattern must be strings");
+  using Paths = std::vector<std::string>;
+  return PromiseWorker<Paths>::Start(
+      info.Env(), "o3.listWebDatasetShards",
+      [root = info[0].As<Napi::String>().Utf8Value(), pattern = info[1].As<Napi::String>().Utf8Value()](const auto&) {
+        return o3::webDatasetShards(root, pattern);
+      },
+      [](Napi::Env env, Paths& paths) -> Napi::Value {
+        Napi::Array out = Napi::Array::New(env, paths.size());
+        for (size_t i = 0; i < paths.size(); ++i) out.Set(uint32_t(i), paths[i]);
+        return out;
+      });
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -42,6 +60,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(data);
   exports.Set("createTrainer", Napi::Function::New<CreateTrainer>(env, "createTrainer"));
   exports.Set("listImageFolder", Napi::Function::New<ListImageFolder>(env, "listImageFolder"));
+  exports.Set("listWebDatasetShards", Napi::Function::New<ListWebDatasetShards>(env, "listWebDatasetShards"));
   return exports;
 }
 

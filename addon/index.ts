@@ -222,6 +222,7 @@ interface NativeTrainer {
 interface NativeAddon {
   createTrainer(options: TrainerOptions): Promise<NativeTrainer>
   listImageFolder(root: string): Promise<ImageFolderListing>
+  listWebDatasetShards(root: string, pattern: string): Promise<string[]>
 }
 
 const ADDON_FILE = 'o3_trainer.node'
@@ -281,6 +282,11 @@ export function loadAddon(): NativeAddon {
 /** The files and labels an ImageFolder dataset at `root` holds, in the loader's order. */
 export function listImageFolder(root: string): Promise<ImageFolderListing> {
   return loadAddon().listImageFolder(root)
+}
+
+/** The shard files a WebDataset in `root` reads, in order: those `pattern` names, or every `*.tar` in `root`. */
+export function listWebDatasetShards(root: string, pattern = ''): Promise<string[]> {
+  return loadAddon().listWebDatasetShards(root, pattern)
 }
 
 /** A model, its optimizer and its data loader on one device. */

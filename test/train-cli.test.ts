@@ -274,6 +274,22 @@ t.test('the mount killed during training: a clear error; with the mount back, it
   t.ok(summaryOf(done.stdout).resumedFrom, 'resumed from the checkpoint written before the mount died')
 })
 
+t.test('a stalled mount fails the start within the file-system deadline, naming it', async (t) => {
+  const tree = buildImageFolder(join(scratch, 'images-stalled'), { perClass: 2 })
+  await uploadDir(tree.root, `${BUCKET}/images-stalled`)
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  // The mount waits for the server as long as the proxy holds it (--op-timeout 10m): only
+  // o3train's own deadline on file-system calls can end the wait.
+  const m = await mount(t, info, `${BUCKET}/images-stalled`, { env: { O3_ENDPOINT: proxy.endpoint }, args: ['--op-timeout', '10m'] })
+  proxy.stall(600_000)
+  const r = o3train(['--data', m.mountpoint, '--dataset', 'imagefolder', '--model', 'mlp', '--image-size', '28', '--epochs', '1'])
+  const { code, stderr } = await r.done
+  proxy.clear()
+  t.equal(code, 91, stderr)
+  t.match(stderr.trim().split('\n').at(-1), /^o3train: reading the data failed \(.* did not answer within 10 s; is the mount stalled\?.*: ETIMEDOUT\)/)
+})
+
 t.test('SIGINT: stop at a step boundary, final checkpoint, exit 0; a second signal exits at once, nothing half-written', async (t) => {
   const r = o3train(['--data', subset, ...base, '--epochs', '50', '--ckpt', `o3://${BUCKET}/runs/sigint`, '--ckpt-every', 'epoch'])
   // Once an epoch is done the run has steps to stop after.

@@ -1,8 +1,7 @@
-import { existsSync, readdirSync } from 'node:fs'
 import { access } from 'node:fs/promises'
-import { extname, join } from 'node:path'
+import { join } from 'node:path'
 import { dataLineage, type DataLineage } from '../lib/content/lineage.js'
-import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
+import { Trainer, listImageFolder, listWebDatasetShards, type DataSpec, type DeviceInfo } from '../addon/index.js'
 import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
 import { TrustPolicy } from '../checkpoint/trust.js'
 import { distributedFromEnv } from './distributed.js'
@@ -86,22 +85,22 @@ async function dataSpecs(o: TrainOptions, dataDir: string): Promise<{ train: Dat
   return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: dir, split: 'test' } }
 }
 
-/** The files the native dataset reads for `specs`, as cpp/dataset.cpp finds them. */
-function filesRead(specs: { train: DataSpec; test?: DataSpec }, evaluate: boolean): string[] {
+/**
+ * The files the native dataset reads for `specs`, listed by the native code that reads them (the
+ * shards a --shards pattern names, not every shard there), each listing under the deadline of a
+ * possibly stalled mount.
+ */
+async function filesRead(specs: { train: DataSpec; test?: DataSpec }, evaluate: boolean): Promise<string[]> {
   const out: string[] = []
   for (const spec of evaluate && specs.test ? [specs.train, specs.test] : [specs.train]) {
-    if (spec.kind === 'imagefolder' || spec.kind === 'webdataset') {
-      // A webdataset run names every shard in its directory (a --shards pattern may use fewer).
-      const kept = spec.kind === 'webdataset' ? ['.tar'] : ['.jpg', '.jpeg', '.png']
-      for (const e of readdirSync(spec.root, { withFileTypes: true, recursive: spec.kind === 'imagefolder' })) {
-        if (e.isFile() && kept.includes(extname(e.name).toLowerCase())) out.push(join(e.parentPath, e.name))
+    if (spec.kind === 'imagefolder') out.push(...(await withDeadline(listImageFolder(spec.root), spec.root)).samples.map((s) => s.path))
+    else if (spec.kind === 'webdataset') out.push(...(await withDeadline(listWebDatasetShards(spec.root, spec.shards), spec.root)))
+    else {
+      const prefix = spec.split === 'train' ? 'train' : 't10k'
+      for (const base of [`${prefix}-images-idx3-ubyte`, `${prefix}-labels-idx1-ubyte`]) {
+        const gz = join(spec.root, `${base}.gz`)
+        out.push((await exists(gz)) ? gz : join(spec.root, base))
       }
-      continue
-    }
-    const prefix = spec.split === 'train' ? 'train' : 't10k'
-    for (const base of [`${prefix}-images-idx3-ubyte`, `${prefix}-labels-idx1-ubyte`]) {
-      const gz = join(spec.root, `${base}.gz`)
-      out.push(existsSync(gz) ? gz : join(spec.root, base))
     }
   }
   return out.sort()
@@ -168,8 +167,9 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
   const specs = await dataSpecs(o, dataDir)
   const threads = threadSetup(o.threads)
   const distributed = distributedFromEnv(process.env, o.distTimeout)
-  // Computed beside training (the idx files are few); every checkpoint waits for it.
-  const lineage: Promise<DataLineage> = dataLineage(dataDir, filesRead(specs, o.evaluate), hooks.readsVerified === true)
+  // The files are listed first, so that a stalled mount fails the start within the deadline;
+  // their CIDs are computed beside training (every checkpoint waits for them).
+  const lineage: Promise<DataLineage> = dataLineage(dataDir, await filesRead(specs, o.evaluate), hooks.readsVerified === true)
   lineage.catch(() => {})
   const trainer = await Trainer.create({
     model: o.model,
