@@ -80,6 +80,8 @@ export async function sweepDeadRuns(log: Logger, root = tmpdir()): Promise<void>
       for (const mp of mountsUnder(dir).reverse()) await fusermountUnmount(mp).catch(() => undefined)
       if (removeTempDir(dir, log)) log.info({ dir }, 'removed what a dead o3train run left in the temp directory')
     } catch (err) {
+      // Another start (a rank beside this one) removed it first.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue
       log.warn({ dir, err: (err as Error).message }, 'could not remove what a dead o3train run left in the temp directory')
     }
   }
