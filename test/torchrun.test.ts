@@ -2,7 +2,7 @@
 // restarts after kill -9, an elastic resume on fewer ranks, two agents standing in for two
 // nodes, and a hung rank. Real S3 server, real addon, a subset of the real Fashion-MNIST.
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -67,8 +67,8 @@ const env = (extra: NodeJS.ProcessEnv = {}) => {
   for (const k of ['WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT']) delete e[k]
   return e
 }
-const standalone = (args: string[], torchrunArgs: string[] = []) =>
-  startGroup(t, TORCHRUN, ['--standalone', '--nproc_per_node=2', ...torchrunBase, ...torchrunArgs, '--no_python', ...o3train, ...train, ...args], env())
+const standalone = (args: string[], torchrunArgs: string[] = [], extraEnv: NodeJS.ProcessEnv = {}) =>
+  startGroup(t, TORCHRUN, ['--standalone', '--nproc_per_node=2', ...torchrunBase, ...torchrunArgs, '--no_python', ...o3train, ...train, ...args], env(extraEnv))
 const ckpt = (run: string) => ['--ckpt', `o3://${BUCKET}/${run}`]
 function client(run: string): O3Client {
   const c = serverClient(info, `${BUCKET}/${run}`)
@@ -152,7 +152,9 @@ t.test('--max_restarts 3, kill -9 of one rank at 3 moments of its progress: the 
     { victim: 0, when: 'rank 0, the writer, started an upload', ready: (out, rank0) => loggedBy(out, rank0, 'checkpoint upload started') >= 1 },
     { victim: 1, when: 'both ranks resumed and began training', ready: () => true },
   ]
-  const run = standalone(ckpt('chaos'), ['--max_restarts=3'])
+  // A temp directory of the group's own: what the killed ranks left there must be gone at the end.
+  const tmp = mkdtempSync(join(scratch, 'tmp-'))
+  const run = standalone(ckpt('chaos'), ['--max_restarts=3'], { TMPDIR: tmp })
   let kills = 0
   for (const [attempt, { victim, when, ready }] of plan.entries()) {
     await run.waitFor(started(2 * (attempt + 1)), `attempt ${attempt} training`)
@@ -171,6 +173,11 @@ t.test('--max_restarts 3, kill -9 of one rank at 3 moments of its progress: the 
   const latest = await store('chaos').load('latest')
   t.equal(latest.meta.step, TOTAL)
   t.equal(latest.entry.cid, reference?.cid, 'the final checkpoint is byte-identical to the uninterrupted 2-rank run (same CID)')
+  t.same(
+    readdirSync(tmp).filter((n) => n.startsWith('o3train-')),
+    [],
+    'no share directory (nor a checkpoint copy in one) outlives the run',
+  )
 })
 
 t.test('elastic: a 2-rank run stopped through the agent resumes on 1 rank with --batch 64 at the same global step', async (t) => {
