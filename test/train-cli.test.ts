@@ -284,8 +284,11 @@ t.test('a stalled mount fails the start within the file-system deadline, naming 
   const m = await mount(t, info, `${BUCKET}/images-stalled`, { env: { O3_ENDPOINT: proxy.endpoint }, args: ['--op-timeout', '10m'] })
   proxy.stall(600_000)
   const r = o3train(['--data', m.mountpoint, '--dataset', 'imagefolder', '--model', 'mlp', '--image-size', '28', '--epochs', '1'])
-  const { code, stderr } = await r.done
+  await r.waitFor('o3train: reading the data failed')
+  // A FUSE request the mount has taken cannot be abandoned, even by a dying process: o3train's
+  // listing threads, and so its exit, wait for the mount's answer, which the server now gives.
   proxy.clear()
+  const { code, stderr } = await r.done
   t.equal(code, 91, stderr)
   t.match(stderr.trim().split('\n').at(-1), /^o3train: reading the data failed \(.* did not answer within 10 s; is the mount stalled\?.*: ETIMEDOUT\)/)
 })
