@@ -1,11 +1,14 @@
-// Module entry: createTrainer(options), listImageFolder(root) and decodeSample(bytes, channels,
-// size), all returning promises.
+// Module entry: createTrainer(options), listImageFolder(root), listWebDatasetShards(root, pattern)
+// and decodeSample(bytes, channels, size), all returning promises.
 #include <napi.h>
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "../cpp/dataset.h"
 #include "../cpp/image_decode.h"
+#include "../cpp/webdataset.h"
 #include "convert.h"
 #include "promise_worker.h"
 #include "trainer_wrap.h"
@@ -62,6 +65,21 @@ Napi::Value DecodeSample(const Napi::CallbackInfo& info) {
       });
 }
 
+Napi::Value ListWebDatasetShards(const Napi::CallbackInfo& info) {
+  if (!info[0].IsString() || !info[1].IsString()) throw Napi::TypeError::New(info.Env(), "root and pattern must be strings");
+  using Paths = std::vector<std::string>;
+  return PromiseWorker<Paths>::Start(
+      info.Env(), "o3.listWebDatasetShards",
+      [root = info[0].As<Napi::String>().Utf8Value(), pattern = info[1].As<Napi::String>().Utf8Value()](const auto&) {
+        return o3::webDatasetShards(root, pattern);
+      },
+      [](Napi::Env env, Paths& paths) -> Napi::Value {
+        Napi::Array out = Napi::Array::New(env, paths.size());
+        for (size_t i = 0; i < paths.size(); ++i) out.Set(uint32_t(i), paths[i]);
+        return out;
+      });
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -70,6 +88,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("createTrainer", Napi::Function::New<CreateTrainer>(env, "createTrainer"));
   exports.Set("listImageFolder", Napi::Function::New<ListImageFolder>(env, "listImageFolder"));
   exports.Set("decodeSample", Napi::Function::New<DecodeSample>(env, "decodeSample"));
+  exports.Set("listWebDatasetShards", Napi::Function::New<ListWebDatasetShards>(env, "listWebDatasetShards"));
   return exports;
 }
 

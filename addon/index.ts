@@ -227,6 +227,7 @@ interface NativeAddon {
   createTrainer(options: TrainerOptions): Promise<NativeTrainer>
   listImageFolder(root: string): Promise<ImageFolderListing>
   decodeSample(bytes: Uint8Array, channels: number, size: number): Promise<Buffer>
+  listWebDatasetShards(root: string, pattern: string): Promise<string[]>
 }
 
 const ADDON_FILE = 'o3_trainer.node'
@@ -294,6 +295,11 @@ export function listImageFolder(root: string): Promise<ImageFolderListing> {
  */
 export function decodeSample(bytes: Uint8Array, channels: 1 | 3, size: number): Promise<Buffer> {
   return loadAddon().decodeSample(bytes, channels, size)
+}
+
+/** The shard files a WebDataset in `root` reads, in order: those `pattern` names, or every `*.tar` in `root`. */
+export function listWebDatasetShards(root: string, pattern = ''): Promise<string[]> {
+  return loadAddon().listWebDatasetShards(root, pattern)
 }
 
 /** A model, its optimizer and its data loader on one device. */

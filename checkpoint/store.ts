@@ -1,4 +1,4 @@
-import { ContentHasher, CID_BLOCK_SIZE, normalizeCid, verifyDigest, type ContentDigest } from '../lib/content/cid.js'
+import { ContentHasher, CID_BLOCK_SIZE, digestContent, normalizeCid, verifyDigest, type ContentDigest } from '../lib/content/cid.js'
 import { sidecarKeyOf } from '../lib/content/sidecar.js'
 import { directoryCid } from '../lib/content/unixfs-directory.js'
 import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, sameEtag, type O3Client, type ObjectPin } from '../lib/o3/index.js'
@@ -300,7 +300,21 @@ export class CheckpointStore {
     return this.parse(entry, record, await this.fetchVerified(entry, options.signal))
   }
 
-  /** A checkpoint from its verified bytes: those `fetchVerified` returned, or a node-local copy of them. */
+  /**
+   * A checkpoint from a copy of its bytes made by someone else (a node's shared download), checked
+   * as a download is: the entry and record come from the run itself (the record under the trust
+   * policy), and the copy's size, sha256 and CID must be theirs.
+   */
+  async loadCopy(name: string, file: Buffer, options: ReadOptions = {}): Promise<LoadedCheckpoint> {
+    const manifest = await this.readManifest(options.signal)
+    const entry = manifest.checkpoints.find((e) => e.name === name)
+    if (!entry) throw new O3NotFoundError(`${this.location}: no checkpoint ${JSON.stringify(name)} in ${MANIFEST_KEY}`)
+    const record = await this.readRecord(entry, options, manifest)
+    verifyDigest(`${this.where(contentKey(entry))} (a local copy)`, await digestContent(file), entry)
+    return this.parse(entry, record, file)
+  }
+
+  /** A checkpoint from its verified bytes (those `fetchVerified` returned, or a copy loadCopy checked). */
   parse(entry: ManifestEntry, record: CheckpointRecord, file: Buffer): LoadedCheckpoint {
     const { header, tensors } = parseSafetensors(file, this.where(contentKey(entry)))
     return { entry, record, header, file, tensors, meta: decodeMeta(header.metadata, this.where(contentKey(entry))) }

@@ -1,16 +1,12 @@
 import { O3IntegrityError, O3NotFoundError, O3UsageError } from '../lib/o3/errors.js'
 import type { Manifest, ManifestEntry } from './records.js'
 
-import { parseTrustedSigners, TRUSTED_SIGNERS_ENV } from '../lib/content/trusted-signers.js'
+import { parseTrustedSigners, TRUSTED_SIGNERS_ENV, trustSignerFlag } from '../lib/content/trusted-signers.js'
 
 export { TRUSTED_SIGNERS_ENV }
 
-/** The repeatable `--trust-signer` option, as commander's `.option(...)` arguments, for every command that loads checkpoints. */
-export const TRUST_SIGNER_FLAG = [
-  '--trust-signer <0x-address>',
-  `accept only checkpoints signed by this address (repeatable; also ${TRUSTED_SIGNERS_ENV}, comma-separated); default: the run's first signer`,
-  (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v],
-] as const
+/** `--trust-signer` for every command that loads checkpoints. */
+export const TRUST_SIGNER_FLAG = trustSignerFlag('checkpoints', "the run's first signer")
 
 /**
  * Whose signature a checkpoint must carry before resume, `o3ckpt get` or `o3ckpt verify` accept

@@ -47,7 +47,7 @@ export type CommitStep = 'part' | 'data' | 'sidecar' | 'manifest' | 'latest'
 export interface WriterOptions {
   /** Multipart part size in bytes; O3 prefers large parts. Default 16 MiB. A smaller checkpoint is one PUT. */
   partSize?: number
-  /** Parts uploading at once. Default 4. Peak extra memory is partSize x (parallel + 1). */
+  /** Parts uploading at once. Default 4. Peak extra memory: uploadBufferBytes(partSize, parallel). */
   parallel?: number
   /** Where each of o3train's sidecars is also written on local disk (not a put's). Default `checkpoints/<bucket>/<prefix>`. */
   localDir?: string

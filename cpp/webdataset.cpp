@@ -152,22 +152,22 @@ class WebDataset final : public Dataset {
   int64_t classes_ = 0, size_, channels_;
 };
 
-std::vector<std::string> shardPaths(const DataSpec& spec) {
+}  // namespace
+
+std::vector<std::string> webDatasetShards(const std::string& root, const std::string& pattern) {
   std::error_code ec;
-  if (!fs::is_directory(spec.root, ec)) throw fileError(spec.root, "not a directory");
+  if (!fs::is_directory(root, ec)) throw fileError(root, "not a directory");
   std::vector<std::string> paths;
-  if (spec.shards.empty()) {
-    for (const auto& e : fs::directory_iterator(spec.root, fs::directory_options::follow_directory_symlink))
+  if (pattern.empty()) {
+    for (const auto& e : fs::directory_iterator(root, fs::directory_options::follow_directory_symlink))
       if (e.is_regular_file() && lower(e.path().extension().string()) == ".tar") paths.push_back(e.path().string());
     std::sort(paths.begin(), paths.end());
-    if (paths.empty()) throw fileError(spec.root, "no *.tar shards");
+    if (paths.empty()) throw fileError(root, "no *.tar shards");
     return paths;
   }
-  for (const auto& name : expandShardPattern(spec.shards)) paths.push_back((fs::path(spec.root) / name).string());
+  for (const auto& name : expandShardPattern(pattern)) paths.push_back((fs::path(root) / name).string());
   return paths;
 }
-
-}  // namespace
 
 std::vector<std::string> expandShardPattern(const std::string& pattern) {
   const size_t open = pattern.find('{');
@@ -208,7 +208,7 @@ std::vector<std::string> expandShardPattern(const std::string& pattern) {
 
 std::shared_ptr<const Dataset> openWebDataset(const DataSpec& spec) {
   checkImageSpec(spec);
-  return std::make_shared<WebDataset>(shardPaths(spec), spec);
+  return std::make_shared<WebDataset>(webDatasetShards(spec.root, spec.shards), spec);
 }
 
 }  // namespace o3

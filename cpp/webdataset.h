@@ -14,6 +14,10 @@ namespace o3 {
 // ("{000000..000127}", zero-padded to the first bound's width) and lists ("{a,b}").
 std::vector<std::string> expandShardPattern(const std::string& pattern);
 
+// The shard files a WebDataset in `root` reads, in order: those `pattern` names, or with an empty
+// pattern every `*.tar` in `root`, sorted.
+std::vector<std::string> webDatasetShards(const std::string& root, const std::string& pattern);
+
 // Reads every shard once, sequentially, for its member headers and `.cls` labels (image data is
 // skipped over, not read), then decodes images from the shards on the loader's threads. A
 // truncated or corrupt shard throws a fileError naming the shard and the offset.

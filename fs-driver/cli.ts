@@ -17,7 +17,7 @@ import { serveMount } from './mount.js'
 import { LAUNCHED_AS, launchMount } from './launch.js'
 import { checkOptions, parseCount, parseDuration, parseMode, parseSize, type MountOptions } from './options.js'
 import { VERIFY_MODES, type VerifyMode } from './verify/manifest-index.js'
-import { parseTrustedSigners } from '../lib/content/trusted-signers.js'
+import { parseTrustedSigners, trustSignerFlag } from '../lib/content/trusted-signers.js'
 import { defaultLogFile, defaultStatsFile, openPrivateFile } from './paths.js'
 
 interface RawOptions extends O3Flags {
@@ -78,7 +78,7 @@ function program(): Command {
         .choices(VERIFY_MODES)
         .default('if-present'),
     )
-    .option('--trust-signer <address...>', 'accept only dataset manifests signed by one of these 0x addresses (also O3_TRUSTED_SIGNERS, comma-separated)')
+    .option(...trustSignerFlag('dataset manifests', 'any manifest, signed or not'))
     .addOption(new Option('--debug-fuse', 'libfuse debug output').hideHelp())
 }
 

@@ -142,7 +142,8 @@ t.test('ThreadHasher: the same digest on a worker thread, the chunk free once up
 t.test('an aborted ThreadHasher does not keep the process alive', async (t) => {
   const code = `import { ThreadHasher } from ${JSON.stringify(new URL('../lib/content/thread-hasher.ts', import.meta.url).href)}
 const h = new ThreadHasher(); await h.update(new Uint8Array(3 << 20)); h.abort(); console.log('aborted')`
-  const out = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { encoding: 'utf8', timeout: 60_000 })
+  // A process held open would never exit; two minutes leave a loaded machine time to start tsx and the thread.
+  const out = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { encoding: 'utf8', timeout: 120_000 })
   t.equal(out.stdout.trim(), 'aborted', out.stderr)
   t.equal(out.status, 0, 'exits by itself, without a timeout')
 })

@@ -6,6 +6,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { startFaultProxy, type FaultProxy, type FaultProxyOptions } from './support/fault-proxy.js'
+import { until } from './support/until.js'
 
 const BIG = randomBytes(20 * 1024 * 1024)
 const PART = 64 * 1024
@@ -70,14 +71,6 @@ function get(url: string, onFirstData?: (res: http.IncomingMessage) => void, age
   })
 }
 
-async function until(cond: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + 5000
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(10)
-  }
-}
-
 t.test('passes a large body through byte-exact and counts it', async (t) => {
   const proxy = await proxyFor(t)
   const r = await get(`${proxy.endpoint}/bytes/${BIG.length}`)
@@ -94,27 +87,32 @@ t.test('passes a large body through byte-exact and counts it', async (t) => {
 
 t.test('latency delays both directions', async (t) => {
   const proxy = await proxyFor(t)
-  proxy.setLatency(150)
+  // Long enough that a loaded machine's own delays cannot pass for it.
+  const latency = 1000
+  proxy.setLatency(latency)
   const r = await get(`${proxy.endpoint}/bytes/1000`)
   t.error(r.error)
-  t.ok(r.ms >= 290, `request and response each delayed 150 ms: ${r.ms.toFixed(0)} ms`)
+  t.ok(r.ms >= 2 * latency - 10, `request and response each delayed ${latency} ms: ${r.ms.toFixed(0)} ms`)
   proxy.clear()
   const fast = await get(`${proxy.endpoint}/bytes/1000`)
-  t.ok(fast.ms < 290, `no delay after clear: ${fast.ms.toFixed(0)} ms`)
+  // Still delayed, it would take 2 x latency; one latency is the margin left for a busy machine.
+  t.ok(fast.ms < latency, `no delay after clear: ${fast.ms.toFixed(0)} ms`)
 })
 
 t.test('bandwidth cap bounds throughput', async (t) => {
   const proxy = await proxyFor(t)
   const size = 200_000
-  proxy.setBandwidth(500_000)
+  const cap = 100_000
+  proxy.setBandwidth(cap)
   const r = await get(`${proxy.endpoint}/bytes/${size}`)
   t.error(r.error)
   t.equal(sha256(r.body), sha256(BIG.subarray(0, size)))
-  // 400 ms at the cap, less the first 50 ms slice that goes at once.
-  t.ok(r.ms >= 330 && r.ms < 3000, `200 kB at 500 kB/s took ${r.ms.toFixed(0)} ms`)
+  // 2 s at the cap, less the first slice (1/20 s of it) that goes at once, less 10 ms of timer rounding.
+  const capped = ((size - cap / 20) / cap) * 1000 - 10
+  t.ok(r.ms >= capped, `200 kB at 100 kB/s took ${r.ms.toFixed(0)} ms (at least ${capped} ms)`)
   proxy.setBandwidth(null)
   const free = await get(`${proxy.endpoint}/bytes/${size}`)
-  t.ok(free.ms < 330, `uncapped took ${free.ms.toFixed(0)} ms`)
+  t.ok(free.ms < capped, `uncapped took ${free.ms.toFixed(0)} ms`)
   t.throws(() => proxy.setBandwidth(0))
 })
 
@@ -266,8 +264,9 @@ t.test('close destroys open connections, is idempotent, and leaves nothing holdi
   const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
     env: { ...process.env, PROXY_MODULE: new URL('./support/fault-proxy.ts', import.meta.url).href },
     stdio: ['ignore', 'pipe', 'inherit'],
-    // A leaked handle would otherwise hang this test until tap's own timeout.
-    timeout: 8000,
+    // A leaked handle would keep the child alive for good (until tap's own timeout); a minute
+    // tells that apart from a slow start (tsx compiles the proxy) on a loaded machine.
+    timeout: 60_000,
   })
   t.teardown(() => child.kill())
   let out = ''

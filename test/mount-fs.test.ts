@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
 import { mapLimit } from '../scripts/bench/util.js'
 import { createBucket, s3Client, serverClient, useS3Server } from './support/s3-server.js'
-import { mount } from './support/o3mount.js'
+import { freshStats, mount } from './support/o3mount.js'
 import { MetadataCache } from '../fs-driver/metadata-cache.js'
 import { MountCounters } from '../fs-driver/stats.js'
 import { silentLogger } from '../lib/log.js'
@@ -195,23 +195,28 @@ t.test('no path escapes the prefix: through the mount, or handed to the lookups 
 })
 
 t.test('metadata is cached for the TTL, and refreshed after it', async (t) => {
-  const p = await mount(t, info, BUCKET, { args: ['--metadata-ttl', '6s'] })
+  // Long enough for the 20 rounds of lookups below to end within it on a loaded machine.
+  const ttlMs = 15_000
+  const p = await mount(t, info, BUCKET, { args: ['--metadata-ttl', `${ttlMs / 1000}s`] })
   const touch = async () => {
     await fs.readdir(path.join(p.mountpoint, 'tree'))
     await fs.stat(path.join(p.mountpoint, 'tree/a.txt'))
     await fs.stat(path.join(p.mountpoint, 'tree/late.txt')).catch(() => {})
   }
+  const cachedBy = Date.now()
   await touch()
   await t.rejects(fs.stat(path.join(p.mountpoint, 'tree/late.txt')), { code: 'ENOENT' })
-  await sleep(2_100) // the stats file is rewritten every 2 s
-  const before = p.stats().metadata
+  const before = (await freshStats(p)).metadata
   for (let i = 0; i < 20; i++) await touch()
-  await sleep(2_100)
-  const after = p.stats().metadata
+  const touchedAt = Date.now()
+  const after = (await freshStats(p)).metadata
+  t.ok(touchedAt - cachedBy < ttlMs, `the lookups ended within the TTL (${touchedAt - cachedBy} ms)`)
   t.equal(after.listRequests, before.listRequests, 'repeated listings and stats hit the cache')
   t.equal(after.headRequests, before.headRequests, 'negative lookups hit the cache')
   await client.put('tree/late.txt', 'late\n')
-  await sleep(2_500)
+  // Past the TTL counted from the last lookup (which holds whether or not a hit extends an entry),
+  // with 100 ms for clock rounding.
+  await sleep(touchedAt + ttlMs + 100 - Date.now())
   t.equal(await fs.readFile(path.join(p.mountpoint, 'tree/late.txt'), 'utf8'), 'late\n', 'a new object shows up once the TTL has passed')
   await client.delete('tree/late.txt')
   await p.stop()

@@ -5,10 +5,9 @@ import t from 'tap'
 import { execFile } from 'node:child_process'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { mapLimit } from '../scripts/bench/util.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
-import { mount } from './support/o3mount.js'
+import { freshStats, mount } from './support/o3mount.js'
 
 const N = 10_000
 const BUCKET = `mount-listing-${process.pid}`
@@ -43,8 +42,7 @@ t.test('10,000 objects in one directory', async (t) => {
     'with sizes and dates',
   )
   t.equal(await fs.readFile(path.join(dir, name(9_999)), 'utf8'), '9999\n')
-  await sleep(2_100) // the stats file is rewritten every 2 s
-  const s = m.stats()
+  const s = await freshStats(m)
   t.ok(s.metadata.listRequests <= 13, `listed with ${s.metadata.listRequests} pages (ten for flat/)`)
   // Only the lookup of `flat` itself, before the root was listed, needs a HEAD.
   t.ok(s.metadata.headRequests <= 2, `no HEAD per file (${s.metadata.headRequests})`)
@@ -58,15 +56,13 @@ t.test('lookups in a large directory never list it whole', async (t) => {
   for (const i of spread) t.equal((await fs.stat(path.join(dir, name(i)))).size, `${i}\n`.length, name(i))
   await t.rejects(fs.stat(path.join(dir, 'obj-99999.txt')), { code: 'ENOENT' })
   await t.rejects(fs.stat(path.join(dir, 'obj-05000.txt', 'x')), { code: 'ENOTDIR' })
-  await sleep(2_100)
-  const scattered = m.stats().metadata
+  const scattered = (await freshStats(m)).metadata
   // One page for `flat` in the root, one per lookup: the whole of flat/ would be ten.
   t.ok(scattered.listRequests <= 1 + spread.length + 1, `${scattered.listRequests} pages for ${spread.length + 1} lookups`)
   t.equal(scattered.headRequests, 0, 'each page settled its name: no HEAD')
   // A loader opening files in order: one page per thousand names.
   for (let i = 0; i < 2_000; i++) await fs.stat(path.join(dir, name(i)))
-  await sleep(2_100)
-  const inOrder = m.stats().metadata
+  const inOrder = (await freshStats(m)).metadata
   t.ok(inOrder.listRequests - scattered.listRequests <= 4, `${inOrder.listRequests - scattered.listRequests} pages for 2,000 lookups in order`)
   t.equal(inOrder.headRequests, 0, 'still no HEAD')
 })

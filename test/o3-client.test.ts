@@ -15,6 +15,7 @@ import {
 } from '../lib/o3/index.js'
 import { createBucket, createVersionedBucket, serverClient, useS3Server, type S3ServerInfo } from './support/s3-server.js'
 import { startFaultProxy } from './support/fault-proxy.js'
+import { until } from './support/until.js'
 
 const MiB = 1 << 20
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
@@ -216,22 +217,22 @@ t.test('a 5 s outage in the middle of a read is survived with the right bytes', 
   const c = open(info, BUCKET, {}, proxy.endpoint)
   proxy.setBandwidth(8 * MiB)
   const reading = readAll(c.getRange('outage.bin'))
-  await new Promise((r) => setTimeout(r, 800))
+  // In the middle of the read: its first MiB has gone through (24 MiB take 3 s at the cap).
+  await until(() => proxy.bytesToClient >= MiB, 'the first MiB of the read')
   const started = Date.now()
   await proxy.outage(5000)
   proxy.setBandwidth(null)
   t.equal(sha256(await reading), sha256(body))
   t.ok(Date.now() - started >= 4900)
   t.ok(c.stats.retries >= 1, `retried (${c.stats.retries})`)
-  // The request starts 100 ms into a second outage: it must fail, retry, and succeed once the server is back.
+  // The request starts during a second outage: it must fail, retry, and succeed once the server is back.
   const retriesBefore = c.stats.retries
   const outage = proxy.outage(5000)
-  await new Promise((r) => setTimeout(r, 100))
-  const asked = Date.now()
-  const head = c.head('outage.bin')
+  let answered = false
+  const head = c.head('outage.bin').finally(() => (answered = true))
   await outage
+  t.notOk(answered, 'it was not answered while the server was gone')
   t.equal((await head).size, body.length, 'a request made while the server is gone')
-  t.ok(Date.now() - asked >= 4800, 'it was answered only after the outage')
   t.ok(c.stats.retries > retriesBefore, `it was retried (${c.stats.retries - retriesBefore} times)`)
 })
 
@@ -293,10 +294,9 @@ t.test("readRangeInto: the body lands in the caller's buffers, resumes after res
 
 t.test('bad credentials: O3AuthError at once, never retried', async (t) => {
   const c = open(info, BUCKET, {}, info.endpoint, 'not-the-secret')
-  const started = Date.now()
   await t.rejects(c.head('x'), O3AuthError)
   await t.rejects(c.checkBucket(), O3AuthError)
-  t.ok(Date.now() - started < 2000, `took ${Date.now() - started} ms`)
+  // A retry would first wait its backoff; none means an answer at once.
   t.equal(c.stats.retries, 0)
 })
 
@@ -345,7 +345,7 @@ t.test('the connection pool is bounded and closed on teardown', async (t) => {
   await Promise.all(Array.from({ length: 40 }, () => c.head('pool.txt')))
   t.ok(proxy.connections <= 3, `${proxy.connections} connections for 40 requests`)
   c.close()
-  await new Promise((r) => setTimeout(r, 300))
+  await until(() => proxy.active === 0, 'the sockets to close')
   t.equal(proxy.active, 0, 'sockets closed')
 })
 
@@ -394,10 +394,8 @@ t.test('a 4xx whose message mentions "aborted" is final, not retried', async (t)
   const c = open(info, BUCKET)
   const id = await c.createMultipartUpload('gone.bin')
   await c.abortMultipartUpload('gone.bin', id)
-  const started = Date.now()
   await t.rejects(c.uploadPart('gone.bin', id, 1, Buffer.from('x')), O3NotFoundError)
   t.equal(c.stats.retries, 0)
-  t.ok(Date.now() - started < 2000, `took ${Date.now() - started} ms`)
 })
 
 t.test('no credentials anywhere: O3AuthError that says where to set them', async (t) => {

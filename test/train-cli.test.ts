@@ -154,25 +154,30 @@ t.test('--data o3://: mounts for the run (without the signing key), trains, chec
   t.equal(latest.record.signer, '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266', 'o3train itself signed with the key')
 })
 
-t.test('kill -9 at 10 random moments: each restart resumes from the last complete checkpoint; final weights equal an uninterrupted run', async (t) => {
-  // 5 epochs of 32 steps with a checkpoint every 4: an upload is in flight most of the time, so
-  // the kills land mid-step, mid-upload and between commit steps.
+t.test('kill -9 at 10 moments of its progress: each restart resumes from the last complete checkpoint; final weights equal an uninterrupted run', async (t) => {
+  // 5 epochs of 32 steps with a checkpoint every 4: an upload is in flight most of the time. Each
+  // kill waits for an event in the run's own log, so that it lands on a running process whatever
+  // the machine's load: at the start of training, mid-upload, and just after a commit.
   const args = ['--data', subset, ...base, '--epochs', '5', '--ckpt-every', '4']
   const ref = await o3train([...args, '--ckpt', `o3://${BUCKET}/runs/ref`]).done
   t.equal(ref.code, 0, ref.stderr)
   const refFinal = summaryOf(ref.stdout).checkpoints.at(-1)!
   t.equal(refFinal.step, 160)
 
+  // The first start runs to its first commit, so that every later one has a checkpoint to resume.
+  const killAfter = [
+    '"msg":"checkpoint committed"',
+    ...Array.from({ length: 9 }, (_, i) => ['"msg":"training"', '"msg":"checkpoint upload started"', '"msg":"checkpoint committed"'][i % 3]!),
+  ]
   const chaos = store('runs/chaos')
   let lastStep = 0
   let kills = 0
-  for (let i = 0; i < 10; i++) {
+  for (const [i, event] of killAfter.entries()) {
     const r = o3train([...args, '--ckpt', `o3://${BUCKET}/runs/chaos`])
-    // The first start runs to its first commit, so that every later one has a checkpoint to resume.
-    await r.waitFor(i === 0 ? '"msg":"checkpoint committed"' : '"msg":"training"')
+    await r.waitFor('"msg":"training"')
     const resumedAt = Number(/"msg":"resumed"/.test(r.stderr()) ? /"step":(\d+),"position"/.exec(r.stderr())?.[1] : 0)
     t.equal(resumedAt, lastStep, `start ${i + 1} resumed from the last complete checkpoint (step ${lastStep})`)
-    await new Promise((res) => setTimeout(res, 150 + Math.random() * 600))
+    await r.waitFor(event)
     r.child.kill('SIGKILL')
     const { signal } = await r.done
     if (signal === 'SIGKILL') kills++
@@ -182,7 +187,7 @@ t.test('kill -9 at 10 random moments: each restart resumes from the last complet
       lastStep = loaded.meta.step
     }
   }
-  t.ok(kills >= 8, `${kills} of 10 runs were killed mid-run`)
+  t.equal(kills, killAfter.length, 'every run was killed mid-run')
   const last = await o3train([...args, '--ckpt', `o3://${BUCKET}/runs/chaos`]).done
   t.equal(last.code, 0, last.stderr)
   t.ok(lastStep > 0, 'the killed runs committed checkpoints')
@@ -269,10 +274,29 @@ t.test('the mount killed during training: a clear error; with the mount back, it
   t.ok(summaryOf(done.stdout).resumedFrom, 'resumed from the checkpoint written before the mount died')
 })
 
+t.test('a stalled mount fails the start within the file-system deadline, naming it', async (t) => {
+  const tree = buildImageFolder(join(scratch, 'images-stalled'), { perClass: 2 })
+  await uploadDir(tree.root, `${BUCKET}/images-stalled`)
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  // The mount waits for the server as long as the proxy holds it (--op-timeout 10m): only
+  // o3train's own deadline on file-system calls can end the wait.
+  const m = await mount(t, info, `${BUCKET}/images-stalled`, { env: { O3_ENDPOINT: proxy.endpoint }, args: ['--op-timeout', '10m'] })
+  proxy.stall(600_000)
+  const r = o3train(['--data', m.mountpoint, '--dataset', 'imagefolder', '--model', 'mlp', '--image-size', '28', '--epochs', '1'])
+  await r.waitFor('o3train: reading the data failed')
+  // A FUSE request the mount has taken cannot be abandoned, even by a dying process: o3train's
+  // listing threads, and so its exit, wait for the mount's answer, which the server now gives.
+  proxy.clear()
+  const { code, stderr } = await r.done
+  t.equal(code, 91, stderr)
+  t.match(stderr.trim().split('\n').at(-1), /^o3train: reading the data failed \(.* did not answer within 10 s; is the mount stalled\?.*: ETIMEDOUT\)/)
+})
+
 t.test('SIGINT: stop at a step boundary, final checkpoint, exit 0; a second signal exits at once, nothing half-written', async (t) => {
   const r = o3train(['--data', subset, ...base, '--epochs', '50', '--ckpt', `o3://${BUCKET}/runs/sigint`, '--ckpt-every', 'epoch'])
-  await r.waitFor('"msg":"training"')
-  await new Promise((res) => setTimeout(res, 1500))
+  // Once an epoch is done the run has steps to stop after.
+  await r.waitFor('"msg":"epoch done"')
   r.child.kill('SIGINT')
   const { code, stdout, stderr } = await r.done
   t.equal(code, 0, stderr)
@@ -281,13 +305,23 @@ t.test('SIGINT: stop at a step boundary, final checkpoint, exit 0; a second sign
   t.ok(s.step > 0 && s.step < 50 * 32)
   t.equal((await store('runs/sigint').load('latest')).meta.step, s.step, 'the final checkpoint is at the step where it stopped')
 
-  const r2 = o3train(['--data', subset, ...base, '--epochs', '50', '--ckpt', `o3://${BUCKET}/runs/sigint2`, '--ckpt-every', '2'])
+  // Checkpoints go through a proxy that can hold them, so that an upload is surely in flight when
+  // the second signal comes, however fast the stop after the first one would otherwise be.
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  const r2 = o3train(['--data', subset, ...base, '--epochs', '50', '--ckpt', `o3://${BUCKET}/runs/sigint2`, '--ckpt-every', '2'], {
+    O3_ENDPOINT: proxy.endpoint,
+  })
   // One checkpoint committed and the next one uploading when the signals come.
   await r2.waitFor('"msg":"checkpoint committed"')
   await r2.waitFor('"msg":"checkpoint upload started"', undefined, 2)
+  proxy.stall(600_000)
   r2.child.kill('SIGINT')
-  await new Promise((res) => setTimeout(res, 20))
+  await r2.waitFor('"msg":"stopping at the next step boundary')
   r2.child.kill('SIGINT')
+  // The upload is aborted by then; the abort itself needs the server.
+  await r2.waitFor('"msg":"exiting now')
+  proxy.clear()
   const d2 = await r2.done
   t.equal(d2.code, 130, 'a second signal exits at once')
   t.same(await collect(client(`${BUCKET}/runs/sigint2`).listMultipartUploads('')), [], 'the upload in flight was aborted')
@@ -301,19 +335,22 @@ t.test('a clean-up that fails does not hide the training error', async (t) => {
   for (const f of ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz']) copyFileSync(join(subset, f), join(trainOnly, f))
   await uploadDir(trainOnly, `${BUCKET}/train-only`)
   const tmp = mkdtempSync(join(tmpdir(), 'o3train-tmp-'))
-  const unfreeze = () => execFileSync('chattr', ['-i', tmp])
+  const frozen: string[] = []
+  const unfreeze = () => frozen.splice(0).forEach((d) => execFileSync('chattr', ['-i', d]))
   const r = o3train(['--data', `o3://${BUCKET}/train-only`, ...base, '--epochs', '1'], { TMPDIR: tmp })
   t.teardown(async () => {
     unfreeze()
     if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGKILL')
     await r.done
     // Its mount goes when o3train does; a lazy unmount covers a mount that has not noticed yet.
-    for (const d of readdirSync(tmp).filter((n) => n.startsWith('o3train-data-'))) spawnSync('fusermount', ['-u', '-z', join(tmp, d)])
+    for (const d of readdirSync(tmp).filter((n) => n.startsWith('o3train-run-'))) spawnSync('fusermount', ['-u', '-z', join(tmp, d, 'data')])
     rmSync(tmp, { recursive: true, force: true })
   })
   await r.waitFor('"msg":"training"', 600_000)
-  // The mountpoint lives in TMPDIR: made immutable, removing the mountpoint fails.
-  execFileSync('chattr', ['+i', tmp])
+  // The mountpoint lives in the run's directory under TMPDIR: made immutable, removing the mountpoint fails.
+  const runDir = join(tmp, readdirSync(tmp).find((n) => n.startsWith('o3train-run-'))!)
+  execFileSync('chattr', ['+i', runDir])
+  frozen.push(runDir)
   const { code, stderr } = await r.done
   unfreeze()
   t.equal(code, 91, stderr)

@@ -55,9 +55,11 @@ t.test('one epoch of the CNN on Fashion-MNIST', async (t) => {
     'reports arrive in order',
   )
   t.same(trainer.position, { epoch: 1, index: 0 })
-  // Generous bounds: CI machines are shared; a blocked loop would show seconds, not milliseconds.
-  t.ok(ticks >= (seconds * 1000) / periodMs / 4, `timer fired ${ticks} times in ${seconds.toFixed(1)} s`)
-  t.ok(worstLagMs < 250, `worst timer lag ${worstLagMs.toFixed(1)} ms`)
+  // A loop blocked by the call would fire no tick for the whole epoch (tens of seconds); on a loaded
+  // machine scheduling alone delays a tick by tens of milliseconds. The bounds sit between the
+  // two: a tick at least every second on average, none later than a second.
+  t.ok(ticks >= seconds, `timer fired ${ticks} times in ${seconds.toFixed(1)} s`)
+  t.ok(worstLagMs < 1000, `worst timer lag ${worstLagMs.toFixed(1)} ms`)
 
   const evaluation = await trainer.evaluate({ kind: 'mnist', root: FASHION_MNIST, split: 'test' })
   t.equal(evaluation.samples, 10000)

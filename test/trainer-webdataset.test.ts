@@ -8,13 +8,15 @@ import path from 'node:path'
 import { gunzipSync, gzipSync } from 'node:zlib'
 import t from 'tap'
 import { cliCommand } from '../lib/paths.js'
+import { digestContent } from '../lib/content/cid.js'
+import { CheckpointStore } from '../checkpoint/index.js'
 import { Trainer, type DataSpec, type StateTensor, type TrainerOptions } from '../addon/index.js'
 import { parseTrainArgs } from '../trainer/options.js'
 import { train } from '../trainer/run.js'
 import { directorySink, writeShards } from '../upload/webdataset.js'
 import { FASHION_MNIST, writeGrayPngTree } from './support/imagefolder.js'
 import { mount } from './support/o3mount.js'
-import { serverEnv, useS3Server } from './support/s3-server.js'
+import { createBucket, serverClient, serverEnv, useS3Server } from './support/s3-server.js'
 
 const work = mkdtempSync(path.join(tmpdir(), 'o3-webdataset-'))
 t.teardown(() => rmSync(work, { recursive: true, force: true }))
@@ -315,4 +317,23 @@ with tarfile.open(sys.argv[1]) as t:
   t.ok(members.length >= 2 && members.every(([n]) => /^\d{6}\.(png|cls)$/.test(n)), `${members.length} members named <key>.png|cls`)
   t.same(members, JSON.parse(list(path.join(local, names[1]!))), 'tarfile reads the same members through the mount')
   await m.stop()
+})
+
+t.test('o3train --shards records in its lineage exactly the shards it read', async (t) => {
+  const info = await useS3Server(t)
+  const bucket = `webdataset-lineage-${process.pid}`
+  await createBucket(info, bucket)
+  const cli = cliCommand('trainer/cli.ts')
+  const args = ['--data', ours, '--dataset', 'webdataset', '--shards', 'shard-{000001..000002}.tar', '--image-size', '28', '--channels', '1']
+  const run = [...args, '--model', 'mlp', '--batch', '8', '--threads', '2', '--epochs', '1', '--ckpt', `o3://${bucket}/run`, '--ckpt-every', 'epoch']
+  execFileSync(process.execPath, [...cli.execArgv, cli.file, ...run], { env: { ...process.env, ...serverEnv(info) }, stdio: ['ignore', 'ignore', 'pipe'] })
+  const client = serverClient(info, `${bucket}/run`)
+  t.teardown(() => client.close())
+  const lineage = (await new CheckpointStore(client).load('latest')).meta.dataLineage!
+  const shard = (n: string) => readFileSync(path.join(ours, n))
+  const expected = await Promise.all(
+    ['shard-000001.tar', 'shard-000002.tar'].map(async (n) => ({ path: n, cid: (await digestContent(shard(n))).cid, size: shard(n).length })),
+  )
+  t.ok(written.shards.length > 3, `${written.shards.length} shards in the directory`)
+  t.same(lineage, { files: expected, verified: false }, 'the two shards named, each with its CID and size; no other shard')
 })

@@ -11,6 +11,7 @@ import { parseSidecar, sidecarKeyOf } from '../lib/content/sidecar.js'
 import { DATASET_MANIFEST_NAME, parseDatasetManifest } from '../lib/content/dataset-manifest.js'
 import { cliCommand } from '../lib/paths.js'
 import { startFaultProxy } from './support/fault-proxy.js'
+import { until } from './support/until.js'
 import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
 import { openClient, tempDir } from './fixtures/ckpt.js'
 import { keys, readAll, uploads } from './support/objects.js'
@@ -131,22 +132,32 @@ t.test('bad arguments are usage errors (64)', async (t) => {
 t.test('a second SIGINT aborts the file in flight: exit 130, no parts, no object, no sidecar', async (t) => {
   const dir = tempDir(t)
   writeRandom(path.join(dir, 'huge.bin'), 96 * MiB)
-  // Requests go through a proxy that can hold them, so that the upload is surely in flight.
+  // Requests go through a proxy that can hold them, so that the upload is surely in flight: its 1 s
+  // latency with at most 1 MiB held per connection lets each part through at 1 MiB/s at most.
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
+  proxy.setLatency(1000)
   const client = openClient(t, info, `${bucket}/sigint`)
   let child: ChildProcess | undefined
-  const done = o3upload([dir, `o3://${bucket}/sigint`], { ...serverEnv(info), O3_ENDPOINT: proxy.endpoint }, (c) => (child = c))
+  let said = ''
+  const done = o3upload([dir, `o3://${bucket}/sigint`], { ...serverEnv(info), O3_ENDPOINT: proxy.endpoint }, (c) => {
+    child = c
+    c.stderr!.on('data', (d: Buffer) => (said += d.toString()))
+  })
   t.teardown(() => child?.kill('SIGKILL'))
-  const deadline = Date.now() + 60_000
+  const deadline = Date.now() + 120_000
   while ((await uploads(client)).length === 0) {
     if (Date.now() > deadline) throw new Error('the multipart upload never started')
     await delay(10)
   }
-  proxy.stall(3000)
+  // Held until the second signal is in: the file cannot finish uploading in between.
+  proxy.stall(600_000)
   child!.kill('SIGINT')
-  await delay(300)
+  await until(() => said.includes('stopping after the file in flight'), 'o3upload to take the first signal')
   child!.kill('SIGINT')
+  // The upload is aborted by then; the abort itself needs the server.
+  await until(() => said.includes('aborting the upload in flight'), 'o3upload to take the second signal')
+  proxy.clear()
   const r = await done
   t.equal(r.code, ExitCode.interrupted, r.stderr)
   t.match(r.stderr, /aborting the upload in flight/)

@@ -4,10 +4,9 @@
  * the run) and checkpoints to O3. The first SIGINT/SIGTERM stops at a step boundary and writes a
  * final checkpoint; a second exits at once, aborting any upload in flight.
  */
-import { mkdtempSync, rmSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { readdir } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
-import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { runCli } from '../lib/cli/run-cli.js'
 import { createLogger } from '../lib/log.js'
@@ -19,6 +18,7 @@ import { distributedFromEnv, runUnderTorchrun } from './distributed.js'
 import { NodeShare } from './node-share.js'
 import { parseTrainArgs } from './options.js'
 import { mountForRun, type RunMount } from './run-mount.js'
+import { makeRunDir, removeTempDir, sweepDeadRuns } from './temp-dirs.js'
 import { train, type TrainSummary } from './run.js'
 import type { ThreadSetup } from './thread-setup.js'
 
@@ -46,12 +46,28 @@ function printSummary(s: TrainSummary): void {
 async function main(): Promise<number> {
   const argv = process.argv.slice(2)
   const o = parseTrainArgs(argv)
-  if (o.nprocPerNode !== undefined && process.env.WORLD_SIZE === undefined) return runUnderTorchrun(o.nprocPerNode, withoutNproc(argv))
   const log = createLogger('o3train')
+  if (o.nprocPerNode !== undefined && process.env.WORLD_SIZE === undefined) return runUnderTorchrun(o.nprocPerNode, withoutNproc(argv), log)
   const signer = loadSigner()
   if (signer) log.info({ signer: signer.address }, 'checkpoint records will be signed')
+  // What dead runs of this user left under the temp directory (kill -9, a crash) goes first.
+  await sweepDeadRuns(log)
   let mount: RunMount | undefined
   let training: Promise<unknown> | undefined
+  let nodeShare: NodeShare | undefined
+  // This run's private directory under the temp dir (0700, named for this process): the data mount and its log.
+  let runDir: string | undefined
+  let succeeded = false
+  let failed = false
+  /** Removes what this run keeps under the temp directory (once its mount is gone); on a failure, first logs the data mount's last lines. */
+  const removeTemp = () => {
+    nodeShare?.close()
+    nodeShare = undefined
+    if (!runDir) return
+    if (failed) log.warn({ mountLog: lastLines(join(runDir, 'mount.log'), 20) }, "the data mount's last log lines")
+    failed = false
+    if (removeTempDir(runDir, log)) runDir = undefined
+  }
   const shutdown = installShutdown({
     onRequest: (sig) => {
       log.warn({ signal: sig }, 'stopping at the next step boundary and writing a final checkpoint; send it again to exit at once')
@@ -63,23 +79,21 @@ async function main(): Promise<number> {
       let timer: NodeJS.Timeout | undefined
       await Promise.race([training?.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 10_000)))])
       clearTimeout(timer)
-      await mount?.close()
+      await mount?.close().catch((err: Error) => log.warn({ err: err.message, mountpoint: mount?.dir }, 'could not clean up the mount for this run'))
+      removeTemp()
     },
   })
   let dataDir = o.data
   // Ranks sharing a node share one o3mount (one cache) and one checkpoint download.
-  const nodeShare = NodeShare.open(distributedFromEnv(process.env, o.distTimeout), process.env, o.distTimeout)
+  nodeShare = NodeShare.open(distributedFromEnv(process.env, o.distTimeout), process.env, o.distTimeout, log)
   const mountsData = o.data.startsWith('o3://') && (!nodeShare || nodeShare.leader)
-  // Kept when the run fails, for the mount's side of the story; removed after a clean run.
-  // A fresh private directory (mkdtemp makes it 0700): a fixed name in the shared temp dir could be taken first by another user.
-  const mountLog = mountsData ? join(mkdtempSync(join(tmpdir(), 'o3train-')), 'mount.log') : undefined
-  let succeeded = false
+  if (mountsData) runDir = makeRunDir()
   try {
     if (o.data.startsWith('o3://') && !mountsData) {
       dataDir = (await nodeShare!.take<{ dir: string }>('mount', 'the o3mount of this node')).dir
       log.info({ location: o.data, mountpoint: dataDir }, "reading the data through local rank 0's o3mount")
-    } else if (mountLog) {
-      mount = await mountForRun(o.data, o, mountLog)
+    } else if (runDir) {
+      mount = await mountForRun(o.data, o, join(runDir, 'mount.log'), join(runDir, 'data'))
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
       nodeShare?.publish('mount', { dir: mount.dir })
@@ -103,6 +117,7 @@ async function main(): Promise<number> {
     succeeded = true
     return 0
   } catch (err) {
+    failed = true
     const broken = err instanceof O3Error ? undefined : await unreadable(dataDir)
     if (broken) {
       const where = mount ? `the o3mount this run started at ${mount.dir}` : `the mount under ${dataDir}, if it is one`
@@ -117,12 +132,23 @@ async function main(): Promise<number> {
   } finally {
     shutdown.dispose()
     // The error that stopped training is the one to see; a failed clean-up is only reported beside it.
-    await mount?.close().catch((err: unknown) => {
-      if (succeeded) return Promise.reject(err)
-      log.warn({ err: (err as Error).message, mountpoint: mount?.dir }, 'could not clean up the mount for this run')
-    })
-    nodeShare?.close()
-    if (mountLog && succeeded) rmSync(dirname(mountLog), { recursive: true, force: true })
+    try {
+      await mount?.close().catch((err: unknown) => {
+        if (succeeded) return Promise.reject(err)
+        log.warn({ err: (err as Error).message, mountpoint: mount?.dir }, 'could not clean up the mount for this run')
+      })
+    } finally {
+      removeTemp()
+    }
+  }
+}
+
+/** The last `n` lines of a log file, or none if it cannot be read. */
+function lastLines(file: string, n: number): string[] {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-n)
+  } catch {
+    return []
   }
 }
 

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmdirSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { launchMount } from '../fs-driver/launch.js'
@@ -14,9 +14,13 @@ export interface RunMount {
   close(): Promise<void>
 }
 
-/** Mounts `o3://bucket/prefix` for one run; the mount goes away with the run, even if the run is killed. */
-export async function mountForRun(location: string, o: O3Flags, logFile: string): Promise<RunMount> {
-  const dir = mkdtempSync(join(tmpdir(), 'o3train-data-'))
+/**
+ * Mounts `o3://bucket/prefix` for one run at `mountpoint` (made here, mode 0700), or at a fresh
+ * directory under the temp dir; the mount goes away with the run, even if the run is killed.
+ */
+export async function mountForRun(location: string, o: O3Flags, logFile: string, mountpoint?: string): Promise<RunMount> {
+  if (mountpoint) mkdirSync(mountpoint, { mode: 0o700 })
+  const dir = mountpoint ?? mkdtempSync(join(tmpdir(), 'o3train-data-'))
   const args = [dir, location, '--metadata-ttl', 'indefinite', ...o3FlagsToArgv(o)]
   let launched
   try {
@@ -27,23 +31,23 @@ export async function mountForRun(location: string, o: O3Flags, logFile: string)
     throw err
   }
   const { child, exited, info } = launched
-  let closed = false
+  let closing: Promise<void> | undefined
+  const close = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000)
+      await exited
+      clearTimeout(timer)
+    }
+    // A mount that was killed leaves the mountpoint disconnected (ENOTCONN) until it is lazily
+    // unmounted; after a clean stop there is nothing to unmount.
+    await fusermountUnmount(dir).catch(() => {})
+    rmdirSync(dir)
+  }
   return {
     dir,
     pid: info.pid,
-    async close() {
-      if (closed) return
-      closed = true
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM')
-        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000)
-        await exited
-        clearTimeout(timer)
-      }
-      // A mount that was killed leaves the mountpoint disconnected (ENOTCONN) until it is lazily
-      // unmounted; after a clean stop there is nothing to unmount.
-      await fusermountUnmount(dir).catch(() => {})
-      rmdirSync(dir)
-    },
+    // A second call (a forced stop racing the normal end) waits for the first to finish.
+    close: () => (closing ??= close()),
   }
 }

@@ -1,9 +1,8 @@
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { access, stat } from 'node:fs/promises'
-import { extname, join } from 'node:path'
+import { join } from 'node:path'
 import { dataLineage, type DataLineage } from '../lib/content/lineage.js'
-import { Trainer, type DataSpec, type DatasetInfo, type DeviceInfo } from '../addon/index.js'
-import { CheckpointStore, CheckpointWriter, type CheckpointRecord, type LoadedCheckpoint, type ManifestEntry } from '../checkpoint/index.js'
+import { Trainer, listImageFolder, listWebDatasetShards, type DataSpec, type DatasetInfo, type DeviceInfo } from '../addon/index.js'
+import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
 import type { InputRecord } from '../checkpoint/meta.js'
 import { TrustPolicy } from '../checkpoint/trust.js'
 import { distributedFromEnv } from './distributed.js'
@@ -118,22 +117,22 @@ function inputRecord(o: TrainOptions, d: DatasetInfo): InputRecord {
   }
 }
 
-/** The files the native dataset reads for `specs`, as cpp/dataset.cpp finds them. */
-function filesRead(specs: { train: DataSpec; test?: DataSpec }, evaluate: boolean): string[] {
+/**
+ * The files the native dataset reads for `specs`, listed by the native code that reads them (the
+ * shards a --shards pattern names, not every shard there), each listing under the deadline of a
+ * possibly stalled mount.
+ */
+async function filesRead(specs: { train: DataSpec; test?: DataSpec }, evaluate: boolean): Promise<string[]> {
   const out: string[] = []
   for (const spec of evaluate && specs.test ? [specs.train, specs.test] : [specs.train]) {
-    if (spec.kind === 'imagefolder' || spec.kind === 'webdataset') {
-      // A webdataset run names every shard in its directory (a --shards pattern may use fewer).
-      const kept = spec.kind === 'webdataset' ? ['.tar'] : ['.jpg', '.jpeg', '.png']
-      for (const e of readdirSync(spec.root, { withFileTypes: true, recursive: spec.kind === 'imagefolder' })) {
-        if (e.isFile() && kept.includes(extname(e.name).toLowerCase())) out.push(join(e.parentPath, e.name))
+    if (spec.kind === 'imagefolder') out.push(...(await withDeadline(listImageFolder(spec.root), spec.root)).samples.map((s) => s.path))
+    else if (spec.kind === 'webdataset') out.push(...(await withDeadline(listWebDatasetShards(spec.root, spec.shards), spec.root)))
+    else {
+      const prefix = spec.split === 'train' ? 'train' : 't10k'
+      for (const base of [`${prefix}-images-idx3-ubyte`, `${prefix}-labels-idx1-ubyte`]) {
+        const gz = join(spec.root, `${base}.gz`)
+        out.push((await exists(gz)) ? gz : join(spec.root, base))
       }
-      continue
-    }
-    const prefix = spec.split === 'train' ? 'train' : 't10k'
-    for (const base of [`${prefix}-images-idx3-ubyte`, `${prefix}-labels-idx1-ubyte`]) {
-      const gz = join(spec.root, `${base}.gz`)
-      out.push(existsSync(gz) ? gz : join(spec.root, base))
     }
   }
   return out.sort()
@@ -159,16 +158,17 @@ async function restore(o: TrainOptions, writer: CheckpointWriter | CheckpointSto
 /** Restores once per node: local rank 0 downloads and verifies, its node's other ranks read its copy. */
 async function restoreOnNode(o: TrainOptions, reader: CheckpointWriter | CheckpointStore, share: NodeShare | undefined): Promise<LoadedCheckpoint | undefined> {
   if (!share) return restore(o, reader)
-  const file = share.path('restore.safetensors')
   if (share.leader) {
     const loaded = await restore(o, reader)
-    if (loaded) writeFileSync(file, loaded.file)
-    share.publish('restore', loaded ? { entry: loaded.entry, record: loaded.record } : null)
+    if (loaded) share.write('restore.safetensors', loaded.file)
+    share.publish('restore', loaded ? { name: loaded.entry.name } : null)
     return loaded
   }
-  const found = await share.take<{ entry: ManifestEntry; record: CheckpointRecord } | null>('restore', 'the checkpoint to resume from')
+  const found = await share.take<{ name: string } | null>('restore', 'the checkpoint to resume from')
+  if (!found) return undefined
+  // The copy only saves the download: it is checked against the run's own record, under this run's trust policy.
   const store = reader instanceof CheckpointWriter ? reader.store : reader
-  return found ? store.parse(found.entry, found.record, readFileSync(file)) : undefined
+  return store.loadCopy(found.name, share.read('restore.safetensors'), { trust: TrustPolicy.fromFlags(o.trustSigner) })
 }
 
 /**
@@ -199,9 +199,14 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
   const specs = await dataSpecs(o, dataDir)
   const threads = threadSetup(o.threads)
   const distributed = distributedFromEnv(process.env, o.distTimeout)
-  // Computed beside training (the idx files are few); every checkpoint waits for it. A --test-data
-  // set lies outside --data and the weights are not trained on it: it is not part of the lineage.
-  const lineage: Promise<DataLineage> = dataLineage(dataDir, filesRead(specs, o.evaluate && o.testData === undefined), hooks.readsVerified === true)
+  // The files are listed first, so that a stalled mount fails the start within the deadline;
+  // their CIDs are computed beside training (every checkpoint waits for them). A --test-data set
+  // lies outside --data and the weights are not trained on it: it is not part of the lineage.
+  const lineage: Promise<DataLineage> = dataLineage(
+    dataDir,
+    await filesRead(specs, o.evaluate && o.testData === undefined),
+    hooks.readsVerified === true,
+  )
   lineage.catch(() => {})
   const trainer = await Trainer.create({
     model: o.model,

@@ -12,6 +12,8 @@ import { O3IntegrityError } from '../o3/errors.js'
 export const CID_BLOCK_SIZE = 1 << 20
 /** Kubo's default width of a balanced UnixFS file DAG. */
 export const CID_MAX_LINKS = 174
+/** Leaves ContentHasher digests at once: WebCrypto copies each (1 MiB) when called. */
+export const LEAVES_IN_FLIGHT = 4
 
 /** What an upload or a download of some content is checked against. */
 export interface ContentDigest {
@@ -101,7 +103,7 @@ export class ContentHasher {
 
   constructor() {
     // Leaves hashing at once, each a 1 MiB copy; the thread pool has 4 threads anyway.
-    this.root = importRoot(this.blocks(), (file) => this.leafImporter(file), 4)
+    this.root = importRoot(this.blocks(), (file) => this.leafImporter(file), LEAVES_IN_FLIGHT)
     // A failure is reported by digest(); until then nobody may be awaiting the root.
     this.root.catch((err) => {
       this.failure = err

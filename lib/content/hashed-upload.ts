@@ -1,17 +1,27 @@
 import { silentLogger, type Logger } from '../log.js'
 import type { O3Client, StoredObject } from '../o3/client.js'
 import { MultipartSink } from '../o3/multipart.js'
-import type { ContentDigest } from './cid.js'
-import { ThreadHasher } from './thread-hasher.js'
+import { CID_BLOCK_SIZE, LEAVES_IN_FLIGHT, type ContentDigest } from './cid.js'
+import { BLOCKS_IN_FLIGHT, ThreadHasher } from './thread-hasher.js'
 
-/** O3 prefers large parts; 4 in flight keep a link busy with memory bounded by 80 MiB. */
+/** O3 prefers large parts; 4 in flight keep a link busy with 80 MiB of part buffers. */
 export const DEFAULT_PART_SIZE = 16 << 20
 export const DEFAULT_PARALLEL = 4
+
+/**
+ * The most memory an upload's own buffers take, whatever the content's size: `parallel + 1`
+ * part buffers (parts that straddle chunks are copied into them), the 1 MiB blocks copied for the
+ * hashing thread and not yet hashed, and the 1 MiB copies WebCrypto makes of the leaves that
+ * thread is digesting. The JS heaps of the two threads come on top: a fixed few MiB.
+ */
+export function uploadBufferBytes(partSize = DEFAULT_PART_SIZE, parallel = DEFAULT_PARALLEL): number {
+  return partSize * (parallel + 1) + (BLOCKS_IN_FLIGHT + LEAVES_IN_FLIGHT) * CID_BLOCK_SIZE
+}
 
 export interface HashedUploadOptions {
   /** Multipart part size in bytes; content no larger than one part goes as a single PUT. */
   partSize?: number
-  /** Parts uploading at once. Peak extra memory is partSize x (parallel + 1). */
+  /** Parts uploading at once. Peak extra memory: see uploadBufferBytes. */
   parallel?: number
   signal?: AbortSignal
   contentType?: string

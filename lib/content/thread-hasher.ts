@@ -12,7 +12,7 @@ export type FromHashWorker =
  * Blocks copied to the hashing thread and not yet hashed, per session: the in-flight cap that
  * bounds this class's memory (plus the few blocks the worker's leaf hashing copies).
  */
-const BLOCKS_IN_FLIGHT = 6
+export const BLOCKS_IN_FLIGHT = 6
 
 interface Session {
   free: ArrayBuffer[]

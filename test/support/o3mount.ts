@@ -115,7 +115,7 @@ export async function mount(
   }
   t.teardown(stop)
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`o3mount did not mount within 60 s:\n${output}`)), 60_000)
+    const timer = setTimeout(() => reject(new Error(`o3mount did not mount within 120 s:\n${output}`)), 120_000)
     const onData = () => {
       if (output.includes('"msg":"mounted"')) {
         clearTimeout(timer)
@@ -145,7 +145,7 @@ export function runCli(
   info: S3ServerInfo,
   args: string[],
   env: NodeJS.ProcessEnv = {},
-  timeoutMs = 60_000,
+  timeoutMs = 120_000,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(process.execPath, [...CLI, ...args], { cwd: ROOT, env: mountEnv(info, env), timeout: timeoutMs }, (err, stdout, stderr) => {
@@ -162,14 +162,28 @@ export function isMounted(mountpoint: string): boolean {
     .some((l) => l.split(' ')[4] === mountpoint)
 }
 
-/** Polls the mount's stats file (rewritten every 2 s) until `ok` holds, or `ms` have passed; returns the last snapshot. */
-export async function statsWhen(m: Mounted, ok: (s: StatsSnapshot) => boolean, ms = 15_000): Promise<StatsSnapshot> {
+/**
+ * Polls the mount's stats file (rewritten every 2 s) until `ok` holds, or `ms` have passed (a
+ * deadline for a broken mount, not a guess at how long a loaded machine takes); returns the last snapshot.
+ */
+export async function statsWhen(m: Mounted, ok: (s: StatsSnapshot) => boolean, ms = 120_000): Promise<StatsSnapshot> {
   const end = Date.now() + ms
   for (;;) {
     const s = m.stats()
     if (ok(s) || Date.now() > end) return s
     await sleep(250)
   }
+}
+
+/**
+ * The first stats snapshot the mount takes after this call: it counts everything done before the
+ * call, however late the 2 s timer that writes the file runs on a loaded machine.
+ */
+export async function freshStats(m: Mounted): Promise<StatsSnapshot> {
+  const since = Date.now()
+  const s = await statsWhen(m, (x) => Date.parse(x.time) > since)
+  if (!(Date.parse(s.time) > since)) throw new Error(`the stats file ${m.statsFile} was not rewritten within 120 s`)
+  return s
 }
 
 /** The block files of a disk cache directory. */

@@ -70,22 +70,39 @@ export function killGroup(pgid: number): void {
   }
 }
 
-/** The processes whose parent is `pid`, with the RANK torchrun gave each. */
-export function childRanks(pid: number): { pid: number; rank: number }[] {
-  const out: { pid: number; rank: number }[] = []
+/** The processes whose parent is `pid`, with the RANK and TORCHELASTIC_RESTART_COUNT torchrun gave each. */
+export function childRanks(pid: number): { pid: number; rank: number; restart: number }[] {
+  const out: { pid: number; rank: number; restart: number }[] = []
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue
     try {
       const stat = readFileSync(`/proc/${name}/stat`, 'utf8')
       const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
       if (ppid !== pid) continue
-      const rank = /(?:^|\0)RANK=(\d+)/.exec(readFileSync(`/proc/${name}/environ`, 'utf8'))?.[1]
-      if (rank !== undefined) out.push({ pid: Number(name), rank: Number(rank) })
+      const environ = readFileSync(`/proc/${name}/environ`, 'utf8')
+      const rank = /(?:^|\0)RANK=(\d+)/.exec(environ)?.[1]
+      const restart = /(?:^|\0)TORCHELASTIC_RESTART_COUNT=(\d+)/.exec(environ)?.[1]
+      if (rank !== undefined) out.push({ pid: Number(name), rank: Number(rank), restart: Number(restart ?? 0) })
     } catch {
       // It exited while we looked.
     }
   }
   return out.sort((a, b) => a.rank - b.rank)
+}
+
+/** The JSON log lines in `output` (torchrun's --tee puts a `[defaultN]:` prefix before a rank's stdout lines). */
+export function logLines(output: string): { pid?: number; msg?: string; [k: string]: unknown }[] {
+  const lines = []
+  for (const l of output.split('\n')) {
+    const i = l.indexOf('{"level"')
+    if (i < 0) continue
+    try {
+      lines.push(JSON.parse(l.slice(i)) as { pid?: number; msg?: string })
+    } catch {
+      // A line still being written.
+    }
+  }
+  return lines
 }
 
 export function alive(pid: number): boolean {

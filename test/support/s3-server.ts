@@ -45,7 +45,7 @@ let handlersInstalled = false
 function stopOwnedSync(): void {
   for (const dir of owned) {
     try {
-      execFileSync(SCRIPT, ['stop', dir], { stdio: 'ignore', timeout: 30_000 })
+      execFileSync(SCRIPT, ['stop', dir], { stdio: 'ignore', timeout: STOP_DEADLINE_MS })
     } catch {
       // the watchdog is the backstop; an exit handler must not throw
     }
@@ -114,9 +114,16 @@ export async function startS3Server(opts: StartOptions = {}): Promise<S3ServerIn
   return { ...info, stop }
 }
 
+/**
+ * How long a stop may take: it ends in removing the server's data, as many files as the tests
+ * stored (mount-listing's 10,000 objects took over a minute on a loaded machine), so a deadline
+ * for a hung script only.
+ */
+const STOP_DEADLINE_MS = 600_000
+
 /** Stops a server by its directory; a no-op if it is already stopped. */
 export async function stopS3Server(dir: string): Promise<void> {
-  await execFileP(SCRIPT, ['stop', dir], { timeout: 60_000 })
+  await execFileP(SCRIPT, ['stop', dir], { timeout: STOP_DEADLINE_MS })
   owned.delete(dir)
 }
 
