@@ -1,5 +1,6 @@
 // o3train on hostile WebDataset shards written by Python's tarfile: sizes no file can hold (pax
-// `size` records and GNU base-256 fields near INT64_MAX, on directories and on members).
+// `size` records and GNU base-256 fields near INT64_MAX, on directories and on members), gigabytes
+// declared in a few KiB, and members that a sparse file can hold but no label or image needs.
 // Each must end with o3train's one-line data error naming the shard and the offset (exit 91):
 // no signal, no bad_alloc, and no gigabytes allocated on the way.
 import { spawnSync } from 'node:child_process'
@@ -41,6 +42,27 @@ shard('pax-dir', tarfile.PAX_FORMAT, lambda t: header_only(t, 'dir', 0, tarfile.
 shard('gnu-dir', tarfile.GNU_FORMAT, lambda t: header_only(t, 'dir', MAX, tarfile.DIRTYPE))
 shard('pax-member', tarfile.PAX_FORMAT, lambda t: header_only(t, '000001.cls', 0, pax={'size': str(MAX)}))
 shard('gnu-member', tarfile.GNU_FORMAT, lambda t: header_only(t, '000001.png', MAX - 511))
+shard('4gib-label', tarfile.USTAR_FORMAT, lambda t: header_only(t, '000001.cls', 4 * GIB))
+shard('60gib-label', tarfile.GNU_FORMAT, lambda t: header_only(t, '000001.cls', 60 * GIB))
+
+# A sparse file that does hold the declared member: only a per-member cap stops its allocation.
+def sparse(case, name, size):
+    d = os.path.join(out, case); os.makedirs(d)
+    head, tail = io.BytesIO(), io.BytesIO()
+    t = tarfile.open(fileobj=head, mode='w', format=tarfile.PAX_FORMAT)
+    sample(t, '000000')
+    end = t.offset  # before the end-of-archive marker
+    t.close()
+    with tarfile.open(fileobj=tail, mode='w', format=tarfile.PAX_FORMAT) as t:
+        if name.endswith('.png'): member(t, '000001.cls', b'1\\n')
+        else: member(t, '000001.png', png)
+    ti = tarfile.TarInfo(name); ti.size = size
+    with open(os.path.join(d, 'shard-000000.tar'), 'wb') as f:
+        f.write(head.getvalue()[:end]); f.write(ti.tobuf(tarfile.PAX_FORMAT))
+        f.seek((size + 511) // 512 * 512, os.SEEK_CUR); f.write(tail.getvalue())
+
+sparse('sparse-4gib-label', '000001.cls', 4 * GIB)
+sparse('sparse-2gib-image', '000001.png', 2 * GIB)
 `
 execPython(WRITE, work)
 
@@ -78,6 +100,10 @@ const cases: [string, RegExp][] = [
   ['gnu-dir', /offset \d+/],
   ['pax-member', /offset \d+/],
   ['gnu-member', /offset \d+/],
+  ['4gib-label', /offset \d+/],
+  ['60gib-label', /offset \d+/],
+  ['sparse-4gib-label', /000001\.cls at offset \d+.*4294967296 bytes/],
+  ['sparse-2gib-image', /000001\.png at offset \d+.*2147483648 bytes/],
 ]
 for (const [name, why] of cases) {
   t.test(`${name}: one data error line, exit 91, bounded memory`, async (t) => {
