@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "error.h"
+
 namespace o3 {
 
 struct TarMember {
@@ -17,15 +19,16 @@ struct TarMember {
 
 class TarReader {
  public:
-  // Opens `path`; throws an openError when it cannot.
+  // Opens `path`, a regular file; throws an openError when it cannot.
   explicit TarReader(const std::string& path);
   ~TarReader();
   TarReader(const TarReader&) = delete;
   TarReader& operator=(const TarReader&) = delete;
 
   // Advances to the next regular file, skipping directories, links and metadata entries. Returns
-  // false at the end-of-archive marker. A bad header checksum, a bad number field or a file that
-  // ends before the marker throws a fileError naming the archive and the offset.
+  // false at the end-of-archive marker. A bad header checksum, a bad number field, a size larger
+  // than what is left of the file or a file that ends before the marker throws a fileError naming
+  // the archive and the offset.
   bool next(TarMember& member);
   // The current member's data (read once, before the next call to next()).
   std::vector<uint8_t> read();
@@ -34,9 +37,13 @@ class TarReader {
   bool refill();  // false at the end of the file
   void fill(uint8_t* out, int64_t n, const char* what);
   void skip(int64_t n, const char* what);
+  // Throws unless `size` bytes of `what`, declared by the header at offset `header`, fit in the rest of the file.
+  void checkFits(int64_t size, int64_t header, const char* what) const;
+  Error truncated(const char* what, const std::string& why = "") const;
 
   std::string path_;
   int fd_ = -1;
+  int64_t fileSize_ = 0;  // from fstat at open: every size a header declares is checked against it
   std::vector<uint8_t> buf_;
   size_t bufPos_ = 0, bufEnd_ = 0;
   int64_t pos_ = 0;      // archive offset of buf_[bufPos_]

@@ -188,14 +188,15 @@ void hostilePax() {
 }
 
 void truncations() {
-  // Every prefix of a valid archive: an error naming an offset, or (past the end marker's first
-  // block) the complete listing.
+  // Prefixes of a valid archive (around every block boundary, and every 13th byte between): an
+  // error naming an offset, or (past the end marker's first block) the complete listing.
   const std::string full = pax(paxRecord("path", std::string(120, 'd') + "/a.cls")) + header("a", '0', 2) + pad("5\n") +
                            member("a.png", std::string(1500, 'q')) + kEnd;
   const Listing whole = list(full);
   check(whole.error.empty() && whole.members.size() == 2, "the archive to cut is valid: " + whole.error);
   const size_t marker = full.size() - kEnd.size();
-  for (size_t n = 0; n < full.size(); ++n)
+  for (size_t n = 0; n < full.size(); ++n) {
+    if (n % 13 != 0 && (n + 1) % kBlock > 2) continue;
     for (bool read : {true, false}) {
       const Listing l = list(full.substr(0, n), read);
       const std::string what = "cut at " + std::to_string(n) + (read ? "" : " (skipping data)");
@@ -206,6 +207,7 @@ void truncations() {
         check(l.error.empty() && l.members == whole.members, what + ": the whole listing");
       }
     }
+  }
 }
 
 // Recomputes a header's checksum, so that a corrupted field gets past the checksum to the parser.
@@ -224,7 +226,7 @@ void corruptions() {
   const std::string base = pax(paxRecord("size", "2") + paxRecord("path", "p/a.cls")) + header("a", '0', 0) + pad("5\n") +
                            header("b.png", '0', 700) + pad(std::string(700, 'q')) + kEnd;
   const std::vector<size_t> headers = {0, 1024, 2048};
-  const unsigned char values[] = {0x00, 0xff, 0x80, 0x7f, '7', '9', ' ', '\n', '=', 'x', '5', 'L'};
+  const unsigned char values[] = {0x00, 0xff, 0x80, '7', '9', ' ', '\n', 'x', 'L'};
   size_t cases = 0;
   for (size_t h : headers) {
     std::vector<size_t> offsets;
@@ -245,7 +247,7 @@ void corruptions() {
         }
       }
   }
-  check(cases > 500, "corruptions: " + std::to_string(cases) + " cases ran");
+  check(cases > 1000, "corruptions: " + std::to_string(cases) + " cases ran");
 }
 
 void readRules() {
