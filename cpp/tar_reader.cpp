@@ -219,21 +219,29 @@ bool TarReader::next(TarMember& member) {
     member.header = at;
     member.offset = pos_;
     member.size = size;
-    dataSize_ = size;
+    current_ = member;
     pending_ = padded(size);
     dataRead_ = false;
     return true;
   }
 }
 
-std::vector<uint8_t> TarReader::read() {
+std::vector<uint8_t> TarReader::read(int64_t maxBytes, const char* kind) {
   if (dataRead_) throw Error(path_ + ": tar member data read twice");
-  std::vector<uint8_t> data(static_cast<size_t>(dataSize_));
-  fill(data.data(), dataSize_, "a member's data");
-  skip(pending_ - dataSize_, "a member's padding");
+  checkMemberSize(path_, current_, maxBytes, kind);
+  std::vector<uint8_t> data(static_cast<size_t>(current_.size));
+  fill(data.data(), current_.size, "a member's data");
+  skip(pending_ - current_.size, "a member's padding");
   pending_ = 0;
   dataRead_ = true;
   return data;
+}
+
+void checkMemberSize(const std::string& path, const TarMember& m, int64_t maxBytes, const char* kind) {
+  if (m.size > maxBytes)
+    throw fileError(path, "member " + m.name + " at offset " + std::to_string(m.header) + " declares " + std::to_string(m.size) +
+                              " bytes, more than " + kind + " may hold (" + std::to_string(maxBytes) +
+                              "): the shard is corrupt or was not written for training");
 }
 
 }  // namespace o3

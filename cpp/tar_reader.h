@@ -30,8 +30,9 @@ class TarReader {
   // than what is left of the file or a file that ends before the marker throws a fileError naming
   // the archive and the offset.
   bool next(TarMember& member);
-  // The current member's data (read once, before the next call to next()).
-  std::vector<uint8_t> read();
+  // The current member's data (read once, before the next call to next()). A member larger than
+  // `maxBytes` throws (checkMemberSize) before anything is allocated.
+  std::vector<uint8_t> read(int64_t maxBytes, const char* kind);
 
  private:
   bool refill();  // false at the end of the file
@@ -48,8 +49,13 @@ class TarReader {
   size_t bufPos_ = 0, bufEnd_ = 0;
   int64_t pos_ = 0;      // archive offset of buf_[bufPos_]
   int64_t pending_ = 0;  // bytes of the current member's data (plus padding) not yet consumed
-  int64_t dataSize_ = 0;
+  TarMember current_;
   bool dataRead_ = true;
 };
+
+// Throws a fileError naming the archive, the member and its offset when `m` declares more than
+// `maxBytes`, what `kind` ("a class label", "an image") may hold: a size is checked before a buffer
+// is sized by it.
+void checkMemberSize(const std::string& path, const TarMember& m, int64_t maxBytes, const char* kind);
 
 }  // namespace o3

@@ -106,7 +106,7 @@ Listing list(const std::string& bytes, bool read = true) {
     while (tar.next(m)) {
       out.members.push_back(m.name + " " + std::to_string(m.size));
       if (read) {
-        const std::vector<uint8_t> d = tar.read();
+        const std::vector<uint8_t> d = tar.read(1 << 20, "a test member");
         out.data.emplace_back(d.begin(), d.end());
       }
     }
@@ -256,16 +256,35 @@ void readRules() {
   o3::TarReader tar(path);
   o3::TarMember m;
   check(tar.next(m), "read twice: a member");
-  tar.read();
+  tar.read(2, "a label");
   bool threw = false;
   try {
-    tar.read();
+    tar.read(2, "a label");
   } catch (const o3::Error& e) {
     threw = contains(e.what(), "read twice");
   }
   check(threw, "a member's data is read once");
   check(!tar.next(m), "read twice: then the end");
   ::unlink(path.c_str());
+
+  // A member over the caller's cap is refused before its buffer is allocated, naming it.
+  const std::string big = writeFile(member("a.cls", "1\n") + member("b.cls", std::string(5000, '7')) + kEnd);
+  o3::TarReader capped(big);
+  check(capped.next(m) && capped.read(4096, "a label").size() == 2, "under the cap: read");
+  std::string error;
+  try {
+    check(capped.next(m), "over the cap: a member");
+    capped.read(4096, "a label");
+  } catch (const o3::Error& e) {
+    error = e.what();
+  }
+  check(
+      error ==
+          big +
+              ": member b.cls at offset 1024 declares 5000 bytes, more than a label may hold (4096): the shard is corrupt or was "
+              "not written for training",
+      "over the cap: " + error);
+  ::unlink(big.c_str());
 }
 
 }  // namespace
