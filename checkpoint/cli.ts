@@ -7,7 +7,7 @@ import { open, rename, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, runCli } from '../lib/cli/run-cli.js'
-import { O3Client, O3Error, O3IntegrityError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
+import { O3Client, O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
 import { checkDataLineage } from './data-check.js'
 import { CheckpointStore, type ManifestEntry } from './index.js'
 import { TRUST_SIGNER_FLAG, TrustPolicy } from './trust.js'
@@ -30,18 +30,56 @@ function print(line: string): void {
   process.stdout.write(`${line}\n`)
 }
 
+/** Sidecars read at once by ls. */
+const LS_PARALLEL = 8
+
+/**
+ * Lists the manifest's checkpoints, each with what its own sidecar says: the signer whose
+ * signature verifies, or why the sidecar is not to be believed (it disagrees with the manifest,
+ * its signature fails, it is missing). Any such problem is an O3IntegrityError once all are listed.
+ */
 async function ls(store: CheckpointStore, flags: GlobalFlags): Promise<void> {
   const [manifest, latest] = await Promise.all([store.readManifest(), store.readLatest()])
-  if (flags.json) return print(JSON.stringify({ latest: latest?.name ?? null, checkpoints: manifest.checkpoints }, null, 2))
-  if (manifest.checkpoints.length === 0) {
+  const rows: { entry: ManifestEntry; signer?: string; problem?: string }[] = []
+  for (let i = 0; i < manifest.checkpoints.length; i += LS_PARALLEL) {
+    const batch = manifest.checkpoints.slice(i, i + LS_PARALLEL)
+    rows.push(
+      ...(await Promise.all(
+        batch.map((entry) =>
+          store.readSignedRecord(entry).then(
+            ({ signer }) => ({ entry, signer }),
+            (err: unknown) => {
+              if (!(err instanceof O3IntegrityError || err instanceof O3NotFoundError)) throw err
+              return { entry, problem: err.message }
+            },
+          ),
+        ),
+      )),
+    )
+  }
+  const problems = rows.filter((r) => r.problem !== undefined).length
+  if (flags.json)
+    print(
+      JSON.stringify(
+        { latest: latest?.name ?? null, checkpoints: rows.map((r) => ({ ...r.entry, ...(r.problem === undefined ? {} : { problem: r.problem }) })) },
+        null,
+        2,
+      ),
+    )
+  else if (manifest.checkpoints.length === 0) {
     // A missing bucket has no manifest either: say which one it is, with its exit status.
     await store.client.checkBucket()
-    return print(`${store.location}: no checkpoints`)
-  }
-  for (const e of manifest.checkpoints) {
-    const mark = e.name === latest?.name ? '*' : ' '
-    print(`${mark} ${e.name}  step ${e.step}  epoch ${e.epoch}  ${mib(e.size).padStart(11)}  ${e.cid}  ${e.signer ?? 'unsigned'}  ${e.time}`)
-  }
+    print(`${store.location}: no checkpoints`)
+  } else
+    for (const { entry: e, signer, problem } of rows) {
+      const mark = e.name === latest?.name ? '*' : ' '
+      const who = problem === undefined ? (signer ?? 'unsigned') : `${e.signer ?? 'unsigned'}  INTEGRITY: ${problem}`
+      print(`${mark} ${e.name}  step ${e.step}  epoch ${e.epoch}  ${mib(e.size).padStart(11)}  ${e.cid}  ${who}  ${e.time}`)
+    }
+  if (problems > 0)
+    throw new O3IntegrityError(
+      `${store.location}: ${problems === 1 ? "1 checkpoint's sidecar disagrees" : `${problems} checkpoints' sidecars disagree`} with manifest.json or fail their own checks (listed above); o3ckpt verify checks them in full`,
+    )
 }
 
 /** Whether the data each checkpoint names is the data at `location` now; an O3IntegrityError for the first that is not. */
@@ -74,7 +112,7 @@ async function verify(store: CheckpointStore, ref: string | undefined, opts: Tru
   if (entries.length === 0) throw new O3UsageError(`${store.location}: no checkpoints to verify`)
   let failure: O3Error | undefined
   for (const entry of entries) {
-    const r = await store.verify(entry, { trust }, manifest)
+    const r = await store.verify(entry, { trust })
     if (flags.json)
       print(
         JSON.stringify(

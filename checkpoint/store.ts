@@ -3,6 +3,8 @@ import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client
 import { silentLogger, type Logger } from '../lib/log.js'
 import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
 import {
+  CHECKPOINT_DIR,
+  CHECKPOINT_NAME,
   LATEST_KEY,
   MANIFEST_KEY,
   checkRecordAgainstEntry,
@@ -46,6 +48,8 @@ export interface LoadedCheckpoint {
  */
 export class CheckpointStore {
   private readonly log: Logger
+  /** The run's signer under trust on first use, once found (undefined: the run signed nothing). */
+  private firstSignerFound: Promise<string | undefined> | undefined
 
   constructor(
     readonly client: O3Client,
@@ -123,24 +127,66 @@ export class CheckpointStore {
     return entry
   }
 
-  /**
-   * The sidecar of a checkpoint, checked against the manifest, its signature and the trust policy.
-   * `manifest` saves a read when the caller holds it already.
-   */
-  async readRecord(entry: ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<CheckpointRecord> {
+  /** The sidecar of a checkpoint, checked against the manifest, its signature and the trust policy. */
+  async readRecord(entry: ManifestEntry, options: ReadOptions = {}): Promise<CheckpointRecord> {
     const { record, signer } = await this.readSignedRecord(entry, options.signal)
     const trust = options.trust ?? TrustPolicy.firstUse
-    await trust.check(
-      signer,
-      this.where(sidecarKey(entry.name)),
-      manifest ?? (await this.readManifest(options.signal)),
-      async (e) => (await this.readSignedRecord(e, options.signal)).signer,
-    )
+    await trust.check(signer, this.where(sidecarKey(entry.name)), () => this.firstSigner(options.signal))
     return record
   }
 
-  /** A sidecar whose signature, if any, checks; nothing said yet about whether its signer is trusted. */
-  private async readSignedRecord(entry: ManifestEntry, signal?: AbortSignal): Promise<{ record: CheckpointRecord; signer?: string }> {
+  /**
+   * The run's signer under trust on first use: the signer of its earliest sidecar (by step) whose
+   * signature verifies, read from the sidecars under checkpoints/ themselves. The manifest's signer
+   * fields are never believed, only compared with the sidecars (checkRecordAgainstEntry), so that
+   * deleting them cannot make a signed run accept unsigned checkpoints. Undefined when no sidecar is
+   * signed; O3IntegrityError when some are but no signature verifies.
+   */
+  firstSigner(signal?: AbortSignal): Promise<string | undefined> {
+    this.firstSignerFound ??= this.findFirstSigner(signal).catch((err: unknown) => {
+      this.firstSignerFound = undefined
+      throw err
+    })
+    return this.firstSignerFound
+  }
+
+  private async findFirstSigner(signal?: AbortSignal): Promise<string | undefined> {
+    const names: string[] = []
+    for await (const o of this.client.list(CHECKPOINT_DIR, { signal })) {
+      if (o.type !== 'object') continue
+      const name = o.key.slice(CHECKPOINT_DIR.length).replace(/\.safetensors\.cid$/, '')
+      if (CHECKPOINT_NAME.test(name) && sidecarKey(name) === o.key) names.push(name)
+    }
+    let signed = 0
+    for (const name of names.sort()) {
+      const key = sidecarKey(name)
+      let record: CheckpointRecord | undefined
+      try {
+        const text = await this.readText(key, signal)
+        record = text === undefined ? undefined : parseRecord(text, this.where(key))
+      } catch (err) {
+        if (!(err instanceof O3IntegrityError)) throw err
+      }
+      if (record?.signer === undefined && record?.signature === undefined) continue
+      signed++
+      try {
+        // A record copied under another checkpoint's name does not count.
+        if (record.name === name) return checkSignature(record, this.where(key))
+      } catch (err) {
+        if (!(err instanceof O3IntegrityError)) throw err
+      }
+    }
+    if (signed === 0) return undefined
+    throw new O3IntegrityError(
+      `${this.location}: ${signed} sidecars carry a signature but none verifies, so the run's signer is unknown; name the signer to trust with --trust-signer`,
+    )
+  }
+
+  /**
+   * A sidecar checked against its manifest entry, with its signer once the signature, if any,
+   * checks; nothing said yet about whether that signer is trusted.
+   */
+  async readSignedRecord(entry: ManifestEntry, signal?: AbortSignal): Promise<{ record: CheckpointRecord; signer?: string }> {
     const key = sidecarKey(entry.name)
     const text = await this.readText(key, signal)
     if (text === undefined) throw new O3NotFoundError(`${this.where(key)} is missing`)
@@ -205,9 +251,9 @@ export class CheckpointStore {
   }
 
   /** Downloads, verifies and parses a checkpoint. */
-  async load(ref: string | ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<LoadedCheckpoint> {
+  async load(ref: string | ManifestEntry, options: ReadOptions = {}): Promise<LoadedCheckpoint> {
     const entry = typeof ref === 'string' ? await this.resolve(ref, options.signal) : ref
-    const record = await this.readRecord(entry, options, manifest)
+    const record = await this.readRecord(entry, options)
     return this.parse(entry, record, await this.fetchVerified(entry, options.signal))
   }
 
@@ -238,7 +284,7 @@ export class CheckpointStore {
     for (const entry of candidates) {
       try {
         if (latest && entry.name === latest.name) this.latestEntry(manifest, latest)
-        const loaded = await this.load(entry, options, manifest)
+        const loaded = await this.load(entry, options)
         if (failures.length > 0) this.log.warn({ checkpoint: entry.name, cid: entry.cid, skipped: failures }, 'resuming from an earlier checkpoint')
         return loaded
       } catch (err) {
@@ -260,9 +306,9 @@ export class CheckpointStore {
   }
 
   /** Full check of one checkpoint: sidecar, signature and its signer's trust, bytes. Never throws for a bad checkpoint. */
-  async verify(entry: ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<VerifyResult> {
+  async verify(entry: ManifestEntry, options: ReadOptions = {}): Promise<VerifyResult> {
     try {
-      const record = await this.readRecord(entry, options, manifest)
+      const record = await this.readRecord(entry, options)
       const digest = await this.download(entry, () => undefined, options.signal)
       return { entry, ok: true, signer: record.signer, digest }
     } catch (err) {
