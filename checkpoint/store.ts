@@ -270,13 +270,7 @@ export class CheckpointStore {
    */
   async resume(options: ReadOptions = {}): Promise<LoadedCheckpoint | undefined> {
     const manifest = await this.readManifest(options.signal)
-    let latest: LatestPointer | undefined
-    try {
-      latest = await this.readLatest(options.signal)
-    } catch (err) {
-      if (!(err instanceof O3IntegrityError)) throw err
-      this.log.warn({ err: err.message }, "latest pointer unreadable; trying the manifest's checkpoints")
-    }
+    const latest = await this.usableLatest(manifest, options.signal)
     const committed = latest ? manifest.checkpoints.filter((e) => e.seq <= latest.seq) : manifest.checkpoints
     if (!latest && committed.length === 0) return undefined
     const candidates = [...committed].sort((a, b) => b.seq - a.seq)
@@ -294,6 +288,26 @@ export class CheckpointStore {
       }
     }
     throw new O3IntegrityError(`${this.location}: no checkpoint passes verification (${failures.join(' | ') || 'latest names none'})`)
+  }
+
+  /**
+   * `latest` where it names a checkpoint of `manifest`; undefined when it is missing, malformed or
+   * names another (each said in a warning while the manifest lists checkpoints), and then every
+   * checkpoint of the manifest is a candidate, the newest that verifies first.
+   */
+  private async usableLatest(manifest: Manifest, signal?: AbortSignal): Promise<LatestPointer | undefined> {
+    let latest: LatestPointer | undefined
+    let why: string
+    try {
+      latest = await this.readLatest(signal)
+      if (latest && manifest.checkpoints.some((e) => e.name === latest!.name)) return latest
+      why = latest ? `${this.where(LATEST_KEY)} names ${latest.name}, which ${MANIFEST_KEY} does not list` : `${this.where(LATEST_KEY)} is missing`
+    } catch (err) {
+      if (!(err instanceof O3IntegrityError)) throw err
+      why = err.message
+    }
+    if (manifest.checkpoints.length > 0) this.log.warn({ err: why }, "latest pointer unusable; resuming from the manifest's newest checkpoint that verifies")
+    return undefined
   }
 
   /** The safetensors header of a stored checkpoint, read with two ranged GETs. */

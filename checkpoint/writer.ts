@@ -58,23 +58,33 @@ export interface SavedCheckpoint {
  * Writes a run's checkpoints to O3 in one pass each: safetensors bytes into a multipart upload
  * (one PUT when they fit in a part), sha256 and CID computed from a copy of the same buffers on a worker thread (started with the writer), then the commit sequence data -> sidecar ->
  * manifest -> `latest`. A run has one writer at a time: opening one clears what a crashed
- * predecessor left (multipart uploads, uncommitted objects).
+ * predecessor left (multipart uploads, objects no manifest entry names), never a checkpoint the
+ * manifest names.
  */
 export class CheckpointWriter {
   private readonly log: Logger
   private readonly localDir: string
   private readonly signer: Signer | undefined
   private inflight: Promise<SavedCheckpoint> | undefined
+  /**
+   * Manifest entries up to this seq are committed (`latest` moved to them or past them); a later one
+   * is a save killed between its manifest entry and `latest`, which a save of the same step replaces.
+   */
+  private committedSeq: number
 
   private constructor(
     /** The run's read side, on the same client: resume and load go through it. */
     readonly store: CheckpointStore,
     private manifest: Manifest,
+    latest: LatestPointer | undefined,
     private readonly options: WriterOptions,
   ) {
     this.log = options.logger ?? silentLogger
     this.localDir = options.localDir ?? path.join('checkpoints', this.client.scope.bucket, this.client.scope.prefix)
     this.signer = options.signer === null ? undefined : (options.signer ?? loadSigner())
+    // Without a usable latest every entry counts as committed, as resume then takes the newest that verifies.
+    const latestNamed = latest !== undefined && manifest.checkpoints.some((e) => e.name === latest.name)
+    this.committedSeq = latestNamed ? latest.seq : maxSeq(manifest)
     for (const [k, v] of [
       ['keepLast', options.keepLast],
       ['keepEvery', options.keepEvery],
@@ -86,8 +96,15 @@ export class CheckpointWriter {
   static async open(client: O3Client, options: WriterOptions = {}): Promise<CheckpointWriter> {
     startHashThread()
     const store = new CheckpointStore(client, options.logger)
-    const writer = new CheckpointWriter(store, await store.readManifest(), options)
-    await writer.clearLeftovers(await store.readLatest())
+    const manifest = await store.readManifest()
+    // A malformed latest is the store's to warn about when it resumes; here it only means that
+    // nothing says which entries were committed.
+    const latest = await store.readLatest().catch((err: unknown) => {
+      if (err instanceof O3IntegrityError) return undefined
+      throw err
+    })
+    const writer = new CheckpointWriter(store, manifest, latest, options)
+    await writer.clearLeftovers()
     return writer
   }
 
@@ -105,21 +122,20 @@ export class CheckpointWriter {
     return this.manifest.checkpoints
   }
 
-  private async clearLeftovers(latest: LatestPointer | undefined): Promise<void> {
+  /**
+   * Aborts multipart uploads and deletes objects under checkpoints/ that no manifest entry names
+   * (a save killed before its manifest entry, retention killed after its manifest write). Nothing
+   * the manifest names is deleted, whatever `latest` says or whether it can be read at all.
+   */
+  private async clearLeftovers(): Promise<void> {
     for await (const u of this.client.listMultipartUploads(CHECKPOINT_DIR)) {
       this.log.warn({ key: u.key }, 'aborting a multipart upload left by an interrupted save')
       await this.client.abortMultipartUpload(u.key, u.uploadId)
     }
-    // Entries after `latest` were never committed: a crash hit between manifest and latest.
-    const committed = this.manifest.checkpoints.filter((e) => latest !== undefined && e.seq <= latest.seq)
-    if (committed.length !== this.manifest.checkpoints.length) {
-      this.manifest = { version: 1, checkpoints: committed }
-      await this.putJson(MANIFEST_KEY, this.manifest)
-    }
-    const keep = new Set(committed.flatMap((e) => [dataKey(e.name), sidecarKey(e.name)]))
+    const keep = new Set(this.manifest.checkpoints.flatMap((e) => [dataKey(e.name), sidecarKey(e.name)]))
     for await (const o of this.client.list(CHECKPOINT_DIR)) {
       if (o.type === 'object' && !keep.has(o.key)) {
-        this.log.warn({ key: o.key }, 'deleting an object no committed checkpoint refers to')
+        this.log.warn({ key: o.key }, 'deleting an object no checkpoint of the manifest names')
         await this.client.delete(o.key)
       }
     }
@@ -169,9 +185,11 @@ export class CheckpointWriter {
 
   private async saveNow(state: readonly StateTensor[], meta: CheckpointMeta, signal?: AbortSignal): Promise<SavedCheckpoint> {
     const name = checkpointName(meta.step)
-    if (this.manifest.checkpoints.some((e) => e.name === name)) {
+    const existing = this.manifest.checkpoints.find((e) => e.name === name)
+    if (existing && existing.seq <= this.committedSeq) {
       throw new O3UsageError(`${this.store.location}: checkpoint ${name} already exists; each step is saved once`)
     }
+    if (existing) this.log.warn({ checkpoint: name }, 'saving again a step whose save was killed before latest moved to it; the new one replaces it')
     const key = dataKey(name)
     const started = Date.now()
     const header = encodeHeader(state, encodeMeta(meta))
@@ -213,7 +231,7 @@ export class CheckpointWriter {
     await this.writeLocalSidecar(name, await putSidecar(this.client, key, record, signal))
     this.step('sidecar', name)
 
-    const seq = this.manifest.checkpoints.reduce((m, e) => Math.max(m, e.seq), 0) + 1
+    const seq = maxSeq(this.manifest) + 1
     const entry: ManifestEntry = {
       seq,
       name,
@@ -225,13 +243,14 @@ export class CheckpointWriter {
       time: record.time,
       signer: record.signer,
     }
-    const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints, entry] }
+    const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints.filter((e) => e.name !== name), entry] }
     await this.putJson(MANIFEST_KEY, manifest, signal)
     this.manifest = manifest
     this.step('manifest', name)
 
     const latest: LatestPointer = { version: 1, name, cid: record.cid, seq, time: record.time }
     await this.putJson(LATEST_KEY, latest, signal)
+    this.committedSeq = seq
     this.step('latest', name)
     this.log.info({ checkpoint: name, cid: record.cid, bytes: record.size, ms: Date.now() - started, signer: record.signer }, 'checkpoint committed')
 
@@ -273,4 +292,8 @@ export class CheckpointWriter {
       }
     }
   }
+}
+
+function maxSeq(manifest: Manifest): number {
+  return manifest.checkpoints.reduce((m, e) => Math.max(m, e.seq), 0)
 }
