@@ -83,10 +83,16 @@ async function ls(store: CheckpointStore, flags: GlobalFlags): Promise<void> {
 }
 
 /** Whether the data each checkpoint names is the data at `location` now; an O3IntegrityError for the first that is not. */
-async function verifyData(store: CheckpointStore, entries: ManifestEntry[], location: string, flags: GlobalFlags): Promise<O3Error | undefined> {
+async function verifyData(
+  store: CheckpointStore,
+  entries: ManifestEntry[],
+  location: string,
+  trust: TrustPolicy,
+  flags: GlobalFlags,
+): Promise<O3Error | undefined> {
   let failure: O3Error | undefined
   for (const entry of entries) {
-    const data = (await store.readRecord(entry)).data
+    const data = (await store.readRecord(entry, { trust })).data
     const problems = data ? await checkDataLineage(data, location, flags) : [`${entry.name} records no data lineage (saved before o3train recorded it)`]
     const what = data?.manifest ? `manifest ${data.manifest.cid}` : `${data?.files?.length ?? 0} files`
     if (flags.json) print(JSON.stringify({ name: entry.name, data: location, ok: problems.length === 0, problems }))
@@ -125,7 +131,7 @@ async function verify(store: CheckpointStore, ref: string | undefined, opts: Tru
     else print(`FAIL  ${entry.name}  ${r.error.message}`)
     if (!r.ok) failure ??= r.error
   }
-  if (opts.data) failure ??= await verifyData(store, entries, opts.data, flags)
+  if (opts.data) failure ??= await verifyData(store, entries, opts.data, trust, flags)
   if (failure) throw failure
 }
 

@@ -1,5 +1,5 @@
 import { O3IntegrityError } from '../lib/o3/errors.js'
-import type { DataLineage } from '../lib/content/lineage.js'
+import { checkLineage, type DataLineage } from '../lib/content/lineage.js'
 
 /** What a trainer records with a checkpoint to resume exactly where it stopped. */
 export interface CheckpointMeta {
@@ -38,12 +38,13 @@ export function decodeMeta(md: Record<string, string>, what: string): Checkpoint
       throw new O3IntegrityError(`${what}: metadata ${k} is not JSON`)
     }
   }
+  const lineage = json('data_lineage')
   return {
     step: int('step'),
     epoch: int('epoch'),
     model: md.model ?? '',
     config: json('config'),
     dataPosition: json('data_position'),
-    dataLineage: json('data_lineage') as DataLineage | undefined,
+    dataLineage: lineage === undefined ? undefined : checkLineage(lineage, what),
   }
 }

@@ -2,7 +2,7 @@ import { O3IntegrityError } from '../lib/o3/errors.js'
 import { recoverAddress, type Signer } from '../lib/content/signer.js'
 import { isCid, normalizeCid } from '../lib/content/cid.js'
 import { canonicalJson } from '../lib/content/canonical-json.js'
-import type { DataLineage } from '../lib/content/lineage.js'
+import { checkLineage, type DataLineage } from '../lib/content/lineage.js'
 import { parseSidecar, sidecarKeyOf, type SidecarRecord } from '../lib/content/sidecar.js'
 
 /** Object keys inside a run's prefix. */
@@ -109,6 +109,7 @@ export function parseRecord(text: string, what: string): CheckpointRecord {
     what,
     'sidecar record',
   )
+  if (record.data !== undefined) checkLineage(record.data, what)
   return record
 }
 
