@@ -4,6 +4,7 @@ import { SignatureV4 } from '@smithy/signature-v4'
 import type { AwsCredentialIdentity, Hash, SourceData } from '@smithy/types'
 import { O3IntegrityError } from './errors.js'
 import { checkPinned, ifMatchOf, type ObjectPin } from './etag.js'
+import { checkRangeAnswer } from './range-answer.js'
 
 /** Where the body of a ranged GET goes: straight into the caller's buffers, without a copy. */
 export interface RangeSink {
@@ -63,6 +64,9 @@ const CRLFCRLF = Buffer.from('\r\n\r\n')
 
 interface Exchange {
   pin?: ObjectPin
+  /** The bytes asked for, inclusive. */
+  start: number
+  end: number
   sink: RangeSink
   /** Body bytes still to come. */
   remaining: number
@@ -184,14 +188,23 @@ class Connection {
     if (status >= 300) {
       ex.errorBody = []
       ex.chunked = chunked
-    } else if (ex.pin) {
-      // Checked as well as sent: a server that ignores If-Match or VersionId must still not mix two versions.
-      try {
-        checkPinned(ex.pin, ex.etag, headers.get('x-amz-version-id'))
-      } catch (err) {
+    } else {
+      // Before a byte of the body reaches the sink: only the asked range, exactly, is data.
+      const wrong = checkRangeAnswer(status, headers.get('content-range'), length, ex.start, ex.end)
+      if (wrong) {
         this.socket.destroy()
-        this.settle(ex, new O3IntegrityError((err as Error).message))
+        this.settle(ex, wrong)
         return
+      }
+      if (ex.pin) {
+        // Checked as well as sent: a server that ignores If-Match or VersionId must still not mix two versions.
+        try {
+          checkPinned(ex.pin, ex.etag, headers.get('x-amz-version-id'))
+        } catch (err) {
+          this.socket.destroy()
+          this.settle(ex, new O3IntegrityError((err as Error).message))
+          return
+        }
       }
     }
     // Body bytes that came in with the headers.
@@ -284,7 +297,7 @@ export class LeanGet {
     for (let attempt = 0; ; attempt++) {
       const reused = this.idle.pop()
       const conn = reused ?? new Connection(url, this.o, (c) => this.forget(c))
-      const ex: Exchange = { pin, sink, remaining: 0, received: 0, status: 0, etag: '', resolve: () => {}, reject: () => {} }
+      const ex: Exchange = { pin, start, end, sink, remaining: 0, received: 0, status: 0, etag: '', resolve: () => {}, reject: () => {} }
       const done = new Promise<string>((resolve, reject) => {
         ex.resolve = resolve
         ex.reject = reject
