@@ -5,6 +5,7 @@
 // checkpoint reader (the SDK's ranged GETs) holds to the same.
 import { createHash, randomBytes } from 'node:crypto'
 import { execFile } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import path from 'node:path'
 import t, { type Test } from 'tap'
@@ -74,6 +75,34 @@ t.test('a server that always lies: EIO, the mount lives, and no lie was cached',
   lying.clear()
   t.equal(sha256(await readFile(path.join(m.mountpoint, key))), sha256(body), 'once the server is honest, the right bytes: nothing it lied was kept')
   t.match(m.log(), /block fetch failed/)
+})
+
+/** CPU seconds (user + system) and peak RSS of a process, from /proc. */
+function usage(pid: number): { cpuSeconds: number; peakRssKiB: number } {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+  const peak = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return { cpuSeconds: (Number(fields[11]) + Number(fields[12])) / 100, peakRssKiB: Number(peak?.[1]) }
+}
+
+t.test('a 500 with a 32 MiB chunked error body: EIO after the retries, in little CPU and memory', async (t) => {
+  const key = 'lies/error.bin'
+  const body = randomBytes(MiB)
+  await put(key, body)
+  const lying = await lyingServer(t)
+  const m = await mount(t, info, BUCKET, { env: { O3_ENDPOINT: lying.endpoint } })
+  await stat(path.join(m.mountpoint, key))
+  const before = usage(m.pid)
+  lying.lie('error-500-chunked', { count: Infinity, path: /\/error\.bin$/ })
+  await t.rejects(readFile(path.join(m.mountpoint, key)), { code: 'EIO' })
+  const after = usage(m.pid)
+  t.ok(lying.told >= 5, `every attempt got the 32 MiB error (${lying.told})`)
+  // Each error body kept whole and concatenated again on every read cost seconds of CPU and hundreds of MiB.
+  t.ok(after.cpuSeconds - before.cpuSeconds < 10, `the mount spent ${(after.cpuSeconds - before.cpuSeconds).toFixed(2)} s of CPU on ${lying.told} error bodies`)
+  t.ok(after.peakRssKiB - before.peakRssKiB < 64 << 10, `its peak RSS grew by ${((after.peakRssKiB - before.peakRssKiB) / 1024).toFixed(1)} MiB`)
+  t.match(m.log(), /InternalError/, "the error's code was read from the body")
+  await alive(t, m)
+  lying.clear()
+  t.equal(sha256(await readFile(path.join(m.mountpoint, key))), sha256(body))
 })
 
 t.test('the checkpoint reader (SDK ranged GETs) retries a lie and returns verified bytes', async (t) => {
