@@ -60,6 +60,9 @@ class Sha256 implements Hash {
 
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
 const HEADER_LIMIT = 64 * 1024
+/** Of an error body only this much is kept: S3 puts its <Code> and <Message> first. */
+const ERROR_BODY_LIMIT = 4 * 1024
+const CHUNKED_END = Buffer.from('0\r\n\r\n')
 const CRLFCRLF = Buffer.from('\r\n\r\n')
 
 interface Exchange {
@@ -74,10 +77,13 @@ interface Exchange {
   received: number
   status: number
   etag: string
-  /** Only for error responses: their XML body, for the error code. */
+  /** Only for error responses: the first ERROR_BODY_LIMIT bytes of their XML body, for the error code. */
   errorBody?: Buffer[]
+  errorBytes?: number
   /** An error body sent chunked (Swift does): it ends with the zero-length chunk. */
   chunked?: boolean
+  /** The last bytes of a chunked error body, to see that end marker across reads. */
+  errorTail?: Buffer
   resolve(etag: string): void
   reject(err: Error): void
 }
@@ -187,7 +193,9 @@ class Connection {
     ex.remaining = length
     if (status >= 300) {
       ex.errorBody = []
+      ex.errorBytes = 0
       ex.chunked = chunked
+      ex.errorTail = Buffer.alloc(0)
     } else {
       // Before a byte of the body reaches the sink: only the asked range, exactly, is data.
       const wrong = checkRangeAnswer(status, headers.get('content-range'), length, ex.start, ex.end)
@@ -226,10 +234,20 @@ class Connection {
     }
   }
 
+  /**
+   * Keeps the start of an error body; once it holds ERROR_BODY_LIMIT bytes the rest is not worth
+   * reading (the request fails either way, and get() drops the connection), so the exchange ends.
+   */
   private addErrorBytes(ex: Exchange, bytes: Buffer): void {
-    ex.errorBody!.push(Buffer.from(bytes))
+    const keep = Math.min(bytes.length, ERROR_BODY_LIMIT - ex.errorBytes!)
+    if (keep > 0) ex.errorBody!.push(Buffer.from(bytes.subarray(0, keep)))
+    ex.errorBytes! += keep
     ex.remaining -= bytes.length
-    if (ex.chunked && Buffer.concat(ex.errorBody!).toString('latin1').endsWith('0\r\n\r\n')) ex.remaining = 0
+    if (ex.chunked) {
+      ex.errorTail = Buffer.concat([ex.errorTail!, bytes.subarray(-CHUNKED_END.length)]).subarray(-CHUNKED_END.length)
+      if (ex.errorTail.equals(CHUNKED_END)) ex.remaining = 0
+    }
+    if (ex.errorBytes! >= ERROR_BODY_LIMIT) ex.remaining = 0
   }
 
   private finish(ex: Exchange): void {
