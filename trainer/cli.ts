@@ -9,7 +9,7 @@ import { readdir } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
-import { runCli } from '../lib/cli/run-cli.js'
+import { onInternalError, runCli } from '../lib/cli/run-cli.js'
 import { createLogger } from '../lib/log.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { withDeadline } from '../lib/fs-deadline.js'
@@ -80,6 +80,8 @@ async function main(): Promise<number> {
       log.info({ location: o.data, mountpoint: dataDir }, "reading the data through local rank 0's o3mount")
     } else if (mountLog) {
       mount = await mountForRun(o.data, o, mountLog)
+      const runMount = mount
+      onInternalError(() => runMount.close())
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
       nodeShare?.publish('mount', { dir: mount.dir })
