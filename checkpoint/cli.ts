@@ -13,7 +13,7 @@ import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, runCli } from '../lib/cli/run-cli.js'
 import { loadSigner } from '../lib/content/signer.js'
 import { createLogger } from '../lib/log.js'
-import { O3Client, O3Error, O3IntegrityError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
+import { O3Client, O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
 import { createProgress } from '../lib/progress.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { checkDataLineage } from './data-check.js'
@@ -47,18 +47,56 @@ function print(line: string): void {
   process.stdout.write(`${line}\n`)
 }
 
+/** Sidecars read at once by ls. */
+const LS_PARALLEL = 8
+
+/**
+ * Lists the manifest's checkpoints, each with what its own sidecar says: the signer whose
+ * signature verifies, or why the sidecar is not to be believed (it disagrees with the manifest,
+ * its signature fails, it is missing). Any such problem is an O3IntegrityError once all are listed.
+ */
 async function ls(store: CheckpointStore, flags: GlobalFlags): Promise<void> {
   const { manifest, latest } = await store.snapshot()
-  if (flags.json) return print(JSON.stringify({ latest: latest?.name ?? null, checkpoints: manifest.checkpoints }, null, 2))
-  if (manifest.checkpoints.length === 0) {
+  const rows: { entry: ManifestEntry; signer?: string; problem?: string }[] = []
+  for (let i = 0; i < manifest.checkpoints.length; i += LS_PARALLEL) {
+    const batch = manifest.checkpoints.slice(i, i + LS_PARALLEL)
+    rows.push(
+      ...(await Promise.all(
+        batch.map((entry) =>
+          store.readSignedRecord(entry).then(
+            ({ signer }) => ({ entry, signer }),
+            (err: unknown) => {
+              if (!(err instanceof O3IntegrityError || err instanceof O3NotFoundError)) throw err
+              return { entry, problem: err.message }
+            },
+          ),
+        ),
+      )),
+    )
+  }
+  const problems = rows.filter((r) => r.problem !== undefined).length
+  if (flags.json)
+    print(
+      JSON.stringify(
+        { latest: latest?.name ?? null, checkpoints: rows.map((r) => ({ ...r.entry, ...(r.problem === undefined ? {} : { problem: r.problem }) })) },
+        null,
+        2,
+      ),
+    )
+  else if (manifest.checkpoints.length === 0) {
     // A missing bucket has no manifest either: say which one it is, with its exit status.
     await store.client.checkBucket()
-    return print(`${store.location}: no checkpoints`)
-  }
-  for (const e of manifest.checkpoints) {
-    const mark = e.name === latest?.name && e.seq === latest.seq ? '*' : ' '
-    print(`${mark} ${e.name}  step ${e.step}  epoch ${e.epoch}  ${mib(e.size).padStart(11)}  ${e.cid}  ${e.signer ?? 'unsigned'}  ${e.time}${shownPath(e)}`)
-  }
+    print(`${store.location}: no checkpoints`)
+  } else
+    for (const { entry: e, signer, problem } of rows) {
+      const mark = e.name === latest?.name && e.seq === latest.seq ? '*' : ' '
+      const who = problem === undefined ? (signer ?? 'unsigned') : `${e.signer ?? 'unsigned'}  INTEGRITY: ${problem}`
+      print(`${mark} ${e.name}  step ${e.step}  epoch ${e.epoch}  ${mib(e.size).padStart(11)}  ${e.cid}  ${who}  ${e.time}${shownPath(e)}`)
+    }
+  if (problems > 0)
+    throw new O3IntegrityError(
+      `${store.location}: ${problems === 1 ? "1 checkpoint's sidecar disagrees" : `${problems} checkpoints' sidecars disagree`} with manifest.json or fail their own checks (listed above); o3ckpt verify checks them in full`,
+    )
 }
 
 /** What a put stored, as `ls` shows it: `  model.pt`, `  hf-model/` for a directory; nothing for o3train's own. */
@@ -67,10 +105,16 @@ function shownPath(e: ManifestEntry): string {
 }
 
 /** Whether the data each checkpoint names is the data at `location` now; an O3IntegrityError for the first that is not. */
-async function verifyData(store: CheckpointStore, entries: ManifestEntry[], location: string, flags: GlobalFlags): Promise<O3Error | undefined> {
+async function verifyData(
+  store: CheckpointStore,
+  entries: ManifestEntry[],
+  location: string,
+  trust: TrustPolicy,
+  flags: GlobalFlags,
+): Promise<O3Error | undefined> {
   let failure: O3Error | undefined
   for (const entry of entries) {
-    const data = (await store.readRecord(entry)).data
+    const data = (await store.readRecord(entry, { trust })).data
     const problems = data ? await checkDataLineage(data, location, flags) : [`${entry.name} records no data lineage (saved before o3train recorded it)`]
     const what = data?.manifest ? `manifest ${data.manifest.cid}` : `${data?.files?.length ?? 0} files`
     if (flags.json) print(JSON.stringify({ name: entry.name, data: location, ok: problems.length === 0, problems }))
@@ -96,7 +140,7 @@ async function verify(store: CheckpointStore, ref: string | undefined, opts: Tru
   if (entries.length === 0) throw new O3UsageError(`${store.location}: no checkpoints to verify`)
   let failure: O3Error | undefined
   for (const entry of entries) {
-    const r = await store.verify(entry, { trust }, manifest)
+    const r = await store.verify(entry, { trust })
     if (flags.json)
       print(
         JSON.stringify(
@@ -109,7 +153,7 @@ async function verify(store: CheckpointStore, ref: string | undefined, opts: Tru
     else print(`FAIL  ${entry.name}  ${r.error.message}`)
     if (!r.ok) failure ??= r.error
   }
-  if (opts.data) failure ??= await verifyData(store, entries, opts.data, flags)
+  if (opts.data) failure ??= await verifyData(store, entries, opts.data, trust, flags)
   if (failure) throw failure
 }
 
@@ -300,7 +344,7 @@ async function put(input: string, run: string, opts: PutFlags, flags: GlobalFlag
       },
     })
     // The trust policy readers apply, applied before anything is written: a put they would refuse is no use.
-    await writer.store.checkTrust(signer?.address, `${writer.store.location}: this put`, trust, { version: 1, checkpoints: [...writer.checkpoints] })
+    await writer.store.checkTrust(signer?.address, `${writer.store.location}: this put`, trust)
 
     let inFlight: Promise<unknown> | undefined
     const shutdown = installShutdown({

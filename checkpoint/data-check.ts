@@ -1,5 +1,5 @@
-import { createReadStream } from 'node:fs'
-import { readFile } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { open, realpath, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
 import { digestContent, normalizeCid, type ContentDigest } from '../lib/content/cid.js'
 import { parseDatasetManifest } from '../lib/content/dataset-manifest.js'
@@ -13,10 +13,35 @@ interface DataSource {
   close(): void
 }
 
+/**
+ * The file at `rel` below `root`, opened only if it is a regular file whose real path is inside
+ * root: a recorded path is untrusted, and a symlink out, a device or a FIFO (which never ends) is
+ * not data the checkpoint could have been trained on.
+ */
+async function openInside(root: string, rel: string): Promise<FileHandle> {
+  const [realRoot, real] = await Promise.all([realpath(root), realpath(path.join(root, ...rel.split('/')))])
+  if (!real.startsWith(realRoot + path.sep)) throw new Error(`it leads outside ${root}`)
+  // O_NONBLOCK: a FIFO must not wait for a writer before fstat refuses it.
+  const fh = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+  if ((await fh.stat()).isFile()) return fh
+  await fh.close()
+  throw new Error('not a regular file')
+}
+
 function sourceFor(location: string, flags: O3Flags): DataSource {
   if (!/^(o3|s3):\/\//.test(location)) {
-    const local = (p: string) => path.join(location, ...p.split('/'))
-    return { digest: (p) => digestContent(createReadStream(local(p)) as AsyncIterable<Buffer>), bytes: (p) => readFile(local(p)), close: () => {} }
+    return {
+      digest: async (p) => digestContent((await openInside(location, p)).createReadStream() as AsyncIterable<Buffer>),
+      bytes: async (p) => {
+        const fh = await openInside(location, p)
+        try {
+          return await fh.readFile()
+        } finally {
+          await fh.close()
+        }
+      },
+      close: () => {},
+    }
   }
   const client = O3Client.open(location, flags)
   // A range request on an empty object is refused: an empty one needs no GET.

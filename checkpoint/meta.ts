@@ -1,5 +1,5 @@
 import { O3IntegrityError } from '../lib/o3/errors.js'
-import type { DataLineage } from '../lib/content/lineage.js'
+import { checkLineage, type DataLineage } from '../lib/content/lineage.js'
 
 /**
  * What the model takes and how the trainer made it from the data, so that other code
@@ -65,13 +65,14 @@ export function decodeMeta(md: Record<string, string>, what: string): Checkpoint
       throw new O3IntegrityError(`${what}: metadata ${k} is not JSON`)
     }
   }
+  const lineage = json('data_lineage')
   return {
     step: int('step'),
     epoch: int('epoch'),
     model: md.model ?? '',
     config: json('config'),
     dataPosition: json('data_position'),
-    dataLineage: json('data_lineage') as DataLineage | undefined,
+    dataLineage: lineage === undefined ? undefined : checkLineage(lineage, what),
     input: json('input') as InputRecord | undefined,
   }
 }

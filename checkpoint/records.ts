@@ -2,7 +2,7 @@ import { O3IntegrityError } from '../lib/o3/errors.js'
 import { recoverAddress, type Signer } from '../lib/content/signer.js'
 import { isCid, normalizeCid } from '../lib/content/cid.js'
 import { canonicalJson } from '../lib/content/canonical-json.js'
-import type { DataLineage } from '../lib/content/lineage.js'
+import { checkLineage, type DataLineage } from '../lib/content/lineage.js'
 import { parseSidecar, sidecarKeyOf, type SidecarRecord } from '../lib/content/sidecar.js'
 import type { ObjectPin } from '../lib/o3/etag.js'
 import type { StoredObject } from '../lib/o3/client.js'
@@ -294,6 +294,7 @@ export function parseRecord(text: string, what: string): CheckpointRecord {
   checkEntryRef(record, what, 'sidecar record')
   if (record.kind === 'directory') checkFileList(record, what)
   else if (record.files !== undefined) throw new O3IntegrityError(`${what}: sidecar record lists files but is not a directory checkpoint`)
+  if (record.data !== undefined) checkLineage(record.data, what)
   return record
 }
 

@@ -5,6 +5,8 @@ import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, sameEtag, typ
 import { silentLogger, type Logger } from '../lib/log.js'
 import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
 import {
+  CHECKPOINT_DIR,
+  CHECKPOINT_NAME,
   LATEST_KEY,
   MANIFEST_KEY,
   checkFileRecord,
@@ -53,6 +55,8 @@ export interface LoadedCheckpoint {
  */
 export class CheckpointStore {
   private readonly log: Logger
+  /** The run's signer under trust on first use, once found (undefined: the run signed nothing). */
+  private firstSignerFound: Promise<string | undefined> | undefined
 
   constructor(
     readonly client: O3Client,
@@ -163,24 +167,78 @@ export class CheckpointStore {
     return entry
   }
 
-  /**
-   * The sidecar of a checkpoint, checked against the manifest, its signature and the trust policy.
-   * `manifest` saves a read when the caller holds it already.
-   */
-  async readRecord(entry: ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<CheckpointRecord> {
+  /** The sidecar of a checkpoint, checked against the manifest, its signature and the trust policy. */
+  async readRecord(entry: ManifestEntry, options: ReadOptions = {}): Promise<CheckpointRecord> {
     const { record, signer } = await this.readSignedRecord(entry, options.signal)
     const trust = options.trust ?? TrustPolicy.firstUse
-    await this.checkTrust(signer, this.where(recordKey(entry)), trust, manifest ?? (await this.readManifest(options.signal)), options.signal)
+    await this.checkTrust(signer, this.where(recordKey(entry)), trust, options.signal)
     return record
   }
 
   /** Throws O3IntegrityError unless `trust` accepts `signer` (undefined: unsigned) for this run, as TrustPolicy.check says. */
-  async checkTrust(signer: string | undefined, what: string, trust: TrustPolicy, manifest: Manifest, signal?: AbortSignal): Promise<void> {
-    await trust.check(signer, what, manifest, async (e) => (await this.readSignedRecord(e, signal)).signer)
+  async checkTrust(signer: string | undefined, what: string, trust: TrustPolicy, signal?: AbortSignal): Promise<void> {
+    await trust.check(signer, what, () => this.firstSigner(signal))
   }
 
-  /** A sidecar whose signature, if any, checks; nothing said yet about whether its signer is trusted. */
-  private async readSignedRecord(entry: ManifestEntry, signal?: AbortSignal): Promise<{ record: CheckpointRecord; signer?: string }> {
+  /**
+   * The run's signer under trust on first use: the signer of its earliest record sidecar (by key:
+   * by step, then revision) whose signature verifies, read from the sidecars under checkpoints/
+   * themselves. The manifest's signer fields are never believed, only compared with the sidecars
+   * (checkRecordAgainstEntry), so that deleting them cannot make a signed run accept unsigned
+   * checkpoints. Undefined when no record is signed; O3IntegrityError when some are but no
+   * signature verifies. A signer once found is kept; "none" is asked again, as a save may sign.
+   */
+  firstSigner(signal?: AbortSignal): Promise<string | undefined> {
+    this.firstSignerFound ??= this.findFirstSigner(signal).then(
+      (signer) => {
+        if (signer === undefined) this.firstSignerFound = undefined
+        return signer
+      },
+      (err: unknown) => {
+        this.firstSignerFound = undefined
+        throw err
+      },
+    )
+    return this.firstSignerFound
+  }
+
+  private async findFirstSigner(signal?: AbortSignal): Promise<string | undefined> {
+    // A record is `<name>.safetensors.cid`, `<folder>.cid` (a directory) or `<folder>/<file>.cid`
+    // (a put file); deeper sidecars are a directory's per-file records.
+    const keys: string[] = []
+    for await (const o of this.client.list(CHECKPOINT_DIR, { signal })) {
+      if (o.type === 'object' && o.key.endsWith('.cid') && o.key.slice(CHECKPOINT_DIR.length).split('/').length <= 2) keys.push(o.key)
+    }
+    let signed = 0
+    for (const key of keys.sort()) {
+      let record: CheckpointRecord | undefined
+      try {
+        const text = await this.readText(key, signal)
+        record = text === undefined ? undefined : parseRecord(text, this.where(key))
+      } catch (err) {
+        if (!(err instanceof O3IntegrityError)) throw err
+      }
+      if (record?.signer === undefined && record?.signature === undefined) continue
+      // A record copied under another checkpoint's key does not count.
+      if (!CHECKPOINT_NAME.test(record.name) || recordKey(record) !== key) continue
+      signed++
+      try {
+        return checkSignature(record, this.where(key))
+      } catch (err) {
+        if (!(err instanceof O3IntegrityError)) throw err
+      }
+    }
+    if (signed === 0) return undefined
+    throw new O3IntegrityError(
+      `${this.location}: ${signed} sidecars carry a signature but none verifies, so the run's signer is unknown; name the signer to trust with --trust-signer`,
+    )
+  }
+
+  /**
+   * A sidecar checked against its manifest entry, with its signer once the signature, if any,
+   * checks; nothing said yet about whether that signer is trusted.
+   */
+  async readSignedRecord(entry: ManifestEntry, signal?: AbortSignal): Promise<{ record: CheckpointRecord; signer?: string }> {
     const key = recordKey(entry)
     const text = await this.readText(key, signal, entry.sidecarVersion)
     if (text === undefined) throw new O3NotFoundError(`${this.where(key)} is missing`)
@@ -294,9 +352,9 @@ export class CheckpointStore {
   }
 
   /** Downloads, verifies and parses a checkpoint. */
-  async load(ref: string | ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<LoadedCheckpoint> {
+  async load(ref: string | ManifestEntry, options: ReadOptions = {}): Promise<LoadedCheckpoint> {
     const entry = typeof ref === 'string' ? await this.resolve(ref, options.signal) : ref
-    const record = await this.readRecord(entry, options, manifest)
+    const record = await this.readRecord(entry, options)
     return this.parse(entry, record, await this.fetchVerified(entry, options.signal))
   }
 
@@ -306,10 +364,9 @@ export class CheckpointStore {
    * policy), and the copy's size, sha256 and CID must be theirs.
    */
   async loadCopy(name: string, file: Buffer, options: ReadOptions = {}): Promise<LoadedCheckpoint> {
-    const manifest = await this.readManifest(options.signal)
-    const entry = manifest.checkpoints.find((e) => e.name === name)
+    const entry = currentEntry((await this.readManifest(options.signal)).checkpoints, name)
     if (!entry) throw new O3NotFoundError(`${this.location}: no checkpoint ${JSON.stringify(name)} in ${MANIFEST_KEY}`)
-    const record = await this.readRecord(entry, options, manifest)
+    const record = await this.readRecord(entry, options)
     verifyDigest(`${this.where(contentKey(entry))} (a local copy)`, await digestContent(file), entry)
     return this.parse(entry, record, file)
   }
@@ -326,9 +383,7 @@ export class CheckpointStore {
    * committed; O3IntegrityError when checkpoints exist but none verifies.
    */
   async resume(options: ReadOptions = {}): Promise<LoadedCheckpoint | undefined> {
-    const { latest, manifest } = await this.snapshot(options.signal, (err) =>
-      this.log.warn({ err: err.message }, "latest pointer unreadable; trying the manifest's checkpoints"),
-    )
+    const { latest, manifest } = await this.usableSnapshot(options.signal)
     const committed = latest ? manifest.checkpoints.filter((e) => e.seq <= latest.seq) : manifest.checkpoints
     if (!latest && committed.length === 0) return undefined
     const candidates = [...committed].sort((a, b) => b.seq - a.seq)
@@ -336,7 +391,7 @@ export class CheckpointStore {
     for (const entry of candidates) {
       try {
         if (latest && entry.name === latest.name) this.latestEntry(manifest, latest)
-        const loaded = await this.load(entry, options, manifest)
+        const loaded = await this.load(entry, options)
         if (failures.length > 0) this.log.warn({ checkpoint: entry.name, cid: entry.cid, skipped: failures }, 'resuming from an earlier checkpoint')
         return loaded
       } catch (err) {
@@ -346,6 +401,20 @@ export class CheckpointStore {
       }
     }
     throw new O3IntegrityError(`${this.location}: no checkpoint passes verification (${failures.join(' | ') || 'latest names none'})`)
+  }
+
+  /**
+   * snapshot(), with `latest` only where it names a checkpoint of the manifest: a missing,
+   * malformed or dangling `latest` is said in a warning (while the manifest lists checkpoints) and
+   * left out, and then every checkpoint of the manifest is a candidate, the newest that verifies first.
+   */
+  private async usableSnapshot(signal?: AbortSignal): Promise<{ latest?: LatestPointer; manifest: Manifest }> {
+    let why: string | undefined
+    const { latest, manifest } = await this.snapshot(signal, (err) => (why = err.message))
+    if (latest && manifest.checkpoints.some((e) => e.name === latest.name)) return { latest, manifest }
+    why ??= latest ? `${this.where(LATEST_KEY)} names ${latest.name}, which ${MANIFEST_KEY} does not list` : `${this.where(LATEST_KEY)} is missing`
+    if (manifest.checkpoints.length > 0) this.log.warn({ err: why }, "latest pointer unusable; resuming from the manifest's newest checkpoint that verifies")
+    return { manifest }
   }
 
   /** The safetensors header of a stored checkpoint, read with two ranged GETs. */
@@ -359,9 +428,9 @@ export class CheckpointStore {
   }
 
   /** Full check of one checkpoint: sidecar, signature and its signer's trust, bytes. Never throws for a bad checkpoint. */
-  async verify(entry: ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<VerifyResult> {
+  async verify(entry: ManifestEntry, options: ReadOptions = {}): Promise<VerifyResult> {
     try {
-      const record = await this.readRecord(entry, options, manifest)
+      const record = await this.readRecord(entry, options)
       const digest =
         entry.kind === 'directory'
           ? await this.downloadDirectory(entry, record, () => DISCARD, options.signal)

@@ -20,7 +20,6 @@ import {
   checkpointName,
   contentKey,
   currentEntries,
-  currentEntry,
   definedFields,
   directoryFileKey,
   entryPrefix,
@@ -72,7 +71,8 @@ export interface SavedCheckpoint {
  * Writes a run's checkpoints to O3 in one pass each: safetensors bytes into a multipart upload
  * (one PUT when they fit in a part), sha256 and CID computed from a copy of the same buffers on a worker thread (started with the writer), then the commit sequence data -> sidecar ->
  * manifest -> `latest`. A run has one writer at a time: opening one clears what a crashed
- * predecessor left (multipart uploads, uncommitted objects).
+ * predecessor left (multipart uploads, objects no manifest entry names), never a checkpoint the
+ * manifest names.
  */
 export class CheckpointWriter {
   private readonly log: Logger
@@ -81,16 +81,25 @@ export class CheckpointWriter {
   private inflight: Promise<SavedCheckpoint> | undefined
   /** The run's `latest` as this writer last read or wrote it. */
   private latest: LatestPointer | undefined
+  /**
+   * Manifest entries up to this seq are committed (`latest` moved to them or past them); a later one
+   * is a save killed between its manifest entry and `latest`, which a save of the same step replaces.
+   */
+  private committedSeq: number
 
   private constructor(
     /** The run's read side, on the same client: resume and load go through it. */
     readonly store: CheckpointStore,
     private manifest: Manifest,
+    latest: LatestPointer | undefined,
     private readonly options: WriterOptions,
   ) {
     this.log = options.logger ?? silentLogger
     this.localDir = options.localDir ?? path.join('checkpoints', this.client.scope.bucket, this.client.scope.prefix)
     this.signer = options.signer === null ? undefined : (options.signer ?? loadSigner())
+    // Without a usable latest every entry counts as committed, as resume then takes the newest that verifies.
+    const latestNamed = latest !== undefined && manifest.checkpoints.some((e) => e.name === latest.name)
+    this.committedSeq = latestNamed ? latest.seq : maxSeq(manifest)
     for (const [k, v] of [
       ['keepLast', options.keepLast],
       ['keepEvery', options.keepEvery],
@@ -102,9 +111,16 @@ export class CheckpointWriter {
   static async open(client: O3Client, options: WriterOptions = {}): Promise<CheckpointWriter> {
     startHashThread()
     const store = new CheckpointStore(client, options.logger)
-    const writer = new CheckpointWriter(store, await store.readManifest(), options)
-    writer.latest = await store.readLatest()
-    await writer.clearLeftovers(writer.latest)
+    const manifest = await store.readManifest()
+    // A malformed latest is the store's to warn about when it resumes; here it only means that
+    // nothing says which entries were committed.
+    const latest = await store.readLatest().catch((err: unknown) => {
+      if (err instanceof O3IntegrityError) return undefined
+      throw err
+    })
+    const writer = new CheckpointWriter(store, manifest, latest, options)
+    writer.latest = latest
+    await writer.clearLeftovers()
     return writer
   }
 
@@ -122,20 +138,27 @@ export class CheckpointWriter {
     return this.manifest.checkpoints
   }
 
-  private async clearLeftovers(latest: LatestPointer | undefined): Promise<void> {
+  /**
+   * Aborts multipart uploads and deletes objects under checkpoints/ that no manifest entry names
+   * (a save killed before its manifest entry, retention killed after its manifest write). Nothing
+   * the manifest names is deleted, whatever `latest` says or whether it can be read at all.
+   */
+  private async clearLeftovers(): Promise<void> {
     for await (const u of this.client.listMultipartUploads(CHECKPOINT_DIR)) {
       this.log.warn({ key: u.key }, 'aborting a multipart upload left by an interrupted save')
       await this.client.abortMultipartUpload(u.key, u.uploadId)
     }
-    // Entries after `latest` were never committed: a crash hit between manifest and latest.
-    const committed = currentEntries(this.manifest.checkpoints.filter((e) => latest !== undefined && e.seq <= latest.seq))
-    if (committed.length !== this.manifest.checkpoints.length) {
-      this.manifest = { version: 1, checkpoints: committed }
+    // Entries after the committed ones are saves killed between manifest and latest: they stay, for
+    // a save of their step to replace. An entry replaced by a committed one of its name goes.
+    const committed = this.manifest.checkpoints.filter((e) => e.seq <= this.committedSeq)
+    const kept = [...currentEntries(committed), ...this.manifest.checkpoints.filter((e) => e.seq > this.committedSeq)]
+    if (kept.length !== this.manifest.checkpoints.length) {
+      this.manifest = { version: 1, checkpoints: kept }
       await this.putJson(MANIFEST_KEY, this.manifest)
     }
     for await (const o of this.client.list(CHECKPOINT_DIR)) {
-      if (o.type === 'object' && !committed.some((e) => ownsKey(e, o.key))) {
-        this.log.warn({ key: o.key }, 'deleting an object no committed checkpoint refers to')
+      if (o.type === 'object' && !kept.some((e) => ownsKey(e, o.key))) {
+        this.log.warn({ key: o.key }, 'deleting an object no checkpoint of the manifest names')
         await this.client.delete(o.key)
       }
     }
@@ -245,12 +268,20 @@ export class CheckpointWriter {
    */
   private async commit(plan: CommitPlan, signal?: AbortSignal): Promise<SavedCheckpoint> {
     const name = checkpointName(plan.step)
-    const replaced = currentEntry(this.manifest.checkpoints, name)
-    if (replaced && !plan.replace) {
+    // Every earlier entry of the step goes once this one is committed: the committed one a
+    // --replace replaces, and a save killed between its manifest entry and `latest`.
+    const previous = this.manifest.checkpoints.filter((e) => e.name === name)
+    if (previous.some((e) => e.seq <= this.committedSeq) && !plan.replace) {
       const hint = plan.kind === undefined ? 'each step is saved once' : 'pass --replace to replace it, or another --step'
       throw new O3UsageError(`${this.store.location}: checkpoint ${name} already exists; ${hint}`)
     }
-    const ref: EntryRef = definedFields({ name, kind: plan.kind, path: plan.path, rev: replaced ? (replaced.rev ?? 0) + 1 : undefined })
+    if (previous.length > 0 && !plan.replace)
+      this.log.warn({ checkpoint: name }, 'saving again a step whose save was killed before latest moved to it; the new one replaces it')
+    // o3train's own objects have one key per step, which the new save overwrites; a put's go to a
+    // folder of their own revision, so that the committed ones stay whole until `latest` moves.
+    const overwritten = plan.kind === undefined ? previous : []
+    const rev = previous.length > 0 && plan.kind !== undefined ? Math.max(...previous.map((e) => e.rev ?? 0)) + 1 : undefined
+    const ref: EntryRef = definedFields({ name, kind: plan.kind, path: plan.path, rev })
     const started = Date.now()
     const written: string[] = []
     let record: CheckpointRecord
@@ -263,7 +294,7 @@ export class CheckpointWriter {
       throw err
     }
 
-    const seq = this.manifest.checkpoints.reduce((m, e) => Math.max(m, e.seq), 0) + 1
+    const seq = maxSeq(this.manifest) + 1
     const entry: ManifestEntry = definedFields({
       seq,
       ...ref,
@@ -276,7 +307,7 @@ export class CheckpointWriter {
       signer: record.signer,
       ...versions,
     })
-    const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints, entry] }
+    const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints.filter((e) => !overwritten.includes(e)), entry] }
     const manifestVersion = versionPin(await this.putJson(MANIFEST_KEY, manifest, signal))
     this.manifest = manifest
     this.step('manifest', name)
@@ -284,10 +315,12 @@ export class CheckpointWriter {
     const latest: LatestPointer = definedFields({ version: 1, name, cid: record.cid, seq, time: record.time, manifestVersion })
     await this.putJson(LATEST_KEY, latest, signal)
     this.latest = latest
+    this.committedSeq = seq
     this.step('latest', name)
     this.log.info({ checkpoint: name, cid: record.cid, bytes: record.size, ms: Date.now() - started, signer: record.signer }, 'checkpoint committed')
 
-    if (replaced) await this.dropEntries([replaced], 'replaced')
+    const replaced = previous.filter((e) => !overwritten.includes(e))
+    if (replaced.length > 0) await this.dropEntries(replaced, 'replaced')
     await this.applyRetention()
     return { entry, record, digest }
   }
@@ -465,4 +498,8 @@ interface CommitPlan {
   replace: boolean
   files: PutFile[]
   fields: Pick<CheckpointRecord, 'model' | 'meta' | 'data'>
+}
+
+function maxSeq(manifest: Manifest): number {
+  return manifest.checkpoints.reduce((m, e) => Math.max(m, e.seq), 0)
 }

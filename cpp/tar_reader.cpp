@@ -18,17 +18,21 @@ constexpr size_t kBufferBytes = 1 << 20;
 // pax and GNU long-name payloads are names and numbers; anything bigger is a corrupt header.
 constexpr int64_t kMaxMetaBytes = 1 << 20;
 
+// Only for sizes already checked against the file's length, so that it cannot overflow.
 int64_t padded(int64_t n) { return (n + kBlock - 1) / kBlock * kBlock; }
 
 std::string cString(const uint8_t* p, size_t max) {
+  if (max == 0) return std::string();  // an empty record's data() may be null
   return std::string(reinterpret_cast<const char*>(p), strnlen(reinterpret_cast<const char*>(p), max));
 }
 
 // Octal as ustar writes it (leading spaces or zeros, ended by a space or NUL), or GNU's base-256
-// for sizes past 8 GiB (high bit of the first byte set). Returns -1 when it is neither.
+// for sizes past 8 GiB (0x80, then the value big-endian; 0xff starts a negative one). Returns -1
+// when it is neither, negative, or past INT64_MAX.
 int64_t parseNumber(const uint8_t* p, size_t n) {
   if (p[0] & 0x80) {
-    int64_t v = p[0] & 0x7f;
+    if (p[0] != 0x80) return -1;
+    int64_t v = 0;
     for (size_t i = 1; i < n; ++i) {
       if (v > (INT64_MAX >> 8)) return -1;
       v = (v << 8) | p[i];
@@ -61,14 +65,27 @@ bool checksumMatches(const uint8_t* h) {
   return stored == unsignedSum || stored == signedSum;
 }
 
+// A non-negative decimal number, else -1 (also past INT64_MAX).
+int64_t parseDecimal(const std::string& s) {
+  if (s.empty()) return -1;
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9' || v > (INT64_MAX - (c - '0')) / 10) return -1;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
 // pax extended header records: "<length> <key>=<value>\n", the length counting the whole record.
 void applyPax(const std::vector<uint8_t>& data, std::string& name, int64_t& size, const std::string& where) {
   size_t i = 0;
   while (i < data.size()) {
     size_t sp = i;
     size_t len = 0;
-    while (sp < data.size() && data[sp] >= '0' && data[sp] <= '9') len = len * 10 + (data[sp++] - '0');
-    if (sp >= data.size() || data[sp] != ' ' || len == 0 || i + len > data.size() || data[i + len - 1] != '\n')
+    // The length is bounded by what is left of the payload before it can overflow.
+    while (sp < data.size() && data[sp] >= '0' && data[sp] <= '9' && len <= data.size() - i)
+      len = len * 10 + size_t(data[sp++] - '0');
+    if (sp >= data.size() || data[sp] != ' ' || len <= sp - i || len > data.size() - i || data[i + len - 1] != '\n')
       throw Error(where + ": malformed pax header record");
     const std::string record(data.begin() + long(sp + 1), data.begin() + long(i + len - 1));
     const size_t eq = record.find('=');
@@ -76,9 +93,8 @@ void applyPax(const std::vector<uint8_t>& data, std::string& name, int64_t& size
     const std::string key = record.substr(0, eq), value = record.substr(eq + 1);
     if (key == "path") name = value;
     if (key == "size") {
-      char* end = nullptr;
-      size = std::strtoll(value.c_str(), &end, 10);
-      if (value.empty() || *end || size < 0) throw Error(where + ": bad pax size '" + value + "'");
+      size = parseDecimal(value);
+      if (size < 0) throw Error(where + ": bad pax size '" + value.substr(0, 40) + "'");
     }
     i += len;
   }
@@ -89,6 +105,22 @@ void applyPax(const std::vector<uint8_t>& data, std::string& name, int64_t& size
 TarReader::TarReader(const std::string& path) : path_(path), buf_(kBufferBytes) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw openError(path);
+  struct stat st;
+  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd_);
+    throw fileError(path, "not a regular file");
+  }
+  fileSize_ = int64_t(st.st_size);
+}
+
+Error TarReader::truncated(const char* what, const std::string& why) const {
+  return fileError(path_, "truncated tar: the file ends at offset " + std::to_string(fileSize_) + " inside " + what + why);
+}
+
+void TarReader::checkFits(int64_t size, int64_t header, const char* what) const {
+  if (size > fileSize_ - pos_)
+    throw truncated(what,
+                    " (the tar header at offset " + std::to_string(header) + " declares " + std::to_string(size) + " bytes)");
 }
 
 TarReader::~TarReader() { ::close(fd_); }
@@ -125,13 +157,10 @@ void TarReader::skip(int64_t n, const char* what) {
   pos_ += buffered;
   n -= buffered;
   if (n == 0) return;
-  struct stat st;
-  if (::fstat(fd_, &st) == 0 && pos_ + n > st.st_size)
-    throw fileError(path_, "truncated tar: the file ends at offset " + std::to_string(st.st_size) + " inside " + what);
+  if (n > fileSize_ - pos_) throw truncated(what);
   if (::lseek(fd_, pos_ + n, SEEK_SET) < 0)
-    fill(nullptr, n, what);  // not seekable: read through
-  else
-    pos_ += n;
+    throw fileError(path_, "seek error at offset " + std::to_string(pos_) + ": " + std::strerror(errno));
+  pos_ += n;
 }
 
 bool TarReader::next(TarMember& member) {
@@ -157,6 +186,7 @@ bool TarReader::next(TarMember& member) {
     const char type = char(h[156]);
     if (type == 'x' || type == 'L') {
       if (size > kMaxMetaBytes) throw Error(where + " is corrupt (a " + std::to_string(size) + "-byte name record)");
+      checkFits(size, at, "a pax or long-name record");
       std::vector<uint8_t> data(size_t(size), 0);
       fill(data.data(), size, "a pax or long-name record");
       skip(padded(size) - size, "a pax or long-name record");
@@ -169,6 +199,8 @@ bool TarReader::next(TarMember& member) {
       continue;
     }
     if (pax && paxSize >= 0) size = paxSize;
+    // Before any arithmetic on it: no member's data reaches past the end of the file.
+    checkFits(size, at, "a member's data");
     if (type != '0' && type != '\0' && type != '7') {  // directories, links, devices, global pax headers
       skip(padded(size), "a member's data");
       longName.clear();
@@ -187,21 +219,29 @@ bool TarReader::next(TarMember& member) {
     member.header = at;
     member.offset = pos_;
     member.size = size;
-    dataSize_ = size;
+    current_ = member;
     pending_ = padded(size);
     dataRead_ = false;
     return true;
   }
 }
 
-std::vector<uint8_t> TarReader::read() {
+std::vector<uint8_t> TarReader::read(int64_t maxBytes, const char* kind) {
   if (dataRead_) throw Error(path_ + ": tar member data read twice");
-  std::vector<uint8_t> data(static_cast<size_t>(dataSize_));
-  fill(data.data(), dataSize_, "a member's data");
-  skip(pending_ - dataSize_, "a member's padding");
+  checkMemberSize(path_, current_, maxBytes, kind);
+  std::vector<uint8_t> data(static_cast<size_t>(current_.size));
+  fill(data.data(), current_.size, "a member's data");
+  skip(pending_ - current_.size, "a member's padding");
   pending_ = 0;
   dataRead_ = true;
   return data;
+}
+
+void checkMemberSize(const std::string& path, const TarMember& m, int64_t maxBytes, const char* kind) {
+  if (m.size > maxBytes)
+    throw fileError(path, "member " + m.name + " at offset " + std::to_string(m.header) + " declares " + std::to_string(m.size) +
+                              " bytes, more than " + kind + " may hold (" + std::to_string(maxBytes) +
+                              "): the shard is corrupt or was not written for training");
 }
 
 }  // namespace o3

@@ -20,6 +20,10 @@ namespace {
 
 constexpr size_t kMaxShards = 1000000;
 constexpr int kScanThreads = 4;  // shards scanned at once: overlaps the mount's per-stream latency
+// What a member may declare before anything is allocated for it: a label is a few digits, and an
+// image this large is no training sample (each loader thread holds one while decoding it).
+constexpr int64_t kMaxLabelBytes = 64 << 10;
+constexpr int64_t kMaxImageBytes = 256 << 20;
 
 struct Sample {
   int64_t offset, size;  // the image member's data in its shard
@@ -80,12 +84,13 @@ ShardListing scanShard(const std::string& path, int32_t shard) {
     const std::string where = path + ": member " + m.name + " at offset " + std::to_string(m.header);
     if (ext == "png" || ext == "jpg" || ext == "jpeg") {
       if (hasImage) throw Error(where + ": a second image for the sample '" + key + "'");
+      checkMemberSize(path, m, kMaxImageBytes, "an image");
       cur.offset = m.offset;
       cur.size = m.size;
       cur.member = m.name;
       hasImage = true;
     } else if (ext == "cls") {
-      cur.label = parseLabel(tar.read(), where);
+      cur.label = parseLabel(tar.read(kMaxLabelBytes, "a class label"), where);
       hasLabel = true;
     }
   }

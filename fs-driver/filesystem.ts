@@ -219,8 +219,10 @@ export class O3Filesystem {
       },
       open: (path, flags, cb) => {
         if ((flags & O_ACCMODE) !== 0 || flags & O_TRUNC) return cb(E.EROFS)
-        this.lookup(path).then(
-          async (e) => {
+        // One chain, one catch: whatever fails on the way (a lookup, a manifest that cannot be
+        // fetched, an operation timeout) answers the open with an errno, never leaves it unanswered.
+        this.lookup(path)
+          .then(async (e) => {
             if (!e) return cb(E.ENOENT)
             if (e.kind !== 'file') return cb(E.EISDIR)
             let recorded: ManifestFile | undefined
@@ -247,9 +249,8 @@ export class O3Filesystem {
             })
             this.counters.opens++
             cb(0, fd)
-          },
-          (err) => cb(this.errno(err, 'open', path)),
-        )
+          })
+          .catch((err) => cb(this.errno(err, 'open', path)))
       },
       read: (path, fd, buf, len, pos, cb) => this.read(path, fd, buf, len, pos, cb),
       release: (_path, fd, cb) => {

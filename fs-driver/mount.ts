@@ -5,6 +5,7 @@ import { resolveConfig } from '../lib/o3/config.js'
 import type { Logger } from '../lib/log.js'
 import { pickO3Flags } from '../lib/cli/o3-flags.js'
 import { installShutdown } from '../lib/shutdown.js'
+import { onInternalError } from '../lib/cli/run-cli.js'
 import { BlockCache } from './data-cache/block-cache.js'
 import { DiskCache } from './data-cache/disk-cache.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
@@ -157,11 +158,17 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   )
   onReady({ pid: process.pid, mountpoint: o.mountpoint, location: o.location, statsFile })
 
+  // A slip that kills the process must not leave a dead mountpoint (ENOTCONN) behind.
+  const forgetUnmount = onInternalError(async () => {
+    log.error({ mountpoint: o.mountpoint }, 'unmounting after an internal error')
+    await fusermountUnmount(o.mountpoint)
+  })
   return new Promise<number>((resolve) => {
     let finished = false
     const finish = (why: string) => {
       if (finished) return
       finished = true
+      forgetUnmount()
       clearInterval(poll)
       shutdown.dispose()
       stats.stop()

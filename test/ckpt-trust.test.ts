@@ -123,6 +123,60 @@ t.test('a checkpoint stripped of its signature is refused once the run is signed
   t.match(g.stderr, /unsigned, but this run's signer .* is 0xf39F/)
 })
 
+t.test('signers stripped from the manifest and the newest sidecar do not make a signed run unsigned', async (t) => {
+  const location = `${bucket}/stripped-manifest`
+  const client = openClient(t, info, location)
+  const owner = await CheckpointWriter.open(client, { localDir: tempDir(t), partSize: 5 * MiB, signer: OWNER })
+  await owner.save(syntheticState([MiB]), meta(1))
+  await owner.save(syntheticState([MiB]), meta(2))
+  // Plain JSON edits, as anyone with write access to the bucket can make them: the newest
+  // sidecar loses its signature, and the manifest forgets that anything was ever signed.
+  const sidecar = (await readAll(client, sidecarKey('step-0000000002'))).toString('utf8')
+  const { signer: _s, signature: _sig, ...unsigned } = JSON.parse(sidecar.slice(sidecar.indexOf('\n') + 1)) as CheckpointRecord
+  await client.put(sidecarKey('step-0000000002'), `${unsigned.cid}\n${JSON.stringify(unsigned)}\n`)
+  const manifest = await readManifest(client)
+  for (const e of manifest.checkpoints) delete e.signer
+  await client.put('manifest.json', JSON.stringify(manifest))
+
+  // The run's signer comes from step 1's sidecar, whose signature still verifies: step 2 is
+  // refused as unsigned, and step 1 because its sidecar and the manifest disagree.
+  const { logger, warnings } = capture()
+  const store = new CheckpointStore(client, logger)
+  await t.rejects(store.resume(), { constructor: O3IntegrityError, message: /no checkpoint passes verification/ })
+  t.match(
+    warnings().find((w) => w.checkpoint === 'step-0000000002')?.err,
+    `unsigned, but this run's signer (trusted on first use; name another with --trust-signer) is ${OWNER.address}`,
+  )
+  t.match(warnings().find((w) => w.checkpoint === 'step-0000000001')?.err, `sidecar disagrees with the manifest (signer ${OWNER.address} vs none)`)
+
+  const run = `o3://${location}`
+  const g = await o3ckpt({}, 'get', run, 'latest', '-o', path.join(tempDir(t), 'x.safetensors'))
+  t.equal(g.code, 65, `get: ${g.stderr}`)
+  t.match(g.stderr, /unsigned, but this run's signer .* is 0xf39F/)
+  const v = await o3ckpt({}, 'verify', run)
+  t.equal(v.code, 65, 'verify')
+  t.match(v.stdout, /^FAIL {2}step-0000000001 .*sidecar disagrees with the manifest \(signer 0xf39F\w+ vs none\)/m)
+  t.match(v.stdout, /^FAIL {2}step-0000000002 .*unsigned, but/m)
+  const ls = await o3ckpt({}, 'ls', run)
+  t.equal(ls.code, 65, `ls fails with the integrity status once it has listed everything: ${ls.stderr}`)
+  t.match(ls.stdout, /^ {2}step-0000000001 .*sidecar disagrees with the manifest \(signer 0xf39F\w+ vs none\)/m)
+  t.match(ls.stdout, /^\* step-0000000002 .*unsigned/m)
+  t.match(ls.stderr, /^o3ckpt: .*1 checkpoint's sidecar disagrees with manifest\.json/)
+  const lsJson = await o3ckpt({}, '--json', 'ls', run)
+  t.equal(lsJson.code, 65)
+  const listed = JSON.parse(lsJson.stdout) as { checkpoints: { name: string; problem?: string }[] }
+  t.match(listed.checkpoints.find((c) => c.name === 'step-0000000001')?.problem, /sidecar disagrees with the manifest/)
+
+  // Naming the signer does not help either: the manifest still disagrees with step 1's sidecar.
+  t.equal((await o3ckpt({}, 'verify', run, 'step-0000000001', '--trust-signer', OWNER.address)).code, 65)
+  // An untouched run lists cleanly.
+  const clean = openClient(t, info, `${bucket}/clean`)
+  await (await CheckpointWriter.open(clean, { localDir: tempDir(t), partSize: 5 * MiB, signer: OWNER })).save(syntheticState([MiB]), meta(1))
+  const ok = await o3ckpt({}, 'ls', `o3://${bucket}/clean`)
+  t.equal(ok.code, 0, ok.stderr)
+  t.match(ok.stdout, new RegExp(`^\\* step-0000000001 .*${OWNER.address}`, 'm'))
+})
+
 t.test('a run that never signed anything loads unsigned checkpoints', async (t) => {
   const client = openClient(t, info, `${bucket}/unsigned`)
   const writer = await CheckpointWriter.open(client, { localDir: tempDir(t), partSize: 5 * MiB, signer: null })

@@ -7,7 +7,8 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { startFaultProxy } from './support/fault-proxy.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
-import { freshStats, mount } from './support/o3mount.js'
+import { putTree } from './support/manifest.js'
+import { freshStats, mount, statsWhen } from './support/o3mount.js'
 import { until } from './support/until.js'
 
 const MiB = 1 << 20
@@ -81,4 +82,47 @@ t.test('a server that stops answering gives EIO within the operation timeout', a
     await fh.close()
   }
   t.match(m.log(), /no answer within 3000 ms/)
+})
+
+t.test('a manifest that cannot be fetched fails the open with EIO; the mount lives and the next open fetches it', async (t) => {
+  const body = randomBytes(2 * MiB)
+  await putTree(client, 'manifest-fault/sub', { 'a.bin': body })
+  const proxy = await viaProxy(t)
+  // Lookups cached for good, so that only the manifest's GET meets the fault.
+  const m = await mount(t, info, `${BUCKET}/manifest-fault`, {
+    env: { O3_ENDPOINT: proxy.endpoint },
+    args: ['--metadata-ttl', 'indefinite', '--op-timeout', '60s'],
+  })
+  const file = path.join(m.mountpoint, 'sub', 'a.bin')
+  await fs.readdir(path.join(m.mountpoint, 'sub'))
+  await fs.stat(file)
+  // The server gone for longer than the client retries: the manifest's load fails for good.
+  const down = proxy.outage(120_000)
+  await t.rejects(fs.open(file), { code: 'EIO' }, 'the open fails with EIO')
+  proxy.clear()
+  await down
+  await t.resolves(fs.readdir(path.join(m.mountpoint, 'sub')), `the mount lives: ${m.log().slice(-3000)}`)
+  const again = await fs.readFile(file).catch((err: Error) => err)
+  t.ok(Buffer.isBuffer(again) && again.equals(body), `the next open tries again and reads: ${(again as Error).message}`)
+  const s = await statsWhen(m, (x) => x.verify.blocksVerified >= 2)
+  t.ok(s.verify.blocksVerified >= 2, `with the manifest loaded this time: ${s.verify.blocksVerified} blocks verified`)
+})
+
+t.test('a manifest fetch that outlasts the operation timeout fails the open with EIO; the mount lives', async (t) => {
+  await putTree(client, 'manifest-stall/sub', { 'b.bin': randomBytes(MiB) })
+  const proxy = await viaProxy(t)
+  const m = await mount(t, info, `${BUCKET}/manifest-stall`, {
+    env: { O3_ENDPOINT: proxy.endpoint },
+    args: ['--metadata-ttl', 'indefinite', '--op-timeout', '3s'],
+  })
+  const file = path.join(m.mountpoint, 'sub', 'b.bin')
+  await fs.readdir(path.join(m.mountpoint, 'sub'))
+  await fs.stat(file)
+  proxy.stall(30_000)
+  await t.rejects(fs.open(file), { code: 'EIO' })
+  proxy.clear()
+  await t.resolves(fs.readdir(path.join(m.mountpoint, 'sub')), `the mount lives: ${m.log().slice(-3000)}`)
+  t.match(m.log(), /manifest of \/sub\/b\.bin: no answer within 3000 ms/)
+  const fh = await fs.open(file)
+  await fh.close()
 })

@@ -156,20 +156,32 @@ t.test('no path escapes the prefix: through the mount, or handed to the lookups 
   raw.destroy()
   t.comment(`stored: ${stored.join(', ')}`)
   const p = await mount(t, info, `${BUCKET}/tree`)
-  const names = await fs.readdir(p.mountpoint)
-  t.notOk(names.includes('..') || names.includes('.') || names.includes('other'), `no escape among the names: ${names.join(', ')}`)
+  // Literal names that are valid components (evil, %2e%2e) show as directories; '..', '.' and ''
+  // never do, and nothing named 'other' from outside the prefix.
+  const expectedNames = ['a.txt', 'b', 'bad', 'empty.bin', ...(stored.includes('tree/evil/../../other/secret.txt') ? ['evil'] : [])]
+  if (stored.includes('tree/%2e%2e/other/secret.txt')) expectedNames.push('%2e%2e')
+  t.same((await fs.readdir(p.mountpoint)).sort(), expectedNames.sort(), 'the names under the prefix, and only those')
   const secret = files.get('other/secret.txt')!
-  const attempts = [
-    '../other/secret.txt',
-    'evil/../../other/secret.txt',
-    './other/secret.txt',
-    '%2e%2e/other/secret.txt',
-    'other/secret.txt',
-    '..%2fother/secret.txt',
+  const planted = Buffer.from('planted under tree/\n')
+  // Joined as strings, not with path.join (which would resolve '..' before the kernel sees it):
+  // each '..' below is resolved by the kernel inside the mount, and the names after it are
+  // looked up by the mount. Each gets exactly the answer a filesystem owes it.
+  const inside = (rel: string) => `${p.mountpoint}/${rel}`
+  const attempts: [string, string | Buffer][] = [
+    ['b/../a.txt', files.get('tree/a.txt')!], // the control: '..' lands in the mount's root, which serves a.txt
+    ['b/../other/secret.txt', 'ENOENT'],
+    ['b/d/../../other/secret.txt', 'ENOENT'],
+    ['./other/secret.txt', 'ENOENT'],
+    ['other/secret.txt', 'ENOENT'],
+    ['..%2fother/secret.txt', 'ENOENT'], // an encoded slash is no key
+    ['%2e%2e/other/secret.txt', stored.includes('tree/%2e%2e/other/secret.txt') ? planted : 'ENOENT'], // a literal name, not '..'
+    ['evil/..', stored.includes('tree/evil/../../other/secret.txt') ? 'EISDIR' : 'ENOENT'], // evil's parent is the mount's root
   ]
-  for (const a of attempts) {
-    const got = await fs.readFile(path.join(p.mountpoint, a)).catch((err: NodeJS.ErrnoException) => err.code ?? 'error')
-    t.ok(typeof got === 'string' || !got.equals(secret), `${a}: ${typeof got === 'string' ? got : 'read something else'}`)
+  for (const [a, want] of attempts) {
+    const got = await fs.readFile(inside(a)).catch((err: NodeJS.ErrnoException) => err.code ?? String(err))
+    if (typeof want === 'string') t.equal(got, want, `${a}: ${want}`)
+    else t.ok(Buffer.isBuffer(got) && got.equals(want), `${a}: the bytes of the object under the prefix (${typeof got === 'string' ? got : got.length})`)
+    t.ok(typeof got === 'string' || !got.equals(secret), `${a}: never the secret`)
   }
   // The lookups behind every FUSE operation, handed what the kernel would never send.
   const scoped = serverClient(info, `${BUCKET}/tree`)

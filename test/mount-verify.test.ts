@@ -2,6 +2,7 @@
 // against the leaf digests of the tree's dataset manifest; a block that does not match fails its
 // reads with EIO and is never cached, a forged manifest stops the mount.
 import t, { type Test } from 'tap'
+import { execFile } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import fs from 'node:fs/promises'
@@ -9,7 +10,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { crc32 } from 'node:zlib'
 import { ExitCode } from '../lib/cli/exit-codes.js'
-import { DATASET_MANIFEST_NAME, formatDatasetManifest } from '../lib/content/dataset-manifest.js'
+import { DATASET_MANIFEST_NAME, buildDatasetManifest, formatDatasetManifest } from '../lib/content/dataset-manifest.js'
 import { signerFromHex } from '../lib/content/signer.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { manifestFile, putTree } from './support/manifest.js'
@@ -144,4 +145,43 @@ t.test('--verify required refuses files no manifest names; --trust-signer wants 
   const r = await runCli(info, [tempMountpoint(t), `${BUCKET}/req2`, '--trust-signer', signer.address])
   t.equal(r.code, ExitCode.integrity, r.stderr)
   t.match(r.stderr, /not among the trusted signers/)
+})
+
+/** The whole file read with O_DIRECT (dd), so that every read reaches the mount, not the page cache. */
+function readDirect(file: string, out: string): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve) =>
+    execFile('dd', [`if=${file}`, `of=${out}`, 'iflag=direct', 'bs=1M'], (err, _stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stderr }),
+    ),
+  )
+}
+
+t.test('a block cached by an open without a manifest is not served unchecked to an open with one', async (t) => {
+  // Read first with no manifest: its blocks are cached unverified.
+  const body = randomBytes(2 * MiB + 99)
+  await client.put('late/v.bin', body)
+  const m = await mount(t, info, `${BUCKET}/late`, { args: ['--metadata-ttl', '1s'] })
+  const file = path.join(m.mountpoint, 'v.bin')
+  const out = path.join(cacheDirFor(t), '..', 'out.bin')
+  const first = await readDirect(file, out)
+  t.equal(first.code, 0, first.stderr)
+  t.ok(readFileSync(out).equals(body), 'no manifest: the bytes are served')
+  // Then a manifest that names the file with other bytes of the same size: an open that has its
+  // leaves must check every block it serves, so the object's bytes now fail with EIO.
+  await client.put(
+    `late/${DATASET_MANIFEST_NAME}`,
+    formatDatasetManifest(buildDatasetManifest({ 'v.bin': await manifestFile(randomBytes(body.length)) }, undefined)),
+  )
+  // The mount sees the new manifest once its negative lookup expires (--metadata-ttl 1s).
+  const visible = () =>
+    fs.stat(path.join(m.mountpoint, DATASET_MANIFEST_NAME)).then(
+      () => true,
+      () => false,
+    )
+  for (const end = Date.now() + 30_000; !(await visible()) && Date.now() < end; ) await new Promise((r) => setTimeout(r, 200))
+  const second = await readDirect(file, out)
+  t.not(second.code, 0, 'the verified open does not get the unverified blocks')
+  t.match(second.stderr, /Input\/output error/)
+  const s = await statsWhen(m, (x) => x.verify.failures > 0)
+  t.ok(s.verify.failures > 0, `the blocks were checked against the manifest and failed (${s.verify.failures})`)
 })

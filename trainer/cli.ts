@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs'
 import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
-import { runCli } from '../lib/cli/run-cli.js'
+import { onInternalError, runCli } from '../lib/cli/run-cli.js'
 import { createLogger } from '../lib/log.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { withDeadline } from '../lib/fs-deadline.js'
@@ -94,6 +94,8 @@ async function main(): Promise<number> {
       log.info({ location: o.data, mountpoint: dataDir }, "reading the data through local rank 0's o3mount")
     } else if (runDir) {
       mount = await mountForRun(o.data, o, join(runDir, 'mount.log'), join(runDir, 'data'))
+      const runMount = mount
+      onInternalError(() => runMount.close())
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
       nodeShare?.publish('mount', { dir: mount.dir })

@@ -8,6 +8,7 @@ import { GcNudge } from '../memory/gc-nudge.js'
 import { MemoryBudget } from '../memory/memory-budget.js'
 import type { MountCounters } from '../stats.js'
 import { checkLeaves, LeafMismatchError } from '../verify/leaf-check.js'
+import { CID_BLOCK_SIZE } from '../../lib/content/cid.js'
 
 /** An object as pinned by an open file: every block read for it must come from this version. */
 export interface ObjectRef extends ObjectPin {
@@ -50,7 +51,8 @@ const noop = () => {}
 const GC_EVERY_BYTES = 8 << 20
 
 /**
- * Blocks of objects, keyed by (key, ETag, block index): memory first (an LRU bounded in bytes),
+ * Blocks of objects, keyed by (key, ETag, block index) and, in memory and in flight, by what they
+ * were checked against (none, or the leaf digests they hold): memory first (an LRU bounded in bytes),
  * then the disk tier, then the server. Each block is fetched at most once at a time however many
  * readers want it; runs of missing blocks go out as ranged GETs of up to `partSize`, and each block
  * is handed over as soon as its own bytes have arrived.
@@ -104,7 +106,19 @@ export class BlockCache {
     if (--b.refs === 0) this.pool.release(b.data)
   }
 
+  /**
+   * A block in memory or in flight. Verification is part of what a cached block is: one fetched for
+   * an open without manifest coverage (or with other leaves) is never served to an open whose leaves
+   * it was not checked against.
+   */
   private idOf(obj: ObjectRef, index: number): string {
+    const leaves = this.blockSize / CID_BLOCK_SIZE
+    const checked = obj.leaves ? obj.leaves.slice(index * leaves, (index + 1) * leaves).join(',') : 'unverified'
+    return `${this.diskIdOf(obj, index)}\0${checked}`
+  }
+
+  /** A block in the disk tier, which checks its blocks against the reader's leaves when it returns them. */
+  private diskIdOf(obj: ObjectRef, index: number): string {
     return `${obj.key}\0${obj.etag}\0${this.blockSize}\0${index}`
   }
 
@@ -200,13 +214,13 @@ export class BlockCache {
 
   private async run(obj: ObjectRef, first: number, last: number, pendings: Pending[]): Promise<void> {
     const disk = this.o.disk
-    const onDisk = (i: number) => disk?.has(this.idOf(obj, i)) ?? false
+    const onDisk = (i: number) => disk?.has(this.diskIdOf(obj, i)) ?? false
     let i = first
     try {
       while (i < last) {
         if (onDisk(i)) {
           const data = this.pool.acquire(this.blockLength(obj, i))
-          if ((await disk!.read(this.idOf(obj, i), data)) && (await this.verifiedFromDisk(obj, i, data))) {
+          if ((await disk!.read(this.diskIdOf(obj, i), data)) && (await this.verifiedFromDisk(obj, i, data))) {
             this.complete(obj, i, data, pendings[i - first]!, false)
             i++
             continue
@@ -237,7 +251,7 @@ export class BlockCache {
       { key: obj.key, block: index, leaf: bad.leaf, expected: bad.expected, actual: bad.actual, from: 'disk' },
       'disk cache block does not match the manifest; dropping it and fetching it again',
     )
-    this.o.disk!.drop(this.idOf(obj, index))
+    this.o.disk!.drop(this.diskIdOf(obj, index))
     return false
   }
 
@@ -280,7 +294,7 @@ export class BlockCache {
       if (!p.wanted) this.o.counters.blocksPrefetched++
       this.o.counters.bytesFetched += data.length
       block.refs++
-      if (!this.o.disk?.write(id, data, () => this.unref(block))) block.refs--
+      if (!this.o.disk?.write(this.diskIdOf(obj, index), data, () => this.unref(block))) block.refs--
     }
     this.mem.set(id, block)
     p.resolve()

@@ -52,8 +52,14 @@ export class ManifestIndex {
     if (!e || e.kind !== 'file') return undefined
     let cached = this.byDir.get(dir)
     if (!cached || cached.etag !== e.etag) {
-      cached = { etag: e.etag, loaded: this.load(e.key, e.etag, e.size) }
-      this.byDir.set(dir, cached)
+      const entry = { etag: e.etag, loaded: this.load(e.key, e.etag, e.size) }
+      // A bad manifest stays bad for its ETag; a load that failed for another reason (the server
+      // unreachable, a timeout) is forgotten, so that the next open tries again.
+      entry.loaded.catch((err: unknown) => {
+        if (!(err instanceof O3IntegrityError) && this.byDir.get(dir) === entry) this.byDir.delete(dir)
+      })
+      this.byDir.set(dir, entry)
+      cached = entry
     }
     return cached.loaded
   }

@@ -29,13 +29,48 @@ export interface RunCliOptions {
   exitOwnedElsewhere?: () => boolean
 }
 
+/** What must be undone before a process that hit an error nobody caught exits: an unmount, say. */
+const lastRites = new Set<() => unknown>()
+/** How long the last rites may take before the process exits anyway. */
+const LAST_RITES_MS = 10_000
+
+/**
+ * Registers `undo` to run, and be awaited, if the process dies of an error nobody caught (see
+ * runCli); returns the function that unregisters it, for when what it undoes is gone.
+ */
+export function onInternalError(undo: () => unknown): () => void {
+  lastRites.add(undo)
+  return () => lastRites.delete(undo)
+}
+
+/**
+ * The last resort for a slip: an unhandled rejection or an uncaught exception would otherwise end
+ * the process with Node's own report and status 1, leaving whatever it held (a FUSE mount) behind.
+ * It is reported on one line, the registered undos run (for at most LAST_RITES_MS), and the
+ * process exits with the internal-error status.
+ */
+function installLastResort(name: string): void {
+  let dying = false
+  const die = (kind: string) => (err: unknown) => {
+    if (dying) return
+    dying = true
+    process.stderr.write(`${name}: internal error (${kind}): ${oneLine(err)}; this is a bug, please report it with the log\n`)
+    if (/^(debug|trace)$/.test(process.env.O3_LOG_LEVEL ?? '')) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`)
+    setTimeout(() => process.exit(ExitCode.internal), LAST_RITES_MS).unref()
+    void Promise.allSettled([...lastRites].map(async (undo) => undo())).then(() => process.exit(ExitCode.internal))
+  }
+  process.on('unhandledRejection', die('unhandled rejection'))
+  process.on('uncaughtException', die('uncaught exception'))
+}
+
 /**
  * The one ending of every command: `main` resolves with an exit status, or throws. A typed error
  * (anything with a numeric `exitCode`) becomes one line on stderr and its status; anything else
  * (a file that cannot be opened, a bug) is one line too, with exit status 70, and its stack with
- * O3_LOG_LEVEL=debug.
+ * O3_LOG_LEVEL=debug. An error nobody caught at all ends the same way (installLastResort).
  */
 export function runCli(name: string, main: () => Promise<number>, options: RunCliOptions = {}): void {
+  installLastResort(name)
   const finish = (code: number) => {
     if (!options.exitOwnedElsewhere?.()) process.exit(code)
   }

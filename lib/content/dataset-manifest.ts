@@ -56,15 +56,20 @@ export function formatDatasetManifest(m: DatasetManifest): string {
 }
 
 /** A key below the manifest's prefix that stays below it: no empty, `.` or `..` segment. */
-function validKey(key: string): boolean {
-  return key.length > 0 && key.length <= 1024 && key.split('/').every((s) => s !== '' && s !== '.' && s !== '..')
+/**
+ * A path below a data directory as a manifest or a checkpoint's lineage names it: relative, '/'
+ * separated, no empty, '.' or '..' segment, no backslash or NUL, so that joined to the directory
+ * (or to a key prefix) it stays below it.
+ */
+export function isRelativeDataPath(key: string): boolean {
+  return key.length > 0 && key.length <= 1024 && !/[\\\0]/.test(key) && key.split('/').every((s) => s !== '' && s !== '.' && s !== '..')
 }
 
 function checkFile(key: string, f: unknown, what: string): ManifestFile {
   const bad = (why: string): never => {
     throw new O3IntegrityError(`${what}: file ${JSON.stringify(key)} ${why}; the manifest is corrupt or forged, upload the tree again`)
   }
-  if (!validKey(key)) bad('is not a relative key')
+  if (!isRelativeDataPath(key)) bad('is not a relative key')
   const e = f as Partial<ManifestFile> | null
   if (e === null || typeof e !== 'object') bad('has no record')
   if (typeof e!.cid !== 'string') bad('has no CID')

@@ -1,8 +1,9 @@
 import { createReadStream, existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
-import { digestContent } from './cid.js'
-import { DATASET_MANIFEST_NAME, parseDatasetManifest } from './dataset-manifest.js'
+import { O3IntegrityError } from '../o3/errors.js'
+import { digestContent, isCid } from './cid.js'
+import { DATASET_MANIFEST_NAME, isRelativeDataPath, parseDatasetManifest } from './dataset-manifest.js'
 
 /**
  * The data a checkpoint was trained on, as recorded in its metadata and sidecar: the dataset
@@ -15,6 +16,35 @@ export interface DataLineage {
   /** Present unless reads were verified against the manifest: each file read, relative to the data directory. */
   files?: { path: string; cid: string; size: number }[]
   verified: boolean
+}
+
+/**
+ * Checks the lineage a record or a checkpoint's metadata holds, as untrusted input: every path is
+ * a relative path below the data directory, every CID parses, sizes are counts. Returns it as it
+ * is (a signature covers it); O3IntegrityError, naming `what`, otherwise.
+ */
+export function checkLineage(value: unknown, what: string): DataLineage {
+  const bad = (why: string): never => {
+    throw new O3IntegrityError(`${what}: ${why}`)
+  }
+  const l = value as Partial<DataLineage> | null
+  if (l === null || typeof l !== 'object' || Array.isArray(l) || typeof l.verified !== 'boolean') bad('data lineage is malformed')
+  const checkPath = (p: unknown) => {
+    if (typeof p !== 'string' || !isRelativeDataPath(p))
+      bad(`data lineage path ${JSON.stringify(p).slice(0, 200)} is not a relative path below the data directory`)
+  }
+  if (l!.manifest !== undefined) {
+    if (l!.manifest === null || typeof l!.manifest !== 'object' || !isCid(String(l!.manifest.cid))) bad('data lineage manifest is malformed')
+    checkPath(l!.manifest.path)
+  }
+  if (l!.files !== undefined) {
+    if (!Array.isArray(l!.files)) bad('data lineage files are not a list')
+    for (const f of l!.files!) {
+      if (f === null || typeof f !== 'object' || !isCid(String(f.cid)) || !Number.isSafeInteger(f.size) || f.size < 0) bad('data lineage file is malformed')
+      checkPath(f.path)
+    }
+  }
+  return l as DataLineage
 }
 
 const rel = (root: string, file: string) => path.relative(root, file).split(path.sep).join('/')

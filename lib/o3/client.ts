@@ -24,6 +24,7 @@ import { resolveConfig, type O3Config, type O3Flags } from './config.js'
 import { O3IntegrityError, O3NotFoundError, O3StreamError, O3UsageError } from './errors.js'
 import { checkPinned, ifMatchOf, sameEtag, type ObjectPin } from './etag.js'
 import { LeanGet, type RangeSink } from './lean-get.js'
+import { checkRangeAnswer } from './range-answer.js'
 import { DEFAULT_RETRY, isFinal, toO3Error, withRetry, type RetryPolicy } from './retry.js'
 import { fullKey, fullPrefix, parseLocation, relativeKey, type Scope } from './scope.js'
 import { silentLogger, type Logger } from '../log.js'
@@ -316,12 +317,22 @@ export class O3Client {
     return { entries, next: out.IsTruncated ? out.NextContinuationToken : undefined }
   }
 
-  /** Opens one ranged GET and returns its body with the object's ETag, version and the bytes promised. */
+  /**
+   * Opens one ranged GET and returns its body with the object's ETag, version and the bytes
+   * promised; an answer that is not the asked range (checkRangeAnswer) is an O3StreamError, retried.
+   */
   private async openRange(Key: string, start: number, end: number | undefined, pin: ObjectPin | undefined, signal?: AbortSignal) {
     const Range = `bytes=${start}-${end ?? ''}`
     const IfMatch = pin && ifMatchOf(pin)
     const out = await this.s3.send(new GetObjectCommand({ Bucket: this.scope.bucket, Key, Range, IfMatch, VersionId: pin?.versionId }), { abortSignal: signal })
-    return { body: out.Body as Readable, etag: out.ETag ?? '', versionId: out.VersionId, length: out.ContentLength ?? 0 }
+    const body = out.Body as Readable
+    const length = out.ContentLength ?? NaN
+    const wrong = checkRangeAnswer(out.$metadata.httpStatusCode ?? 0, out.ContentRange, length, start, end)
+    if (wrong) {
+      body.destroy()
+      throw new O3StreamError(`get ${this.scope.bucket}/${Key}: ${wrong.message}`)
+    }
+    return { body, etag: out.ETag ?? '', versionId: out.VersionId, length }
   }
 
   /**

@@ -4,6 +4,7 @@ import { SignatureV4 } from '@smithy/signature-v4'
 import type { AwsCredentialIdentity, Hash, SourceData } from '@smithy/types'
 import { O3IntegrityError } from './errors.js'
 import { checkPinned, ifMatchOf, type ObjectPin } from './etag.js'
+import { checkRangeAnswer } from './range-answer.js'
 
 /** Where the body of a ranged GET goes: straight into the caller's buffers, without a copy. */
 export interface RangeSink {
@@ -59,10 +60,16 @@ class Sha256 implements Hash {
 
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
 const HEADER_LIMIT = 64 * 1024
+/** Of an error body only this much is kept: S3 puts its <Code> and <Message> first. */
+const ERROR_BODY_LIMIT = 4 * 1024
+const CHUNKED_END = Buffer.from('0\r\n\r\n')
 const CRLFCRLF = Buffer.from('\r\n\r\n')
 
 interface Exchange {
   pin?: ObjectPin
+  /** The bytes asked for, inclusive. */
+  start: number
+  end: number
   sink: RangeSink
   /** Body bytes still to come. */
   remaining: number
@@ -70,10 +77,13 @@ interface Exchange {
   received: number
   status: number
   etag: string
-  /** Only for error responses: their XML body, for the error code. */
+  /** Only for error responses: the first ERROR_BODY_LIMIT bytes of their XML body, for the error code. */
   errorBody?: Buffer[]
+  errorBytes?: number
   /** An error body sent chunked (Swift does): it ends with the zero-length chunk. */
   chunked?: boolean
+  /** The last bytes of a chunked error body, to see that end marker across reads. */
+  errorTail?: Buffer
   resolve(etag: string): void
   reject(err: Error): void
 }
@@ -183,15 +193,26 @@ class Connection {
     ex.remaining = length
     if (status >= 300) {
       ex.errorBody = []
+      ex.errorBytes = 0
       ex.chunked = chunked
-    } else if (ex.pin) {
-      // Checked as well as sent: a server that ignores If-Match or VersionId must still not mix two versions.
-      try {
-        checkPinned(ex.pin, ex.etag, headers.get('x-amz-version-id'))
-      } catch (err) {
+      ex.errorTail = Buffer.alloc(0)
+    } else {
+      // Before a byte of the body reaches the sink: only the asked range, exactly, is data.
+      const wrong = checkRangeAnswer(status, headers.get('content-range'), length, ex.start, ex.end)
+      if (wrong) {
         this.socket.destroy()
-        this.settle(ex, new O3IntegrityError((err as Error).message))
+        this.settle(ex, wrong)
         return
+      }
+      if (ex.pin) {
+        // Checked as well as sent: a server that ignores If-Match or VersionId must still not mix two versions.
+        try {
+          checkPinned(ex.pin, ex.etag, headers.get('x-amz-version-id'))
+        } catch (err) {
+          this.socket.destroy()
+          this.settle(ex, new O3IntegrityError((err as Error).message))
+          return
+        }
       }
     }
     // Body bytes that came in with the headers.
@@ -213,10 +234,20 @@ class Connection {
     }
   }
 
+  /**
+   * Keeps the start of an error body; once it holds ERROR_BODY_LIMIT bytes the rest is not worth
+   * reading (the request fails either way, and get() drops the connection), so the exchange ends.
+   */
   private addErrorBytes(ex: Exchange, bytes: Buffer): void {
-    ex.errorBody!.push(Buffer.from(bytes))
+    const keep = Math.min(bytes.length, ERROR_BODY_LIMIT - ex.errorBytes!)
+    if (keep > 0) ex.errorBody!.push(Buffer.from(bytes.subarray(0, keep)))
+    ex.errorBytes! += keep
     ex.remaining -= bytes.length
-    if (ex.chunked && Buffer.concat(ex.errorBody!).toString('latin1').endsWith('0\r\n\r\n')) ex.remaining = 0
+    if (ex.chunked) {
+      ex.errorTail = Buffer.concat([ex.errorTail!, bytes.subarray(-CHUNKED_END.length)]).subarray(-CHUNKED_END.length)
+      if (ex.errorTail.equals(CHUNKED_END)) ex.remaining = 0
+    }
+    if (ex.errorBytes! >= ERROR_BODY_LIMIT) ex.remaining = 0
   }
 
   private finish(ex: Exchange): void {
@@ -284,7 +315,7 @@ export class LeanGet {
     for (let attempt = 0; ; attempt++) {
       const reused = this.idle.pop()
       const conn = reused ?? new Connection(url, this.o, (c) => this.forget(c))
-      const ex: Exchange = { pin, sink, remaining: 0, received: 0, status: 0, etag: '', resolve: () => {}, reject: () => {} }
+      const ex: Exchange = { pin, start, end, sink, remaining: 0, received: 0, status: 0, etag: '', resolve: () => {}, reject: () => {} }
       const done = new Promise<string>((resolve, reject) => {
         ex.resolve = resolve
         ex.reject = reject

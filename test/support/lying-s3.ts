@@ -1,0 +1,127 @@
+// An HTTP server in front of the real S3 server that forwards every request unchanged (so that
+// signatures, ETags and errors are the real server's) and, on command, lies in its answers to
+// ranged GETs the way broken gateways and caches do: the whole object with 200, a 206 whose
+// Content-Range names another range (with that range's bytes), a Content-Length longer than the
+// range, or a 500 with a huge chunked body. Tests use it to prove that a client never takes a lie
+// for data. Loopback only; it never keeps the process alive.
+import http from 'node:http'
+import type { AddressInfo, Socket } from 'node:net'
+
+export type Lie =
+  /** 200 and the whole object, for any range. */
+  | 'whole'
+  /** 206 naming the range one byte further (or back, at the end) with the bytes of that range. */
+  | 'other-range'
+  /** 206 with the right Content-Range but a Content-Length, and body, 100 bytes longer. */
+  | 'long-length'
+  /** 500 with a chunked XML error body of `errorBodyBytes`. */
+  | 'error-500-chunked'
+
+export interface LyingS3Options {
+  /** The real server, `http://127.0.0.1:port`. */
+  target: string
+  /** The bytes of the object at a request path (`/bucket/key`), for the lies that need them. */
+  objectBytes: (path: string) => Buffer | undefined
+  /** Size of the 'error-500-chunked' body. Default 32 MiB. */
+  errorBodyBytes?: number
+}
+
+export interface LyingS3 {
+  endpoint: string
+  /** The next `count` (default 1; Infinity: all) ranged GETs of paths matching `path` get `lie`. */
+  lie(lie: Lie, opts?: { count?: number; path?: RegExp }): void
+  /** Honest again. */
+  clear(): void
+  /** Lies told so far. */
+  readonly told: number
+  close(): Promise<void>
+}
+
+const EXTRA = 100
+const CHUNK = 64 << 10
+
+export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
+  const target = new URL(o.target)
+  if (!['127.0.0.1', 'localhost', '[::1]'].includes(target.hostname)) throw new Error(`lying S3 forwards to loopback only, not ${target.hostname}`)
+  let pending: { lie: Lie; count: number; path?: RegExp } | undefined
+  let told = 0
+  const sockets = new Set<Socket>()
+
+  const server = http.createServer((req, res) => {
+    const path = decodeURIComponent((req.url ?? '/').split('?')[0]!)
+    const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '')
+    const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (upRes) => {
+      const bytes = o.objectBytes(path)
+      const start = Number(range?.[1])
+      const end = bytes && range ? (range[2] === '' ? bytes.length - 1 : Math.min(Number(range[2]), bytes.length - 1)) : -1
+      // A lie needs a ranged GET the server answered, the object's bytes, and (for another range) room to move.
+      const lie = pending && req.method === 'GET' && upRes.statusCode === 206 && bytes && (!pending.path || pending.path.test(path)) ? pending.lie : undefined
+      if (!lie || !bytes || (lie === 'other-range' && start === 0 && end === bytes.length - 1)) {
+        res.writeHead(upRes.statusCode ?? 502, upRes.headers)
+        upRes.pipe(res)
+        return
+      }
+      upRes.resume()
+      if (--pending!.count <= 0) pending = undefined
+      told++
+      const headers = { ...upRes.headers }
+      delete headers['content-length']
+      delete headers['content-range']
+      if (lie === 'whole') {
+        res.writeHead(200, { ...headers, 'content-length': bytes.length })
+        res.end(bytes)
+      } else if (lie === 'other-range') {
+        const d = end + 1 < bytes.length ? 1 : -1
+        res.writeHead(206, { ...headers, 'content-length': end - start + 1, 'content-range': `bytes ${start + d}-${end + d}/${bytes.length}` })
+        res.end(bytes.subarray(start + d, end + d + 1))
+      } else if (lie === 'long-length') {
+        const body = Buffer.concat([bytes.subarray(start, end + 1), Buffer.alloc(EXTRA, 0x5a)])
+        res.writeHead(206, { ...headers, 'content-length': body.length, 'content-range': `bytes ${start}-${end}/${bytes.length}` })
+        res.end(body)
+      } else {
+        res.writeHead(500, { 'content-type': 'application/xml', 'transfer-encoding': 'chunked', etag: headers.etag ?? '' })
+        res.write('<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>')
+        let left = o.errorBodyBytes ?? 32 << 20
+        const filler = Buffer.alloc(CHUNK, 0x78)
+        const more = () => {
+          while (left > 0) {
+            const n = Math.min(left, CHUNK)
+            left -= n
+            if (!res.write(filler.subarray(0, n))) return void res.once('drain', more)
+          }
+          res.end('</Message></Error>')
+        }
+        res.on('close', () => (left = 0))
+        more()
+      }
+    })
+    up.on('error', () => res.destroy())
+    req.pipe(up)
+  })
+  server.on('connection', (s) => {
+    sockets.add(s)
+    s.on('close', () => sockets.delete(s))
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => resolve())
+  })
+  server.unref()
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    lie: (lie, opts = {}) => {
+      pending = { lie, count: opts.count ?? 1, path: opts.path }
+    },
+    clear: () => {
+      pending = undefined
+    },
+    get told() {
+      return told
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  }
+}
