@@ -13,16 +13,11 @@
 #include <span>
 #include <string>
 
+#include "mount/credentials.h"
 #include "mount/error.h"
 #include "mount/object_pin.h"
 
 namespace o3mount {
-
-struct Credentials {
-  std::string accessKeyId;
-  std::string secretAccessKey;
-  std::string sessionToken;  // empty when none
-};
 
 struct RetryPolicy {
   // As lib/o3/retry.ts DEFAULT_RETRY: 5 attempts, waits drawn from [b*2^i, 2*b*2^i], b = 700 ms,
@@ -33,11 +28,11 @@ struct RetryPolicy {
 };
 
 struct FetchConfig {
-  std::string endpoint;   // "http://127.0.0.1:8080" or "https://o3-rc2.akave.xyz" (a path prefix allowed)
-  std::string region;     // "akave-network"
+  std::string endpoint;  // "http://127.0.0.1:8080" or "https://o3-rc2.akave.xyz" (a path prefix allowed)
+  std::string region;    // "akave-network"
   std::string bucket;
   Credentials credentials;
-  std::string caBundle;   // PEM file for HTTPS; empty: the system store
+  std::string caBundle;  // PEM file for HTTPS; empty: the system store
   int maxConnections = 16;
   int connectTimeoutMs = 5'000;
   int requestTimeoutMs = 30'000;  // longest silence on a connection before the attempt fails
@@ -59,9 +54,9 @@ class RangeSink {
 };
 
 struct FetchStats {
-  uint64_t requests = 0;     // attempts sent
+  uint64_t requests = 0;  // attempts sent
   uint64_t retries = 0;
-  uint64_t errors = 0;       // requests that failed for good
+  uint64_t errors = 0;  // requests that failed for good
   uint64_t bytesReceived = 0;
   uint64_t connectionsOpened = 0;
 };
