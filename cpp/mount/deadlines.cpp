@@ -48,8 +48,10 @@ void Deadlines::run() {
       continue;
     }
     auto it = items_.begin();
-    if (Clock::now() < it->second.when) {
-      wake_.wait_until(lock, it->second.when);
+    // A copy: the item may be cancelled (and freed) while this thread waits.
+    const Clock::time_point when = it->second.when;
+    if (Clock::now() < when) {
+      wake_.wait_until(lock, when);
       continue;
     }
     auto expired = std::move(it->second.expired);
