@@ -1,6 +1,8 @@
 // The mount core's C++ test tools (cpp/mount/tests/), built under ASan + UBSan by
 // scripts/test-native into build-native/mount-tests/, and a way to run one and read its JSON.
 import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { projectRoot } from '../../lib/paths.js'
 
@@ -53,4 +55,97 @@ export function toolEnv(extra: Record<string, string | undefined> = {}): NodeJS.
   env.UBSAN_OPTIONS = 'print_stacktrace=1:halt_on_error=1'
   for (const [k, v] of Object.entries(extra)) if (v !== undefined) env[k] = v
   return env
+}
+
+export interface FetchToolOptions {
+  endpoint: string
+  region: string
+  accessKeyId: string
+  secretAccessKey: string
+  sessionToken?: string
+  bucket: string
+  key: string
+  /** [offset, length] of each range, fetched concurrently (or one after another with `sequential`). */
+  ranges: [number, number][]
+  etag?: string
+  versionId?: string
+  size?: number
+  caBundle?: string
+  maxConnections?: number
+  connectTimeoutMs?: number
+  requestTimeoutMs?: number
+  attempts?: number
+  baseDelayMs?: number
+  /** The sink offers at most this many bytes per space(). */
+  sinkChunk?: number
+  warm?: number
+  closeAfterMs?: number
+  sequential?: boolean
+}
+
+export interface RangeResult {
+  offset: number
+  length: number
+  written: number
+  status: string
+  message: string
+  pin: { etag: string; versionId: string }
+  timing: { queuedUs: number; firstByteUs: number; connectUs: number; transferUs: number; totalUs: number; bytes: number; attempts: number }
+}
+
+export interface FetchToolResult {
+  results: RangeResult[]
+  stats: {
+    requests: number
+    retries: number
+    errors: number
+    bytesReceived: number
+    connectionsOpened: number
+    connectionsBeforeFetches: number
+    queued: number
+    inFlight: number
+    firstByteUsAverage: number
+    bytesPerSecondPerConnection: number
+  }
+  maxRssKb: number
+  violations: string[]
+  /** The output file: each range's bytes at its offset, zeros elsewhere. */
+  image: Buffer
+  /** The tool's exit status and stderr (sanitizer reports land there). */
+  code: number | null
+  stderr: string
+}
+
+/** Runs fetch_tool (build it first with buildNativeTools) and returns what it printed and wrote. */
+export async function fetchTool(o: FetchToolOptions): Promise<FetchToolResult> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'o3-fetch-tool-'))
+  try {
+    const out = path.join(dir, 'image')
+    const args = ['--endpoint', o.endpoint, '--region', o.region, '--bucket', o.bucket, '--key', o.key, '--out', out]
+    for (const [offset, length] of o.ranges) args.push('--range', `${offset}:${length}`)
+    const opt = (flag: string, v: string | number | boolean | undefined): void => {
+      if (v !== undefined) args.push(`--${flag}`, typeof v === 'boolean' ? (v ? '1' : '0') : String(v))
+    }
+    opt('etag', o.etag)
+    opt('version-id', o.versionId)
+    opt('size', o.size)
+    opt('ca-bundle', o.caBundle)
+    opt('max-connections', o.maxConnections)
+    opt('connect-timeout-ms', o.connectTimeoutMs)
+    opt('request-timeout-ms', o.requestTimeoutMs)
+    opt('attempts', o.attempts)
+    opt('base-delay-ms', o.baseDelayMs)
+    opt('sink-chunk', o.sinkChunk)
+    opt('warm', o.warm)
+    opt('close-after-ms', o.closeAfterMs)
+    opt('sequential', o.sequential)
+    const env = toolEnv({ O3_ACCESS_KEY_ID: o.accessKeyId, O3_SECRET_ACCESS_KEY: o.secretAccessKey, O3_SESSION_TOKEN: o.sessionToken })
+    const r = await run(toolPath('fetch_tool'), args, { env })
+    const line = r.stdout.trim().split('\n').at(-1) ?? ''
+    if (!line.startsWith('{')) throw new Error(`fetch_tool printed no result (exit ${r.code ?? r.signal}):\n${r.stdout}${r.stderr}`)
+    const parsed = JSON.parse(line) as Omit<FetchToolResult, 'image' | 'code' | 'stderr'>
+    return { ...parsed, image: existsSync(out) ? readFileSync(out) : Buffer.alloc(0), code: r.code, stderr: r.stderr }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 }
