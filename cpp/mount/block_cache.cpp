@@ -1,14 +1,11 @@
 #include "mount/block_cache.h"
 
 #include <algorithm>
-#include <chrono>
 #include <new>
 
 #include "thread_pool.h"
 
 namespace o3mount {
-
-using Clock = std::chrono::steady_clock;
 
 ObjectRef ObjectRef::make(const ObjectPin& pin, std::string name, std::shared_ptr<const Leaves> leaves) {
   ObjectRef r;
@@ -45,8 +42,6 @@ class BlockCache::Sink final : public RangeSink {
 
   void wrote(uint64_t at, size_t n) override {
     if (!buf_ || at != cur_ * cache_.config_.blockSize + filled_ || n > buf_->size() - filled_) return;
-    if (received_ == 0) firstByte_ = Clock::now();
-    received_ += n;
     filled_ += n;
     if (filled_ < buf_->size()) return;
     cache_.post([c = &cache_, obj = job_->obj, i = cur_, block = std::move(buf_)]() mutable { c->deliver(obj, i, std::move(block), true); });
@@ -54,16 +49,15 @@ class BlockCache::Sink final : public RangeSink {
     filled_ = 0;
   }
 
+  void timing(const FetchTiming& t) override { cache_.sizing_.observe(t); }
+
   void finished(const Status& status, const ObjectPin& pin) override {
     job_->obj.pin->learn(pin);
     buf_.reset();
     Status s = status;
     if (s && cur_ < job_->last)
       s = Status::error(ErrorKind::Stream, "the body of " + job_->obj.name + " ended at block " + std::to_string(cur_));
-    if (s) {
-      const auto us = [this](Clock::time_point t) { return std::chrono::duration_cast<std::chrono::microseconds>(t - queued_); };
-      cache_.sizing_.observe({received_, us(firstByte_), us(Clock::now())});
-    } else {
+    if (!s) {
       const uint64_t bs = cache_.config_.blockSize;
       cache_.log_.log(LogLevel::Warn, "block fetch failed",
                       {{"key", job_->obj.name},
@@ -80,10 +74,7 @@ class BlockCache::Sink final : public RangeSink {
   std::shared_ptr<Job> job_;
   uint64_t cur_;
   uint64_t filled_ = 0;
-  uint64_t received_ = 0;
   std::shared_ptr<Block> buf_;
-  const Clock::time_point queued_ = Clock::now();
-  Clock::time_point firstByte_ = queued_;
 };
 
 BlockCache::BlockCache(const BlockCacheConfig& config, FetchEngine& engine, DiskTier* disk, TransferSizing& sizing,

@@ -1,22 +1,18 @@
 // How large the byte path's requests and readahead windows are. Today fixed by the options; the
 // interface is where a policy that follows the measured bandwidth-delay product of the mount's own
 // requests plugs in (issue 21: far-away O3 needs windows and parallel parts sized from RTT x rate):
-// every finished GET is reported to observe() with its timings, and the block cache and readahead
-// ask partSize() and windowCap() each time they size a request.
+// every finished GET is reported to observe() with the engine's timings (queueing, first byte,
+// transfer), the engine's stats hold moving averages of latency and per-connection rate, and the
+// block cache and readahead ask partSize() and windowCap() each time they size a request.
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 
-namespace o3mount {
+#include "mount/fetch_engine.h"
 
-struct TransferSample {
-  uint64_t bytes = 0;
-  std::chrono::microseconds firstByte{0};  // request queued at the engine -> first body byte
-  std::chrono::microseconds total{0};      // request queued at the engine -> last body byte
-};
+namespace o3mount {
 
 class TransferSizing {
  public:
@@ -26,7 +22,7 @@ class TransferSizing {
   // Cap of one open file's readahead window while `streams` files are open.
   virtual uint64_t windowCap(size_t streams) const = 0;
   // Called from the fetch engine's thread for every finished GET; must not block.
-  virtual void observe(const TransferSample& sample) = 0;
+  virtual void observe(const FetchTiming& timing) = 0;
 };
 
 // --part-size and --readahead-max as given. A file's window may take at most a quarter of the budget
@@ -40,7 +36,7 @@ class FixedSizing final : public TransferSizing {
   uint64_t windowCap(size_t streams) const override {
     return std::min<uint64_t>(readaheadMax_, budget_ / (4 * std::max<size_t>(1, streams)));
   }
-  void observe(const TransferSample&) override {}
+  void observe(const FetchTiming&) override {}
 
  private:
   uint64_t partSize_, readaheadMax_, budget_;
