@@ -158,10 +158,7 @@ void BlockCache::read(const ObjectRef& obj, uint64_t first, uint64_t last, const
         }
         if (e.block) {
           lru_.splice(lru_.begin(), lru_, e.lru);
-          if (!e.used) {
-            e.used = true;
-            if (e.announced) announcedUnread_ -= e.block->size();
-          }
+          if (!e.used) markUsed(e, e.block->size());
           bump(counters_.memHits);
           ready.emplace_back(i, e.block);
           continue;
@@ -172,6 +169,8 @@ void BlockCache::read(const ObjectRef& obj, uint64_t first, uint64_t last, const
         if (!inserted && e.job && !e.job->started && e.job->priority != kDemand) promote(e.job);
       }
       if (runStart != last) runs.emplace_back(runStart, last);
+      // A queued file its reader opened first: the reader's own requests fetch it now.
+      if (!announcedIds_.empty() && announcedIds_.count(obj.id)) readBeforeTurn_.insert(obj.id);
       for (auto [from, to] : runs) startRun(obj, from, to, kDemand, false);
       toStart = pump();
     }
@@ -211,16 +210,47 @@ uint64_t BlockCache::prefetch(const ObjectRef& obj, uint64_t first, uint64_t las
   return i;
 }
 
-void BlockCache::announce(std::vector<ObjectRef> files) {
+void BlockCache::announce(std::vector<ObjectRef> files, uint64_t stream) {
   std::vector<std::shared_ptr<Job>> toStart;
   {
     std::lock_guard lock(mutex_);
     if (closing_) return;
-    for (ObjectRef& f : files)
-      if (f.size > 0) announced_.push_back({std::move(f), 0});
+    std::deque<Announced>& q = announced_[stream];
+    for (ObjectRef& f : files) {
+      bump(counters_.filesAnnounced);
+      if (f.size == 0) {
+        bump(counters_.filesSkipped);
+        continue;
+      }
+      ++announcedIds_[f.id];
+      ++announcedQueued_;
+      q.push_back({std::move(f), 0, false});
+    }
+    if (q.empty()) announced_.erase(stream);
     toStart = pump();
   }
   launch(std::move(toStart));
+}
+
+void BlockCache::popAnnounced(std::map<uint64_t, std::deque<Announced>>::iterator stream) {
+  Announced& a = stream->second.front();
+  bump(a.started ? counters_.filesPrefetched : counters_.filesSkipped);
+  auto id = announcedIds_.find(a.obj.id);
+  if (--id->second == 0) {
+    readBeforeTurn_.erase(id->first);
+    announcedIds_.erase(id);
+  }
+  --announcedQueued_;
+  stream->second.pop_front();
+  if (stream->second.empty()) announced_.erase(stream);
+}
+
+void BlockCache::markUsed(Entry& e, uint64_t bytes) {
+  e.used = true;
+  if (!e.announced) return;
+  announcedUnread_ -= bytes;
+  bump(counters_.announcedBlocksUsed);
+  if (e.firstAnnounced) bump(counters_.filesPrefetchUsed);
 }
 
 void BlockCache::startRun(const ObjectRef& obj, uint64_t first, uint64_t last, Priority priority, bool reserved) {
@@ -278,11 +308,15 @@ bool BlockCache::pumpAnnounced() {
   const uint64_t maxRun = std::max<uint64_t>(1, sizing_.partSize() / config_.blockSize);
   const double cap = static_cast<double>(budget_.limit()) * kMaxAnnouncedShare;
   while (!announced_.empty()) {
-    Announced& a = announced_.front();
+    // Streams take turns: the one at turn_, else the first after it, else the first.
+    auto stream = announced_.lower_bound(turn_);
+    if (stream == announced_.end()) stream = announced_.begin();
+    Announced& a = stream->second.front();
     const uint64_t count = blockCount(a.obj);
+    if (!a.started && readBeforeTurn_.count(a.obj.id)) a.next = count;
     while (a.next < count && entries_.count(keyOf(a.obj, a.next))) ++a.next;
     if (a.next >= count) {
-      announced_.pop_front();
+      popAnnounced(stream);
       continue;
     }
     uint64_t j = a.next + 1;
@@ -293,8 +327,12 @@ bool BlockCache::pumpAnnounced() {
     for (uint64_t k = a.next; k < j; ++k) entries_.try_emplace(keyOf(a.obj, k));
     const ObjectRef obj = a.obj;
     const uint64_t from = a.next;
+    const bool first = !a.started;
     a.next = j;
+    a.started = true;
+    turn_ = stream->first + 1;
     startRun(obj, from, j, kAnnounced, true);
+    if (first) entries_.at(keyOf(obj, from)).firstAnnounced = true;
     return true;
   }
   return false;
@@ -435,10 +473,7 @@ void BlockCache::complete(const ObjectRef& obj, uint64_t index, std::shared_ptr<
     lru_.push_front(&it->first);
     e.lru = lru_.begin();
     waiters.swap(e.waiters);
-    if (!waiters.empty()) {
-      e.used = true;
-      if (e.announced) announcedUnread_ -= block->size();
-    }
+    if (!waiters.empty()) markUsed(e, block->size());
     if (fromNetwork) {
       bump(counters_.blocksFetched);
       bump(counters_.bytesFetched, block->size());
@@ -470,6 +505,9 @@ void BlockCache::close() {
     std::lock_guard lock(mutex_);
     closing_ = true;
     announced_.clear();
+    announcedQueued_ = 0;
+    announcedIds_.clear();
+    readBeforeTurn_.clear();
     for (auto& q : queues_) {
       for (auto& j : q) queued.push_back(std::move(j));
       q.clear();
@@ -490,7 +528,7 @@ BlockCacheStats BlockCache::stats() const {
   s.overflowBuffers = pool_->overflow();
   for (const auto& q : queues_) s.queuedJobs += q.size();
   s.runningJobs = static_cast<uint64_t>(running_);
-  s.announcedFiles = announced_.size();
+  s.announcedFiles = announcedQueued_;
   return s;
 }
 

@@ -19,10 +19,12 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "mount/block_pool.h"
@@ -117,8 +119,10 @@ class BlockCache final : private Reclaimable {
   uint64_t prefetch(const ObjectRef& obj, uint64_t first, uint64_t last);
   // Queues whole files to fetch ahead of their readers, in this order, behind readahead, within
   // kMaxAnnouncedShare of the budget (issue 21: files announced by the trainer or found in listing
-  // order).
-  void announce(std::vector<ObjectRef> files);
+  // order). Each `stream` (one announcing client) keeps its own order; streams take turns, one
+  // request at a time, so that ranks sharing a mount are each served ahead. A file a reader has
+  // already opened when its turn comes is passed over: its reader's own requests fetch it.
+  void announce(std::vector<ObjectRef> files, uint64_t stream = 0);
 
   BlockCacheStats stats() const;
 
@@ -139,6 +143,7 @@ class BlockCache final : private Reclaimable {
     bool wanted = false;       // a reader waited on it
     bool used = false;         // a reader took it
     bool announced = false;    // fetched for an announced file
+    bool firstAnnounced = false;  // the first block the queue fetched of its file (counts the file used)
     std::list<const std::string*>::iterator lru;  // valid once ready
   };
   struct Job {
@@ -149,7 +154,8 @@ class BlockCache final : private Reclaimable {
   };
   struct Announced {
     ObjectRef obj;
-    uint64_t next = 0;  // first block not yet considered
+    uint64_t next = 0;     // first block not yet considered
+    bool started = false;  // the queue has fetched some of it
   };
   class Sink;
   friend class Sink;
@@ -168,6 +174,10 @@ class BlockCache final : private Reclaimable {
   // Under mutex_: the jobs to start now; the caller hands them to the engine after unlocking.
   std::vector<std::shared_ptr<Job>> pump();
   bool pumpAnnounced();
+  // Under mutex_: done with the front file of `stream`'s queue.
+  void popAnnounced(std::map<uint64_t, std::deque<Announced>>::iterator stream);
+  // Under mutex_: a reader takes entry `e` for the first time.
+  void markUsed(Entry& e, uint64_t bytes);
   void launch(std::vector<std::shared_ptr<Job>> jobs);
   void jobDone();
 
@@ -193,7 +203,12 @@ class BlockCache final : private Reclaimable {
   uint64_t held_ = 0;                   // bytes of ready entries
   uint64_t announcedUnread_ = 0;        // bytes of announced blocks cached or on their way, not yet used
   std::deque<std::shared_ptr<Job>> queues_[3];
-  std::deque<Announced> announced_;
+  std::map<uint64_t, std::deque<Announced>> announced_;  // by stream, each in its order
+  uint64_t announcedQueued_ = 0;                         // files in all of them
+  uint64_t turn_ = 0;                                    // the stream whose file goes next, or the one after
+  // Ids of files queued (with how many times), and those of them a reader has opened already.
+  std::unordered_map<std::string, uint64_t> announcedIds_;
+  std::unordered_set<std::string> readBeforeTurn_;
   int running_ = 0;
   bool closing_ = false;
 

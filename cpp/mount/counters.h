@@ -27,7 +27,12 @@ namespace o3mount {
   X(timeouts)          /* reads that failed because nothing arrived within --op-timeout */            \
   X(opens)             /* files opened */                                                             \
   X(blocksVerified)    /* blocks checked against a manifest's leaf digests and found good */          \
-  X(verifyFailures)    /* blocks that did not match (from the server: EIO; from disk: refetched) */
+  X(verifyFailures)    /* blocks that did not match (from the server: EIO; from disk: refetched) */    \
+  X(filesAnnounced)    /* files queued to fetch ahead of their readers (the control socket) */        \
+  X(filesPrefetched)   /* ... whose blocks the queue fetched before any reader asked */               \
+  X(filesSkipped)      /* ... it passed over: a reader got there first, or all was cached already */  \
+  X(filesPrefetchUsed) /* prefetched files a reader then read (the queue's first block of each) */    \
+  X(announcedBlocksUsed) /* blocks the queue fetched that a reader then took */
 
 struct CounterValues {
 #define O3_FIELD(name) uint64_t name = 0;

@@ -296,11 +296,11 @@ void Filesystem::release(uint64_t fh) {
   files_.erase(fh);
 }
 
-void Filesystem::prefetch(std::vector<Announced> files) {
+void Filesystem::prefetch(std::vector<Announced> files, uint64_t stream) {
   std::vector<ObjectRef> refs;
   refs.reserve(files.size());
   for (Announced& a : files) refs.push_back(ObjectRef::make(a.info.pin, a.path.substr(a.path.empty() ? 0 : 1), a.info.leaves));
-  cache_.announce(std::move(refs));
+  cache_.announce(std::move(refs), stream);
 }
 
 size_t Filesystem::openFiles() const {

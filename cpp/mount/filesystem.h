@@ -120,12 +120,12 @@ class Filesystem {
   StatfsInfo statfs() const { return {}; }
 
   // Files to fetch ahead of their readers, in this order (issue 21's announced order; the control
-  // plane resolves paths to pins and digests first).
+  // plane resolves paths to pins and digests first), as one client's `stream` (BlockCache::announce).
   struct Announced {
     std::string path;
     OpenInfo info;
   };
-  void prefetch(std::vector<Announced> files);
+  void prefetch(std::vector<Announced> files, uint64_t stream);
 
   size_t openFiles() const;
   ReadaheadStats readaheadStats() const;

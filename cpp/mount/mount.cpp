@@ -60,6 +60,6 @@ MountStats Mount::stats() const {
   return s;
 }
 
-void Mount::prefetch(std::vector<Filesystem::Announced> files) { fs_->prefetch(std::move(files)); }
+void Mount::prefetch(std::vector<Filesystem::Announced> files, uint64_t stream) { fs_->prefetch(std::move(files), stream); }
 
 }  // namespace o3mount

@@ -279,6 +279,53 @@ void announcedFilesArriveInOrder() {
   O3_CHECK(eventually([&] { return tight.cache.stats().announcedFiles == 0; }));
 }
 
+// Two clients announcing at once (two ranks on one mount) are served in turns, each in its order.
+void announcingStreamsTakeTurns() {
+  Rig rig(64 * MiB, 1);
+  std::vector<ObjectRef> a, b;
+  for (int i = 0; i < 4; ++i) {
+    a.push_back(open(rig.store.put("a/" + std::to_string(i), randomBytes(64 * 1024, 60 + i))));
+    b.push_back(open(rig.store.put("b/" + std::to_string(i), randomBytes(64 * 1024, 70 + i))));
+  }
+  rig.store.hold(true);
+  rig.cache.announce(a, 1);
+  O3_CHECK(eventually([&] { return rig.store.requests().size() == 1; }));
+  rig.cache.announce(b, 2);
+  O3_CHECK_EQ(rig.cache.stats().announcedFiles, 7u);
+  rig.store.hold(false);
+  O3_CHECK(eventually([&] { return rig.counters.blocksFetched.load() == 8; }));
+  const std::vector<std::string> expected{"a/0", "b/0", "a/1", "b/1", "a/2", "b/2", "a/3", "b/3"};
+  auto reqs = rig.store.requests();
+  O3_CHECK_EQ(reqs.size(), expected.size());
+  for (size_t i = 0; i < std::min(reqs.size(), expected.size()); ++i) O3_CHECK_EQ(reqs[i].pin.key, expected[i]);
+  O3_CHECK_EQ(rig.counters.filesAnnounced.load(), 8u);
+  O3_CHECK(eventually([&] { return rig.counters.filesPrefetched.load() == 8; }));
+}
+
+// A file its reader opened before the queue got to it is passed over (its reader fetches it), and
+// the counters tell prefetched, skipped and used files apart.
+void filesReadBeforeTheirTurnArePassedOver() {
+  Rig rig(64 * MiB, 1);
+  std::vector<ObjectRef> files;
+  for (int i = 0; i < 4; ++i) files.push_back(open(rig.store.put("f/" + std::to_string(i), randomBytes(2 * MiB, 80 + i))));
+  rig.store.hold(true);
+  rig.cache.announce(files, 1);
+  O3_CHECK(eventually([&] { return rig.store.requests().size() == 1; }));
+  // The reader of f/2 reads its first block while the queue still waits on f/0.
+  std::atomic<bool> read{false};
+  rig.cache.read(files[2], 0, 1, [&](uint64_t, BlockResult r) { read = static_cast<bool>(r.status); });
+  rig.store.hold(false);
+  O3_CHECK(eventually([&] { return read.load() && rig.cache.stats().announcedFiles == 0; }));
+  O3_CHECK(eventually([&] { return rig.counters.blocksFetched.load() == 7; }));
+  for (const Request& r : rig.store.requests()) O3_CHECK(!(r.pin.key == "f/2" && r.offset > 0));
+  O3_CHECK_EQ(rig.counters.filesPrefetched.load(), 3u);
+  O3_CHECK_EQ(rig.counters.filesSkipped.load(), 1u);
+  for (int i : {0, 1, 3}) O3_CHECK(readBlocks(rig.cache, files[size_t(i)], 0, 2)[1].status);
+  O3_CHECK_EQ(rig.counters.filesPrefetchUsed.load(), 3u);
+  O3_CHECK_EQ(rig.counters.announcedBlocksUsed.load(), 6u);
+  O3_CHECK_EQ(rig.counters.prefetchWasted.load(), 0u);
+}
+
 void closingCancelsWhatIsQueued() {
   FakeStore store;
   Counters counters;
@@ -309,6 +356,8 @@ int main() {
   unverifiedBlocksNeverServeAVerifiedOpen();
   everyErrorKindReachesTheReader();
   announcedFilesArriveInOrder();
+  announcingStreamsTakeTurns();
+  filesReadBeforeTheirTurnArePassedOver();
   closingCancelsWhatIsQueued();
   return test::finish("block_cache_test");
 }
