@@ -4,13 +4,14 @@
  * the run) and checkpoints to O3. The first SIGINT/SIGTERM stops at a step boundary and writes a
  * final checkpoint; a second exits at once, aborting any upload in flight.
  */
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { readdir } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { runCli } from '../lib/cli/run-cli.js'
-import { createLogger } from '../lib/log.js'
+import { createLogger, type Logger } from '../lib/log.js'
+import type { StatsSnapshot } from '../fs-driver/stats.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { withDeadline } from '../lib/fs-deadline.js'
 import { O3Error } from '../lib/o3/index.js'
@@ -19,6 +20,7 @@ import { distributedFromEnv, runUnderTorchrun } from './distributed.js'
 import { NodeShare } from './node-share.js'
 import { parseTrainArgs } from './options.js'
 import { mountForRun, type RunMount } from './run-mount.js'
+import { OrderAnnouncer } from './announce.js'
 import { train, type TrainSummary } from './run.js'
 import type { ThreadSetup } from './thread-setup.js'
 
@@ -74,15 +76,21 @@ async function main(): Promise<number> {
   // A fresh private directory (mkdtemp makes it 0700): a fixed name in the shared temp dir could be taken first by another user.
   const mountLog = mountsData ? join(mkdtempSync(join(tmpdir(), 'o3train-')), 'mount.log') : undefined
   let succeeded = false
+  let announcer: OrderAnnouncer | undefined
   try {
     if (o.data.startsWith('o3://') && !mountsData) {
-      dataDir = (await nodeShare!.take<{ dir: string }>('mount', 'the o3mount of this node')).dir
+      const shared = await nodeShare!.take<{ dir: string; control?: string }>('mount', 'the o3mount of this node')
+      dataDir = shared.dir
+      if (shared.control) announcer = new OrderAnnouncer(shared.control, '', log)
       log.info({ location: o.data, mountpoint: dataDir }, "reading the data through local rank 0's o3mount")
     } else if (mountLog) {
       mount = await mountForRun(o.data, o, mountLog)
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
-      nodeShare?.publish('mount', { dir: mount.dir })
+      if (mount.controlSocket) announcer = new OrderAnnouncer(mount.controlSocket, '', log)
+      nodeShare?.publish('mount', { dir: mount.dir, control: mount.controlSocket })
+    } else if (o.mountControl) {
+      announcer = OrderAnnouncer.forDataDir(o.mountControl, o.data, log)
     }
     const run = train(o, dataDir, {
       logger: log,
@@ -92,6 +100,7 @@ async function main(): Promise<number> {
       // o3mount verifies by default wherever a dataset manifest names the files.
       readsVerified: mount !== undefined,
       nodeShare,
+      announcer,
       onStart: (s) =>
         log.info(
           { device: s.device, threads: threadLine(s.threads), dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom },
@@ -101,6 +110,10 @@ async function main(): Promise<number> {
     training = run
     printSummary(await run)
     succeeded = true
+    if (mount && announcer) {
+      await mount.close()
+      reportAnnounced(mount.statsFile, log)
+    }
     return 0
   } catch (err) {
     const broken = err instanceof O3Error ? undefined : await unreadable(dataDir)
@@ -116,6 +129,7 @@ async function main(): Promise<number> {
     throw err
   } finally {
     shutdown.dispose()
+    announcer?.close()
     // The error that stopped training is the one to see; a failed clean-up is only reported beside it.
     await mount?.close().catch((err: unknown) => {
       if (succeeded) return Promise.reject(err)
@@ -124,6 +138,18 @@ async function main(): Promise<number> {
     nodeShare?.close()
     if (mountLog && succeeded) rmSync(dirname(mountLog), { recursive: true, force: true })
   }
+}
+
+/** What the run's mount made of the orders announced to it, from the stats file it wrote last, as it stopped. */
+function reportAnnounced(statsFile: string, log: Logger): void {
+  let a: StatsSnapshot['announced'] | undefined
+  try {
+    a = (JSON.parse(readFileSync(statsFile, 'utf8')) as StatsSnapshot).announced
+  } catch {
+    return
+  }
+  if (a && a.files > 0)
+    log.info({ ...a }, `the data mount had fetched ${a.used} of the ${a.files} files announced before the loader read them`)
 }
 
 /** argv less --nproc-per-node, for the ranks torchrun starts. */

@@ -1,6 +1,6 @@
 import { mkdtempSync, rmdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { launchMount } from '../fs-driver/launch.js'
 import { fusermountUnmount } from '../fs-driver/mount-table.js'
 import { o3FlagsToArgv } from '../lib/cli/o3-flags.js'
@@ -10,14 +10,27 @@ import type { O3Flags } from '../lib/o3/index.js'
 export interface RunMount {
   dir: string
   pid: number
+  /** The mount's control socket, to which the run announces its read order; absent when its path would be too long. */
+  controlSocket?: string
+  /** Its stats file, written a last time when it stops. */
+  statsFile: string
   /** Unmounts and removes the mountpoint; safe to call twice and after the mount died. */
   close(): Promise<void>
 }
 
-/** Mounts `o3://bucket/prefix` for one run; the mount goes away with the run, even if the run is killed. */
+/** Longest path a Unix socket may have (sun_path, less its NUL). */
+const MAX_SOCKET_PATH = 107
+
+/**
+ * Mounts `o3://bucket/prefix` for one run; the mount goes away with the run, even if the run is
+ * killed. Its log and control socket go beside each other in `logFile`'s directory, which must be
+ * private to this run.
+ */
 export async function mountForRun(location: string, o: O3Flags, logFile: string): Promise<RunMount> {
   const dir = mkdtempSync(join(tmpdir(), 'o3train-data-'))
-  const args = [dir, location, '--metadata-ttl', 'indefinite', ...o3FlagsToArgv(o)]
+  const socket = join(dirname(logFile), 'control.sock')
+  const controlSocket = Buffer.byteLength(socket) <= MAX_SOCKET_PATH ? socket : undefined
+  const args = [dir, location, '--metadata-ttl', 'indefinite', ...(controlSocket ? ['--control-socket', controlSocket] : []), ...o3FlagsToArgv(o)]
   let launched
   try {
     // The mount reads objects; it never signs, so it never sees the signing key.
@@ -31,6 +44,8 @@ export async function mountForRun(location: string, o: O3Flags, logFile: string)
   return {
     dir,
     pid: info.pid,
+    controlSocket,
+    statsFile: info.statsFile,
     async close() {
       if (closed) return
       closed = true
