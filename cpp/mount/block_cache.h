@@ -85,7 +85,10 @@ struct BlockCacheConfig {
   uint64_t blockSize = 1 << 20;
   uint64_t memoryBytes = 512ull << 20;
   int maxConnections = 32;
-  int workerThreads = 2;
+  // Threads that hash blocks, read the disk tier and hand blocks to their readers (whose replies
+  // copy them into the kernel). 0: half the cores, at least 2 (so that one slow disk read does not
+  // hold up deliveries) and at most 8 (SHA-256 at ~1.7 GB/s a core: 8 outrun any link we serve).
+  int workerThreads = 0;
 };
 
 struct BlockCacheStats {
@@ -134,11 +137,11 @@ class BlockCache final : private Reclaimable {
   struct Entry {
     std::shared_ptr<const Block> block;  // set once ready
     std::vector<std::pair<uint64_t, BlockCallback>> waiters;
-    std::shared_ptr<Job> job;  // the queued network job that will fill it
-    uint64_t reserved = 0;     // bytes of the budget this pending block holds
-    bool wanted = false;       // a reader waited on it
-    bool used = false;         // a reader took it
-    bool announced = false;    // fetched for an announced file
+    std::shared_ptr<Job> job;                     // the queued network job that will fill it
+    uint64_t reserved = 0;                        // bytes of the budget this pending block holds
+    bool wanted = false;                          // a reader waited on it
+    bool used = false;                            // a reader took it
+    bool announced = false;                       // fetched for an announced file
     std::list<const std::string*>::iterator lru;  // valid once ready
   };
   struct Job {
@@ -190,8 +193,8 @@ class BlockCache final : private Reclaimable {
   MemoryBudget budget_;
   std::unordered_map<std::string, Entry> entries_;
   std::list<const std::string*> lru_;  // ready entries, most recently used first
-  uint64_t held_ = 0;                   // bytes of ready entries
-  uint64_t announcedUnread_ = 0;        // bytes of announced blocks cached or on their way, not yet used
+  uint64_t held_ = 0;                  // bytes of ready entries
+  uint64_t announcedUnread_ = 0;       // bytes of announced blocks cached or on their way, not yet used
   std::deque<std::shared_ptr<Job>> queues_[3];
   std::deque<Announced> announced_;
   int running_ = 0;

@@ -100,8 +100,8 @@ struct Filesystem::ReadOp {
     bump(fs.counters_.timeouts);
     bump(fs.counters_.readErrors);
     fs.log_.log(LogLevel::Error,
-                "read " + file->path + " " + span(offset, length) + ": no answer within " + std::to_string(fs.deadlines_.timeout().count()) +
-                    " ms",
+                "read " + file->path + " " + span(offset, length) + ": no answer within " +
+                    std::to_string(fs.deadlines_.timeout().count()) + " ms",
                 {{"path", file->path}});
     deadline.store(kAnswered);
     reply->error(EIO);

@@ -236,7 +236,8 @@ void openAndRead() {
   for (auto [off, len] : reads) {
     const ReadResult r = rig.read(o.fh, off, len);
     const uint64_t want = off >= body.size() ? 0 : std::min<uint64_t>(len, body.size() - off);
-    if (r.err != 0 || r.bytes.size() != want || !sameBytes(r.bytes, std::span(body).subspan(std::min<uint64_t>(off, body.size()), want))) {
+    if (r.err != 0 || r.bytes.size() != want ||
+        !sameBytes(r.bytes, std::span(body).subspan(std::min<uint64_t>(off, body.size()), want))) {
       std::cerr << "read at " << off << " of " << len << " wrong" << std::endl;
       ++failures;
     }
