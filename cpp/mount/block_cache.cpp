@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <new>
+#include <thread>
 
 #include "thread_pool.h"
 
@@ -44,7 +45,9 @@ class BlockCache::Sink final : public RangeSink {
     if (!buf_ || at != cur_ * cache_.config_.blockSize + filled_ || n > buf_->size() - filled_) return;
     filled_ += n;
     if (filled_ < buf_->size()) return;
-    cache_.post([c = &cache_, obj = job_->obj, i = cur_, block = std::move(buf_)]() mutable { c->deliver(obj, i, std::move(block), true); });
+    cache_.post([c = &cache_, obj = job_->obj, i = cur_, block = std::move(buf_)]() mutable {
+      c->deliver(obj, i, std::move(block), true);
+    });
     ++cur_;
     filled_ = 0;
   }
@@ -64,7 +67,8 @@ class BlockCache::Sink final : public RangeSink {
                        {"start", static_cast<int64_t>(job_->first * bs)},
                        {"end", static_cast<int64_t>(std::min(job_->last * bs, job_->obj.size) - 1)},
                        {"err", s.message}});
-      for (uint64_t i = cur_; i < job_->last; ++i) cache_.post([c = &cache_, obj = job_->obj, i, s] { c->fail(obj, i, s, false); });
+      for (uint64_t i = cur_; i < job_->last; ++i)
+        cache_.post([c = &cache_, obj = job_->obj, i, s] { c->fail(obj, i, s, false); });
     }
     cache_.post([c = &cache_] { c->jobDone(); });
   }
@@ -89,7 +93,9 @@ BlockCache::BlockCache(const BlockCacheConfig& config, FetchEngine& engine, Disk
       // past this by the budget's bounded overshoot.
       pool_(std::make_shared<BlockPool>(config.blockSize, (config.memoryBytes + config.blockSize - 1) / config.blockSize)),
       budget_(config.memoryBytes, *this),
-      workers_(std::make_unique<o3::ThreadPool>(std::max(1, config.workerThreads))) {}
+      workers_(std::make_unique<o3::ThreadPool>(
+          config.workerThreads > 0 ? config.workerThreads
+                                   : std::clamp(static_cast<int>(std::thread::hardware_concurrency()) / 2, 2, 8))) {}
 
 BlockCache::~BlockCache() {
   // Drain first: queued tasks still touch the maps.
@@ -176,7 +182,8 @@ void BlockCache::read(const ObjectRef& obj, uint64_t first, uint64_t last, const
     }
   }
   if (cancelled) {
-    for (uint64_t i = first; i < last; ++i) done(i, {Status::error(ErrorKind::Cancelled, "the mount is closing"), false, nullptr});
+    for (uint64_t i = first; i < last; ++i)
+      done(i, {Status::error(ErrorKind::Cancelled, "the mount is closing"), false, nullptr});
     return;
   }
   launch(std::move(toStart));
@@ -449,8 +456,9 @@ void BlockCache::deliver(const ObjectRef& obj, uint64_t index, std::shared_ptr<B
                 {"actual", bad->actual},
                 {"from", std::string("o3")}});
       fail(obj, index,
-           Status::error(ErrorKind::Integrity, obj.name + " block " + std::to_string(index) + ": leaf " + std::to_string(bad->leaf) +
-                                                   " has sha256 " + bad->actual + ", the manifest says " + bad->expected),
+           Status::error(ErrorKind::Integrity, obj.name + " block " + std::to_string(index) + ": leaf " +
+                                                   std::to_string(bad->leaf) + " has sha256 " + bad->actual +
+                                                   ", the manifest says " + bad->expected),
            true);
       return;
     }

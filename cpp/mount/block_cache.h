@@ -138,12 +138,12 @@ class BlockCache final : private Reclaimable {
   struct Entry {
     std::shared_ptr<const Block> block;  // set once ready
     std::vector<std::pair<uint64_t, BlockCallback>> waiters;
-    std::shared_ptr<Job> job;  // the queued network job that will fill it
-    uint64_t reserved = 0;     // bytes of the budget this pending block holds
-    bool wanted = false;       // a reader waited on it
-    bool used = false;         // a reader took it
-    bool announced = false;    // fetched for an announced file
-    bool firstAnnounced = false;  // the first block the queue fetched of its file (counts the file used)
+    std::shared_ptr<Job> job;                     // the queued network job that will fill it
+    uint64_t reserved = 0;                        // bytes of the budget this pending block holds
+    bool wanted = false;                          // a reader waited on it
+    bool used = false;                            // a reader took it
+    bool announced = false;                       // fetched for an announced file
+    bool firstAnnounced = false;                  // the first block the queue fetched of its file (counts the file used)
     std::list<const std::string*>::iterator lru;  // valid once ready
   };
   struct Job {
@@ -200,8 +200,8 @@ class BlockCache final : private Reclaimable {
   MemoryBudget budget_;
   std::unordered_map<std::string, Entry> entries_;
   std::list<const std::string*> lru_;  // ready entries, most recently used first
-  uint64_t held_ = 0;                   // bytes of ready entries
-  uint64_t announcedUnread_ = 0;        // bytes of announced blocks cached or on their way, not yet used
+  uint64_t held_ = 0;                  // bytes of ready entries
+  uint64_t announcedUnread_ = 0;       // bytes of announced blocks cached or on their way, not yet used
   std::deque<std::shared_ptr<Job>> queues_[3];
   std::map<uint64_t, std::deque<Announced>> announced_;  // by stream, each in its order
   uint64_t announcedQueued_ = 0;                         // files in all of them

@@ -21,9 +21,9 @@ namespace o3mount {
 // A file or directory as the metadata cache knows it.
 struct EntryInfo {
   bool isDir = false;
-  uint64_t size = 0;       // files
-  int64_t mtimeMs = 0;     // files: the object's LastModified
-  std::string etag;        // files, normalised
+  uint64_t size = 0;    // files
+  int64_t mtimeMs = 0;  // files: the object's LastModified
+  std::string etag;     // files, normalised
 };
 
 struct DirEntry {

@@ -45,7 +45,8 @@ uint32_t checksum(const std::string& name, std::span<const std::byte> data) {
 std::string errnoText(int err) { return std::string(std::strerror(err)); }
 
 bool isHexName(const std::string& s) {
-  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  return s.size() == 64 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
 }  // namespace

@@ -76,8 +76,8 @@ class DiskTier {
   void index(const std::string& name, uint64_t size);  // under mutex_; evicts past maxBytes_
   void writer();
   void writeOne(const std::string& name, const Block& block);
-  void unlinkLater(std::string name);                  // under mutex_
-  void unlinkPending();                                // outside mutex_
+  void unlinkLater(std::string name);  // under mutex_
+  void unlinkPending();                // outside mutex_
 
   const std::string dir_;
   const uint64_t maxBytes_;

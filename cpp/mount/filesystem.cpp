@@ -100,8 +100,8 @@ struct Filesystem::ReadOp {
     bump(fs.counters_.timeouts);
     bump(fs.counters_.readErrors);
     fs.log_.log(LogLevel::Error,
-                "read " + file->path + " " + span(offset, length) + ": no answer within " + std::to_string(fs.deadlines_.timeout().count()) +
-                    " ms",
+                "read " + file->path + " " + span(offset, length) + ": no answer within " +
+                    std::to_string(fs.deadlines_.timeout().count()) + " ms",
                 {{"path", file->path}});
     deadline.store(kAnswered);
     reply->error(EIO);
@@ -227,8 +227,13 @@ void Filesystem::open(uint64_t ino, int flags, std::shared_ptr<OpenReply> reply)
     auto f = std::make_shared<OpenFile>(path, ObjectRef::make(info.pin, path.substr(1), info.leaves),
                                         ReadaheadConfig{cache_.blockSize(), config_.readaheadInitial, config_.seekTolerance,
                                                         [this] { return sizing_.windowCap(openFiles()); }});
-    // The kernel keeps the pages it cached for this inode while the object is the same one.
-    const std::string version = info.pin.etag + '\0' + std::to_string(info.pin.size) + '\0' + std::to_string(info.mtimeMs);
+    // The kernel keeps the pages it cached for this inode while the object is the same one, read
+    // under the same verification: pages an unverified open cached never reach a verified one.
+    std::string version = info.pin.etag + '\0' + std::to_string(info.pin.size) + '\0' + std::to_string(info.mtimeMs) + '\0';
+    if (info.leaves && !info.leaves->empty())
+      version += "V" + std::to_string(info.leaves->size()) + hex(info.leaves->front()) + hex(info.leaves->back());
+    else
+      version += "U";
     const bool keepCache = inodes_.sameAsLastOpen(ino, version);
     uint64_t fh;
     {

@@ -25,9 +25,9 @@ std::string hex(const Digest& d);
 Digest sha256(std::span<const std::byte> data);
 
 struct LeafMismatch {
-  uint64_t leaf = 0;       // index of the leaf in the file
-  std::string expected;    // hex, or "(none)" where the manifest has no leaf at that index
-  std::string actual;      // hex
+  uint64_t leaf = 0;     // index of the leaf in the file
+  std::string expected;  // hex, or "(none)" where the manifest has no leaf at that index
+  std::string actual;    // hex
 };
 
 // The first leaf of block `index` (of `blockSize` bytes, a multiple of kLeafSize) whose bytes do

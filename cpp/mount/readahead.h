@@ -49,7 +49,7 @@ class Readahead {
   bool started_ = false;
   uint64_t expected_ = 0;  // one past the furthest byte read in the current sequential run
   uint64_t window_ = 0;
-  uint64_t aheadTo_ = 0;   // byte offset up to which blocks have been requested
+  uint64_t aheadTo_ = 0;  // byte offset up to which blocks have been requested
 };
 
 }  // namespace o3mount

@@ -120,7 +120,8 @@ class AttrOut final : public FuseReply<AttrReply> {
 
 class OpenOut final : public FuseReply<OpenReply> {
  public:
-  OpenOut(fuse_req_t req, std::shared_ptr<Session::Gate> gate, const fuse_file_info& fi) : FuseReply(req, std::move(gate)), fi_(fi) {}
+  OpenOut(fuse_req_t req, std::shared_ptr<Session::Gate> gate, const fuse_file_info& fi)
+      : FuseReply(req, std::move(gate)), fi_(fi) {}
   bool open(uint64_t fh, bool keepCache) override {
     fi_.fh = fh;
     fi_.keep_cache = keepCache;
@@ -176,13 +177,15 @@ struct Session::Ops {
 
   static void init(void* userdata, fuse_conn_info* conn) {
     const Session& s = *static_cast<Session*>(userdata);
-    conn->max_read = kMaxRead;
+    // max_read comes from the mount option (libfuse refuses a different one here).
     conn->max_background = s.config_.maxBackground;
     conn->congestion_threshold = s.config_.congestionThreshold;
     // Several reads of one file in flight at once (kernel readahead arrives in parallel).
     if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
   }
-  static void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) { of(req).fs_.lookup(parent, name, reply<EntryOut>(req)); }
+  static void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    of(req).fs_.lookup(parent, name, reply<EntryOut>(req));
+  }
   static void forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
     of(req).fs_.forget(ino, nlookup);
     fuse_reply_none(req);
@@ -192,7 +195,9 @@ struct Session::Ops {
     fuse_reply_none(req);
   }
   static void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) { of(req).fs_.getattr(ino, reply<AttrOut>(req)); }
-  static void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) { of(req).fs_.open(ino, fi->flags, reply<OpenOut>(req, *fi)); }
+  static void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    of(req).fs_.open(ino, fi->flags, reply<OpenOut>(req, *fi));
+  }
   static void read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
     if (off < 0) return (void)fuse_reply_err(req, EINVAL);
     of(req).fs_.read(fi->fh, static_cast<uint64_t>(off), size, reply<ReadOut>(req));

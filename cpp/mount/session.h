@@ -7,13 +7,13 @@
 // every operation that would change the bucket answers EROFS.
 #pragma once
 
+#include <pthread.h>
 #include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <pthread.h>
 
 #include <thread>
 

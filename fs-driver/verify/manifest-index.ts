@@ -51,8 +51,14 @@ export class ManifestIndex {
     if (!e || e.kind !== 'file') return undefined
     let cached = this.byDir.get(dir)
     if (!cached || cached.etag !== e.etag) {
-      cached = { etag: e.etag, loaded: this.load(e.key, e.etag, e.size) }
-      this.byDir.set(dir, cached)
+      const entry = { etag: e.etag, loaded: this.load(e.key, e.etag, e.size) }
+      this.byDir.set(dir, entry)
+      // A manifest that is bad stays refused until its ETag changes; one that could not be fetched
+      // (a timeout, the server away) is tried again by the next open.
+      entry.loaded.catch((err: unknown) => {
+        if (!(err instanceof O3IntegrityError) && this.byDir.get(dir) === entry) this.byDir.delete(dir)
+      })
+      cached = entry
     }
     return cached.loaded
   }

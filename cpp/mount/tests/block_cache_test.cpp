@@ -31,7 +31,9 @@ struct Rig {
   }
 };
 
-ObjectRef open(const ObjectPin& pin, std::shared_ptr<const Leaves> leaves = nullptr) { return ObjectRef::make(pin, pin.key, leaves); }
+ObjectRef open(const ObjectPin& pin, std::shared_ptr<const Leaves> leaves = nullptr) {
+  return ObjectRef::make(pin, pin.key, leaves);
+}
 
 std::shared_ptr<const Leaves> leavesOf(const std::vector<std::byte>& bytes) {
   auto l = std::make_shared<Leaves>();

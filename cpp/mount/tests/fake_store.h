@@ -97,8 +97,10 @@ class ThreadedStore : public FetchEngine {
         queue_.pop_front();
         cancel = closed_;
       }
-      if (cancel) job.sink->finished(Status::error(ErrorKind::Cancelled, "closed"), job.pin);
-      else serve(job);
+      if (cancel)
+        job.sink->finished(Status::error(ErrorKind::Cancelled, "closed"), job.pin);
+      else
+        serve(job);
     }
   }
 

@@ -1,0 +1,169 @@
+import { O3AuthError, O3IntegrityError, O3NotFoundError, O3UnreachableError } from '../lib/o3/errors.js'
+import { fullKey, type Scope } from '../lib/o3/scope.js'
+import type { ManifestFile } from '../lib/content/dataset-manifest.js'
+import type { Logger } from '../lib/log.js'
+import type { Entry, MetadataCache } from './metadata-cache.js'
+import type { ErrorKind, NativeError, NativeMount } from './native-mount.js'
+import type { MountCounters } from './stats.js'
+import { NotCoveredError, type ManifestIndex } from './verify/manifest-index.js'
+
+export interface ControlPlaneOptions {
+  scope: Scope
+  /** Longest a lookup, listing or open may take before it fails (EIO). */
+  opTimeoutMs: number
+}
+
+class OpTimeout extends Error {}
+
+function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new OpTimeout(`${what}: no answer within ${ms} ms`)), ms)
+  })
+  return Promise.race([p, deadline]).finally(() => clearTimeout(timer))
+}
+
+const LEVELS = new Set(['debug', 'info', 'warn', 'error'])
+
+/**
+ * The mount's control plane: answers the native byte path's questions from the metadata cache and
+ * the dataset manifests. A lookup or listing crosses here, as does an open (to pin the object's
+ * version and hand over its leaf digests); reads never do. Every answer is an error kind the native
+ * side maps to errno, or the data; nothing here blocks the native side, which is never waiting.
+ */
+export class ControlPlane {
+  /** Leaf digests as the native side takes them, built once per manifest record. */
+  private readonly leafBuffers = new WeakMap<ManifestFile, Buffer>()
+
+  constructor(
+    private readonly meta: MetadataCache,
+    private readonly manifests: ManifestIndex,
+    private readonly counters: MountCounters,
+    private readonly log: Logger,
+    private readonly o: ControlPlaneOptions,
+  ) {}
+
+  /** The dispatcher the native mount calls on this thread; `ended` hears the session's end. */
+  dispatcher(native: () => NativeMount, ended: (status: number) => void): (kind: string, a: unknown, b: unknown, c?: unknown) => void {
+    return (kind, a, b, c) => {
+      switch (kind) {
+        case 'lookup':
+          return void this.lookup(b as string).then(
+            ([err, entry]) => native().answerLookup(a as number, err, entry),
+            (err: unknown) => this.internal(err),
+          )
+        case 'readdir':
+          return void this.readdir(b as string).then(
+            ([err, names, dirs]) => native().answerReaddir(a as number, err, names, dirs),
+            (err: unknown) => this.internal(err),
+          )
+        case 'open':
+          return void this.open(b as string).then(
+            ([err, info]) => native().answerOpen(a as number, err, info),
+            (err: unknown) => this.internal(err),
+          )
+        case 'invalidate':
+          return this.meta.invalidate(b as string)
+        case 'log': {
+          const level = LEVELS.has(a as string) ? (a as 'debug' | 'info' | 'warn' | 'error') : 'info'
+          return this.log[level](c as object, b as string)
+        }
+        case 'ended':
+          return ended(a as number)
+      }
+    }
+  }
+
+  /** An answer could not even be sent: a bug, logged; the native deadline answers the kernel. */
+  private internal(err: unknown): void {
+    this.log.error({ err: (err as Error).message }, 'control plane: cannot answer the byte path')
+  }
+
+  private errorOf(err: unknown, what: string, path: string): NativeError {
+    const message = (err as Error).message ?? String(err)
+    let kind: ErrorKind = 'Stream'
+    if (err instanceof OpTimeout) {
+      this.counters.timeouts++
+      kind = 'Timeout'
+    } else if (err instanceof O3AuthError) kind = 'Auth'
+    else if (err instanceof O3NotFoundError) kind = 'NotFound'
+    else if (err instanceof O3IntegrityError) kind = 'Integrity'
+    else if (err instanceof O3UnreachableError) kind = 'Unreachable'
+    this.log.error({ path, err: message }, kind === 'Auth' ? `${what} refused by the server` : `${what} failed`)
+    return { kind, message }
+  }
+
+  private entryOf(e: Entry): { isDir: true } | { isDir: false; size: number; mtimeMs: number; etag: string } {
+    return e.kind === 'dir' ? { isDir: true } : { isDir: false, size: e.size, mtimeMs: e.mtime.getTime(), etag: e.etag }
+  }
+
+  async lookup(path: string): Promise<[NativeError | null, ReturnType<ControlPlane['entryOf']> | null]> {
+    try {
+      const e = await withDeadline(this.meta.lookup(path), this.o.opTimeoutMs, `lookup ${path}`)
+      return [null, e ? this.entryOf(e) : null]
+    } catch (err) {
+      return [this.errorOf(err, 'lookup', path), null]
+    }
+  }
+
+  async readdir(path: string): Promise<[NativeError | null, string[], boolean[]]> {
+    try {
+      const entries = await withDeadline(this.meta.readdir(path), this.o.opTimeoutMs, `list ${path}`)
+      const names: string[] = []
+      const dirs: boolean[] = []
+      for (const [name, child] of entries) {
+        names.push(name)
+        dirs.push(child.kind === 'dir')
+      }
+      return [null, names, dirs]
+    } catch (err) {
+      return [this.errorOf(err, 'list', path), [], []]
+    }
+  }
+
+  async open(path: string): Promise<[NativeError | null, Parameters<NativeMount['answerOpen']>[2]]> {
+    let e: Entry | undefined
+    try {
+      e = await withDeadline(this.meta.lookup(path), this.o.opTimeoutMs, `lookup ${path}`)
+    } catch (err) {
+      return [this.errorOf(err, 'open', path), null]
+    }
+    if (!e || e.kind !== 'file') return [{ kind: 'NotFound', message: `${path}: no such file` }, null]
+    let record: ManifestFile | undefined
+    try {
+      record = await withDeadline(this.manifests.coverage(path, e.key, e.size), this.o.opTimeoutMs, `manifest of ${path}`)
+    } catch (err) {
+      if (err instanceof NotCoveredError || err instanceof O3IntegrityError) {
+        this.counters.verifyRefusedOpens++
+        this.log.error({ path, key: e.key }, err.message)
+        // --verify required with no manifest naming the file: refused (EACCES); a contradiction: EIO.
+        return [{ kind: err instanceof NotCoveredError ? 'Auth' : 'Integrity', message: err.message }, null]
+      }
+      // The manifest could not be loaded (the server, a timeout): this open fails with EIO and
+      // the next one tries again.
+      return [this.errorOf(err, 'loading the dataset manifest for', path), null]
+    }
+    // The version is pinned here: every block this open reads must carry this ETag (and version
+    // id, from HEAD or else from the first response that names one).
+    return [
+      null,
+      {
+        key: fullKey(this.o.scope, e.key),
+        etag: e.etag,
+        versionId: e.versionId,
+        size: e.size,
+        mtimeMs: e.mtime.getTime(),
+        leaves: record && this.leavesOf(record),
+      },
+    ]
+  }
+
+  private leavesOf(record: ManifestFile): Buffer {
+    let b = this.leafBuffers.get(record)
+    if (!b) {
+      b = Buffer.concat(record.leaves.map((hex) => Buffer.from(hex, 'hex')))
+      this.leafBuffers.set(record, b)
+    }
+    return b
+  }
+}
