@@ -3,7 +3,7 @@ import { fullKey, type Scope } from '../lib/o3/scope.js'
 import type { ManifestFile } from '../lib/content/dataset-manifest.js'
 import type { Logger } from '../lib/log.js'
 import type { Entry, MetadataCache } from './metadata-cache.js'
-import type { ErrorKind, NativeError, NativeMount } from './native-mount.js'
+import type { ErrorKind, NativeError, NativeMount, NativeOpen } from './native-mount.js'
 import type { MountCounters } from './stats.js'
 import { NotCoveredError, type ManifestIndex } from './verify/manifest-index.js'
 
@@ -14,6 +14,25 @@ export interface ControlPlaneOptions {
 }
 
 class OpTimeout extends Error {}
+
+/** A path the mount would not open: none there, a directory, not covered by --verify required, or contradicting its manifest. */
+export class Unopenable extends Error {
+  constructor(
+    readonly kind: 'NotFound' | 'Auth' | 'Integrity',
+    message: string,
+    /** The object's key, when there is one. */
+    readonly key?: string,
+  ) {
+    super(message)
+  }
+}
+
+/** The dataset manifest that would cover a path could not be loaded (the server, a timeout): `cause` says why. */
+export class ManifestUnavailable extends Error {
+  constructor(override readonly cause: unknown) {
+    super((cause as Error).message ?? String(cause))
+  }
+}
 
 function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
@@ -121,41 +140,53 @@ export class ControlPlane {
     }
   }
 
-  async open(path: string): Promise<[NativeError | null, Parameters<NativeMount['answerOpen']>[2]]> {
-    let e: Entry | undefined
+  async open(path: string): Promise<[NativeError | null, NativeOpen | null]> {
     try {
-      e = await withDeadline(this.meta.lookup(path), this.o.opTimeoutMs, `lookup ${path}`)
+      return [null, await this.pin(path)]
     } catch (err) {
+      if (err instanceof Unopenable) {
+        if (err.kind !== 'NotFound') {
+          this.counters.verifyRefusedOpens++
+          this.log.error({ path, key: err.key }, err.message)
+        }
+        return [{ kind: err.kind, message: err.kind === 'NotFound' ? `${path}: ${err.message}` : err.message }, null]
+      }
+      // The manifest could not be loaded (the server, a timeout): this open fails with EIO and
+      // the next one tries again.
+      if (err instanceof ManifestUnavailable) return [this.errorOf(err.cause, 'loading the dataset manifest for', path), null]
       return [this.errorOf(err, 'open', path), null]
     }
-    if (!e || e.kind !== 'file') return [{ kind: 'NotFound', message: `${path}: no such file` }, null]
+  }
+
+  /**
+   * What an open of `path` would pin now: the object's key, ETag and version id, and the manifest's
+   * leaf digests where one names the file; what the control socket queues files with, too. Throws
+   * Unopenable when the mount would not open it, ManifestUnavailable when its manifest could not
+   * be loaded, and what the lookup threw (the server, OpTimeout).
+   */
+  async pin(path: string): Promise<NativeOpen> {
+    const e = await withDeadline(this.meta.lookup(path), this.o.opTimeoutMs, `lookup ${path}`)
+    if (!e) throw new Unopenable('NotFound', 'no such file')
+    if (e.kind !== 'file') throw new Unopenable('NotFound', 'a directory, not a file')
     let record: ManifestFile | undefined
     try {
       record = await withDeadline(this.manifests.coverage(path, e.key, e.size), this.o.opTimeoutMs, `manifest of ${path}`)
     } catch (err) {
-      if (err instanceof NotCoveredError || err instanceof O3IntegrityError) {
-        this.counters.verifyRefusedOpens++
-        this.log.error({ path, key: e.key }, err.message)
-        // --verify required with no manifest naming the file: refused (EACCES); a contradiction: EIO.
-        return [{ kind: err instanceof NotCoveredError ? 'Auth' : 'Integrity', message: err.message }, null]
-      }
-      // The manifest could not be loaded (the server, a timeout): this open fails with EIO and
-      // the next one tries again.
-      return [this.errorOf(err, 'loading the dataset manifest for', path), null]
+      // --verify required with no manifest naming the file: refused (EACCES); a contradiction: EIO.
+      if (err instanceof NotCoveredError) throw new Unopenable('Auth', err.message, e.key)
+      if (err instanceof O3IntegrityError) throw new Unopenable('Integrity', err.message, e.key)
+      throw new ManifestUnavailable(err)
     }
     // The version is pinned here: every block this open reads must carry this ETag (and version
     // id, from HEAD or else from the first response that names one).
-    return [
-      null,
-      {
-        key: fullKey(this.o.scope, e.key),
-        etag: e.etag,
-        versionId: e.versionId,
-        size: e.size,
-        mtimeMs: e.mtime.getTime(),
-        leaves: record && this.leavesOf(record),
-      },
-    ]
+    return {
+      key: fullKey(this.o.scope, e.key),
+      etag: e.etag,
+      versionId: e.versionId,
+      size: e.size,
+      mtimeMs: e.mtime.getTime(),
+      leaves: record && this.leavesOf(record),
+    }
   }
 
   private leavesOf(record: ManifestFile): Buffer {

@@ -24,10 +24,9 @@ export interface AnnounceTarget<F> {
 
 /** The socket's own tallies, for the stats file. */
 export interface ControlSocketCounters {
+  /** Requests answered, and those of them refused. */
   requests: number
   refused: number
-  /** Files queued by the requests accepted. */
-  filesAnnounced: number
 }
 
 /** Lookups of one request in flight at once (answered from the metadata cache, or a listing page each). */
@@ -37,6 +36,8 @@ const MAX_PENDING_LINES = 8
 /** Connections served at once; more are answered with an error and closed. */
 const MAX_CONNECTIONS = 64
 
+/** Longest path a Unix socket may have (sun_path, less its NUL). */
+export const MAX_SOCKET_PATH = 107
 /** The sticky bit (S_ISVTX): in such a directory only a file's owner may remove or rename it. */
 const STICKY = 0o1000
 
@@ -48,6 +49,11 @@ const unsafe = (msg: string) => new MountError(msg, ExitCode.unsafePath)
  * write into without the sticky bit (they could swap the socket for their own).
  */
 async function claimPath(path: string): Promise<void> {
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH)
+    throw new MountError(
+      `--control-socket ${path} is longer than ${MAX_SOCKET_PATH} bytes, the most a Unix socket's path may be: choose a shorter one`,
+      ExitCode.badOption,
+    )
   const uid = process.getuid?.()
   const dir = dirname(path)
   let d: Stats
@@ -58,9 +64,12 @@ async function claimPath(path: string): Promise<void> {
   }
   if (d.isSymbolicLink()) throw unsafe(`--control-socket ${path}: ${dir} is a symbolic link; refusing to follow it: name the real directory`)
   if (!d.isDirectory()) throw unsafe(`--control-socket ${path}: ${dir} is not a directory`)
-  if (uid !== undefined && d.uid !== uid && d.uid !== 0) throw unsafe(`--control-socket ${path}: ${dir} belongs to uid ${d.uid}, not to you (uid ${uid}) or root`)
+  if (uid !== undefined && d.uid !== uid && d.uid !== 0)
+    throw unsafe(`--control-socket ${path}: ${dir} belongs to uid ${d.uid}, not to you (uid ${uid}) or root`)
   if (d.mode & 0o022 && !(d.mode & STICKY))
-    throw unsafe(`--control-socket ${path}: others may write into ${dir} (mode ${(d.mode & 0o7777).toString(8)}, not sticky): put the socket in a directory of yours`)
+    throw unsafe(
+      `--control-socket ${path}: others may write into ${dir} (mode ${(d.mode & 0o7777).toString(8)}, not sticky): put the socket in a directory of yours`,
+    )
   let st: Stats
   try {
     st = lstatSync(path)
@@ -176,7 +185,7 @@ class Connection {
 }
 
 export class ControlSocket<F> {
-  readonly counters: ControlSocketCounters = { requests: 0, refused: 0, filesAnnounced: 0 }
+  readonly counters: ControlSocketCounters = { requests: 0, refused: 0 }
   private readonly connections = new Set<Connection>()
   private nextStream = 1
   private ino = 0
@@ -257,7 +266,6 @@ export class ControlSocket<F> {
       return { ok: false, error: `the mount could not look the paths up: ${(err as Error).message}` }
     }
     this.counters.requests++
-    this.counters.filesAnnounced += files.length
     if (files.length > 0) this.target.queue(files, stream)
     this.log.debug({ stream, files: files.length }, 'control socket: files announced')
     return { ok: true, queued: files.length }

@@ -5,7 +5,9 @@ import { pickO3Flags } from '../lib/cli/o3-flags.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
-import { ControlPlane } from './control-plane.js'
+import { ControlPlane, ManifestUnavailable, Unopenable } from './control-plane.js'
+import { ControlSocket, type AnnounceTarget } from './control-socket.js'
+import { BadRequest } from '../lib/control-protocol.js'
 import { backgroundLimits, tuneKernel } from './kernel-tuning.js'
 import { MetadataCache } from './metadata-cache.js'
 import type { MountOptions } from './options.js'
@@ -14,7 +16,7 @@ import { checkBucket, checkFuse, checkMountpoint } from './preflight.js'
 import { MountCounters, StatsReporter } from './stats.js'
 import { ManifestIndex } from './verify/manifest-index.js'
 import { CID_BLOCK_SIZE } from '../lib/content/cid.js'
-import { loadMountAddon, type NativeMount, type NativeStartFailure } from './native-mount.js'
+import { loadMountAddon, type NativeMount, type NativePrefetch, type NativeStartFailure } from './native-mount.js'
 
 const STATS_FILE_EVERY_MS = 2_000
 /**
@@ -32,6 +34,24 @@ export interface MountedInfo {
   mountpoint: string
   location: string
   statsFile: string
+}
+
+/**
+ * What the control socket asks of the mount: a path pinned as an open now would pin it (a path the
+ * mount would not open is a bad request), and files queued on the byte path.
+ */
+function announceTarget(control: ControlPlane, native: NativeMount): AnnounceTarget<NativePrefetch> {
+  return {
+    async resolve(path) {
+      try {
+        return { ...(await control.pin(path)), path }
+      } catch (err) {
+        if (err instanceof Unopenable) throw new BadRequest(err.message)
+        throw err instanceof ManifestUnavailable ? err.cause : err
+      }
+    },
+    queue: (files, stream) => native.prefetch(files, stream),
+  }
 }
 
 /** A native start failure as the one-line error of the CLI, with its exit status. */
@@ -88,8 +108,15 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   const sessionEnded = new Promise<number>((resolve) => (ended = resolve))
   const { NativeMount: Native } = loadMountAddon()
   const native: NativeMount = new Native(control.dispatcher(() => native, ended))
+  let socket: ControlSocket<NativePrefetch> | undefined
+  try {
+    socket = o.controlSocket ? await ControlSocket.listen(o.controlSocket, announceTarget(control, native), log) : undefined
+  } catch (err) {
+    client.close()
+    throw err
+  }
   const stats = new StatsReporter(
-    { counters, verifyMode: o.verify, o3: () => client.stats, native: () => native.stats() },
+    { counters, verifyMode: o.verify, o3: () => client.stats, native: () => native.stats(), control: () => socket?.counters },
     { mountpoint: o.mountpoint, location: o.location, statsFile },
     log,
   )
@@ -134,13 +161,22 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
     },
   })
   if (failure) {
+    await socket?.close()
     client.close()
     throw startError(o, failure)
   }
   tuneKernel(o.mountpoint, { readAheadKb: o.kernelReadaheadKb, maxBackground: o.maxBackground }, log)
   stats.start(STATS_FILE_EVERY_MS, o.statsIntervalMs)
   log.info(
-    { mountpoint: o.mountpoint, location: o.location, endpoint: config.endpoint, statsFile, cacheDir: o.cacheDir, credentialsFrom: config.sources.credentials },
+    {
+      mountpoint: o.mountpoint,
+      location: o.location,
+      endpoint: config.endpoint,
+      statsFile,
+      cacheDir: o.cacheDir,
+      controlSocket: o.controlSocket,
+      credentialsFrom: config.sources.credentials,
+    },
     'mounted',
   )
   onReady({ pid: process.pid, mountpoint: o.mountpoint, location: o.location, statsFile })
@@ -161,6 +197,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   // `fusermount -u` or `umount` from outside ends the session too: the native side says so.
   const status = await sessionEnded
   shutdown.dispose()
+  await socket?.close()
   stats.stop()
   client.close()
   log.info({ mountpoint: o.mountpoint, why, status, ...stats.snapshot().reads }, 'unmounted')

@@ -102,6 +102,13 @@ export interface NativeCounters {
   opens: number
   blocksVerified: number
   verifyFailures: number
+  /** Files queued to fetch ahead of their readers, and of them: fetched ahead, passed over, then read from what was fetched. */
+  filesAnnounced: number
+  filesPrefetched: number
+  filesSkipped: number
+  filesPrefetchUsed: number
+  /** Blocks the announced queue fetched that a reader then took. */
+  announcedBlocksUsed: number
 }
 
 export interface NativeStats {
@@ -145,7 +152,8 @@ export interface NativeMount {
   start(config: NativeMountConfig): Promise<NativeStartFailure | null>
   unmount(): void
   stats(): NativeStats | undefined
-  prefetch(files: NativePrefetch[]): void
+  /** Queues `files` to fetch ahead of their readers, in order, after what `stream` (one per announcing client) queued before. */
+  prefetch(files: NativePrefetch[], stream: number): void
   answerLookup(id: number, error: NativeError | null, entry: NativeEntry | null): boolean
   answerReaddir(id: number, error: NativeError | null, names: string[], isDir: boolean[]): boolean
   answerOpen(id: number, error: NativeError | null, info: NativeOpen | null): boolean

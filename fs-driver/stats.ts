@@ -2,6 +2,7 @@ import { closeSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import type { O3Stats } from '../lib/o3/client.js'
 import type { Logger } from '../lib/log.js'
 import type { NativeStats } from './native-mount.js'
+import type { ControlSocketCounters } from './control-socket.js'
 import { openPrivateFile } from './paths.js'
 
 const EMPTY_NATIVE: NativeStats = {
@@ -25,6 +26,11 @@ const EMPTY_NATIVE: NativeStats = {
     opens: 0,
     blocksVerified: 0,
     verifyFailures: 0,
+    filesAnnounced: 0,
+    filesPrefetched: 0,
+    filesSkipped: 0,
+    filesPrefetchUsed: 0,
+    announcedBlocksUsed: 0,
   },
   fetch: {
     requests: 0,
@@ -105,6 +111,20 @@ export interface StatsSnapshot {
     diskWritesSkipped: number
     inodes: number
   }
+  /** Read orders announced on the control socket (--control-socket), and what the byte path made of them. */
+  announced: {
+    /** Requests answered, and those of them refused (nothing of a refused request is queued). */
+    requests: number
+    refused: number
+    /** Files queued, and of them: still waiting their turn, fetched ahead, passed over (a reader got there first, or all was cached). */
+    files: number
+    waiting: number
+    prefetched: number
+    skipped: number
+    /** Files fetched ahead that a reader then read, and the blocks it took of them. */
+    used: number
+    blocksUsed: number
+  }
 }
 
 export interface StatsSources {
@@ -114,6 +134,8 @@ export interface StatsSources {
   o3: () => O3Stats
   /** The byte path's snapshot; undefined before it has started. */
   native: () => NativeStats | undefined
+  /** The control socket's tallies; undefined without --control-socket. */
+  control: () => ControlSocketCounters | undefined
 }
 
 /** Writes the stats file every `fileEveryMs` (atomically) and a one-line summary to the log every `logEveryMs`. */
@@ -134,6 +156,7 @@ export class StatsReporter {
     const n = this.src.native() ?? EMPTY_NATIVE
     const d = n.counters
     const o3 = this.src.o3()
+    const control = this.src.control()
     // Demand block reads served without fetching for them: disk-tier reads by prefetch are not
     // demand reads, so the disk tier's hits would overcount.
     const demand = d.memHits + d.memMisses
@@ -192,6 +215,16 @@ export class StatsReporter {
         bytesPerSecondPerConnection: n.fetch.bytesPerSecondPerConnection,
         diskWritesSkipped: d.diskWritesSkipped,
         inodes: n.inodes,
+      },
+      announced: {
+        requests: control?.requests ?? 0,
+        refused: control?.refused ?? 0,
+        files: d.filesAnnounced,
+        waiting: n.cache.announcedFiles,
+        prefetched: d.filesPrefetched,
+        skipped: d.filesSkipped,
+        used: d.filesPrefetchUsed,
+        blocksUsed: d.announcedBlocksUsed,
       },
     }
   }

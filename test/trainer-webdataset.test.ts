@@ -209,11 +209,7 @@ t.test("filesAhead: this rank's shards, each once, in the order it reads them", 
   for (let rank = 0; rank < 3; rank++) {
     const tr = await Trainer.create(options(gray(ours), { rank, worldSize: 3 }))
     const order = await tr.filesAhead()
-    t.same(
-      [...order].sort(),
-      names.filter((_, i) => i % 3 === rank).sort(),
-      `rank ${rank}: every world-size-th shard, once`,
-    )
+    t.same([...order].sort(), names.filter((_, i) => i % 3 === rank).sort(), `rank ${rank}: every world-size-th shard, once`)
     tr.close()
   }
   const one = await Trainer.create(options(gray(ours), { shuffleWindow: 1 }))

@@ -148,8 +148,7 @@ function reportAnnounced(statsFile: string, log: Logger): void {
   } catch {
     return
   }
-  if (a && a.files > 0)
-    log.info({ ...a }, `the data mount had fetched ${a.used} of the ${a.files} files announced before the loader read them`)
+  if (a && a.files > 0) log.info({ ...a }, `the data mount had fetched ${a.used} of the ${a.files} files announced before the loader read them`)
 }
 
 /** argv less --nproc-per-node, for the ranks torchrun starts. */

@@ -2,6 +2,7 @@ import { mkdtempSync, rmdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { launchMount } from '../fs-driver/launch.js'
+import { MAX_SOCKET_PATH } from '../fs-driver/control-socket.js'
 import { fusermountUnmount } from '../fs-driver/mount-table.js'
 import { o3FlagsToArgv } from '../lib/cli/o3-flags.js'
 import { withoutSigningKey } from '../lib/content/signer.js'
@@ -17,9 +18,6 @@ export interface RunMount {
   /** Unmounts and removes the mountpoint; safe to call twice and after the mount died. */
   close(): Promise<void>
 }
-
-/** Longest path a Unix socket may have (sun_path, less its NUL). */
-const MAX_SOCKET_PATH = 107
 
 /**
  * Mounts `o3://bucket/prefix` for one run; the mount goes away with the run, even if the run is

@@ -1,6 +1,6 @@
 // The mount's binding, build/Release/o3_mount.node: `new NativeMount(dispatch)`, then
 // `start(config)` (a promise; the disk tier is opened and the session mounted off the JS thread),
-// `unmount()`, `stats()`, `prefetch(files)` and the answers to the bridge's questions. One thread
+// `unmount()`, `stats()`, `prefetch(files, stream)` and the answers to the bridge's questions. One thread
 // of its own serves the session; when it ends (unmounted here or from outside) the byte path is
 // torn down off the JS thread and dispatch('ended', status) follows. Loads no libtorch.
 #include <napi.h>
@@ -279,18 +279,22 @@ class NativeMount final : public Napi::ObjectWrap<NativeMount> {
     return s ? Napi::Value(statsObject(info.Env(), *s)) : info.Env().Undefined();
   }
 
-  // prefetch([{ path, key, etag, versionId?, size, mtimeMs, leaves? }, ...]): fetched ahead in this order.
+  // prefetch([{ path, key, etag, versionId?, size, mtimeMs, leaves? }, ...], stream): fetched ahead in
+  // this order, after what `stream` (one per announcing client) queued before; streams take turns.
   Napi::Value Prefetch(const Napi::CallbackInfo& info) {
-    if (!info[0].IsArray()) throw Napi::TypeError::New(info.Env(), "prefetch(files): files must be an array");
+    if (!info[0].IsArray()) throw Napi::TypeError::New(info.Env(), "prefetch(files, stream): files must be an array");
+    if (!info[1].IsNumber() || info[1].As<Napi::Number>().DoubleValue() < 0)
+      throw Napi::TypeError::New(info.Env(), "prefetch(files, stream): stream must be a non-negative number");
+    const uint64_t stream = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
     const Napi::Array arr = info[0].As<Napi::Array>();
     std::vector<Filesystem::Announced> files;
     for (uint32_t i = 0; i < arr.Length(); ++i) {
       const Napi::Value v = arr.Get(i);
-      if (!v.IsObject()) throw Napi::TypeError::New(info.Env(), "prefetch(files): each file must be an object");
+      if (!v.IsObject()) throw Napi::TypeError::New(info.Env(), "prefetch(files, stream): each file must be an object");
       files.push_back({stringAt(v.As<Napi::Object>(), "path"), openInfoOf(v.As<Napi::Object>())});
     }
     std::lock_guard lock(mutex_);
-    if (mount_) mount_->prefetch(std::move(files));
+    if (mount_) mount_->prefetch(std::move(files), stream);
     return info.Env().Undefined();
   }
 
