@@ -141,7 +141,7 @@ export class ControlPlane {
       }
       // The manifest could not be loaded (the server, a timeout): this open fails with EIO and
       // the next one tries again.
-      return [this.errorOf(err, 'loading the dataset manifest for', path), null]
+      return [this.errorOf(err, 'loading the dataset manifest', path), null]
     }
     // The version is pinned here: every block this open reads must carry this ETag (and version
     // id, from HEAD or else from the first response that names one).
