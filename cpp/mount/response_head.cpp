@@ -222,11 +222,8 @@ HttpFailure classifyHttpError(int status, std::string_view code) {
 }
 
 std::string xmlElement(std::string_view body, std::string_view tag) {
-  // Appended piece by piece: GCC 12 at -O3 (the addon's Release build) reports a false
-  // -Wrestrict for "<" + std::string(tag).
-  std::string open("<"), close("</");
-  open.append(tag).push_back('>');
-  close.append(tag).push_back('>');
+  const std::string open = "<" + std::string(tag) + ">";
+  const std::string close = "</" + std::string(tag) + ">";
   const size_t a = body.find(open);
   if (a == std::string_view::npos) return "";
   const size_t from = a + open.size();
