@@ -153,7 +153,7 @@ export class ControlPlane {
       }
       // The manifest could not be loaded (the server, a timeout): this open fails with EIO and
       // the next one tries again.
-      if (err instanceof ManifestUnavailable) return [this.errorOf(err.cause, 'loading the dataset manifest for', path), null]
+      if (err instanceof ManifestUnavailable) return [this.errorOf(err.cause, 'loading the dataset manifest', path), null]
       return [this.errorOf(err, 'open', path), null]
     }
   }

@@ -94,6 +94,8 @@ struct Transfer {
   std::optional<Failure> verdict;
   std::string errorBody;
   std::atomic<uint64_t>* bytesReceived = nullptr;  // the engine's counter
+  Clock::duration silenceLimit{};                  // the request timeout
+  Clock::time_point lastActivity;                  // the attempt's start, or the last byte received
 
   void reset() {
     curl_slist_free_all(headers);
@@ -108,14 +110,13 @@ struct Transfer {
   }
 };
 
-Failure curlFailure(CURLcode rc, const char* detail, int requestTimeoutMs) {
+Failure curlFailure(CURLcode rc, const char* detail) {
   const std::string text = detail && *detail ? detail : curl_easy_strerror(rc);
   switch (rc) {
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT: return {ErrorKind::Unreachable, true, "cannot reach the endpoint (" + text + ")"};
-    case CURLE_OPERATION_TIMEDOUT:
-      return {ErrorKind::Stream, true, "timed out: no data for " + std::to_string(requestTimeoutMs) + " ms (" + text + ")"};
+    case CURLE_OPERATION_TIMEDOUT: return {ErrorKind::Stream, true, "timed out (" + text + ")"};
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CACERT_BADFILE:
     case CURLE_SSL_CERTPROBLEM:
@@ -126,11 +127,14 @@ Failure curlFailure(CURLcode rc, const char* detail, int requestTimeoutMs) {
       return {ErrorKind::Unreachable, false,
               "TLS: the server's certificate is not trusted (" + text +
                   "); give the CA that signed it with --ca-bundle or O3_CA_BUNDLE"};
-    case CURLE_OUT_OF_MEMORY: return {ErrorKind::NoMemory, false, text};
+    case CURLE_OUT_OF_MEMORY:
+      // libcurl also says this of a response header line over 100 KiB: a server's doing, retried.
+      return {ErrorKind::Stream, true, "libcurl: out of memory, or a response header line over 100 KiB"};
     case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_BAD_FUNCTION_ARGUMENT:
     case CURLE_NOT_BUILT_IN: return {ErrorKind::Stream, false, text};
+    // CURLE_UNSUPPORTED_PROTOCOL included: only http and https are allowed, so it means a response
+    // that is not HTTP/1.x ("HTTP/0.9", a malformed status line).
     default: return {ErrorKind::Stream, true, text};
   }
 }
@@ -280,6 +284,7 @@ class CurlFetchEngine final : public FetchEngine {
       curl_multi_remove_handle(multi_, easy);
       if (t->job && t->job->sink) finish(*t->job, cancelled);
       t->reset();
+      curl_easy_cleanup(easy);
     }
     active_.clear();
     inFlight_ = 0;
@@ -297,8 +302,8 @@ class CurlFetchEngine final : public FetchEngine {
       if (j->sink) finish(*j, cancelled);
     queued_ = 0;
     for (auto& t : idle_) curl_easy_cleanup(t->easy);
-    for (auto& [easy, t] : active_) curl_easy_cleanup(easy);
     idle_.clear();
+    // Easy handles first: the share cannot go while one still uses it.
     curl_multi_cleanup(multi_);
     curl_share_cleanup(share_);
   }
@@ -327,10 +332,14 @@ class CurlFetchEngine final : public FetchEngine {
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, kReceiveBuffer);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::max(1, config_.connectTimeoutMs)));
-    // The request timeout is silence on the connection: under 1 byte/s for that long (whole
-    // seconds: libcurl's unit), waiting for the response included.
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, static_cast<long>(std::max(1, (config_.requestTimeoutMs + 999) / 1000)));
+    // The request timeout is silence on the connection, waiting for the response included: checked
+    // in the progress callback (libcurl calls it at least once a second), since libcurl's own
+    // LOW_SPEED_* judge a speed averaged over several seconds, which a burst before the silence
+    // keeps up.
+    curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &CurlFetchEngine::onProgress);
+    curl_easy_setopt(e, CURLOPT_XFERINFODATA, t.get());
+    t->silenceLimit = std::chrono::milliseconds(std::max(1, config_.requestTimeoutMs));
     if (!config_.caBundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, config_.caBundle.c_str());
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errorText);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlFetchEngine::onHeader);
@@ -382,6 +391,7 @@ class CurlFetchEngine final : public FetchEngine {
     curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t.get());
     job->timing.attempts++;
     t->job = std::move(job);
+    t->lastActivity = Clock::now();
     if (curl_multi_add_handle(multi_, t->easy) != CURLM_OK) {
       auto j = std::move(t->job);
       t->reset();
@@ -394,10 +404,21 @@ class CurlFetchEngine final : public FetchEngine {
     active_.emplace(easy, std::move(t));
   }
 
+  static int onProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    auto* t = static_cast<Transfer*>(user);
+    if (Clock::now() - t->lastActivity < t->silenceLimit) return 0;
+    t->verdict =
+        Failure{ErrorKind::Stream, true,
+                "timed out: no data for " +
+                    std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(t->silenceLimit).count()) + " ms"};
+    return 1;
+  }
+
   // curl hands over each header line of each response head, the final empty line included.
   static size_t onHeader(char* data, size_t size, size_t n, void* user) {
     auto* t = static_cast<Transfer*>(user);
     const size_t bytes = size * n;
+    t->lastActivity = Clock::now();
     if (!t->head.addLine(std::string_view(data, bytes))) {
       t->verdict = Failure{ErrorKind::Stream, true, "a malformed response: " + t->head.error()};
       return 0;
@@ -421,6 +442,7 @@ class CurlFetchEngine final : public FetchEngine {
   static size_t onBody(char* data, size_t size, size_t n, void* user) {
     auto* t = static_cast<Transfer*>(user);
     const size_t bytes = size * n;
+    t->lastActivity = Clock::now();
     if (t->verdict) return 0;
     if (!t->planned) {
       // An error body: its first 4 KiB at most; returning short ends the transfer.
@@ -490,7 +512,7 @@ class CurlFetchEngine final : public FetchEngine {
       failure = {f.kind, f.retry,
                  "HTTP " + std::to_string(status) + (code.empty() ? "" : " " + code) + (message.empty() ? "" : ": " + message)};
     } else if (rc != CURLE_OK) {
-      failure = curlFailure(rc, t->errorText, config_.requestTimeoutMs);
+      failure = curlFailure(rc, t->errorText);
     } else if (!job->warmUp()) {
       failure = {ErrorKind::Stream, true, "the response ended before the range did"};
     }
