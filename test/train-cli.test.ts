@@ -212,7 +212,7 @@ t.test("each epoch's read order is announced to the data's mount, which fetches 
   t.ok(line, 'o3train reports the announced order')
   const a = JSON.parse(line ?? '{}') as { files: number; refused: number; prefetched: number; skipped: number; used: number }
   t.equal(a.files, 2 * n, 'both epochs, every image')
-  t.equal(a.refused, 0)
+  t.equal(a.refused, 0, 'none refused')
   t.equal(a.prefetched + a.skipped, 2 * n, 'each fetched ahead or passed over once its reader got there first')
   t.ok(a.used >= 1, `the loader read ${a.used} files the mount had fetched ahead`)
 
@@ -226,15 +226,15 @@ t.test("each epoch's read order is announced to the data's mount, which fetches 
   t.equal(told.code, 0, told.stderr)
   const s = await statsWhen(m, (s) => s.announced.files === 2 * n && s.announced.waiting === 0)
   t.equal(s.announced.refused, 0, 'paths made relative to the mount root')
-  t.equal(s.announced.files, 2 * n)
-  t.equal(s.announced.prefetched + s.announced.skipped, 2 * n)
+  t.equal(s.announced.files, 2 * n, 'both epochs, every image')
+  t.equal(s.announced.prefetched + s.announced.skipped, 2 * n, 'each fetched ahead or passed over')
   t.ok(s.announced.used >= 1, `the loader read ${s.announced.used} files the mount had fetched ahead`)
 
   // A socket that is not there: trained all the same, said once.
   const missing = await o3train(['--data', data, ...args, '--mount-control', join(sockDir, 'missing.sock')]).done
   t.equal(missing.code, 0, missing.stderr)
   t.equal(missing.stderr.split('announcing the read order to the mount failed').length - 1, 1, 'one warning for two epochs')
-  t.equal(summaryOf(missing.stdout).epochsCompleted, 2)
+  t.equal(summaryOf(missing.stdout).epochsCompleted, 2, 'both epochs trained')
 })
 
 t.test('the S3 server gone for 5 s during training: no error', async (t) => {
