@@ -338,6 +338,8 @@ bool BlockCache::pumpAnnounced() {
     a.next = j;
     a.started = true;
     turn_ = stream->first + 1;
+    // Done with the file once its last run is out: it no longer counts as waiting.
+    if (j >= count) popAnnounced(stream);
     startRun(obj, from, j, kAnnounced, true);
     if (first) entries_.at(keyOf(obj, from)).firstAnnounced = true;
     return true;
