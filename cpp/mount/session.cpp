@@ -177,7 +177,8 @@ struct Session::Ops {
 
   static void init(void* userdata, fuse_conn_info* conn) {
     const Session& s = *static_cast<Session*>(userdata);
-    // max_read comes from the mount option (libfuse refuses a different one here).
+    // The same as the max_read mount option: libfuse refuses the session when the two differ.
+    conn->max_read = kMaxRead;
     conn->max_background = s.config_.maxBackground;
     conn->congestion_threshold = s.config_.congestionThreshold;
     // Several reads of one file in flight at once (kernel readahead arrives in parallel).
