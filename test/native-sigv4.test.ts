@@ -45,8 +45,25 @@ const cases: Case[] = [
   { name: 'a plain key and range', endpoint: 'http://127.0.0.1:8080', bucket: 'b', key: 'data/file.bin', first: 0, last: 1048575 },
   { name: 'spaces, unicode, + % ~', endpoint: 'http://127.0.0.1:8080', bucket: 'b', key: 'dir/a b+c%d~e ü€ 日本.bin', first: 5, last: 5, etag: 'abc123' },
   { name: "!'()* = & ? # ; , : @ $", endpoint: 'http://127.0.0.1:9', bucket: 'bucket-1', key: "x/!'()*=&?#;,:@$.txt", first: 0, last: 0 },
-  { name: 'a version id with / and +', endpoint: 'http://127.0.0.1:8080', bucket: 'b', key: 'k', first: 10, last: 20, etag: 'e-2', versionId: '3/L4kqtJlcp+XroDTDmJ+rmSpXd3dIbrHY=' },
-  { name: 'a session token', endpoint: 'http://127.0.0.1:8080', bucket: 'b', key: 'k/', first: 1, last: 2, sessionToken: 'FwoGZXIvYXdzEJr//////////wEaD+token=' },
+  {
+    name: 'a version id with / and +',
+    endpoint: 'http://127.0.0.1:8080',
+    bucket: 'b',
+    key: 'k',
+    first: 10,
+    last: 20,
+    etag: 'e-2',
+    versionId: '3/L4kqtJlcp+XroDTDmJ+rmSpXd3dIbrHY=',
+  },
+  {
+    name: 'a session token',
+    endpoint: 'http://127.0.0.1:8080',
+    bucket: 'b',
+    key: 'k/',
+    first: 1,
+    last: 2,
+    sessionToken: 'FwoGZXIvYXdzEJr//////////wEaD+token=',
+  },
   { name: 'https on its default port, a path prefix', endpoint: 'https://o3.example.com:443/s3', bucket: 'b', key: 'a//b/./c/../d', first: 0, last: 99 },
 ]
 
@@ -68,11 +85,9 @@ async function sdkRequest(c: Case): Promise<HttpRequest> {
     },
     { step: 'build', priority: 'low', name: 'capture' },
   )
-  await client
-    .send(new GetObjectCommand({ Bucket: c.bucket, Key: c.key, Range: `bytes=${c.first}-${c.last}`, VersionId: c.versionId }))
-    .catch((err: Error) => {
-      if (err.message !== 'captured') throw err
-    })
+  await client.send(new GetObjectCommand({ Bucket: c.bucket, Key: c.key, Range: `bytes=${c.first}-${c.last}`, VersionId: c.versionId })).catch((err: Error) => {
+    if (err.message !== 'captured') throw err
+  })
   client.destroy()
   if (!captured) throw new Error('the SDK built no request')
   return captured
@@ -108,7 +123,11 @@ for (const c of cases) {
       uriEscapePath: false,
       applyChecksum: false,
     })
-    const headers: Record<string, string> = { host: url.host, range: `bytes=${c.first}-${c.last}`, 'x-amz-content-sha256': native.headers['x-amz-content-sha256']! }
+    const headers: Record<string, string> = {
+      host: url.host,
+      range: `bytes=${c.first}-${c.last}`,
+      'x-amz-content-sha256': native.headers['x-amz-content-sha256']!,
+    }
     if (c.etag) headers['if-match'] = `"${c.etag}"`
     const signed = await signer.sign(
       { method: 'GET', protocol: url.protocol, hostname: url.hostname, port: url.port ? Number(url.port) : undefined, path, query, headers },
