@@ -154,7 +154,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       region: config.region,
       bucket: client.scope.bucket,
       credentials,
-      caBundle: '',
+      caBundle: config.caBundle?.path ?? '',
       connectTimeoutMs: 5_000,
       requestTimeoutMs: 30_000,
       warmConnections: Math.min(WARM_CONNECTIONS, o.maxConnections),

@@ -122,6 +122,11 @@ const scenarios: Record<string, (req: RawRequest, conn: RawConnection, first: nu
     await c.write(Buffer.concat([Buffer.from(`${data.length.toString(16)}\r\n`), data, Buffer.from('\r\n0\r\n\r\n')]))
   },
   'error-32mib': (_r, c) => hugeErrorBody(c),
+  'chunk-size-overflow': async (_r, c) => {
+    await c.write(head('503 Slow Down', [['Transfer-Encoding', 'chunked']]))
+    await c.write('fffffffffffffffffffff\r\n<Error><Code>SlowDown</Code></Error>\r\n0\r\n\r\n')
+    c.end()
+  },
   ...Object.fromEntries(
     [
       ['length-2^63', '9223372036854775808'],
@@ -316,6 +321,7 @@ for (const key of [
   'many-headers',
   'no-status-line',
   'status-204',
+  'chunk-size-overflow',
 ]) {
   t.test(`${key}: refused and retried, never delivered`, (t) => refused(t, key).then(() => {}))
 }

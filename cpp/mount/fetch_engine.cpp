@@ -117,8 +117,9 @@ Failure curlFailure(CURLcode rc, const char* detail) {
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT: return {ErrorKind::Unreachable, true, "cannot reach the endpoint (" + text + ")"};
     case CURLE_OPERATION_TIMEDOUT: return {ErrorKind::Stream, true, "timed out (" + text + ")"};
-    case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CACERT_BADFILE:
+      return {ErrorKind::Unreachable, false, "TLS: cannot load the CA bundle (" + text + "); check --ca-bundle or O3_CA_BUNDLE"};
+    case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_ISSUER_ERROR:
     case CURLE_SSL_CRL_BADFILE:
@@ -165,15 +166,10 @@ class CurlFetchEngine final : public FetchEngine {
     thread_ = std::thread([this] { loop(); });
   }
 
+  // Not from a sink's callback: the engine thread cannot join itself (std::terminate says so).
   ~CurlFetchEngine() override {
     close();
-    if (thread_.joinable()) {
-      // Only when the last reference went away inside a sink's callback, on the engine thread.
-      if (thread_.get_id() == std::this_thread::get_id())
-        thread_.detach();
-      else
-        thread_.join();
-    }
+    if (thread_.joinable()) thread_.join();
   }
 
   void fetch(const ObjectPin& pin, uint64_t offset, uint64_t length, std::shared_ptr<RangeSink> sink) override {
@@ -214,26 +210,25 @@ class CurlFetchEngine final : public FetchEngine {
       std::lock_guard lock(mutex_);
       if (closing_) return;
       closing_ = true;
+      curl_multi_wakeup(multi_);
     }
-    curl_multi_wakeup(multi_);
     if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
   }
 
  private:
   void submit(std::unique_ptr<Job> job) {
     {
+      // The wakeup under the lock too: the engine thread frees the multi handle under it.
       std::lock_guard lock(mutex_);
       if (!closing_) {
         incoming_.push_back(std::move(job));
         queued_++;
+        curl_multi_wakeup(multi_);
+        return;
       }
     }
-    if (job) {
-      // Closed: nothing will run it.
-      if (job->sink) finish(*job, Status::error(ErrorKind::Cancelled, "the mount is closing"));
-      return;
-    }
-    curl_multi_wakeup(multi_);
+    // Closed: nothing will run it.
+    if (job->sink) finish(*job, Status::error(ErrorKind::Cancelled, "the mount is closing"));
   }
 
   // ---- the engine thread ----
@@ -304,8 +299,11 @@ class CurlFetchEngine final : public FetchEngine {
     for (auto& t : idle_) curl_easy_cleanup(t->easy);
     idle_.clear();
     // Easy handles first: the share cannot go while one still uses it.
+    std::lock_guard lock(mutex_);
     curl_multi_cleanup(multi_);
+    multi_ = nullptr;
     curl_share_cleanup(share_);
+    share_ = nullptr;
   }
 
   std::unique_ptr<Transfer> takeTransfer() {
@@ -575,7 +573,7 @@ class CurlFetchEngine final : public FetchEngine {
   CURLSH* share_ = nullptr;
   std::thread thread_;
 
-  std::mutex mutex_;  // guards incoming_ and closing_
+  std::mutex mutex_;  // guards incoming_, closing_, and multi_ against its clean-up
   std::vector<std::unique_ptr<Job>> incoming_;
   bool closing_ = false;
 

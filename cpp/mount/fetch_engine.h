@@ -83,6 +83,19 @@ struct FetchStats {
   uint64_t bytesPerSecondPerConnection = 0;
 };
 
+// A fetch finishes with one of:
+//  Ok           every byte of the range is in the sink;
+//  NotFound     404 / NoSuchKey, or an empty key (never retried);
+//  Auth         401, 403 or an S3 credentials error code (never retried);
+//  Integrity    another ETag or version id than the pin's, 412 (If-Match failed), 416, or a range
+//               past the pin's size (never retried);
+//  Stream       after retries: 5xx, 429, resets, silence past requestTimeoutMs, responses that lie
+//               about the range or their lengths; at once: 3xx and other 4xx;
+//  Unreachable  after retries: connection refused, DNS; at once: an untrusted TLS certificate or
+//               an unusable caBundle;
+//  Cancelled    close() came first;
+//  NoMemory     the sink's space() was empty while bytes were expected.
+// It never gives Timeout: the deadline of a whole operation is the caller's.
 class FetchEngine {
  public:
   // Starts the engine's thread. Throws std::invalid_argument for an unusable endpoint (the control
@@ -98,9 +111,10 @@ class FetchEngine {
   // trips to a distant server): makes sure about `n` (at most maxConnections) are open, with cheap
   // signed HEADs of the bucket. Returns at once; failures only show in the stats.
   virtual void warm(int n) { (void)n; }
-  // Fails every queued and running fetch with Cancelled and joins the thread; idempotent. Not from a
-  // sink's callback (the engine thread cannot join itself). After it, fetch() finishes its sink
-  // with Cancelled at once, on the caller's thread.
+  // Fails every queued and running fetch with Cancelled and joins the thread; idempotent. From a
+  // sink's callback it only starts that (the engine thread cannot join itself). After it, fetch()
+  // finishes its sink with Cancelled at once, on the caller's thread. The engine must not be
+  // destroyed from a sink's callback.
   virtual void close() = 0;
 };
 

@@ -222,8 +222,9 @@ HttpFailure classifyHttpError(int status, std::string_view code) {
 }
 
 std::string xmlElement(std::string_view body, std::string_view tag) {
-  const std::string open = "<" + std::string(tag) + ">";
-  const std::string close = "</" + std::string(tag) + ">";
+  std::string open = "<", close = "</";
+  open.append(tag).append(">");
+  close.append(tag).append(">");
   const size_t a = body.find(open);
   if (a == std::string_view::npos) return "";
   const size_t from = a + open.size();

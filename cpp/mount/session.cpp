@@ -177,7 +177,7 @@ struct Session::Ops {
 
   static void init(void* userdata, fuse_conn_info* conn) {
     const Session& s = *static_cast<Session*>(userdata);
-    // Equal to the mount option's max_read: libfuse 3.14 fails the session (EPROTO) when the two differ.
+    // The same as the max_read mount option: libfuse refuses the session when the two differ.
     conn->max_read = kMaxRead;
     conn->max_background = s.config_.maxBackground;
     conn->congestion_threshold = s.config_.congestionThreshold;

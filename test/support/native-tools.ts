@@ -108,6 +108,8 @@ export interface FetchToolResult {
     bytesPerSecondPerConnection: number
   }
   maxRssKb: number
+  /** CPU microseconds of the whole tool and of its main thread: the difference is the engine's thread. */
+  cpuUs: { process: number; mainThread: number }
   violations: string[]
   /** The output file: each range's bytes at its offset, zeros elsewhere. */
   image: Buffer
