@@ -211,6 +211,13 @@ t.test("the socket's path: nothing is replaced that should not be", async (t) =>
   t.same(await c.answers(1), [{ ok: true, queued: 1 }], 'a stale socket is replaced by a live one')
   await m.stop()
 
+  const long = await start(path.join(dir, 'x'.repeat(120)))
+  t.equal(long.code, ExitCode.badOption, 'a path too long for a socket: exit 80')
+  t.match(long.stderr, /is longer than 107 bytes, the most a Unix socket's path may be/)
+  const nowhere = await start(path.join(dir, 'no-such-dir', 'control.sock'))
+  t.equal(nowhere.code, ExitCode.badOption, 'a directory that is not there: exit 80')
+  t.match(nowhere.stderr, /its directory cannot be used/)
+
   const open = path.join(dir, 'open')
   mkdirSync(open)
   chmodSync(open, 0o777)

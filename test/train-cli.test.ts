@@ -370,6 +370,7 @@ t.test('bad input: one line, a distinct exit code, no secret printed', async (t)
     [['--epochs', '1'], 64, /--data is required/],
     [['--data', join(scratch, 'nowhere')], 91, /no Fashion-MNIST files/],
     [['--data', subset, '--ckpt', `o3://no-such-bucket-x/run`], 66, /not found/],
+    [['--data', `o3://${BUCKET}/fmnist`, '--mount-control', '/tmp/x.sock'], 64, /--mount-control is for --data on a mount started elsewhere/],
   ]
   for (const [args, exitCode, message] of cases) {
     const { code, stderr, stdout } = await o3train(args).done
