@@ -32,8 +32,10 @@ PATHS_PER_REQUEST = 1000
 
 def paths_below(mount_root, paths):
     """`paths` (absolute, or relative to the working directory) as the control socket names them:
-    relative to the mount's root, with '/' separators. Raises ValueError for a path outside it."""
-    root = os.path.realpath(mount_root)
+    relative to the mount's root, with '/' separators. Raises ValueError for a path outside it.
+    Paths are compared as written (no symlinks resolved: that would stat every file on the mount),
+    so name the root as the dataset's paths do."""
+    root = os.path.abspath(mount_root)
     out = []
     for p in paths:
         rel = os.path.relpath(os.path.abspath(p), root)
