@@ -1,6 +1,7 @@
-# The node-gyp build of the addon CMakeLists.txt builds; run it with `scripts/build-addon --gyp`
-# (offline against /usr's Node headers, output in build-gyp/). The same two targets: o3_core, the
-# static training core (cpp/sources.txt), and the addon (addon/sources.txt) linked against it.
+# The node-gyp build of the addons CMakeLists.txt builds; run it with `scripts/build-addon --gyp`
+# (offline against /usr's Node headers, output in build-gyp/). The same targets: o3_core, the static
+# training core (cpp/sources.txt), and the trainer addon (addon/sources.txt) linked against it;
+# o3_mount_core (cpp/mount/sources.txt) and the mount's addon (addon/mount/sources.txt).
 # libtorch's flags (the C++ ABI above all) come from libtorch's CMake config via scripts/torch-config.
 # Against a CUDA libtorch this build links libtorch_cuda and trains on the GPU, but without CUDA's
 # headers it reports the GPU as "cuda:0" rather than by name (CMakeLists.txt defines O3_WITH_CUDA).
@@ -31,6 +32,26 @@
       'dependencies': ['o3_core'],
       'sources': ['<!@(grep -v "^#" addon/sources.txt)'],
       'include_dirs': ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      'defines': ['NAPI_VERSION=8', 'NAPI_CPP_EXCEPTIONS', 'NODE_ADDON_API_DISABLE_DEPRECATED'],
+    },
+    {
+      # The mount's byte path (cpp/mount/sources.txt): C++20, libfuse3, libcurl, libcrypto, zlib; no torch.
+      'target_name': 'o3_mount_core',
+      'type': 'static_library',
+      'sources': ['<!@(grep -v "^#" cpp/mount/sources.txt)'],
+      'include_dirs': ['cpp'],
+      'cflags_cc!': ['-std=c++17'],
+      'cflags_cc': ['-std=c++20', '-Wall', '-Wextra', '-Werror', '<!@(pkg-config --cflags fuse3 libcurl)'],
+      'cflags': ['-fPIC'],
+      'link_settings': {'libraries': ['<!@(pkg-config --libs fuse3 libcurl libcrypto zlib)']},
+    },
+    {
+      'target_name': 'o3_mount',
+      'dependencies': ['o3_mount_core'],
+      'sources': ['<!@(grep -v "^#" addon/mount/sources.txt)'],
+      'include_dirs': ['cpp', "<!(node -p \"require('node-addon-api').include_dir\")"],
+      'cflags_cc!': ['-std=c++17'],
+      'cflags_cc': ['-std=c++20'],
       'defines': ['NAPI_VERSION=8', 'NAPI_CPP_EXCEPTIONS', 'NODE_ADDON_API_DISABLE_DEPRECATED'],
     },
   ],

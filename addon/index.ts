@@ -214,6 +214,8 @@ export interface WorldInfo {
 interface NativeTrainer {
   info(): { device: DeviceInfo; model: ModelInfo; dataset: DatasetInfo; world: WorldInfo }
   position(): Position
+  /** The paths joined by NUL. */
+  filesAhead(): Promise<string>
   /** maxSteps < 0: no step limit (toEpochEnd must be set). */
   train(maxSteps: number, toEpochEnd: boolean, onProgress?: (p: Progress) => void): Promise<TrainResult>
   evaluate(data: DataSpec, batchSize: number): Promise<EvalResult>
@@ -329,6 +331,18 @@ export class Trainer {
   /** Where the loader stands; updated after every step, also while training runs. */
   get position(): Position {
     return this.#live().position()
+  }
+
+  /**
+   * The files this rank reads from its position to the end of that epoch, each once in the order of
+   * its first read (ImageFolder images, WebDataset shards), relative to the data's root; none for idx
+   * data. Computed off the JS thread; what o3train announces to the mount at each epoch's start.
+   */
+  filesAhead(): Promise<string[]> {
+    return this.#enqueue(async () => {
+      const joined = await this.#live().filesAhead()
+      return joined === '' ? [] : joined.split('\0')
+    })
   }
 
   /** Trains to the end of the current epoch (all of it when at its start). */

@@ -2,6 +2,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "convert.h"
 #include "promise_worker.h"
@@ -41,6 +42,7 @@ Napi::Function TrainerWrap::Define(Napi::Env env) {
                      {
                          InstanceMethod<&TrainerWrap::Info>("info"),
                          InstanceMethod<&TrainerWrap::Position>("position"),
+                         InstanceMethod<&TrainerWrap::FilesAhead>("filesAhead"),
                          InstanceMethod<&TrainerWrap::Train>("train"),
                          InstanceMethod<&TrainerWrap::Evaluate>("evaluate"),
                          InstanceMethod<&TrainerWrap::StateDict>("stateDict"),
@@ -76,6 +78,22 @@ Napi::Value TrainerWrap::Info(const Napi::CallbackInfo& info) {
 Napi::Value TrainerWrap::Position(const Napi::CallbackInfo& info) {
   if (!trainer_) throw Napi::Error::New(info.Env(), "trainer is closed");
   return fromPosition(info.Env(), trainer_->position());
+}
+
+// filesAhead(): the paths, joined by NUL (no path holds one), so that tens of thousands of them
+// cost the JS thread one string rather than one each.
+Napi::Value TrainerWrap::FilesAhead(const Napi::CallbackInfo& info) {
+  return runOperation<std::string>(
+      *this, info.Env(), "o3.trainer.filesAhead",
+      [](o3::Trainer& t, const auto&) {
+        std::string joined;
+        for (const std::string& f : t.filesAhead()) {
+          if (!joined.empty()) joined.push_back('\0');
+          joined += f;
+        }
+        return joined;
+      },
+      [](Napi::Env env, std::string& s) -> Napi::Value { return Napi::String::New(env, s); });
 }
 
 // train(maxSteps, toEpochEnd, onProgress?): maxSteps < 0 sets no step limit.

@@ -24,6 +24,7 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
  private:
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Position(const Napi::CallbackInfo& info);
+  Napi::Value FilesAhead(const Napi::CallbackInfo& info);
   Napi::Value Train(const Napi::CallbackInfo& info);
   Napi::Value Evaluate(const Napi::CallbackInfo& info);
   Napi::Value StateDict(const Napi::CallbackInfo& info);

@@ -1,6 +1,7 @@
 #include "batch_loader.h"
 
 #include <algorithm>
+#include <unordered_set>
 
 #include "error.h"
 
@@ -28,6 +29,19 @@ std::shared_ptr<const std::vector<int64_t>> BatchLoader::orderFor(int64_t epoch)
     orderEpoch_ = epoch;
   }
   return order_;
+}
+
+std::vector<std::string> BatchLoader::filesAhead(Position from) {
+  std::vector<std::string> out;
+  if (from.epoch < 0 || from.index < 0 || from.index >= epochSize_ || dataset_->fileOf(0) < 0) return out;
+  const auto order = orderFor(from.epoch);
+  // Samples of one file come together (a shard's) or a file repeats (padding): each file once.
+  std::unordered_set<int64_t> seen;
+  for (size_t i = size_t(from.index); i < order->size(); ++i) {
+    const int64_t file = dataset_->fileOf((*order)[i]);
+    if (seen.insert(file).second) out.push_back(dataset_->filePath(file));
+  }
+  return out;
 }
 
 void BatchLoader::fill() {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "dataset.h"
@@ -59,6 +60,10 @@ class BatchLoader {
   // Restarts from `pos` with shuffling seeded by `seed`; batches prefetched so far are dropped.
   void seek(Position pos, uint64_t seed);
   int64_t epochSize() const { return epochSize_; }
+  // The files this rank reads from `from` to the end of its epoch, each once, in the order of their
+  // first read, as paths relative to the dataset's root; empty for data held in memory. Not
+  // reentrant with next() or seek() (the caller runs one at a time, as for next()).
+  std::vector<std::string> filesAhead(Position from);
   const SamplerOptions& sampler() const { return opts_.sampler; }
   const Dataset& dataset() const { return *dataset_; }
 

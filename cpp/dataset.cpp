@@ -43,8 +43,8 @@ class MnistDataset final : public Dataset {
 
 class ImageFolderDataset final : public Dataset {
  public:
-  ImageFolderDataset(ImageFolderListing listing, int imageSize, int channels)
-      : listing_(std::move(listing)), size_(imageSize), channels_(channels) {}
+  ImageFolderDataset(std::string root, ImageFolderListing listing, int imageSize, int channels)
+      : root_(std::move(root)), listing_(std::move(listing)), size_(imageSize), channels_(channels) {}
   int64_t size() const override { return int64_t(listing_.samples.size()); }
   SampleShape shape() const override { return {channels_, size_, size_}; }
   int64_t numClasses() const override { return int64_t(listing_.classes.size()); }
@@ -54,8 +54,11 @@ class ImageFolderDataset final : public Dataset {
     decodeSample(readWholeFile(e.path), e.path, int(channels_), int(size_), out);
     return e.label;
   }
+  int64_t fileOf(int64_t i) const override { return i; }
+  std::string filePath(int64_t file) const override { return pathBelow(root_, listing_.samples[size_t(file)].path); }
 
  private:
+  std::string root_;
   ImageFolderListing listing_;
   int64_t size_, channels_;
 };
@@ -76,6 +79,13 @@ std::string findIdxFile(const std::string& root, const std::string& base) {
 }
 
 }  // namespace
+
+std::string pathBelow(const std::string& root, const std::string& path) {
+  std::string base = root;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  if (base != "/") base.push_back('/');
+  return path.compare(0, base.size(), base) == 0 ? path.substr(base.size()) : path;
+}
 
 ImageFolderListing listImageFolder(const std::string& root) {
   std::error_code ec;
@@ -104,7 +114,7 @@ void checkImageSpec(const DataSpec& spec) {
 std::shared_ptr<const Dataset> openDataset(const DataSpec& spec) {
   if (spec.kind == DataSpec::Kind::ImageFolder) {
     checkImageSpec(spec);
-    return std::make_shared<ImageFolderDataset>(listImageFolder(spec.root), spec.imageSize, spec.channels);
+    return std::make_shared<ImageFolderDataset>(spec.root, listImageFolder(spec.root), spec.imageSize, spec.channels);
   }
   if (spec.kind == DataSpec::Kind::WebDataset) return openWebDataset(spec);
   if (spec.split != "train" && spec.split != "test") throw Error("mnist split must be 'train' or 'test'");

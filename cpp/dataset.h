@@ -39,7 +39,22 @@ class Dataset {
   // The name of each label where the data names its classes (an ImageFolder's sorted class
   // directories); empty where labels are bare numbers (idx files, shards).
   virtual std::vector<std::string> classNames() const { return {}; }
+  // The file sample i is read from, as an index into the dataset's files (an ImageFolder's image,
+  // a WebDataset's shard), or -1 when the dataset holds its samples in memory (idx files); and
+  // that file's path relative to the dataset's root. A loader announces its order with these, so
+  // that a mount fetches the files before they are opened.
+  virtual int64_t fileOf(int64_t i) const {
+    (void)i;
+    return -1;
+  }
+  virtual std::string filePath(int64_t file) const {
+    (void)file;
+    return {};
+  }
 };
+
+// `path` below `root` as a path relative to it; the datasets build their paths as root/<name>.
+std::string pathBelow(const std::string& root, const std::string& path);
 
 // Image size and channel checks shared by the image datasets.
 void checkImageSpec(const DataSpec& spec);

@@ -227,6 +227,8 @@ Trainer::~Trainer() = default;
 const DeviceInfo& Trainer::device() const { return impl_->deviceInfo; }
 const ModelSpec& Trainer::model() const { return impl_->model.resolved; }
 
+std::vector<std::string> Trainer::filesAhead() { return impl_->loader->filesAhead(impl_->loader->position()); }
+
 DatasetInfo Trainer::dataset() const {
   const Dataset& d = impl_->loader->dataset();
   const SamplerOptions& s = impl_->loader->sampler();

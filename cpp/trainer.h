@@ -109,6 +109,10 @@ class Trainer {
   DatasetInfo dataset() const;
   WorldInfo world() const;
   Position position() const;
+  // The files this rank reads from position() to the end of that epoch, each once in the order of
+  // their first read, relative to the data's root (BatchLoader::filesAhead): what the trainer
+  // announces to the mount at each epoch's start. Empty for idx data.
+  std::vector<std::string> filesAhead();
 
   // Trains up to `maxSteps` batches (no limit when < 0), crossing epoch boundaries unless
   // `toEpochEnd`, which ends the call after the last batch of the current epoch: the sampler

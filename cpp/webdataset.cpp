@@ -101,7 +101,7 @@ ShardListing scanShard(const std::string& path, int32_t shard) {
 class WebDataset final : public Dataset {
  public:
   WebDataset(std::vector<std::string> paths, const DataSpec& spec)
-      : paths_(std::move(paths)), size_(spec.imageSize), channels_(spec.channels) {
+      : root_(spec.root), paths_(std::move(paths)), size_(spec.imageSize), channels_(spec.channels) {
     std::vector<ShardListing> listings(paths_.size());
     {
       ThreadPool pool(int(std::min<size_t>(kScanThreads, paths_.size())));
@@ -131,6 +131,8 @@ class WebDataset final : public Dataset {
   SampleShape shape() const override { return {channels_, size_, size_}; }
   int64_t numClasses() const override { return classes_; }
   std::vector<int64_t> shardSizes() const override { return shardSizes_; }
+  int64_t fileOf(int64_t i) const override { return samples_[size_t(i)].shard; }
+  std::string filePath(int64_t file) const override { return pathBelow(root_, paths_[size_t(file)]); }
   int64_t load(int64_t i, uint8_t* out) const override {
     const Sample& s = samples_[size_t(i)];
     const std::string& path = paths_[size_t(s.shard)];
@@ -150,6 +152,7 @@ class WebDataset final : public Dataset {
   }
 
  private:
+  std::string root_;
   std::vector<std::string> paths_;
   std::vector<int> fds_;
   std::vector<Sample> samples_;

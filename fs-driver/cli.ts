@@ -43,6 +43,7 @@ interface RawOptions extends O3Flags {
   debugFuse?: boolean
   verify: VerifyMode
   trustSigner?: string[]
+  controlSocket?: string
 }
 
 function program(): Command {
@@ -78,6 +79,10 @@ function program(): Command {
         .choices(VERIFY_MODES)
         .default('if-present'),
     )
+    .option(
+      '--control-socket <path>',
+      'a Unix socket (made mode 0600) on which loaders announce the files they will read, in order, to have them fetched first',
+    )
     .option(...trustSignerFlag('dataset manifests', 'any manifest, signed or not'))
     .addOption(new Option('--debug-fuse', 'libfuse debug output').hideHelp())
 }
@@ -106,6 +111,7 @@ function toMountOptions(mountpoint: string, location: string, r: RawOptions): Mo
     logFile: r.logFile && resolve(r.logFile),
     debugFuse: !!r.debugFuse,
     verify: r.verify,
+    controlSocket: r.controlSocket && resolve(r.controlSocket),
     trustedSigners: parseTrustedSigners(r.trustSigner, process.env, (message) => new MountError(message, ExitCode.badOption)),
   }
   if (!Number.isFinite(o.opTimeoutMs) || o.opTimeoutMs < 1000) throw new MountError('--op-timeout must be a finite duration of at least 1s', ExitCode.badOption)

@@ -1,43 +1,34 @@
-import type Fuse from 'fuse-native'
-import type { FuseOps, FuseOptions } from 'fuse-native'
 import { O3Client } from '../lib/o3/client.js'
 import { resolveConfig } from '../lib/o3/config.js'
 import type { Logger } from '../lib/log.js'
 import { pickO3Flags } from '../lib/cli/o3-flags.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { onInternalError } from '../lib/cli/run-cli.js'
-import { BlockCache } from './data-cache/block-cache.js'
-import { DiskCache } from './data-cache/disk-cache.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
-import { O3Filesystem } from './filesystem.js'
+import { ControlPlane, ManifestUnavailable, Unopenable } from './control-plane.js'
+import { ControlSocket, type AnnounceTarget } from './control-socket.js'
+import { BadRequest } from '../lib/control-protocol.js'
 import { backgroundLimits, tuneKernel } from './kernel-tuning.js'
 import { MetadataCache } from './metadata-cache.js'
 import type { MountOptions } from './options.js'
-import { findMount, fusermountUnmount } from './mount-table.js'
+import { fusermountUnmount } from './mount-table.js'
 import { checkBucket, checkFuse, checkMountpoint } from './preflight.js'
 import { MountCounters, StatsReporter } from './stats.js'
 import { ManifestIndex } from './verify/manifest-index.js'
 import { CID_BLOCK_SIZE } from '../lib/content/cid.js'
+import { loadMountAddon, type NativeMount, type NativePrefetch, type NativeStartFailure } from './native-mount.js'
 
-/** Largest read the kernel sends to a libfuse2 filesystem. */
-const MAX_READ = 128 * 1024
 const STATS_FILE_EVERY_MS = 2_000
-const UNMOUNT_POLL_MS = 1_000
-const NETWORK_BYTES_PER_CONNECTION = 2 << 20
-
-/** A fuse-native mount with libfuse options that fuse-native has no name for (it builds a fixed list). */
-async function createFuse(mnt: string, ops: FuseOps, opts: FuseOptions, extra: string[]): Promise<Fuse> {
-  // Loaded only here, after checkFuse: loading it needs libfuse, whose absence is a start-up check.
-  const { default: FuseNative } = await import('fuse-native')
-  class TunedFuse extends FuseNative {
-    protected override _fuseOptions(): string {
-      const base = super._fuseOptions().replace(/^-o/, '')
-      return `-o${[base, ...extra].filter(Boolean).join(',')}`
-    }
-  }
-  return new TunedFuse(mnt, ops, opts)
-}
+/**
+ * Connections the fetch engine opens at start-up, so that the first reads of a few files at once pay
+ * no TCP (and TLS: two round trips) handshake; the rest open as readahead needs them.
+ */
+const WARM_CONNECTIONS = 4
+/** The most the kernel may keep a negative entry: a file uploaded meanwhile shows up after this. */
+const MAX_NEGATIVE_TTL_S = 60
+/** The most the kernel may keep entries and attributes (it takes a double; "indefinite" is a day). */
+const MAX_KERNEL_TTL_S = 24 * 3600
 
 export interface MountedInfo {
   pid: number
@@ -47,8 +38,47 @@ export interface MountedInfo {
 }
 
 /**
+ * What the control socket asks of the mount: a path pinned as an open now would pin it (a path the
+ * mount would not open is a bad request), and files queued on the byte path.
+ */
+function announceTarget(control: ControlPlane, native: NativeMount): AnnounceTarget<NativePrefetch> {
+  return {
+    async resolve(path) {
+      try {
+        return { ...(await control.pin(path)), path }
+      } catch (err) {
+        if (err instanceof Unopenable) throw new BadRequest(err.message)
+        throw err instanceof ManifestUnavailable ? err.cause : err
+      }
+    },
+    queue: (files, stream) => native.prefetch(files, stream),
+  }
+}
+
+/** A native start failure as the one-line error of the CLI, with its exit status. */
+function startError(o: MountOptions, f: NativeStartFailure): MountError {
+  switch (f.kind) {
+    case 'cacheDir':
+      return new MountError(f.message, ExitCode.cacheDir)
+    case 'mount':
+      return new MountError(
+        `mounting ${o.mountpoint} failed: ${f.message}; check that you may use FUSE (user_allow_other for --allow-other)`,
+        ExitCode.mountFailed,
+      )
+    case 'config':
+      return new MountError(f.message, ExitCode.config)
+    default:
+      return new MountError(`the mount's byte path could not start: ${f.message}`, ExitCode.internal)
+  }
+}
+
+/**
  * Checks everything, mounts, and serves until the mount goes away (SIGINT/SIGTERM, `o3mount
  * --unmount`, or `fusermount -u`). Resolves with the exit status once unmounted.
+ *
+ * The bytes never pass through here: the native byte path (FUSE 3 session, block cache, readahead,
+ * disk tier, leaf checks, fetch engine) serves reads on its own threads and asks this side only
+ * for metadata, listings and the pin and leaf digests of a file being opened.
  */
 export async function serveMount(o: MountOptions, statsFile: string, log: Logger, onReady: (info: MountedInfo) => void): Promise<number> {
   await checkFuse()
@@ -58,102 +88,96 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
 
   const counters = new MountCounters()
   const client = O3Client.open(o.location, { config, maxSockets: o.maxConnections, logger: log.child({ component: 'o3' }) })
-  // The blocks' keys are relative to the location: the cache must tell locations apart itself.
-  const cacheNamespace = [config.endpoint, client.scope.bucket, client.scope.prefix].join('\0')
-  const disk = o.cacheDir ? await DiskCache.open(o.cacheDir, o.cacheDiskSize, cacheNamespace, counters, log) : undefined
-  // Each open GET holds socket and stream buffers outside the blocks, and their chunks linger as
-  // garbage until collected; they come out of the same budget, so that --cache-mem bounds what
-  // the data path holds, not just the blocks.
-  const networkReserve = Math.min(o.maxConnections * NETWORK_BYTES_PER_CONNECTION, Math.floor(o.cacheMem / 2))
+  const meta = new MetadataCache(client, o.metadataTtl, counters, log)
+  const manifests = new ManifestIndex(client, meta, o.verify, o.trustedSigners, log)
+  let credentials
+  try {
+    await manifests.loadRoot()
+    credentials = await client.credentials()
+  } catch (err) {
+    client.close()
+    throw err
+  }
+  const control = new ControlPlane(meta, manifests, counters, log, { scope: client.scope, opTimeoutMs: o.opTimeoutMs })
   // A leaf is checked whole: with verification on, a block holds whole leaves.
   const blockSize = o.verify === 'off' ? o.blockSize : Math.max(o.blockSize, CID_BLOCK_SIZE)
   if (blockSize !== o.blockSize)
     log.info({ blockSize, asked: o.blockSize }, 'block size raised to one 1 MiB leaf so that each block can be verified whole (--verify off keeps it)')
-  const blocks = new BlockCache({
-    client,
-    blockSize,
-    memoryBytes: o.cacheMem - networkReserve,
-    partSize: o.partSize,
-    maxConnections: o.maxConnections,
-    disk,
-    counters,
-    log,
-  })
-  const meta = new MetadataCache(client, o.metadataTtl, counters, log)
-  const manifests = new ManifestIndex(client, meta, o.verify, o.trustedSigners, log)
+  const kernelTtl = Math.min(o.metadataTtl, MAX_KERNEL_TTL_S)
+
+  let ended!: (status: number) => void
+  const sessionEnded = new Promise<number>((resolve) => (ended = resolve))
+  const { NativeMount: Native } = loadMountAddon()
+  const native: NativeMount = new Native(control.dispatcher(() => native, ended))
+  let socket: ControlSocket<NativePrefetch> | undefined
   try {
-    await manifests.loadRoot()
+    socket = o.controlSocket ? await ControlSocket.listen(o.controlSocket, announceTarget(control, native), log) : undefined
   } catch (err) {
-    disk?.unlock()
     client.close()
     throw err
   }
-  const fs = new O3Filesystem(meta, blocks, manifests, counters, log, {
+  const stats = new StatsReporter(
+    { counters, verifyMode: o.verify, o3: () => client.stats, native: () => native.stats(), control: () => socket?.counters },
+    { mountpoint: o.mountpoint, location: o.location, statsFile },
+    log,
+  )
+  const limits = backgroundLimits(o.maxBackground)
+  const failure = await native.start({
+    mountpoint: o.mountpoint,
+    fsname: `o3mount:${o.location.replace(/[,\s\\]/g, '_')}`,
+    allowOther: o.allowOther,
+    debug: o.debugFuse,
+    maxBackground: limits.max_background,
+    congestionThreshold: limits.congestion_threshold,
     fileMode: o.fileMode,
     dirMode: o.dirMode,
     uid: process.getuid?.() ?? 0,
     gid: process.getgid?.() ?? 0,
+    attrTimeoutSec: kernelTtl,
+    negativeTimeoutSec: Math.min(kernelTtl, MAX_NEGATIVE_TTL_S),
     opTimeoutMs: o.opTimeoutMs,
-    readaheadInitial: 2 * o.blockSize,
+    blockSize,
+    cacheMem: o.cacheMem,
+    maxConnections: o.maxConnections,
+    workerThreads: 0,
+    partSize: o.partSize,
     readaheadMax: o.readaheadMax,
+    // The first request of a sequential run is small (two blocks), so the first byte comes quickly.
+    readaheadInitial: 2 * blockSize,
+    // The kernel's own readahead requests arrive out of order by up to its span: not seeks.
     seekTolerance: Math.max(16 << 20, 2 * o.kernelReadaheadKb * 1024),
+    cacheDir: o.cacheDir ?? '',
+    cacheDiskBytes: o.cacheDiskSize,
+    // The blocks' keys are relative to the bucket: the disk tier must tell locations apart itself.
+    cacheNamespace: [config.endpoint, client.scope.bucket, client.scope.prefix].join('\0'),
+    fetch: {
+      endpoint: config.endpoint,
+      region: config.region,
+      bucket: client.scope.bucket,
+      credentials,
+      caBundle: config.caBundle?.path ?? '',
+      connectTimeoutMs: 5_000,
+      requestTimeoutMs: 30_000,
+      warmConnections: Math.min(WARM_CONNECTIONS, o.maxConnections),
+    },
   })
-
-  const kernelTtl = Math.min(o.metadataTtl, 24 * 3600)
-  const fuse = await createFuse(
-    o.mountpoint,
-    fs.ops(),
-    {
-      // Our own deadline (opTimeoutMs) answers first, with EIO and a log line; this is the backstop.
-      timeout: o.opTimeoutMs + 10_000,
-      allowOther: o.allowOther,
-      defaultPermissions: true,
-      maxRead: MAX_READ,
-      fsname: `o3mount:${o.location.replace(/[,\s]/g, '_')}`,
-      subtype: 'o3mount',
-      // The kernel keeps an object's pages across opens while its size and mtime stay the same.
-      autoCache: true,
-      entryTimeout: kernelTtl,
-      attrTimeout: kernelTtl,
-      debug: o.debugFuse,
-    },
-    ['ro', ...Object.entries(backgroundLimits(o.maxBackground)).map(([name, value]) => `${name}=${value}`), `negative_timeout=${Math.min(kernelTtl, 60)}`],
-  )
-
-  const stats = new StatsReporter(
-    {
-      counters,
-      verifyMode: o.verify,
-      o3: () => client.stats,
-      readahead: () => fs.readaheadStats(),
-      memory: () => ({
-        budgetBytes: blocks.budget.limit,
-        cacheBytes: blocks.cachedBytes,
-        inflightBytes: blocks.budget.inflightBytes,
-        overflowBuffers: blocks.overflowBuffers,
-        peakUsedBytes: blocks.budget.peakBytes,
-      }),
-      diskBytes: () => disk?.bytes ?? 0,
-      openFiles: () => fs.openFiles,
-    },
-    { mountpoint: o.mountpoint, location: o.location, statsFile },
-    log,
-  )
-
-  try {
-    await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())))
-  } catch (err) {
-    disk?.unlock()
+  if (failure) {
+    await socket?.close()
     client.close()
-    throw new MountError(
-      `mounting ${o.mountpoint} failed: ${(err as Error).message}; check that you may use FUSE (user_allow_other for --allow-other)`,
-      ExitCode.mountFailed,
-    )
+    throw startError(o, failure)
   }
   tuneKernel(o.mountpoint, { readAheadKb: o.kernelReadaheadKb, maxBackground: o.maxBackground }, log)
   stats.start(STATS_FILE_EVERY_MS, o.statsIntervalMs)
   log.info(
-    { mountpoint: o.mountpoint, location: o.location, endpoint: config.endpoint, statsFile, cacheDir: o.cacheDir, credentialsFrom: config.sources.credentials },
+    {
+      mountpoint: o.mountpoint,
+      location: o.location,
+      endpoint: config.endpoint,
+      statsFile,
+      cacheDir: o.cacheDir,
+      controlSocket: o.controlSocket,
+      credentialsFrom: config.sources.credentials,
+    },
     'mounted',
   )
   onReady({ pid: process.pid, mountpoint: o.mountpoint, location: o.location, statsFile })
@@ -163,36 +187,26 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
     log.error({ mountpoint: o.mountpoint }, 'unmounting after an internal error')
     await fusermountUnmount(o.mountpoint)
   })
-  return new Promise<number>((resolve) => {
-    let finished = false
-    const finish = (why: string) => {
-      if (finished) return
-      finished = true
-      forgetUnmount()
-      clearInterval(poll)
-      shutdown.dispose()
-      stats.stop()
-      disk?.unlock()
-      client.close()
-      log.info({ mountpoint: o.mountpoint, why, ...stats.snapshot().reads }, 'unmounted')
-      resolve(ExitCode.ok)
-    }
-    // `fusermount -u` from outside ends libfuse's loop without telling JS: notice it here.
-    const poll = setInterval(() => {
-      if (!findMount(o.mountpoint)) finish('unmounted from outside')
-    }, UNMOUNT_POLL_MS)
-    const shutdown = installShutdown({
-      onRequest: (sig) => {
-        log.info({ signal: sig }, 'unmounting')
-        fuse.unmount((err) => {
-          if (err) log.warn({ err: err.message }, 'unmount reported an error')
-          finish(`signal ${sig}`)
-        })
-      },
-      onForce: async () => {
-        await fusermountUnmount(o.mountpoint).catch(() => {})
-        finish('forced')
-      },
-    })
+  let why = 'unmounted from outside'
+  const shutdown = installShutdown({
+    onRequest: (sig) => {
+      why = `signal ${sig}`
+      log.info({ signal: sig }, 'unmounting')
+      native.unmount()
+    },
+    onForce: async () => {
+      why = 'forced'
+      await fusermountUnmount(o.mountpoint).catch(() => {})
+      native.unmount()
+    },
   })
+  // `fusermount -u` or `umount` from outside ends the session too: the native side says so.
+  const status = await sessionEnded
+  forgetUnmount()
+  shutdown.dispose()
+  await socket?.close()
+  stats.stop()
+  client.close()
+  log.info({ mountpoint: o.mountpoint, why, status, ...stats.snapshot().reads }, 'unmounted')
+  return ExitCode.ok
 }

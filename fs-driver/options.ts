@@ -37,6 +37,8 @@ export interface MountOptions extends O3Flags {
   verify: VerifyMode
   /** When not empty, a manifest must be signed by one of these 0x addresses. */
   trustedSigners: string[]
+  /** A Unix socket on which loaders announce the files they will read, in order (fs-driver/control-socket.ts). */
+  controlSocket?: string
 }
 
 const UNITS: Record<string, number> = {

@@ -7,8 +7,13 @@ import { ExitCode } from '../lib/cli/exit-codes.js'
 import { oneLine } from '../lib/cli/run-cli.js'
 import { MountError } from './mount-error.js'
 import { findMount, fusermountUnmount, fusermountVersion } from './mount-table.js'
+import { loadMountAddon } from './native-mount.js'
 
-/** /dev/fuse, fusermount and libfuse (through fuse-native's binding) must all be there. */
+/**
+ * /dev/fuse, fusermount (for --unmount and to clear a dead mount), libfuse 3 (through the mount's
+ * native addon) and, for a user other than root, libfuse 3's own fusermount3 (root mounts through
+ * /dev/fuse directly).
+ */
 export async function checkFuse(): Promise<void> {
   try {
     if (!statSync('/dev/fuse').isCharacterDevice()) throw new Error('not a device')
@@ -25,10 +30,23 @@ export async function checkFuse(): Promise<void> {
     throw new MountError('fusermount is not installed; install it with apt-get install -y fuse', ExitCode.noFuse)
   }
   try {
-    await import('fuse-native')
+    loadMountAddon()
   } catch (err) {
-    throw new MountError(`libfuse cannot be loaded (${oneLine(err)}); install it with apt-get install -y libfuse2`, ExitCode.noFuse)
+    throw new MountError(oneLine(err), ExitCode.noFuse)
   }
+  if (process.getuid?.() !== 0 && !onPath('fusermount3'))
+    throw new MountError('mounting as a user other than root needs fusermount3 (libfuse 3); install it with apt-get install -y fuse3', ExitCode.noFuse)
+}
+
+function onPath(command: string): boolean {
+  return (process.env.PATH ?? '').split(':').some((dir) => {
+    try {
+      accessSync(`${dir || '.'}/${command}`, constants.X_OK)
+      return true
+    } catch {
+      return false
+    }
+  })
 }
 
 /** The mountpoint exists, is a directory, is empty and is not mounted; a mount left by a crashed daemon is cleared. */

@@ -1,37 +1,67 @@
 import { closeSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import type { O3Stats } from '../lib/o3/client.js'
 import type { Logger } from '../lib/log.js'
+import type { NativeStats } from './native-mount.js'
+import type { ControlSocketCounters } from './control-socket.js'
 import { openPrivateFile } from './paths.js'
 
-/** Counters of the data and metadata paths; every module increments its own fields. */
+const EMPTY_NATIVE: NativeStats = {
+  counters: {
+    memHits: 0,
+    memMisses: 0,
+    diskHits: 0,
+    diskMisses: 0,
+    diskCorrupt: 0,
+    diskWrites: 0,
+    diskWritesSkipped: 0,
+    blocksFetched: 0,
+    blocksPrefetched: 0,
+    prefetchWasted: 0,
+    bytesFetched: 0,
+    getRequests: 0,
+    reads: 0,
+    bytesRead: 0,
+    readErrors: 0,
+    timeouts: 0,
+    opens: 0,
+    blocksVerified: 0,
+    verifyFailures: 0,
+    filesAnnounced: 0,
+    filesPrefetched: 0,
+    filesSkipped: 0,
+    filesPrefetchUsed: 0,
+    announcedBlocksUsed: 0,
+  },
+  fetch: {
+    requests: 0,
+    retries: 0,
+    errors: 0,
+    bytesReceived: 0,
+    connectionsOpened: 0,
+    queued: 0,
+    inFlight: 0,
+    firstByteUsAverage: 0,
+    bytesPerSecondPerConnection: 0,
+  },
+  cache: { budgetBytes: 0, cacheBytes: 0, inflightBytes: 0, peakUsedBytes: 0, overflowBuffers: 0, queuedJobs: 0, runningJobs: 0, announcedFiles: 0 },
+  readahead: { streams: 0, maxWindowBytes: 0, totalWindowBytes: 0 },
+  openFiles: 0,
+  diskBytes: 0,
+  inodes: 0,
+}
+
+/**
+ * Counters of the control plane (metadata lookups and opens); the byte path keeps its own
+ * (cpp/mount/counters.h) and the stats file joins both.
+ */
 export class MountCounters {
-  memHits = 0
-  memMisses = 0
-  diskHits = 0
-  diskMisses = 0
-  diskCorrupt = 0
-  diskWrites = 0
-  diskWritesSkipped = 0
-  /** Blocks that arrived from the server, demanded or prefetched. */
-  blocksFetched = 0
-  blocksPrefetched = 0
-  /** Prefetched blocks evicted before any read used them. */
-  prefetchWasted = 0
-  bytesFetched = 0
-  getRequests = 0
   metaHits = 0
   metaMisses = 0
   negativeHits = 0
   listRequests = 0
   headRequests = 0
-  reads = 0
-  bytesRead = 0
-  readErrors = 0
+  /** Lookups, listings and opens that got no answer within --op-timeout. */
   timeouts = 0
-  opens = 0
-  /** Blocks checked against a manifest's leaf digests, and those that did not match. */
-  blocksVerified = 0
-  verifyFailures = 0
   /** Opens refused by --verify required (no manifest covers the file) or for a file that contradicts its manifest. */
   verifyRefusedOpens = 0
 }
@@ -70,16 +100,42 @@ export interface StatsSnapshot {
     /** The most cached plus in-flight block bytes held at once. */
     peakUsedBytes: number
   }
+  /** The native byte path's own figures (added with it; the fields above keep their meaning). */
+  native: {
+    connectionsOpened: number
+    requestsQueued: number
+    requestsInFlight: number
+    /** Moving averages of the engine's requests: time to first byte, and one connection's rate. */
+    firstByteUsAverage: number
+    bytesPerSecondPerConnection: number
+    diskWritesSkipped: number
+    inodes: number
+  }
+  /** Read orders announced on the control socket (--control-socket), and what the byte path made of them. */
+  announced: {
+    /** Requests answered, and those of them refused (nothing of a refused request is queued). */
+    requests: number
+    refused: number
+    /** Files queued, and of them: still waiting their turn, fetched ahead, passed over (a reader got there first, or all was cached). */
+    files: number
+    waiting: number
+    prefetched: number
+    skipped: number
+    /** Files fetched ahead that a reader then read, and the blocks it took of them. */
+    used: number
+    blocksUsed: number
+  }
 }
 
 export interface StatsSources {
   counters: MountCounters
   verifyMode: string
+  /** The control plane's own requests (HEAD, LIST, manifests). */
   o3: () => O3Stats
-  readahead: () => { streams: number; maxWindowBytes: number; totalWindowBytes: number }
-  memory: () => { budgetBytes: number; cacheBytes: number; inflightBytes: number; overflowBuffers: number; peakUsedBytes: number }
-  diskBytes: () => number
-  openFiles: () => number
+  /** The byte path's snapshot; undefined before it has started. */
+  native: () => NativeStats | undefined
+  /** The control socket's tallies; undefined without --control-socket. */
+  control: () => ControlSocketCounters | undefined
 }
 
 /** Writes the stats file every `fileEveryMs` (atomically) and a one-line summary to the log every `logEveryMs`. */
@@ -97,10 +153,15 @@ export class StatsReporter {
 
   snapshot(): StatsSnapshot {
     const c = this.src.counters
+    const n = this.src.native() ?? EMPTY_NATIVE
+    const d = n.counters
+    const o3 = this.src.o3()
+    const control = this.src.control()
     // Demand block reads served without fetching for them: disk-tier reads by prefetch are not
     // demand reads, so the disk tier's hits would overcount.
-    const demand = c.memHits + c.memMisses
-    const demandFetches = c.blocksFetched - c.blocksPrefetched
+    const demand = d.memHits + d.memMisses
+    const demandFetches = d.blocksFetched - d.blocksPrefetched
+    const u = process.memoryUsage()
     return {
       time: new Date().toISOString(),
       pid: process.pid,
@@ -108,31 +169,63 @@ export class StatsReporter {
       location: this.meta.location,
       uptimeSec: Math.round((Date.now() - this.started) / 1000),
       cache: {
-        memHits: c.memHits,
-        memMisses: c.memMisses,
-        diskHits: c.diskHits,
-        diskMisses: c.diskMisses,
-        diskCorrupt: c.diskCorrupt,
-        diskWrites: c.diskWrites,
-        diskBytes: this.src.diskBytes(),
+        memHits: d.memHits,
+        memMisses: d.memMisses,
+        diskHits: d.diskHits,
+        diskMisses: d.diskMisses,
+        diskCorrupt: d.diskCorrupt,
+        diskWrites: d.diskWrites,
+        diskBytes: n.diskBytes,
         hitRatio: demand === 0 ? 0 : Math.max(0, 1 - demandFetches / demand),
       },
       fetch: {
-        bytesFetched: c.bytesFetched,
-        blocksFetched: c.blocksFetched,
-        blocksPrefetched: c.blocksPrefetched,
-        prefetchWasted: c.prefetchWasted,
-        getRequests: c.getRequests,
+        bytesFetched: d.bytesFetched,
+        blocksFetched: d.blocksFetched,
+        blocksPrefetched: d.blocksPrefetched,
+        prefetchWasted: d.prefetchWasted,
+        getRequests: d.getRequests,
       },
-      o3: { ...this.src.o3() },
+      // The SDK client's calls and the native engine's GETs together: every request to O3.
+      o3: {
+        requests: o3.requests + n.fetch.requests,
+        retries: o3.retries + n.fetch.retries,
+        errors: o3.errors + n.fetch.errors,
+        bytesReceived: o3.bytesReceived + n.fetch.bytesReceived,
+        bytesSent: o3.bytesSent,
+      },
       metadata: { hits: c.metaHits, misses: c.metaMisses, negativeHits: c.negativeHits, listRequests: c.listRequests, headRequests: c.headRequests },
-      reads: { count: c.reads, bytes: c.bytesRead, errors: c.readErrors, timeouts: c.timeouts, opens: c.opens, openFiles: this.src.openFiles() },
-      verify: { mode: this.src.verifyMode, blocksVerified: c.blocksVerified, failures: c.verifyFailures, refusedOpens: c.verifyRefusedOpens },
-      readahead: this.src.readahead(),
-      memory: (() => {
-        const u = process.memoryUsage()
-        return { ...this.src.memory(), rssBytes: u.rss, heapBytes: u.heapUsed, arrayBufferBytes: u.arrayBuffers }
-      })(),
+      reads: { count: d.reads, bytes: d.bytesRead, errors: d.readErrors, timeouts: d.timeouts + c.timeouts, opens: d.opens, openFiles: n.openFiles },
+      verify: { mode: this.src.verifyMode, blocksVerified: d.blocksVerified, failures: d.verifyFailures, refusedOpens: c.verifyRefusedOpens },
+      readahead: { ...n.readahead },
+      memory: {
+        budgetBytes: n.cache.budgetBytes,
+        cacheBytes: n.cache.cacheBytes,
+        inflightBytes: n.cache.inflightBytes,
+        overflowBuffers: n.cache.overflowBuffers,
+        peakUsedBytes: n.cache.peakUsedBytes,
+        rssBytes: u.rss,
+        heapBytes: u.heapUsed,
+        arrayBufferBytes: u.arrayBuffers,
+      },
+      native: {
+        connectionsOpened: n.fetch.connectionsOpened,
+        requestsQueued: n.fetch.queued,
+        requestsInFlight: n.fetch.inFlight,
+        firstByteUsAverage: n.fetch.firstByteUsAverage,
+        bytesPerSecondPerConnection: n.fetch.bytesPerSecondPerConnection,
+        diskWritesSkipped: d.diskWritesSkipped,
+        inodes: n.inodes,
+      },
+      announced: {
+        requests: control?.requests ?? 0,
+        refused: control?.refused ?? 0,
+        files: d.filesAnnounced,
+        waiting: n.cache.announcedFiles,
+        prefetched: d.filesPrefetched,
+        skipped: d.filesSkipped,
+        used: d.filesPrefetchUsed,
+        blocksUsed: d.announcedBlocksUsed,
+      },
     }
   }
 

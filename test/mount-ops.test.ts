@@ -78,7 +78,7 @@ t.test('no /dev/fuse, no libfuse', async (t) => {
       ),
     )
   failedWith(t, await hide('/dev/fuse'), ExitCode.noFuse, /\/dev\/fuse/)
-  failedWith(t, await hide('/lib/x86_64-linux-gnu/libfuse.so.2'), ExitCode.noFuse, /libfuse/)
+  failedWith(t, await hide('/lib/x86_64-linux-gnu/libfuse3.so.3'), ExitCode.noFuse, /libfuse 3 cannot be loaded/)
 })
 
 t.test('already mounted; SIGTERM unmounts; credentials stay out of argv', async (t) => {

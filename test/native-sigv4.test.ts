@@ -1,6 +1,6 @@
 // The mount core's SigV4 signer (cpp/mount/sigv4_signer.cpp, through the request builder the fetch
-// engine uses) against the AWS SDK's own: @smithy/signature-v4 configured as lib/o3/lean-get.ts
-// configures it, and the path and query the SDK's S3 client serialises for the same GetObject.
+// engine uses) against the AWS SDK's own: @smithy/signature-v4 configured for S3 (the path signed
+// as sent), and the path and query the SDK's S3 client serialises for the same GetObject.
 // Fixed inputs, fixed time; keys with spaces, unicode, '+', '%', '~', the characters
 // encodeURIComponent leaves alone, a version id with '/' and '+', a session token.
 import { createHash, createHmac } from 'node:crypto'

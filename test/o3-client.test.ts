@@ -249,49 +249,6 @@ t.test('a body reset midway resumes from the last byte received', async (t) => {
   t.ok(c.stats.bytesReceived < body.length * 1.5, `resumed rather than restarted (${c.stats.bytesReceived} bytes received)`)
 })
 
-/** Reads [start, end] through readRangeInto into 1 MiB buffers of our own, as the block cache does. */
-async function readInto(c: O3Client, key: string, start: number, end: number, etag: string): Promise<Buffer> {
-  const full: Buffer[] = []
-  let cur = Buffer.alloc(MiB)
-  let filled = 0
-  await c.readRangeInto(
-    key,
-    start,
-    end,
-    { etag },
-    {
-      space: () => cur.subarray(filled),
-      wrote: (n) => {
-        filled += n
-        if (filled === cur.length) {
-          full.push(cur)
-          cur = Buffer.alloc(MiB)
-          filled = 0
-        }
-      },
-    },
-  )
-  return Buffer.concat([...full, cur.subarray(0, filled)])
-}
-
-t.test("readRangeInto: the body lands in the caller's buffers, resumes after resets, and fails typed", async (t) => {
-  const body = randomBytes(16 * MiB + 123)
-  const { etag } = await open(info, BUCKET).put('into.bin', body)
-  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
-  t.teardown(() => proxy.close())
-  const c = open(info, BUCKET, {}, proxy.endpoint)
-  t.equal(sha256(await readInto(c, 'into.bin', 0, body.length - 1, etag)), sha256(body), 'whole object')
-  t.same(await readInto(c, 'into.bin', MiB - 7, 3 * MiB + 9, etag), body.subarray(MiB - 7, 3 * MiB + 10), 'a span across blocks, on a kept-alive connection')
-  proxy.resetAfterBytes(5 * MiB, { count: 2 })
-  t.equal(sha256(await readInto(c, 'into.bin', 0, body.length - 1, etag)), sha256(body), 'after two resets')
-  t.equal(proxy.resets, 2, 'two connections were cut')
-  await t.rejects(readInto(c, 'into.bin', 0, 99, '"not-its-etag"'), O3IntegrityError, 'another ETag')
-  await t.rejects(readInto(c, 'missing.bin', 0, 99, etag), O3NotFoundError, 'a missing key')
-  const wrongKey = open(info, BUCKET, {}, info.endpoint, 'not-the-secret')
-  await t.rejects(readInto(wrongKey, 'into.bin', 0, 99, etag), O3AuthError, 'bad credentials')
-  t.equal(wrongKey.stats.retries, 0, 'bad credentials are not retried')
-})
-
 t.test('bad credentials: O3AuthError at once, never retried', async (t) => {
   const c = open(info, BUCKET, {}, info.endpoint, 'not-the-secret')
   await t.rejects(c.head('x'), O3AuthError)

@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, relative } from 'node:path'
 import t from 'tap'
 import { CheckpointStore } from '../checkpoint/index.js'
 import { cliCommand } from '../lib/paths.js'
@@ -12,6 +12,7 @@ import type { O3Client } from '../lib/o3/index.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { mountEnv } from './support/o3mount.js'
 import { writeFashionSubset } from './support/fashion-subset.js'
+import { buildImageFolder } from './support/imagefolder.js'
 import { alive, childRanks, killGroup, logLines, startGroup } from './support/process-group.js'
 import { childPids } from '../lib/processes.js'
 import { freePort } from './support/free-port.js'
@@ -240,6 +241,47 @@ t.test('--data o3://: local rank 0 mounts, the other rank reads through its moun
   t.equal(mounted.length, 1, 'one o3mount for the node')
   t.same(shared, mounted, 'rank 1 used its mountpoint')
   t.equal((await store('mounted').load('latest')).meta.step, 16)
+})
+
+t.test('--data o3:// with ImageFolder data: both ranks announce their orders to the one mount of the node', async (t) => {
+  const tree = buildImageFolder(join(scratch, 'images'), { perClass: 6 })
+  const images = client('images')
+  for (const f of tree.files) await images.put(relative(tree.root, f.path), readFileSync(f.path))
+  // 60 images in global batches of 2 x 4, the last incomplete one dropped: 28 images a rank.
+  const run = standalone([
+    '--data',
+    `o3://${BUCKET}/images`,
+    '--dataset',
+    'imagefolder',
+    '--image-size',
+    '28',
+    '--channels',
+    '1',
+    '--batch',
+    '4',
+    '--epochs',
+    '1',
+  ])
+  const { code } = await run.done
+  t.equal(code, 0, 'torchrun exits 0', { output: run.output() })
+  const line = run
+    .output()
+    .split('\n')
+    .find((l) => l.includes('files announced before the loader read them'))
+  t.ok(line, 'local rank 0 reports what its mount made of the orders')
+  const a = JSON.parse(line!.slice(line!.indexOf('{'))) as {
+    requests: number
+    refused: number
+    files: number
+    prefetched: number
+    skipped: number
+    used: number
+  }
+  t.equal(a.requests, 2, 'one request from each rank')
+  t.equal(a.refused, 0, 'none refused')
+  t.equal(a.files, 2 * 28, "each rank's share of the epoch")
+  t.equal(a.prefetched + a.skipped, 2 * 28, 'each fetched ahead or passed over')
+  t.ok(a.used >= 1, `the loaders read ${a.used} files the mount had fetched ahead`)
 })
 
 t.test('a hung rank (SIGSTOP) makes the other exit within --dist-timeout; nothing half-committed', async (t) => {

@@ -12,7 +12,7 @@ import { cliCommand } from '../lib/paths.js'
 import { CheckpointStore } from '../checkpoint/index.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { startFaultProxy } from './support/fault-proxy.js'
-import { mount, mountEnv, isMounted } from './support/o3mount.js'
+import { mount, mountEnv, isMounted, statsWhen } from './support/o3mount.js'
 import { writeFashionSubset } from './support/fashion-subset.js'
 import { buildImageFolder } from './support/imagefolder.js'
 
@@ -204,6 +204,44 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   return out
 }
 
+t.test("each epoch's read order is announced to the data's mount, which fetches ahead; a broken socket never stops training", async (t) => {
+  const tree = buildImageFolder(join(scratch, 'announce-images'), { perClass: 6 })
+  const n = tree.files.length
+  await uploadDir(tree.root, `${BUCKET}/announced/images`)
+  const args = ['--dataset', 'imagefolder', '--model', 'mlp', '--image-size', '28', '--channels', '1', '--batch', '8', '--epochs', '2']
+
+  // --data o3://: to the mount the run starts, which reports what it made of it as it stops.
+  const own = await o3train(['--data', `o3://${BUCKET}/announced/images`, ...args]).done
+  t.equal(own.code, 0, own.stderr)
+  const line = own.stderr.split('\n').find((l) => l.includes('files announced before the loader read them'))
+  t.ok(line, 'o3train reports the announced order')
+  const a = JSON.parse(line ?? '{}') as { files: number; refused: number; prefetched: number; skipped: number; used: number }
+  t.equal(a.files, 2 * n, 'both epochs, every image')
+  t.equal(a.refused, 0, 'none refused')
+  t.equal(a.prefetched + a.skipped, 2 * n, 'each fetched ahead or passed over once its reader got there first')
+  t.ok(a.used >= 1, `the loader read ${a.used} files the mount had fetched ahead`)
+
+  // --mount-control: --data is a directory below the root of a mount started elsewhere.
+  const sockDir = mkdtempSync(join(tmpdir(), 'o3train-sock-'))
+  t.teardown(() => rmSync(sockDir, { recursive: true, force: true }))
+  const sock = join(sockDir, 'control.sock')
+  const m = await mount(t, info, BUCKET, { args: ['--control-socket', sock, '--metadata-ttl', 'indefinite'] })
+  const data = join(m.mountpoint, 'announced', 'images')
+  const told = await o3train(['--data', data, ...args, '--mount-control', sock]).done
+  t.equal(told.code, 0, told.stderr)
+  const s = await statsWhen(m, (s) => s.announced.files === 2 * n && s.announced.waiting === 0)
+  t.equal(s.announced.refused, 0, 'paths made relative to the mount root')
+  t.equal(s.announced.files, 2 * n, 'both epochs, every image')
+  t.equal(s.announced.prefetched + s.announced.skipped, 2 * n, 'each fetched ahead or passed over')
+  t.ok(s.announced.used >= 1, `the loader read ${s.announced.used} files the mount had fetched ahead`)
+
+  // A socket that is not there: trained all the same, said once.
+  const missing = await o3train(['--data', data, ...args, '--mount-control', join(sockDir, 'missing.sock')]).done
+  t.equal(missing.code, 0, missing.stderr)
+  t.equal(missing.stderr.split('announcing the read order to the mount failed').length - 1, 1, 'one warning for two epochs')
+  t.equal(summaryOf(missing.stdout).epochsCompleted, 2, 'both epochs trained')
+})
+
 t.test('the S3 server gone for 5 s during training: no error', async (t) => {
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
@@ -371,6 +409,7 @@ t.test('bad input: one line, a distinct exit code, no secret printed, in either 
     [['--data', subset, '--test-data', join(scratch, 'nowhere')], 91, /--test-data .*nowhere: no such directory/],
     [['--data', subset, '--test-data', `o3://${BUCKET}/fmnist`], 64, /--test-data takes a directory/],
     [['--data', subset, '--ckpt', `o3://no-such-bucket-x/run`], 66, /not found/],
+    [['--data', `o3://${BUCKET}/fmnist`, '--mount-control', '/tmp/x.sock'], 64, /--mount-control is for --data on a mount started elsewhere/],
   ]
   for (const format of ['json', 'pretty']) {
     for (const [args, exitCode, message] of cases) {

@@ -1,6 +1,6 @@
 // The native trainer's data side: ImageFolder over real PNG and JPEG files (ResNet and MLP),
 // sharding, and bad files, which must reject with an error naming the file, never crash.
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { gunzipSync, gzipSync } from 'node:zlib'
@@ -87,6 +87,48 @@ t.test('sharding gives each rank its slice of every global batch', async (t) => 
   // 24 samples in global batches of 10: two full ones, then 4 samples for ranks 0 and 1.
   t.same(sizes, [6, 6, 4, 4, 4])
   await t.rejects(Trainer.create(options(images, { rank: 5, worldSize: 5 })), /rank must be in \[0, worldSize\)/)
+})
+
+t.test('filesAhead: the images this rank reads, in the order it reads them', async (t) => {
+  const all = tree.files.map((f) => path.relative(tree.root, f.path))
+  const tr = await Trainer.create(options(images, { batchSize: 4 }))
+  t.teardown(() => tr.close())
+  const order = await tr.filesAhead()
+  t.same([...order].sort(), [...all].sort(), 'every image once, relative to the root')
+  t.notSame(order, all, 'in the shuffled order, not the listing')
+  await tr.trainSteps(2)
+  t.same(await tr.filesAhead(), order.slice(8), 'from the current position on')
+  await tr.trainEpoch()
+  const next = await tr.filesAhead()
+  t.same([...next].sort(), [...all].sort(), 'the next epoch: every image again')
+  t.notSame(next, order, 'in its own order')
+
+  // The order is the read order: with image 13 of it corrupt, the step reading samples 12-15 fails, naming it.
+  const copy = path.join(work, 'order-copy')
+  cpSync(tree.root, copy, { recursive: true })
+  writeFileSync(path.join(copy, order[13]!), 'not an image')
+  const broken = await Trainer.create(options({ ...images, root: copy }, { batchSize: 4 }))
+  t.teardown(() => broken.close())
+  t.same(await broken.filesAhead(), order, 'the same seed, the same order')
+  await t.rejects(broken.trainSteps(6), new RegExp(order[13]!.replace(/[.]/g, '\\.')))
+  t.same(broken.position, { epoch: 0, index: 12 }, 'three steps trained before it')
+
+  // Ranks: each its own share, together every image once.
+  const shares = []
+  for (let rank = 0; rank < 3; rank++) {
+    const r = await Trainer.create(options(images, { rank, worldSize: 3, batchSize: 4 }))
+    shares.push(await r.filesAhead())
+    t.equal(shares[rank]!.length, r.dataset.epochSize, `rank ${rank} reads its epoch's share`)
+    r.close()
+  }
+  t.same(shares.flat().sort(), [...all].sort(), 'the ranks together read every image once')
+})
+
+t.test('filesAhead is empty for idx data: nothing to announce', async (t) => {
+  const dir = mnistDir('announce-idx', { file: 't10k-labels-idx1-ubyte.gz', bytes: readFileSync(path.join(FASHION_MNIST, 't10k-labels-idx1-ubyte.gz')) })
+  const tr = await Trainer.create(options(dir, { model: 'cnn' }))
+  t.teardown(() => tr.close())
+  t.same(await tr.filesAhead(), [])
 })
 
 t.test('options are checked', async (t) => {

@@ -199,6 +199,26 @@ t.test('ranks split the shards: rank r takes every world-size-th shard', async (
   )
 })
 
+t.test("filesAhead: this rank's shards, each once, in the order it reads them", async (t) => {
+  const names = written.shards.map((s) => s.name)
+  for (let rank = 0; rank < 3; rank++) {
+    const tr = await Trainer.create(options(gray(ours), { rank, worldSize: 3 }))
+    const order = await tr.filesAhead()
+    t.same([...order].sort(), names.filter((_, i) => i % 3 === rank).sort(), `rank ${rank}: every world-size-th shard, once`)
+    tr.close()
+  }
+  // One sample a step, no shuffle within windows: the shards' samples come one shard after another.
+  const one = await Trainer.create(options(gray(ours), { shuffleWindow: 1, batchSize: 1 }))
+  t.teardown(() => one.close())
+  const order = await one.filesAhead()
+  t.notSame(order, names, "shards in the epoch's drawn order")
+  const first = written.shards.find((s) => s.name === order[0])!.samples
+  await one.trainSteps(first - 1)
+  t.same(await one.filesAhead(), order, `after ${first - 1} of the first shard's ${first} samples, from the first shard on`)
+  await one.trainSteps(1)
+  t.same(await one.filesAhead(), order.slice(1), 'after its last one, from the second')
+})
+
 t.test('truncated and corrupt shards name the shard and the offset', async (t) => {
   const one = path.join(ours, written.shards[0]!.name)
   const bytes = readFileSync(one)

@@ -9,7 +9,8 @@ import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { onInternalError, runCli } from '../lib/cli/run-cli.js'
-import { createLogger } from '../lib/log.js'
+import { createLogger, type Logger } from '../lib/log.js'
+import type { StatsSnapshot } from '../fs-driver/stats.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { withDeadline } from '../lib/fs-deadline.js'
 import { O3Error } from '../lib/o3/index.js'
@@ -19,6 +20,7 @@ import { NodeShare } from './node-share.js'
 import { parseTrainArgs } from './options.js'
 import { mountForRun, type RunMount } from './run-mount.js'
 import { makeRunDir, removeTempDir, sweepDeadRuns } from './temp-dirs.js'
+import { OrderAnnouncer } from './announce.js'
 import { train, type TrainSummary } from './run.js'
 import type { ThreadSetup } from './thread-setup.js'
 
@@ -88,9 +90,12 @@ async function main(): Promise<number> {
   nodeShare = NodeShare.open(distributedFromEnv(process.env, o.distTimeout), process.env, o.distTimeout, log)
   const mountsData = o.data.startsWith('o3://') && (!nodeShare || nodeShare.leader)
   if (mountsData) runDir = makeRunDir()
+  let announcer: OrderAnnouncer | undefined
   try {
     if (o.data.startsWith('o3://') && !mountsData) {
-      dataDir = (await nodeShare!.take<{ dir: string }>('mount', 'the o3mount of this node')).dir
+      const shared = await nodeShare!.take<{ dir: string; control?: string }>('mount', 'the o3mount of this node')
+      dataDir = shared.dir
+      if (shared.control) announcer = new OrderAnnouncer(shared.control, '', log)
       log.info({ location: o.data, mountpoint: dataDir }, "reading the data through local rank 0's o3mount")
     } else if (runDir) {
       mount = await mountForRun(o.data, o, join(runDir, 'mount.log'), join(runDir, 'data'))
@@ -98,7 +103,10 @@ async function main(): Promise<number> {
       onInternalError(() => runMount.close())
       log.info({ location: o.data, mountpoint: mount.dir, pid: mount.pid }, 'mounted the data for this run')
       dataDir = mount.dir
-      nodeShare?.publish('mount', { dir: mount.dir })
+      if (mount.controlSocket) announcer = new OrderAnnouncer(mount.controlSocket, '', log)
+      nodeShare?.publish('mount', { dir: mount.dir, control: mount.controlSocket })
+    } else if (o.mountControl) {
+      announcer = OrderAnnouncer.forDataDir(o.mountControl, o.data, log)
     }
     const run = train(o, dataDir, {
       logger: log,
@@ -108,6 +116,7 @@ async function main(): Promise<number> {
       // o3mount verifies by default wherever a dataset manifest names the files.
       readsVerified: mount !== undefined,
       nodeShare,
+      announcer,
       onStart: (s) =>
         log.info(
           { device: s.device, threads: threadLine(s.threads), dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom },
@@ -117,6 +126,10 @@ async function main(): Promise<number> {
     training = run
     printSummary(await run)
     succeeded = true
+    if (mount && announcer) {
+      await mount.close()
+      reportAnnounced(mount.statsFile, log)
+    }
     return 0
   } catch (err) {
     failed = true
@@ -133,6 +146,7 @@ async function main(): Promise<number> {
     throw err
   } finally {
     shutdown.dispose()
+    announcer?.close()
     // The error that stopped training is the one to see; a failed clean-up is only reported beside it.
     try {
       await mount?.close().catch((err: unknown) => {
@@ -152,6 +166,17 @@ function lastLines(file: string, n: number): string[] {
   } catch {
     return []
   }
+}
+
+/** What the run's mount made of the orders announced to it, from the stats file it wrote last, as it stopped. */
+function reportAnnounced(statsFile: string, log: Logger): void {
+  let a: StatsSnapshot['announced'] | undefined
+  try {
+    a = (JSON.parse(readFileSync(statsFile, 'utf8')) as StatsSnapshot).announced
+  } catch {
+    return
+  }
+  if (a && a.files > 0) log.info({ ...a }, `the data mount had fetched ${a.used} of the ${a.files} files announced before the loader read them`)
 }
 
 /** argv less --nproc-per-node, for the ranks torchrun starts. */

@@ -59,6 +59,8 @@ export interface TrainOptions extends O3Flags {
   restartDataPosition: boolean
   /** Re-run under a standalone torchrun with this many local ranks. */
   nprocPerNode?: number
+  /** The control socket of the o3mount that --data lies on: each epoch's read order is announced to it. */
+  mountControl?: string
 }
 
 export const DEFAULTS: Omit<TrainOptions, 'data'> = {
@@ -118,6 +120,7 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
     'testData',
     'lastBatch',
     'nprocPerNode',
+    'mountControl',
     'trustSigner',
     'endpoint',
     'region',
@@ -156,6 +159,11 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
   if (o.init !== undefined && (typeof o.init !== 'string' || o.init === '')) throw new OptionsError('--init must name a local safetensors file')
   if (o.trustSigner !== undefined && !(Array.isArray(o.trustSigner) && o.trustSigner.every((a) => typeof a === 'string')))
     throw new OptionsError('trustSigner must be a list of 0x addresses')
+  if (o.mountControl !== undefined) {
+    if (typeof o.mountControl !== 'string' || o.mountControl === '') throw new OptionsError('--mount-control must name the control socket of an o3mount')
+    if (o.data.startsWith('o3://'))
+      throw new OptionsError('--mount-control is for --data on a mount started elsewhere; with --data o3:// the run announces to the mount it starts')
+  }
   if (o.ckpt && !/^o3:\/\/[^/]+\/.+/.test(o.ckpt)) throw new OptionsError(`--ckpt must look like o3://bucket/prefix/run (got ${o.ckpt})`)
   return o
 }
@@ -216,6 +224,7 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
       ]),
     )
     .option('--restart-data-position', 'resume a checkpoint saved with another global batch (batch x ranks) at the start of its epoch')
+    .option('--mount-control <socket>', "the --control-socket of the o3mount --data is on: each epoch's read order is announced to it")
   addO3Flags(cmd).parse(argv, { from: 'user' })
   // --log-format is every command's, already applied (lib/cli/run-cli.ts): not a training option.
   const { config, logFormat: _logFormat, ...flags } = cmd.opts<Record<string, unknown>>()

@@ -1,7 +1,8 @@
 import { mkdirSync, mkdtempSync, rmdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { launchMount } from '../fs-driver/launch.js'
+import { MAX_SOCKET_PATH } from '../fs-driver/control-socket.js'
 import { fusermountUnmount } from '../fs-driver/mount-table.js'
 import { o3FlagsToArgv } from '../lib/cli/o3-flags.js'
 import { withoutSigningKey } from '../lib/content/signer.js'
@@ -10,18 +11,26 @@ import type { O3Flags } from '../lib/o3/index.js'
 export interface RunMount {
   dir: string
   pid: number
+  /** The mount's control socket, to which the run announces its read order; absent when its path would be too long. */
+  controlSocket?: string
+  /** Its stats file, written a last time when it stops. */
+  statsFile: string
   /** Unmounts and removes the mountpoint; safe to call twice and after the mount died. */
   close(): Promise<void>
 }
 
 /**
  * Mounts `o3://bucket/prefix` for one run at `mountpoint` (made here, mode 0700), or at a fresh
- * directory under the temp dir; the mount goes away with the run, even if the run is killed.
+ * directory under the temp dir; the mount goes away with the run, even if the run is killed. Its
+ * log and control socket go beside each other in `logFile`'s directory, which must be private to
+ * this run.
  */
 export async function mountForRun(location: string, o: O3Flags, logFile: string, mountpoint?: string): Promise<RunMount> {
   if (mountpoint) mkdirSync(mountpoint, { mode: 0o700 })
   const dir = mountpoint ?? mkdtempSync(join(tmpdir(), 'o3train-data-'))
-  const args = [dir, location, '--metadata-ttl', 'indefinite', ...o3FlagsToArgv(o)]
+  const socket = join(dirname(logFile), 'control.sock')
+  const controlSocket = Buffer.byteLength(socket) <= MAX_SOCKET_PATH ? socket : undefined
+  const args = [dir, location, '--metadata-ttl', 'indefinite', ...(controlSocket ? ['--control-socket', controlSocket] : []), ...o3FlagsToArgv(o)]
   let launched
   try {
     // The mount reads objects; it never signs, so it never sees the signing key.
@@ -47,6 +56,8 @@ export async function mountForRun(location: string, o: O3Flags, logFile: string,
   return {
     dir,
     pid: info.pid,
+    controlSocket,
+    statsFile: info.statsFile,
     // A second call (a forced stop racing the normal end) waits for the first to finish.
     close: () => (closing ??= close()),
   }

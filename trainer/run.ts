@@ -14,6 +14,7 @@ import { createProgress, type Progress } from '../lib/progress.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import type { TrainOptions } from './options.js'
 import { threadSetup, type ThreadSetup } from './thread-setup.js'
+import type { OrderAnnouncer } from './announce.js'
 
 export interface TrainHooks {
   logger?: Logger
@@ -27,6 +28,8 @@ export interface TrainHooks {
   readsVerified?: boolean
   /** Set when this rank shares its node with others: work done once per node goes through it. */
   nodeShare?: NodeShare
+  /** Where each epoch's read order is announced (the data's o3mount), if anywhere. */
+  announcer?: OrderAnnouncer
   /** Called once training is set up (device chosen, resume done), e.g. to report where it starts. */
   onStart?: (info: StartInfo) => void
 }
@@ -190,6 +193,18 @@ function fitDataPosition(o: TrainOptions, loaded: LoadedCheckpoint, globalBatch:
 }
 
 /**
+ * Tells the mount which files this rank reads in the rest of the epoch, in order, so that it
+ * fetches them before they are opened. A hint only: nothing here may stop training.
+ */
+async function announceEpoch(trainer: Trainer, announcer: OrderAnnouncer, log: Logger): Promise<void> {
+  try {
+    announcer.announce(await trainer.filesAhead())
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'the read order could not be computed; training goes on without announcing it')
+  }
+}
+
+/**
  * Trains per `o` on the files in `dataDir`: resumes from the run's checkpoints, trains epoch by
  * epoch with checkpoints uploading in the background, evaluates after each epoch, and on a stop
  * request ends at a step boundary with a final checkpoint.
@@ -202,11 +217,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
   // The files are listed first, so that a stalled mount fails the start within the deadline;
   // their CIDs are computed beside training (every checkpoint waits for them). A --test-data set
   // lies outside --data and the weights are not trained on it: it is not part of the lineage.
-  const lineage: Promise<DataLineage> = dataLineage(
-    dataDir,
-    await filesRead(specs, o.evaluate && o.testData === undefined),
-    hooks.readsVerified === true,
-  )
+  const lineage: Promise<DataLineage> = dataLineage(dataDir, await filesRead(specs, o.evaluate && o.testData === undefined), hooks.readsVerified === true)
   lineage.catch(() => {})
   const trainer = await Trainer.create({
     model: o.model,
@@ -301,6 +312,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
         break
       }
       const epoch = trainer.position.epoch
+      if (hooks.announcer) await announceEpoch(trainer, hooks.announcer, log)
       const bar: Progress | undefined = hooks.progress && leader ? createProgress(`epoch ${epoch + 1}/${o.epochs}`, { unit: 'samples' }) : undefined
       const epochStarted = Date.now()
       let epochSamples = 0

@@ -1,6 +1,6 @@
 // AWS Signature Version 4 for S3 requests, computed here rather than by libcurl: Debian's curl 7.88
 // --aws-sigv4 is refused by Swift's s3api (no x-amz-content-sha256; a signature mismatch with it).
-// The result matches @smithy/signature-v4 as lib/o3/lean-get.ts configures it (uriEscapePath off:
+// The result matches @smithy/signature-v4 configured for S3 (uriEscapePath off:
 // S3 signs the path exactly as sent); test/native-sigv4.test.ts checks that on fixed inputs.
 #pragma once
 

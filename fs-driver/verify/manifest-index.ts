@@ -3,7 +3,6 @@ import { O3IntegrityError } from '../../lib/o3/errors.js'
 import type { Logger } from '../../lib/log.js'
 import { DATASET_MANIFEST_NAME, MAX_DATASET_MANIFEST_BYTES, parseDatasetManifest, type ManifestFile } from '../../lib/content/dataset-manifest.js'
 import type { Entry, MetadataCache } from '../metadata-cache.js'
-import type { ObjectRef } from '../data-cache/block-cache.js'
 
 export const VERIFY_MODES = ['off', 'if-present', 'required'] as const
 export type VerifyMode = (typeof VERIFY_MODES)[number]
@@ -53,12 +52,12 @@ export class ManifestIndex {
     let cached = this.byDir.get(dir)
     if (!cached || cached.etag !== e.etag) {
       const entry = { etag: e.etag, loaded: this.load(e.key, e.etag, e.size) }
-      // A bad manifest stays bad for its ETag; a load that failed for another reason (the server
-      // unreachable, a timeout) is forgotten, so that the next open tries again.
+      this.byDir.set(dir, entry)
+      // A manifest that is bad stays refused until its ETag changes; one that could not be fetched
+      // (a timeout, the server away) is tried again by the next open.
       entry.loaded.catch((err: unknown) => {
         if (!(err instanceof O3IntegrityError) && this.byDir.get(dir) === entry) this.byDir.delete(dir)
       })
-      this.byDir.set(dir, entry)
       cached = entry
     }
     return cached.loaded
@@ -127,8 +126,16 @@ export class ManifestIndex {
  * uploaded bytes, which the leaves then check), else the object listed now. Every read of the open
  * file stays on this version.
  */
-export function openPin(listed: Extract<Entry, { kind: 'file' }>, recorded: ManifestFile | undefined): ObjectRef {
+export function openPin(listed: Extract<Entry, { kind: 'file' }>, recorded: ManifestFile | undefined): OpenPin {
   if (recorded?.versionId !== undefined && recorded.etag !== undefined)
-    return { key: listed.key, etag: recorded.etag, versionId: recorded.versionId, size: recorded.size, leaves: recorded.leaves }
-  return { key: listed.key, etag: listed.etag, versionId: listed.versionId, size: listed.size, leaves: recorded?.leaves }
+    return { key: listed.key, etag: recorded.etag, versionId: recorded.versionId, size: recorded.size }
+  return { key: listed.key, etag: listed.etag, versionId: listed.versionId, size: listed.size }
+}
+
+/** The object version an open reads: key (relative to the mount's scope), ETag, version id and size. */
+export interface OpenPin {
+  key: string
+  etag: string
+  versionId?: string
+  size: number
 }

@@ -50,7 +50,10 @@ export const EXIT_MEANING: Record<ExitCodeName, { meaning: string; commands: str
   mountFailed: { meaning: 'the mount itself failed', commands: 'o3mount, o3train' },
   cacheDir: { meaning: 'cache directory unusable', commands: 'o3mount' },
   notMounted: { meaning: '`--unmount` of something not mounted', commands: 'o3mount' },
-  unsafePath: { meaning: 'a runtime, log or stats path is unsafe: a symlink, or a directory of another user', commands: 'o3mount, o3train' },
+  unsafePath: {
+    meaning: 'a runtime, log, stats or control-socket path is unsafe: a symlink, a directory of another user, a file that is not a socket, a socket in use',
+    commands: 'o3mount, o3train',
+  },
   addon: { meaning: 'the native addon cannot be loaded', commands: 'o3train' },
   training: { meaning: 'training failed (e.g. the data mount went away)', commands: 'o3train' },
   interrupted: { meaning: 'a second SIGINT/SIGTERM: stopped at once, uploads in flight aborted', commands: 'o3train, o3ckpt put, o3upload' },

@@ -20,10 +20,9 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
-import { resolveConfig, type O3Config, type O3Flags } from './config.js'
+import { resolveConfig, type Credentials, type O3Config, type O3Flags } from './config.js'
 import { O3IntegrityError, O3NotFoundError, O3StreamError, O3UsageError } from './errors.js'
 import { checkPinned, ifMatchOf, sameEtag, type ObjectPin } from './etag.js'
-import { LeanGet, type RangeSink } from './lean-get.js'
 import { checkRangeAnswer } from './range-answer.js'
 import { DEFAULT_RETRY, isFinal, toO3Error, withRetry, type RetryPolicy } from './retry.js'
 import { fullKey, fullPrefix, parseLocation, relativeKey, type Scope } from './scope.js'
@@ -139,8 +138,6 @@ export class O3Client {
   readonly stats: O3Stats = { requests: 0, retries: 0, errors: 0, bytesReceived: 0, bytesSent: 0 }
   private readonly s3: S3Client
   private readonly agent: http.Agent
-  /** Block fetches without the SDK, where the endpoint allows (plain HTTP). */
-  private readonly lean: LeanGet | undefined
   private readonly policy: RetryPolicy
   private readonly log: Logger
 
@@ -189,16 +186,6 @@ export class O3Client {
       },
       { step: 'deserialize', name: 'o3RawHeaders' },
     )
-    if (LeanGet.supports(this.config.endpoint)) {
-      this.lean = new LeanGet({
-        endpoint: new URL(this.config.endpoint),
-        region: this.config.region,
-        credentials: () => this.s3.config.credentials(),
-        maxIdle: options.maxSockets ?? 16,
-        connectTimeoutMs: options.connectTimeoutMs ?? 5_000,
-        requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
-      })
-    }
   }
 
   /** `bucket/prefix` for messages. */
@@ -392,46 +379,6 @@ export class O3Client {
         this.log.warn({ op: what, received: pos - start, code: (err as { code?: string }).code }, 'ranged GET body broke; resuming')
       }
     }
-  }
-
-  /**
-   * Reads `[start, end]` (inclusive, within the object) into the sink's buffers: the mount's block
-   * fetches. Over plain HTTP the body goes from the socket straight into those buffers (LeanGet);
-   * otherwise the SDK's chunks are copied in. Either way a broken body resumes from the last byte
-   * received, pinned to `ifMatch`, under the client's retry policy.
-   */
-  async readRangeInto(key: string, start: number, end: number, pin: ObjectPin, sink: RangeSink, signal?: AbortSignal): Promise<void> {
-    const lean = this.lean
-    if (!lean) {
-      for await (const c of this.iterateRange(key, { start, end, pin, signal })) {
-        for (let off = 0; off < c.length; ) {
-          const space = sink.space()
-          const n = c.copy(space, 0, off, Math.min(c.length, off + space.length))
-          sink.wrote(n)
-          off += n
-        }
-      }
-      return
-    }
-    const Key = fullKey(this.scope, key)
-    const path = `${new URL(this.config.endpoint).pathname.replace(/\/$/, '')}/${encodeURIComponent(this.scope.bucket)}/${Key.split('/').map(encodeURIComponent).join('/')}`
-    let pos = start
-    await this.call(
-      `get ${this.scope.bucket}/${Key}`,
-      async (s) => {
-        try {
-          const got = await lean.get(path, pos, end, pin, sink, s)
-          pos += got.received
-          this.stats.bytesReceived += got.received
-        } catch (err) {
-          const received = (err as { received?: number }).received ?? 0
-          pos += received
-          this.stats.bytesReceived += received
-          throw err
-        }
-      },
-      signal,
-    )
   }
 
   /** Reads `[start, end]` (inclusive) into one buffer; shorter only where the object ends first. */
@@ -655,9 +602,17 @@ export class O3Client {
     }
   }
 
+  /**
+   * The keys requests are signed with, resolved as the SDK does (static keys, else the AWS chain:
+   * variables, profiles): for a signer outside the SDK (the mount's native fetch engine).
+   */
+  async credentials(): Promise<Credentials> {
+    const c = await this.s3.config.credentials()
+    return { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken }
+  }
+
   /** Closes the connection pool. */
   close(): void {
-    this.lean?.close()
     this.s3.destroy()
     this.agent.destroy()
   }

@@ -1,0 +1,45 @@
+#include "mount/readahead.h"
+
+#include <algorithm>
+
+namespace o3mount {
+
+namespace {
+uint64_t ceilDiv(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+}  // namespace
+
+bool Readahead::isSequential(uint64_t offset) const {
+  if (!started_) return offset == 0;
+  const uint64_t span = std::max(window_, cfg_.seekTolerance);
+  const uint64_t low = expected_ > span ? expected_ - span : 0;
+  return offset >= low && offset <= expected_ + span;
+}
+
+std::optional<PrefetchRange> Readahead::onRead(uint64_t offset, uint64_t length, uint64_t size) {
+  const uint64_t bs = cfg_.blockSize;
+  const uint64_t end = offset + length;
+  if (!isSequential(offset)) {
+    window_ = 0;
+    started_ = true;
+    expected_ = end;
+    aheadTo_ = std::min(size, ceilDiv(end, bs) * bs);
+    return std::nullopt;
+  }
+  // A late request from behind the front changes nothing.
+  if (started_ && end <= expected_) return std::nullopt;
+  started_ = true;
+  // aheadTo_ is not moved by the read itself: out-of-order kernel readahead leaves gaps behind it
+  // that the next prefetch must fill, as one request rather than block by block.
+  expected_ = end;
+  if (aheadTo_ >= size) return std::nullopt;
+  if (window_ > 0 && aheadTo_ > expected_ && aheadTo_ - expected_ >= window_ / 2) return std::nullopt;
+  const uint64_t cap = std::max(2 * bs, cfg_.maxWindow ? cfg_.maxWindow() : 0);
+  window_ = window_ == 0 ? std::min(cfg_.initialWindow, cap) : std::min(window_ * 2, cap);
+  const uint64_t target = std::min(size, expected_ + window_);
+  if (target <= aheadTo_) return std::nullopt;
+  return PrefetchRange{aheadTo_ / bs, ceilDiv(target, bs)};
+}
+
+void Readahead::issuedTo(uint64_t block, uint64_t size) { aheadTo_ = std::max(aheadTo_, std::min(size, block * cfg_.blockSize)); }
+
+}  // namespace o3mount

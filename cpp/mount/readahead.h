@@ -1,0 +1,55 @@
+// Sequential readahead of one open file, after mountpoint-s3's prefetcher (a port of
+// fs-driver/prefetch/readahead.ts): the first request is small, so the first byte comes quickly;
+// while reads stay sequential the window doubles, up to a cap, each time the reader has consumed
+// half of what is on its way; a seek outside a tolerance resets it, so random access fetches only
+// the blocks it reads. Pure policy: no I/O, no clock, no lock (the open file holds one).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+
+namespace o3mount {
+
+struct ReadaheadConfig {
+  uint64_t blockSize = 0;
+  // Window after the first sequential read.
+  uint64_t initialWindow = 0;
+  // How far either side of the furthest read a read may land and still count as sequential: the
+  // kernel's own readahead requests are served by several threads and arrive out of order by up
+  // to its readahead span (read_ahead_kb), so this is at least that span.
+  uint64_t seekTolerance = 0;
+  // The window's cap right now: it shrinks as more files stream at once (to share the budget) and,
+  // later, follows the measured bandwidth-delay product (the sizing policy decides; see sizing.h).
+  std::function<uint64_t()> maxWindow;
+};
+
+struct PrefetchRange {
+  uint64_t from;  // first block to prefetch
+  uint64_t to;    // one past the last
+};
+
+class Readahead {
+ public:
+  explicit Readahead(ReadaheadConfig cfg) : cfg_(std::move(cfg)) {}
+
+  uint64_t windowBytes() const { return window_; }
+
+  // Records a read of [offset, offset + length) in a file of `size` bytes; returns what to
+  // prefetch, if anything.
+  std::optional<PrefetchRange> onRead(uint64_t offset, uint64_t length, uint64_t size);
+  // Records how far the prefetch got (the memory budget may have cut it short): blocks below
+  // `block` are cached or on their way.
+  void issuedTo(uint64_t block, uint64_t size);
+
+ private:
+  bool isSequential(uint64_t offset) const;
+
+  ReadaheadConfig cfg_;
+  bool started_ = false;
+  uint64_t expected_ = 0;  // one past the furthest byte read in the current sequential run
+  uint64_t window_ = 0;
+  uint64_t aheadTo_ = 0;  // byte offset up to which blocks have been requested
+};
+
+}  // namespace o3mount

@@ -1,0 +1,263 @@
+// The byte path's pure policies, each against a model and under random sequences: the memory
+// budget (reserve always progresses, try_reserve never passes its share or the limit), readahead
+// (a small first request, doubling, the cap, seeks, kernel readahead out of order) and the inode
+// table (lookups and forgets of the kernel).
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <random>
+
+#include "mount/inode_table.h"
+#include "mount/memory_budget.h"
+#include "mount/readahead.h"
+#include "mount/tests/check.h"
+
+using namespace o3mount;
+
+namespace {
+
+constexpr uint64_t MiB = 1 << 20;
+
+// Cached entries of random sizes, evicted oldest first.
+struct FakeCache : Reclaimable {
+  std::deque<uint64_t> entries;
+  uint64_t held = 0;
+  uint64_t heldBytes() const override { return held; }
+  bool evictOne() override {
+    if (entries.empty()) return false;
+    held -= entries.front();
+    entries.pop_front();
+    return true;
+  }
+  void add(uint64_t n) {
+    entries.push_back(n);
+    held += n;
+  }
+};
+
+void budgetRandomized() {
+  std::mt19937 rng(1);
+  for (int round = 0; round < 50; ++round) {
+    FakeCache cache;
+    const uint64_t limit = (8 + rng() % 64) * MiB;
+    MemoryBudget budget(limit, cache);
+    std::vector<uint64_t> inflight;  // reservations not yet released
+    uint64_t model = 0, peak = 0;
+    for (int step = 0; step < 2000; ++step) {
+      const uint64_t n = 1 + rng() % (2 * MiB);
+      switch (rng() % 4) {
+        case 0: {  // readahead asks politely
+          const uint64_t before = budget.usedBytes();
+          if (budget.tryReserve(n)) {
+            inflight.push_back(n);
+            model += n;
+            O3_CHECK(budget.inflightBytes() <= limit * MemoryBudget::kMaxSpeculativeShare);
+            O3_CHECK(budget.usedBytes() <= limit);
+          } else {
+            // Refused: nothing reserved (though evicting may have freed room).
+            O3_CHECK(budget.usedBytes() <= before);
+          }
+          break;
+        }
+        case 1:  // a reader always gets its bytes
+          budget.reserve(n);
+          inflight.push_back(n);
+          model += n;
+          // Past the limit only when nothing cached is left to evict.
+          if (budget.usedBytes() > limit) O3_CHECK_EQ(cache.held, 0u);
+          break;
+        default:
+          if (inflight.empty()) break;
+          {
+            const size_t i = rng() % inflight.size();
+            const uint64_t m = inflight[i];
+            inflight.erase(inflight.begin() + static_cast<long>(i));
+            budget.release(m);
+            model -= m;
+            // A finished fetch becomes a cached block, as in the block cache.
+            if (rng() % 2) cache.add(m);
+          }
+      }
+      O3_CHECK_EQ(budget.inflightBytes(), model);
+      peak = std::max(peak, budget.usedBytes());
+      O3_CHECK(budget.peakBytes() >= budget.inflightBytes());
+    }
+    for (uint64_t m : inflight) budget.release(m);
+    O3_CHECK_EQ(budget.inflightBytes(), 0u);
+    O3_CHECK(budget.peakBytes() <= peak);
+  }
+}
+
+struct Reads {
+  std::vector<PrefetchRange> prefetched;
+};
+
+ReadaheadConfig config(uint64_t cap, uint64_t tolerance = 8 * MiB) {
+  return {MiB, 2 * MiB, tolerance, [cap] { return cap; }};
+}
+
+void readaheadSequential() {
+  const uint64_t size = 100 * MiB;
+  Readahead ra(config(16 * MiB));
+  // The first read: a small window (2 MiB), not the cap.
+  auto r = ra.onRead(0, 128 * 1024, size);
+  O3_CHECK(r.has_value());
+  O3_CHECK_EQ(r->from, 0u);
+  O3_CHECK_EQ(r->to, 3u);  // up to 128 KiB + 2 MiB, rounded up to blocks
+  O3_CHECK_EQ(ra.windowBytes(), 2 * MiB);
+  ra.issuedTo(r->to, size);
+  // Reading on: the window doubles each time half of it has been consumed, up to the cap.
+  std::vector<uint64_t> windows{ra.windowBytes()};
+  uint64_t issued = r->to;
+  for (uint64_t off = 128 * 1024; off < size; off += 128 * 1024) {
+    auto p = ra.onRead(off, 128 * 1024, size);
+    if (!p) continue;
+    O3_CHECK(p->from >= issued - 1);  // never behind what was already asked, beyond the block being read
+    O3_CHECK(p->to <= (size + MiB - 1) / MiB);
+    issued = std::max(issued, p->to);
+    ra.issuedTo(p->to, size);
+    windows.push_back(ra.windowBytes());
+  }
+  O3_CHECK_EQ(issued, 100u);
+  for (size_t i = 1; i < windows.size(); ++i) {
+    O3_CHECK(windows[i] >= windows[i - 1]);
+    O3_CHECK(windows[i] <= 16 * MiB);
+  }
+  O3_CHECK_EQ(windows.back(), 16 * MiB);
+}
+
+void readaheadRandomAccessFetchesNothing() {
+  const uint64_t size = 1024 * MiB;
+  Readahead ra(config(64 * MiB));
+  std::mt19937 rng(2);
+  int prefetches = 0;
+  // A first read away from 0 is not sequential; nor is any read far from the last one.
+  for (int i = 0; i < 1000; ++i) {
+    const uint64_t off = (static_cast<uint64_t>(rng()) * 4096) % size;
+    if (ra.onRead(off, 4096, size)) ++prefetches;
+  }
+  // Random reads more than the tolerance apart never prefetch, save the few that land near the last.
+  O3_CHECK(prefetches < 30);
+  O3_CHECK_EQ(ra.windowBytes() <= 2 * MiB, true);
+}
+
+void readaheadOutOfOrderKernelReads() {
+  // The kernel's readahead: 1 MiB requests served by several threads, arriving shuffled within a
+  // window; they must keep counting as sequential, and together the prefetches cover the file.
+  const uint64_t size = 256 * MiB;
+  std::mt19937 rng(3);
+  for (int round = 0; round < 20; ++round) {
+    Readahead ra(config(32 * MiB, 16 * MiB));
+    std::vector<bool> covered(size / MiB, false);
+    uint64_t resets = 0;
+    for (uint64_t base = 0; base < size; base += 8 * MiB) {
+      std::vector<uint64_t> offs;
+      for (uint64_t o = base; o < base + 8 * MiB; o += MiB) offs.push_back(o);
+      std::shuffle(offs.begin(), offs.end(), rng);
+      for (uint64_t off : offs) {
+        const uint64_t before = ra.windowBytes();
+        if (auto p = ra.onRead(off, MiB, size)) {
+          for (uint64_t b = p->from; b < p->to; ++b) covered[b] = true;
+          ra.issuedTo(p->to, size);
+        }
+        if (before > 0 && ra.windowBytes() == 0) ++resets;
+        covered[off / MiB] = true;  // read (a demand fetch)
+      }
+    }
+    O3_CHECK_EQ(resets, 0u);
+    O3_CHECK(std::all_of(covered.begin(), covered.end(), [](bool c) { return c; }));
+    O3_CHECK_EQ(ra.windowBytes(), 32 * MiB);
+  }
+}
+
+void readaheadSeekResets() {
+  const uint64_t size = 1024 * MiB;
+  Readahead ra(config(64 * MiB, 4 * MiB));
+  for (uint64_t off = 0; off < 64 * MiB; off += MiB)
+    if (auto p = ra.onRead(off, MiB, size)) ra.issuedTo(p->to, size);
+  O3_CHECK(ra.windowBytes() > 2 * MiB);
+  // A jump far beyond the window and the tolerance: the window starts over.
+  O3_CHECK(!ra.onRead(900 * MiB, MiB, size).has_value());
+  O3_CHECK_EQ(ra.windowBytes(), 0u);
+  // Reading on from there is a new sequential run, small again.
+  auto p = ra.onRead(901 * MiB, MiB, size);
+  O3_CHECK(p.has_value());
+  O3_CHECK_EQ(ra.windowBytes(), 2 * MiB);
+  // The cap follows the provider: more files streaming, a smaller cap.
+  uint64_t cap = 8 * MiB;
+  Readahead shrinking({MiB, 2 * MiB, MiB, [&cap] { return cap; }});
+  for (uint64_t off = 0; off < 64 * MiB; off += MiB)
+    if (auto q = shrinking.onRead(off, MiB, size)) shrinking.issuedTo(q->to, size);
+  O3_CHECK_EQ(shrinking.windowBytes(), 8 * MiB);
+  cap = 2 * MiB;
+  for (uint64_t off = 64 * MiB; off < 96 * MiB; off += MiB)
+    if (auto q = shrinking.onRead(off, MiB, size)) shrinking.issuedTo(q->to, size);
+  O3_CHECK_EQ(shrinking.windowBytes(), 2 * MiB);
+  // The end of the file bounds every request.
+  Readahead tail(config(64 * MiB));
+  auto t = tail.onRead(0, 4096, 3 * MiB + 5);
+  O3_CHECK(t.has_value());
+  O3_CHECK_EQ(t->to, 3u);
+  tail.issuedTo(t->to, 3 * MiB + 5);
+  auto t2 = tail.onRead(2 * MiB, MiB, 3 * MiB + 5);
+  O3_CHECK(t2.has_value() && t2->to == 4);
+}
+
+void inodeTableRandomized() {
+  InodeTable table;
+  std::mt19937 rng(4);
+  std::map<std::string, std::pair<uint64_t, uint64_t>> model;  // path -> (ino, nlookup)
+  std::map<uint64_t, bool> everIssued;
+  for (int step = 0; step < 20000; ++step) {
+    const std::string path = "/d" + std::to_string(rng() % 20) + "/f" + std::to_string(rng() % 50);
+    if (rng() % 3) {
+      const uint64_t ino = table.lookup(path);
+      O3_CHECK(ino != InodeTable::kRoot);
+      auto it = model.find(path);
+      if (it == model.end()) {
+        O3_CHECK(!everIssued.count(ino));  // never reused
+        everIssued[ino] = true;
+        model[path] = {ino, 1};
+      } else {
+        O3_CHECK_EQ(ino, it->second.first);
+        ++it->second.second;
+      }
+      O3_CHECK_EQ(*table.path(ino), path);
+    } else if (!model.empty()) {
+      auto it = model.begin();
+      std::advance(it, rng() % model.size());
+      const uint64_t n = 1 + rng() % 3;
+      table.forget(it->second.first, n);
+      if (n >= it->second.second) {
+        O3_CHECK(!table.path(it->second.first).has_value());
+        model.erase(it);
+      } else {
+        it->second.second -= n;
+        O3_CHECK(table.path(it->second.first).has_value());
+      }
+    }
+    O3_CHECK_EQ(table.size(), model.size() + 1);
+  }
+  // The root stays, whatever the kernel forgets.
+  table.forget(InodeTable::kRoot, 100);
+  O3_CHECK_EQ(*table.path(InodeTable::kRoot), std::string("/"));
+  O3_CHECK_EQ(InodeTable::childPath("/", "a"), std::string("/a"));
+  O3_CHECK_EQ(InodeTable::childPath("/a", "b"), std::string("/a/b"));
+  // The kernel keeps its pages only while the object is the one it saw at the last open.
+  const uint64_t ino = table.lookup("/x");
+  O3_CHECK(!table.sameAsLastOpen(ino, "etag-1"));
+  O3_CHECK(table.sameAsLastOpen(ino, "etag-1"));
+  O3_CHECK(!table.sameAsLastOpen(ino, "etag-2"));
+}
+
+}  // namespace
+
+int main() {
+  budgetRandomized();
+  readaheadSequential();
+  readaheadRandomAccessFetchesNothing();
+  readaheadOutOfOrderKernelReads();
+  readaheadSeekResets();
+  inodeTableRandomized();
+  return test::finish("policy_test");
+}
