@@ -156,6 +156,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       bucket: client.scope.bucket,
       credentials,
       caBundle: config.caBundle?.path ?? '',
+      // As the SDK client's (lib/o3/client.ts): a connection within 5 s, and no request silent for 30 s.
       connectTimeoutMs: 5_000,
       requestTimeoutMs: 30_000,
       warmConnections: Math.min(WARM_CONNECTIONS, o.maxConnections),

@@ -61,8 +61,10 @@ t.test('a byte flipped in the object store: that block fails with EIO, the other
   const check = async (m: Mounted, when: string) => {
     const file = path.join(m.mountpoint, 'a.bin')
     for (const block of [0, 1, 3, 4, 5]) {
-      const got = await readAt(file, block * MiB + 100, 4096)
-      t.ok(Buffer.isBuffer(got) && got.equals(body.subarray(block * MiB + 100, block * MiB + 100 + 4096)), `${when}: block ${block} is served, exact`)
+      // Inside the block: the last one holds 5 bytes, so 100 bytes in would be past the end of the file.
+      const at = Math.min(block * MiB + 100, body.length - 2)
+      const got = await readAt(file, at, 4096)
+      t.ok(Buffer.isBuffer(got) && got.length > 0 && got.equals(body.subarray(at, at + 4096)), `${when}: block ${block} is served, exact`)
     }
     t.equal(await readAt(file, 2 * MiB + 4096, 4096), 'EIO', `${when}: a 4 KiB read of the flipped block fails with EIO`)
     t.equal(await readAt(file, 2 * MiB + 10, 1), 'EIO', `${when}: so does the flipped byte itself`)
