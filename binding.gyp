@@ -18,8 +18,8 @@
       'include_dirs': ['<!@(scripts/torch-config --include-dirs)', '<!@(scripts/torch-config --dist-include-dirs)'],
       # Gloo (and NCCL with a CUDA libtorch) when their headers are there, as CMakeLists.txt decides.
       'defines': ['<!@(scripts/torch-config --dist-defines)'],
-      # Linked into a shared object.
-      'cflags': ['-fPIC'],
+      # Linked into a shared object; float arithmetic as written (see CMakeLists.txt).
+      'cflags': ['-fPIC', '-ffp-contract=off'],
       'link_settings': {
         # --no-as-needed keeps libtorch_cuda, which registers CUDA when loaded (see CMakeLists.txt).
         'ldflags': ['-Wl,--no-as-needed', '-Wl,-rpath,<!(scripts/torch-config --lib-dir)'],

@@ -2,7 +2,7 @@ import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'build/**', 'build-gyp/**', 'node_modules/**', '.libtorch/**', '.tap/**', '.carry/**', 'shared/**'] },
+  { ignores: ['dist/**', 'build/**', 'build-gyp/**', 'build-native/**', 'node_modules/**', '.libtorch/**', '.tap/**', '.carry/**', 'shared/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -267,6 +267,13 @@ Napi::Object describeTrainer(Napi::Env env, const o3::Trainer& trainer) {
   dataset.Set("globalBatch", double(d.globalBatch));
   dataset.Set("classes", double(d.classes));
   dataset.Set("shape", shapeArray(env, {d.shape.channels, d.shape.height, d.shape.width}));
+  Napi::Array classNames = Napi::Array::New(env, d.classNames.size());
+  for (size_t i = 0; i < d.classNames.size(); ++i) classNames.Set(uint32_t(i), d.classNames[i]);
+  dataset.Set("classNames", classNames);
+  Napi::Object normalize = Napi::Object::New(env);
+  normalize.Set("mul", o3::kInputMul);
+  normalize.Set("sub", o3::kInputSub);
+  dataset.Set("normalize", normalize);
   Napi::Object o = Napi::Object::New(env);
   o.Set("device", device);
   o.Set("model", model);

@@ -185,6 +185,10 @@ export interface DatasetInfo {
   classes: number
   /** Channels, height, width of one sample. */
   shape: [number, number, number]
+  /** The class of each label where the data names them (an ImageFolder's sorted directories); else empty. */
+  classNames: string[]
+  /** How a sample's bytes become the model's input, in float32: byte * mul - sub. */
+  normalize: { mul: number; sub: number }
 }
 
 export interface ImageFolderListing {
@@ -222,6 +226,7 @@ interface NativeTrainer {
 interface NativeAddon {
   createTrainer(options: TrainerOptions): Promise<NativeTrainer>
   listImageFolder(root: string): Promise<ImageFolderListing>
+  decodeSample(bytes: Uint8Array, channels: number, size: number): Promise<Buffer>
 }
 
 const ADDON_FILE = 'o3_trainer.node'
@@ -281,6 +286,14 @@ export function loadAddon(): NativeAddon {
 /** The files and labels an ImageFolder dataset at `root` holds, in the loader's order. */
 export function listImageFolder(root: string): Promise<ImageFolderListing> {
   return loadAddon().listImageFolder(root)
+}
+
+/**
+ * The sample (channels x size x size bytes, CHW) an encoded JPEG or PNG becomes in the image
+ * loaders: decoded, resized and laid out by their one path, for checking other implementations.
+ */
+export function decodeSample(bytes: Uint8Array, channels: 1 | 3, size: number): Promise<Buffer> {
+  return loadAddon().decodeSample(bytes, channels, size)
 }
 
 /** A model, its optimizer and its data loader on one device. */

@@ -1,15 +1,26 @@
 #!/usr/bin/env node
 /**
- * `o3ckpt`: inspect and fetch a run's checkpoints in O3. Every byte it hands over has been checked
- * against the recorded sha256 and CID; secrets come only from the environment (O3_*, AKAVE_*).
+ * `o3ckpt`: put checkpoints of any framework into a run in O3, and inspect and fetch a run's
+ * checkpoints. Every byte it hands over has been checked against the recorded sha256 and CID;
+ * secrets come only from the environment (O3_*, AKAVE_*).
  */
-import { open, rename, rm } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
+import { InvalidArgumentError } from 'commander'
 import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, runCli } from '../lib/cli/run-cli.js'
+import { loadSigner } from '../lib/content/signer.js'
+import { createLogger } from '../lib/log.js'
 import { O3Client, O3Error, O3IntegrityError, O3UsageError, type O3Flags } from '../lib/o3/index.js'
+import { createProgress } from '../lib/progress.js'
+import { installShutdown } from '../lib/shutdown.js'
 import { checkDataLineage } from './data-check.js'
-import { CheckpointStore, type ManifestEntry } from './index.js'
+import { CheckpointStore, CheckpointWriter, type CheckpointRecord, type ManifestEntry } from './index.js'
+import { putLineage } from './put-lineage.js'
+import { scanPutPath } from './put-source.js'
+import { contentKey, entryPrefix } from './records.js'
 import { TRUST_SIGNER_FLAG, TrustPolicy } from './trust.js'
 import { DTYPE_SIZE } from '../lib/state-tensor.js'
 
@@ -17,8 +28,12 @@ interface GlobalFlags extends O3Flags {
   json?: boolean
 }
 
-function openStore(run: string, flags: GlobalFlags): CheckpointStore {
+function checkRun(run: string): void {
   if (!/^(o3|s3):\/\//.test(run)) throw new O3UsageError(`run location ${JSON.stringify(run)} must look like o3://bucket/prefix/run`)
+}
+
+function openStore(run: string, flags: GlobalFlags): CheckpointStore {
+  checkRun(run)
   return new CheckpointStore(O3Client.open(run, flags))
 }
 
@@ -39,9 +54,14 @@ async function ls(store: CheckpointStore, flags: GlobalFlags): Promise<void> {
     return print(`${store.location}: no checkpoints`)
   }
   for (const e of manifest.checkpoints) {
-    const mark = e.name === latest?.name ? '*' : ' '
-    print(`${mark} ${e.name}  step ${e.step}  epoch ${e.epoch}  ${mib(e.size).padStart(11)}  ${e.cid}  ${e.signer ?? 'unsigned'}  ${e.time}`)
+    const mark = e.name === latest?.name && e.seq === latest.seq ? '*' : ' '
+    print(`${mark} ${e.name}  step ${e.step}  epoch ${e.epoch}  ${mib(e.size).padStart(11)}  ${e.cid}  ${e.signer ?? 'unsigned'}  ${e.time}${shownPath(e)}`)
   }
+}
+
+/** What a put stored, as `ls` shows it: `  model.pt`, `  hf-model/` for a directory; nothing for o3train's own. */
+function shownPath(e: ManifestEntry): string {
+  return e.kind === undefined ? '' : `  ${e.path}${e.kind === 'directory' ? '/' : ''}`
 }
 
 /** Whether the data each checkpoint names is the data at `location` now; an O3IntegrityError for the first that is not. */
@@ -94,8 +114,14 @@ async function verify(store: CheckpointStore, ref: string | undefined, opts: Tru
 async function get(store: CheckpointStore, ref: string, opts: TrustFlags & { output?: string }): Promise<void> {
   const trust = TrustPolicy.fromFlags(opts.trustSigner)
   const entry = await store.resolve(ref)
-  await store.readRecord(entry, { trust })
-  const out = path.resolve(opts.output ?? `${entry.name}.safetensors`)
+  const record = await store.readRecord(entry, { trust })
+  const out = path.resolve(opts.output ?? entry.path ?? `${entry.name}.safetensors`)
+  if (entry.kind === 'directory') await getDirectory(store, entry, record, out)
+  else await getFile(store, entry, out)
+  print(`${out}${entry.kind === 'directory' ? '/' : ''}  ${entry.cid}  ${mib(entry.size)}  verified`)
+}
+
+async function getFile(store: CheckpointStore, entry: ManifestEntry, out: string): Promise<void> {
   // Written beside the target and renamed only once verified, so `out` is never half or wrong.
   const tmp = `${out}.${process.pid}.partial`
   // Opened before the download so that a failure to create it (a leftover .partial, no
@@ -112,11 +138,37 @@ async function get(store: CheckpointStore, ref: string, opts: TrustFlags & { out
     await rm(tmp, { force: true })
     throw err
   }
-  print(`${out}  ${entry.cid}  ${mib(entry.size)}  verified`)
+}
+
+/**
+ * Every file of a directory checkpoint, each verified (sidecar, signer, bytes, CID) and the
+ * directory's CID rebuilt, into a directory beside `out` that is renamed to it only then.
+ */
+async function getDirectory(store: CheckpointStore, entry: ManifestEntry, record: CheckpointRecord, out: string): Promise<void> {
+  if (existsSync(out)) throw new O3UsageError(`${out} exists; remove it or name another directory with -o`)
+  const tmp = `${out}.${process.pid}.partial`
+  await mkdir(tmp)
+  try {
+    await store.downloadDirectory(entry, record, async (f) => {
+      const target = path.join(tmp, ...f.path.split('/'))
+      await mkdir(path.dirname(target), { recursive: true })
+      const file: FileHandle = await open(target, 'wx')
+      return { write: async (chunk) => void (await file.write(chunk)), close: () => file.close() }
+    })
+    await rename(tmp, out)
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true })
+    throw err
+  }
 }
 
 async function show(store: CheckpointStore, ref: string): Promise<void> {
   const entry = await store.resolve(ref)
+  // A put's file may be in any format (a torch.save pickle, say); its record is what there is to show.
+  if (entry.kind === 'directory' || (entry.kind === 'file' && !entry.path?.endsWith('.safetensors'))) {
+    const record = await store.readRecord(entry)
+    return print(JSON.stringify({ data: record.data ?? null, record }, null, 2))
+  }
   const [record, header] = await Promise.all([store.readRecord(entry), store.readHeader(entry)])
   print(
     JSON.stringify(
@@ -139,11 +191,130 @@ async function show(store: CheckpointStore, ref: string): Promise<void> {
   )
 }
 
+interface PutFlags extends TrustFlags {
+  step?: number
+  epoch?: number
+  meta?: Record<string, string>
+  data?: string
+  replace?: boolean
+}
+
+const countArg = (flag: string) => (v: string) => {
+  const n = Number(v)
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`${flag} takes a non-negative integer, not ${JSON.stringify(v)}`)
+  return n
+}
+
+const metaArg = (v: string, prev: Record<string, string> = {}): Record<string, string> => {
+  const eq = v.indexOf('=')
+  const key = v.slice(0, eq)
+  if (eq < 1 || !/^[A-Za-z0-9_.-]+$/.test(key))
+    throw new InvalidArgumentError(`--meta takes key=value with a key of letters, digits, '_', '.' or '-', not ${JSON.stringify(v)}`)
+  if (Object.hasOwn(prev, key)) throw new InvalidArgumentError(`--meta ${key} is given twice`)
+  return { ...prev, [key]: v.slice(eq + 1) }
+}
+
+/** `chunks`, each counted as it goes to the upload. */
+async function* counted(chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>, count: (bytes: number) => void): AsyncGenerator<Uint8Array> {
+  for await (const c of chunks) {
+    count(c.length)
+    yield c
+  }
+}
+
+/** Set by a second SIGINT/SIGTERM: the forced shutdown then owns the exit (130). */
+const kill = new AbortController()
+
+/** Longest key S3 takes, in bytes. */
+const MAX_KEY_BYTES = 1024
+
+/**
+ * `o3ckpt put PATH RUN`: everything about PATH is checked before anything is uploaded, then it
+ * is committed as one checkpoint. The first SIGINT/SIGTERM lets the put finish (it is one
+ * commit); a second aborts it: multipart uploads aborted, what it wrote removed, `latest` where
+ * it was, exit 130.
+ */
+async function put(input: string, run: string, opts: PutFlags, flags: GlobalFlags): Promise<void> {
+  checkRun(run)
+  const trust = TrustPolicy.fromFlags(opts.trustSigner)
+  const source = await scanPutPath(input)
+  const signer = loadSigner()
+  const client = O3Client.open(run, flags)
+  const log = createLogger('o3ckpt')
+  try {
+    // The longest key: a file's sidecar in a replaced step's folder.
+    const longest = Math.max(...source.files.map((f) => Buffer.byteLength(f.path)))
+    const room = MAX_KEY_BYTES - Buffer.byteLength(`${client.scope.prefix}/${entryPrefix({ name: 'step-0000000000', rev: 999_999 })}/.cid`)
+    if (longest > room)
+      throw new O3UsageError(`${input}: a path of ${longest} bytes makes an O3 key longer than ${MAX_KEY_BYTES} bytes under ${run}; shorten it`)
+    await client.checkBucket()
+    const dataLineage = opts.data ? await putLineage(opts.data, flags) : undefined
+    const total = source.files.reduce((n, f) => n + f.size, 0)
+    const progress = createProgress(`put ${input}`, { unit: 'bytes' })
+    let read = 0
+    let parts = 0
+    const files = source.files.map((f) => ({
+      ...f,
+      content: () => counted(f.content(), (n) => progress.update({ done: (read += n), total, fields: { parts } })),
+    }))
+    const writer = await CheckpointWriter.open(client, {
+      signer: signer ?? null,
+      logger: log,
+      onStep: (step, name) => {
+        if (step !== 'part') return
+        parts++
+        log.debug({ checkpoint: name, parts }, 'part stored')
+      },
+    })
+    // The trust policy readers apply, applied before anything is written: a put they would refuse is no use.
+    await writer.store.checkTrust(signer?.address, `${writer.store.location}: this put`, trust, { version: 1, checkpoints: [...writer.checkpoints] })
+
+    let inFlight: Promise<unknown> | undefined
+    const shutdown = installShutdown({
+      onRequest: (sig) => log.warn({ signal: sig }, 'finishing the put: it is one commit; send the signal again to abort it'),
+      onForce: async (sig) => {
+        log.warn({ signal: sig }, 'aborting the put in flight')
+        kill.abort(new Error(`aborted by a second ${sig}`))
+        // The put aborts its uploads and removes what it wrote when the signal fires; wait for that, but not forever.
+        await Promise.race([inFlight?.catch(() => undefined), delay(10_000, undefined, { ref: false })])
+      },
+    })
+    try {
+      const saving = writer.put(
+        { kind: source.kind, path: source.name, files, step: opts.step, epoch: opts.epoch, replace: opts.replace, meta: opts.meta, dataLineage },
+        { signal: kill.signal },
+      )
+      inFlight = saving
+      const { entry } = await saving
+      progress.stop({ parts })
+      const key = entry.kind === 'directory' ? `${entryPrefix(entry)}/` : contentKey(entry)
+      if (flags.json) print(JSON.stringify({ ...entry, location: `${writer.store.location}/${key}` }))
+      else print(`${entry.name}  ${entry.cid}  ${mib(entry.size)}  ${entry.signer ? `signed by ${entry.signer}` : 'unsigned'}  ${writer.store.location}/${key}`)
+    } finally {
+      shutdown.dispose()
+    }
+  } finally {
+    client.close()
+  }
+}
+
 async function main(): Promise<number> {
   const program = addO3Flags(newCommand('o3ckpt').description('List, verify, fetch and inspect content-addressed checkpoints in Akave O3')).option(
     '--json',
     'machine-readable output',
   )
+  program
+    .command('put')
+    .argument('<path>', 'a checkpoint file (torch.save, safetensors, …) or directory (Hugging Face model, PyTorch DCP, …)')
+    .argument('<run>', 'o3://bucket/prefix/run')
+    .option('--step <n>', "the checkpoint's step (default: the run's last step + 1)", countArg('--step'))
+    .option('--epoch <n>', 'the epoch it ends or falls in (default 0)', countArg('--epoch'))
+    .option('--meta <key=value>', 'recorded and signed with the checkpoint (repeatable)', metaArg)
+    .option('--data <dir|o3://bucket/prefix>', 'the data it was trained on: its dataset manifest, else every file, is recorded by CID')
+    .option('--replace', 'replace the checkpoint of --step if the run has one')
+    .option(...TRUST_SIGNER_FLAG)
+    .description("store a file or directory as the run's next checkpoint: CIDs, signed sidecars, manifest, then latest")
+    .action((input: string, run: string, opts: PutFlags) => put(input, run, opts, program.opts()))
   let store: CheckpointStore | undefined
   const withStore =
     <A extends unknown[]>(fn: (s: CheckpointStore, ...rest: A) => Promise<void>) =>
@@ -168,9 +339,9 @@ async function main(): Promise<number> {
     .command('get')
     .argument('<run>')
     .argument('<checkpoint>', 'name, CID or "latest"')
-    .option('-o, --output <file>', 'destination (default <name>.safetensors)')
+    .option('-o, --output <path>', "destination (default: the put file's or directory's own name, or <name>.safetensors)")
     .option(...TRUST_SIGNER_FLAG)
-    .description('download a checkpoint to a local file, verified (bytes, signature, signer) before it appears')
+    .description('download a checkpoint to a local file or directory, verified (bytes, CIDs, signature, signer) before it appears')
     .action(withStore((s, ref: string, opts: TrustFlags & { output?: string }) => get(s, ref, opts)))
   program
     .command('show')
@@ -186,4 +357,4 @@ async function main(): Promise<number> {
   return 0
 }
 
-runCli('o3ckpt', main)
+runCli('o3ckpt', main, { exitOwnedElsewhere: () => kill.signal.aborted })

@@ -1,6 +1,30 @@
 import { O3IntegrityError } from '../lib/o3/errors.js'
 import type { DataLineage } from '../lib/content/lineage.js'
 
+/**
+ * What the model takes and how the trainer made it from the data, so that other code
+ * (examples/pytorch/evaluate.py) can build the model and prepare a test set exactly alike.
+ */
+export interface InputRecord {
+  /** The layout the trainer read: idx files, an ImageFolder tree or WebDataset shards. */
+  dataset: 'fashion-mnist' | 'imagefolder' | 'webdataset'
+  channels: number
+  height: number
+  width: number
+  classes: number
+  /** imagefolder: the class directory of each label (sorted names). */
+  classNames?: string[]
+  /**
+   * imagefolder, webdataset: each image is decoded to `channels` (PNG by libpng's simplified API,
+   * JPEG by libjpeg; gray replicated to RGB, colour to luminance), then resized to height x width
+   * by bilinear interpolation with half-pixel centres in float32, rounded to bytes. Idx images
+   * are used as they are.
+   */
+  resize?: 'bilinear'
+  /** The model's input from a sample's bytes, in float32: byte * mul - sub. */
+  normalize: { mul: number; sub: number }
+}
+
 /** What a trainer records with a checkpoint to resume exactly where it stopped. */
 export interface CheckpointMeta {
   step: number
@@ -13,6 +37,8 @@ export interface CheckpointMeta {
   dataPosition?: unknown
   /** The data the weights were trained on (lib/content/lineage.ts). */
   dataLineage?: DataLineage
+  /** What the model takes, for evaluating it elsewhere. */
+  input?: InputRecord
 }
 
 /** safetensors metadata holds strings only: numbers as decimal text, structures as JSON. */
@@ -21,6 +47,7 @@ export function encodeMeta(meta: CheckpointMeta): Record<string, string> {
   if (meta.config !== undefined) out.config = JSON.stringify(meta.config)
   if (meta.dataPosition !== undefined) out.data_position = JSON.stringify(meta.dataPosition)
   if (meta.dataLineage !== undefined) out.data_lineage = JSON.stringify(meta.dataLineage)
+  if (meta.input !== undefined) out.input = JSON.stringify(meta.input)
   return out
 }
 
@@ -45,5 +72,6 @@ export function decodeMeta(md: Record<string, string>, what: string): Checkpoint
     config: json('config'),
     dataPosition: json('data_position'),
     dataLineage: json('data_lineage') as DataLineage | undefined,
+    input: json('input') as InputRecord | undefined,
   }
 }

@@ -1,18 +1,24 @@
 import { ContentHasher, CID_BLOCK_SIZE, normalizeCid, verifyDigest, type ContentDigest } from '../lib/content/cid.js'
+import { sidecarKeyOf } from '../lib/content/sidecar.js'
+import { directoryCid } from '../lib/content/unixfs-directory.js'
 import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, type O3Client } from '../lib/o3/index.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
 import {
   LATEST_KEY,
   MANIFEST_KEY,
+  checkFileRecord,
   checkRecordAgainstEntry,
   checkSignature,
-  dataKey,
+  contentKey,
+  currentEntry,
+  directoryFileKey,
   parseLatest,
   parseManifest,
   parseRecord,
-  sidecarKey,
+  recordKey,
   type CheckpointRecord,
+  type DirectoryFileRecord,
   type LatestPointer,
   type Manifest,
   type ManifestEntry,
@@ -104,11 +110,11 @@ export class CheckpointStore {
       if (!latest) throw new O3NotFoundError(`${this.location} has no committed checkpoint (no ${LATEST_KEY})`)
       found = this.latestEntry(manifest, latest)
     } else {
-      const name = ref.replace(/\.safetensors$/, '')
-      found = manifest.checkpoints.find((e) => e.name === name)
+      found = currentEntry(manifest.checkpoints, ref.replace(/\.safetensors$/, ''))
       if (!found && /^(baf|Qm)/.test(ref)) {
         const cid = normalizeCid(ref)
-        found = manifest.checkpoints.find((e) => e.cid === cid)
+        // The newest with that CID: the manifest lists entries in the order they were saved.
+        found = [...manifest.checkpoints].reverse().find((e) => e.cid === cid)
       }
     }
     if (!found) throw new O3NotFoundError(`${this.location}: no checkpoint ${JSON.stringify(ref)} in ${MANIFEST_KEY}; run \`o3ckpt ls\` to see them`)
@@ -116,7 +122,8 @@ export class CheckpointStore {
   }
 
   private latestEntry(manifest: Manifest, latest: LatestPointer): ManifestEntry {
-    const entry = manifest.checkpoints.find((e) => e.name === latest.name)
+    // By seq as well: while a replacement commits, the manifest lists its name twice.
+    const entry = manifest.checkpoints.find((e) => e.name === latest.name && e.seq === latest.seq) ?? currentEntry(manifest.checkpoints, latest.name)
     if (!entry) throw new O3IntegrityError(`${this.where(LATEST_KEY)} names ${latest.name}, which ${MANIFEST_KEY} does not list`)
     if (normalizeCid(entry.cid) !== normalizeCid(latest.cid))
       throw new O3IntegrityError(`${this.where(LATEST_KEY)}: CID ${latest.cid} differs from the manifest's ${entry.cid}`)
@@ -130,18 +137,18 @@ export class CheckpointStore {
   async readRecord(entry: ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<CheckpointRecord> {
     const { record, signer } = await this.readSignedRecord(entry, options.signal)
     const trust = options.trust ?? TrustPolicy.firstUse
-    await trust.check(
-      signer,
-      this.where(sidecarKey(entry.name)),
-      manifest ?? (await this.readManifest(options.signal)),
-      async (e) => (await this.readSignedRecord(e, options.signal)).signer,
-    )
+    await this.checkTrust(signer, this.where(recordKey(entry)), trust, manifest ?? (await this.readManifest(options.signal)), options.signal)
     return record
+  }
+
+  /** Throws O3IntegrityError unless `trust` accepts `signer` (undefined: unsigned) for this run, as TrustPolicy.check says. */
+  async checkTrust(signer: string | undefined, what: string, trust: TrustPolicy, manifest: Manifest, signal?: AbortSignal): Promise<void> {
+    await trust.check(signer, what, manifest, async (e) => (await this.readSignedRecord(e, signal)).signer)
   }
 
   /** A sidecar whose signature, if any, checks; nothing said yet about whether its signer is trusted. */
   private async readSignedRecord(entry: ManifestEntry, signal?: AbortSignal): Promise<{ record: CheckpointRecord; signer?: string }> {
-    const key = sidecarKey(entry.name)
+    const key = recordKey(entry)
     const text = await this.readText(key, signal)
     if (text === undefined) throw new O3NotFoundError(`${this.where(key)} is missing`)
     const record = parseRecord(text, this.where(key))
@@ -150,40 +157,84 @@ export class CheckpointStore {
   }
 
   /**
-   * The ETag of a checkpoint's data once HEAD shows the object is as long as the manifest says, so
-   * that nothing is sized by a manifest's word alone.
+   * The ETag of an object once HEAD shows it is as long as `source` (the manifest, or a directory's
+   * record) says, so that nothing is sized by a record's word alone.
    */
-  private async checkedDataEtag(entry: ManifestEntry, signal?: AbortSignal): Promise<string> {
-    const key = dataKey(entry.name)
+  private async checkedEtag(key: string, size: number, source: string, signal?: AbortSignal): Promise<string> {
     const head = await this.client.head(key, signal)
-    if (head.size !== entry.size)
-      throw new O3IntegrityError(`${this.where(key)} is ${head.size} bytes but ${MANIFEST_KEY} records ${entry.size}; one of them was altered`)
+    if (head.size !== size) throw new O3IntegrityError(`${this.where(key)} is ${head.size} bytes but ${source} records ${size}; one of them was altered`)
     return head.etag
   }
 
   /**
-   * Streams a checkpoint's bytes to `consume` while hashing them, then checks size, sha256 and CID
-   * against the manifest. What `consume` received is only trustworthy once this resolves.
+   * Streams a file checkpoint's bytes to `consume` while hashing them, then checks size, sha256
+   * and CID against the manifest. What `consume` received is only trustworthy once this resolves.
    */
   async download(entry: ManifestEntry, consume: (chunk: Buffer) => Promise<void> | void, signal?: AbortSignal): Promise<ContentDigest> {
-    const key = dataKey(entry.name)
-    const ifMatch = await this.checkedDataEtag(entry, signal)
+    return (await this.downloadObject(contentKey(entry), entry, MANIFEST_KEY, consume, signal)).digest
+  }
+
+  /** One object's bytes to `consume`, hashed as they pass and checked against `expected`; also the DAG size of its CID. */
+  private async downloadObject(
+    key: string,
+    expected: ContentDigest,
+    source: string,
+    consume: (chunk: Buffer) => Promise<void> | void,
+    signal?: AbortSignal,
+  ): Promise<{ digest: ContentDigest; dagSize: number }> {
+    const ifMatch = await this.checkedEtag(key, expected.size, source, signal)
     const hasher = new ContentHasher()
     let size = 0
-    for await (const chunk of this.client.iterateRange(key, { signal, pin: { etag: ifMatch } })) {
+    // An empty object has no range to ask for; HEAD said it is empty.
+    const chunks = expected.size === 0 ? [] : this.client.iterateRange(key, { signal, pin: { etag: ifMatch } })
+    for await (const chunk of chunks) {
       size += chunk.length
-      if (size > entry.size) throw new O3IntegrityError(`${this.where(key)} is longer than its recorded ${entry.size} bytes`)
+      if (size > expected.size) throw new O3IntegrityError(`${this.where(key)} is longer than its recorded ${expected.size} bytes`)
       await Promise.all([hasher.update(chunk), consume(chunk)])
     }
     const digest = await hasher.digest()
-    verifyDigest(this.where(key), digest, entry)
+    verifyDigest(this.where(key), digest, expected)
+    return { digest, dagSize: hasher.dagSize }
+  }
+
+  /**
+   * Streams every file of a directory checkpoint: each file's sidecar is checked against the
+   * record (CID, sha256, size, signature, signer), its bytes go to the consumer `open` returns for
+   * its path while they are hashed and checked, and at the end the directory CID rebuilt from the
+   * files' recomputed CIDs must be the entry's. `record` must come from readRecord (trust checked).
+   * What the consumers received is only trustworthy once this resolves.
+   */
+  async downloadDirectory(
+    entry: ManifestEntry,
+    record: CheckpointRecord,
+    open: (file: DirectoryFileRecord) => Promise<FileSink> | FileSink,
+    signal?: AbortSignal,
+  ): Promise<ContentDigest> {
+    const where = this.where(recordKey(entry))
+    const members: { path: string; cid: string; dagSize: number }[] = []
+    for (const file of record.files ?? []) {
+      const key = directoryFileKey(entry, file.path)
+      const sidecar = await this.readText(sidecarKeyOf(key), signal)
+      if (sidecar === undefined) throw new O3NotFoundError(`${this.where(sidecarKeyOf(key))} is missing`)
+      checkFileRecord(sidecar, record, file, this.where(sidecarKeyOf(key)))
+      const sink = await open(file)
+      try {
+        const { digest, dagSize } = await this.downloadObject(key, file, "the checkpoint's record", (c) => sink.write(c), signal)
+        members.push({ path: file.path, cid: digest.cid, dagSize })
+      } finally {
+        await sink.close()
+      }
+    }
+    const dir = directoryCid(members, (message) => new O3IntegrityError(`${where}: ${message}`))
+    const digest = { cid: dir.cid, sha256: dir.sha256, size: (record.files ?? []).reduce((n, f) => n + f.size, 0) }
+    verifyDigest(`${where} (the directory)`, digest, entry)
     return digest
   }
 
   /** The whole verified file in one buffer, hashed in place (no second copy). */
   async fetchVerified(entry: ManifestEntry, signal?: AbortSignal): Promise<Buffer> {
-    const key = dataKey(entry.name)
-    const ifMatch = await this.checkedDataEtag(entry, signal)
+    const key = contentKey(entry)
+    const ifMatch = await this.checkedEtag(key, entry.size, MANIFEST_KEY, signal)
     const buf = Buffer.allocUnsafeSlow(entry.size)
     const hasher = new ContentHasher()
     let pos = 0
@@ -213,8 +264,8 @@ export class CheckpointStore {
 
   /** A checkpoint from its verified bytes: those `fetchVerified` returned, or a node-local copy of them. */
   parse(entry: ManifestEntry, record: CheckpointRecord, file: Buffer): LoadedCheckpoint {
-    const { header, tensors } = parseSafetensors(file, this.where(dataKey(entry.name)))
-    return { entry, record, header, file, tensors, meta: decodeMeta(header.metadata, this.where(dataKey(entry.name))) }
+    const { header, tensors } = parseSafetensors(file, this.where(contentKey(entry)))
+    return { entry, record, header, file, tensors, meta: decodeMeta(header.metadata, this.where(contentKey(entry))) }
   }
 
   /**
@@ -252,7 +303,7 @@ export class CheckpointStore {
 
   /** The safetensors header of a stored checkpoint, read with two ranged GETs. */
   async readHeader(entry: ManifestEntry, signal?: AbortSignal): Promise<SafetensorsHeader> {
-    const key = dataKey(entry.name)
+    const key = contentKey(entry)
     const first = await this.client.getBytes(key, 0, 7, { signal })
     const n = headerLength(first, entry.size, this.where(key))
     const prefix = await this.client.getBytes(key, 0, 8 + n - 1, { signal })
@@ -263,7 +314,10 @@ export class CheckpointStore {
   async verify(entry: ManifestEntry, options: ReadOptions = {}, manifest?: Manifest): Promise<VerifyResult> {
     try {
       const record = await this.readRecord(entry, options, manifest)
-      const digest = await this.download(entry, () => undefined, options.signal)
+      const digest =
+        entry.kind === 'directory'
+          ? await this.downloadDirectory(entry, record, () => DISCARD, options.signal)
+          : await this.download(entry, () => undefined, options.signal)
       return { entry, ok: true, signer: record.signer, digest }
     } catch (err) {
       if (!(err instanceof O3Error) || err instanceof O3UsageError) throw err
@@ -271,5 +325,13 @@ export class CheckpointStore {
     }
   }
 }
+
+/** Where downloadDirectory sends one file's bytes. */
+export interface FileSink {
+  write(chunk: Buffer): Promise<void> | void
+  close(): Promise<void> | void
+}
+
+const DISCARD: FileSink = { write: () => undefined, close: () => undefined }
 
 export type VerifyResult = { entry: ManifestEntry; ok: true; signer?: string; digest: ContentDigest } | { entry: ManifestEntry; ok: false; error: O3Error }

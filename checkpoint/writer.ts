@@ -2,10 +2,12 @@ import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import type { ContentDigest } from '../lib/content/cid.js'
 import { hashedUpload } from '../lib/content/hashed-upload.js'
-import { putSidecar } from '../lib/content/sidecar.js'
+import type { DataLineage } from '../lib/content/lineage.js'
+import { putSidecar, sidecarKeyOf } from '../lib/content/sidecar.js'
 import { startHashThread } from '../lib/content/thread-hasher.js'
 import { loadSigner, type Signer } from '../lib/content/signer.js'
-import { O3IntegrityError, O3UsageError, type O3Client } from '../lib/o3/index.js'
+import { checkDirectoryLayout, directoryCid } from '../lib/content/unixfs-directory.js'
+import { O3IntegrityError, O3UsageError, type O3Client, type ObjectInfo } from '../lib/o3/index.js'
 import { silentLogger, type Logger } from '../lib/log.js'
 import { encodeHeader, type StateTensor } from './safetensors.js'
 import { encodeMeta, type CheckpointMeta } from './meta.js'
@@ -15,10 +17,22 @@ import {
   LATEST_KEY,
   MANIFEST_KEY,
   checkpointName,
+  contentKey,
+  currentEntries,
+  currentEntry,
   dataKey,
+  definedFields,
+  directoryFileKey,
+  entryPrefix,
+  nameProblem,
+  ownsKey,
+  recordKey,
   sidecarKey,
+  signFileRecord,
   signRecord,
   type CheckpointRecord,
+  type EntryKind,
+  type EntryRef,
   type LatestPointer,
   type Manifest,
   type ManifestEntry,
@@ -35,7 +49,7 @@ export interface WriterOptions {
   partSize?: number
   /** Parts uploading at once. Default 4. Peak extra memory is partSize x (parallel + 1). */
   parallel?: number
-  /** Where each sidecar is also written on local disk. Default `checkpoints/<bucket>/<prefix>`. */
+  /** Where each of o3train's sidecars is also written on local disk (not a put's). Default `checkpoints/<bucket>/<prefix>`. */
   localDir?: string
   /** Retention: keep the newest N checkpoints (default: keep all)… */
   keepLast?: number
@@ -111,14 +125,13 @@ export class CheckpointWriter {
       await this.client.abortMultipartUpload(u.key, u.uploadId)
     }
     // Entries after `latest` were never committed: a crash hit between manifest and latest.
-    const committed = this.manifest.checkpoints.filter((e) => latest !== undefined && e.seq <= latest.seq)
+    const committed = currentEntries(this.manifest.checkpoints.filter((e) => latest !== undefined && e.seq <= latest.seq))
     if (committed.length !== this.manifest.checkpoints.length) {
       this.manifest = { version: 1, checkpoints: committed }
       await this.putJson(MANIFEST_KEY, this.manifest)
     }
-    const keep = new Set(committed.flatMap((e) => [dataKey(e.name), sidecarKey(e.name)]))
     for await (const o of this.client.list(CHECKPOINT_DIR)) {
-      if (o.type === 'object' && !keep.has(o.key)) {
+      if (o.type === 'object' && !committed.some((e) => ownsKey(e, o.key))) {
         this.log.warn({ key: o.key }, 'deleting an object no committed checkpoint refers to')
         await this.client.delete(o.key)
       }
@@ -168,63 +181,96 @@ export class CheckpointWriter {
   }
 
   private async saveNow(state: readonly StateTensor[], meta: CheckpointMeta, signal?: AbortSignal): Promise<SavedCheckpoint> {
-    const name = checkpointName(meta.step)
-    if (this.manifest.checkpoints.some((e) => e.name === name)) {
-      throw new O3UsageError(`${this.store.location}: checkpoint ${name} already exists; each step is saved once`)
-    }
-    const key = dataKey(name)
-    const started = Date.now()
     const header = encodeHeader(state, encodeMeta(meta))
-    const digest = await hashedUpload(
-      this.client,
-      key,
-      [header, ...state.map((t) => t.data)],
-      state.reduce((n, t) => n + t.data.length, header.length),
-      {
-        partSize: this.options.partSize,
-        parallel: this.options.parallel,
-        signal,
-        contentType: 'application/octet-stream',
-        onPartStored: () => this.step('part', name),
-        logger: this.log,
-      },
-    )
-    this.step('data', name)
+    const content: PutFile = { path: '', size: state.reduce((n, t) => n + t.data.length, header.length), content: () => [header, ...state.map((t) => t.data)] }
+    return this.commit({ step: meta.step, epoch: meta.epoch, replace: false, files: [content], fields: { model: meta.model, data: meta.dataLineage } }, signal)
+  }
 
-    const head = await this.client.head(key, signal)
-    if (head.size !== digest.size) throw new O3IntegrityError(`${this.store.where(key)}: server reports ${head.size} bytes after writing ${digest.size}`)
-    const record = signRecord(
+  /**
+   * Stores a file or a directory of any format as one checkpoint of the run, committed like
+   * o3train's own (data, sidecars, manifest, `latest`): `o3ckpt put`. Each file is streamed from
+   * `content()` into its own upload, hashed on the hashing thread; a directory's entry CID is the
+   * UnixFS directory CID of its files. A step already in the run is refused unless `replace`.
+   */
+  async put(request: PutRequest, options: { signal?: AbortSignal } = {}): Promise<SavedCheckpoint> {
+    await this.flush()
+    const bad = (message: string) => new O3UsageError(`${request.path}: ${message}`)
+    const pathProblem = nameProblem(request.path)
+    if (pathProblem) throw bad(`cannot name a checkpoint: ${pathProblem}`)
+    if (request.kind === 'file' && request.files.length !== 1) throw bad('a file checkpoint holds exactly one file')
+    if (request.kind === 'directory') {
+      for (const f of request.files) {
+        const problem = f.path
+          .split('/')
+          .map(nameProblem)
+          .find((p) => p !== undefined)
+        if (problem) throw bad(`${JSON.stringify(f.path)} is not a valid key below the checkpoint: ${problem}`)
+      }
+      checkDirectoryLayout(request.files, bad)
+    }
+    for (const [k, v] of [
+      ['step', request.step],
+      ['epoch', request.epoch],
+    ] as const) {
+      if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0)) throw new O3UsageError(`${k} must be a non-negative integer (got ${v})`)
+    }
+    return this.commit(
       {
-        version: 1,
-        name,
-        cid: digest.cid,
-        sha256: digest.sha256,
-        size: digest.size,
-        time: new Date().toISOString(),
-        step: meta.step,
-        epoch: meta.epoch,
-        model: meta.model,
-        networkRootCid: head.networkRootCid,
-        networkState: head.networkState,
-        data: meta.dataLineage,
+        step: request.step ?? this.nextStep(),
+        epoch: request.epoch ?? 0,
+        kind: request.kind,
+        path: request.path,
+        replace: request.replace === true,
+        // Stored, listed and hashed in one order: by path bytes, as records list them.
+        files: [...request.files].sort((a, b) => Buffer.compare(Buffer.from(a.path), Buffer.from(b.path))),
+        fields: { meta: request.meta, data: request.dataLineage },
       },
-      this.signer,
+      options.signal,
     )
-    await this.writeLocalSidecar(name, await putSidecar(this.client, key, record, signal))
-    this.step('sidecar', name)
+  }
+
+  /** The step of a put that names none: one past the run's last, or 1 in an empty run. */
+  nextStep(): number {
+    return this.manifest.checkpoints.reduce((m, e) => Math.max(m, e.step), 0) + 1
+  }
+
+  /**
+   * The one commit path of every checkpoint: its objects (each with its sidecar for a directory),
+   * its record, the manifest, then `latest`. A failure before the manifest removes what this
+   * commit wrote (a multipart upload in flight is aborted by hashedUpload); after it, the objects
+   * stay for the next writer's open to judge. A replaced entry is dropped once `latest` has moved.
+   */
+  private async commit(plan: CommitPlan, signal?: AbortSignal): Promise<SavedCheckpoint> {
+    const name = checkpointName(plan.step)
+    const replaced = currentEntry(this.manifest.checkpoints, name)
+    if (replaced && !plan.replace) {
+      const hint = plan.kind === undefined ? 'each step is saved once' : 'pass --replace to replace it, or another --step'
+      throw new O3UsageError(`${this.store.location}: checkpoint ${name} already exists; ${hint}`)
+    }
+    const ref: EntryRef = definedFields({ name, kind: plan.kind, path: plan.path, rev: replaced ? (replaced.rev ?? 0) + 1 : undefined })
+    const started = Date.now()
+    const written: string[] = []
+    let record: CheckpointRecord
+    let digest: ContentDigest
+    try {
+      ;({ record, digest } = await this.storeObjects(ref, plan, written, signal))
+    } catch (err) {
+      await this.removeKeys(written)
+      throw err
+    }
 
     const seq = this.manifest.checkpoints.reduce((m, e) => Math.max(m, e.seq), 0) + 1
-    const entry: ManifestEntry = {
+    const entry: ManifestEntry = definedFields({
       seq,
-      name,
+      ...ref,
       cid: record.cid,
       sha256: record.sha256,
       size: record.size,
-      step: meta.step,
-      epoch: meta.epoch,
+      step: plan.step,
+      epoch: plan.epoch,
       time: record.time,
       signer: record.signer,
-    }
+    })
     const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints, entry] }
     await this.putJson(MANIFEST_KEY, manifest, signal)
     this.manifest = manifest
@@ -235,8 +281,105 @@ export class CheckpointWriter {
     this.step('latest', name)
     this.log.info({ checkpoint: name, cid: record.cid, bytes: record.size, ms: Date.now() - started, signer: record.signer }, 'checkpoint committed')
 
+    if (replaced) await this.dropEntries([replaced], 'replaced')
     await this.applyRetention(entry)
     return { entry, record, digest }
+  }
+
+  /** Uploads the plan's files and writes their sidecars and the record; every key it writes goes to `written` first. */
+  private async storeObjects(
+    ref: EntryRef,
+    plan: CommitPlan,
+    written: string[],
+    signal?: AbortSignal,
+  ): Promise<{ record: CheckpointRecord; digest: ContentDigest }> {
+    const { name } = ref
+    const stored: { path: string; digest: ContentDigest; dagSize: number; head: ObjectInfo }[] = []
+    for (const file of plan.files) {
+      const key = ref.kind === 'directory' ? directoryFileKey(ref, file.path) : contentKey(ref)
+      written.push(key)
+      let dagSize = 0
+      const digest = await hashedUpload(this.client, key, file.content(), file.size, {
+        partSize: this.options.partSize,
+        parallel: this.options.parallel,
+        signal,
+        contentType: 'application/octet-stream',
+        onPartStored: () => this.step('part', name),
+        onDag: (d) => (dagSize = d.dagSize),
+        logger: this.log,
+      })
+      const head = await this.client.head(key, signal)
+      if (head.size !== digest.size) throw new O3IntegrityError(`${this.store.where(key)}: server reports ${head.size} bytes after writing ${digest.size}`)
+      if (ref.kind === 'directory') {
+        const fileRecord = signFileRecord(
+          {
+            version: 1,
+            name,
+            rev: ref.rev,
+            path: file.path,
+            cid: digest.cid,
+            sha256: digest.sha256,
+            size: digest.size,
+            time: new Date().toISOString(),
+            step: plan.step,
+            networkRootCid: head.networkRootCid,
+            networkState: head.networkState,
+          },
+          this.signer,
+        )
+        written.push(sidecarKeyOf(key))
+        await putSidecar(this.client, key, fileRecord, signal)
+      }
+      stored.push({ path: file.path, digest, dagSize, head })
+    }
+    this.step('data', name)
+
+    let digest: ContentDigest
+    let extra: Partial<CheckpointRecord>
+    if (ref.kind === 'directory') {
+      const dir = directoryCid(
+        stored.map((f) => ({ path: f.path, cid: f.digest.cid, dagSize: f.dagSize })),
+        (message) => new O3UsageError(`${ref.path}: ${message}`),
+      )
+      digest = { cid: dir.cid, sha256: dir.sha256, size: stored.reduce((n, f) => n + f.digest.size, 0) }
+      extra = { files: stored.map((f) => ({ path: f.path, cid: f.digest.cid, sha256: f.digest.sha256, size: f.digest.size })) }
+    } else {
+      digest = stored[0]!.digest
+      extra = { networkRootCid: stored[0]!.head.networkRootCid, networkState: stored[0]!.head.networkState }
+    }
+    const record = signRecord(
+      {
+        version: 1,
+        ...ref,
+        cid: digest.cid,
+        sha256: digest.sha256,
+        size: digest.size,
+        time: new Date().toISOString(),
+        step: plan.step,
+        epoch: plan.epoch,
+        ...plan.fields,
+        ...extra,
+      },
+      this.signer,
+    )
+    const subject = ref.kind === 'directory' ? entryPrefix(ref) : contentKey(ref)
+    written.push(sidecarKeyOf(subject))
+    const text = await putSidecar(this.client, subject, record, signal)
+    // o3train keeps a local copy of each record beside its run; a put's files are the caller's own.
+    if (ref.kind === undefined) await this.writeLocalSidecar(name, text)
+    this.step('sidecar', name)
+    return { record, digest }
+  }
+
+  /** Deletes what a failed commit wrote; what cannot be deleted now, the next writer's open does. */
+  private async removeKeys(keys: readonly string[]): Promise<void> {
+    for (const key of keys) {
+      try {
+        await this.client.delete(key)
+      } catch (err) {
+        this.log.warn({ key, err: (err as Error).message }, 'could not remove an object of a failed checkpoint; the next writer will')
+      }
+    }
   }
 
   private async writeLocalSidecar(name: string, text: string): Promise<void> {
@@ -259,18 +402,74 @@ export class CheckpointWriter {
     const newest = new Set(all.slice(-keepLast).map((e) => e.name))
     const keep = (e: ManifestEntry) => e.name === current.name || newest.has(e.name) || (keepEvery !== undefined && e.seq % keepEvery === 0)
     const drop = all.filter((e) => !keep(e))
-    if (drop.length === 0) return
-    this.manifest = { version: 1, checkpoints: all.filter(keep) }
-    await this.putJson(MANIFEST_KEY, this.manifest)
-    for (const e of drop) {
+    if (drop.length > 0) await this.dropEntries(drop, 'retention')
+  }
+
+  /** Takes `entries` out of the manifest, then deletes their objects. */
+  private async dropEntries(entries: readonly ManifestEntry[], why: 'retention' | 'replaced'): Promise<void> {
+    this.manifest = { version: 1, checkpoints: this.manifest.checkpoints.filter((e) => !entries.includes(e)) }
+    try {
+      await this.putJson(MANIFEST_KEY, this.manifest)
+    } catch (err) {
+      // Committed already: a replaced entry still listed is harmless, and the next writer drops it.
+      if (why === 'retention') throw err
+      this.log.warn({ err: (err as Error).message }, 'could not drop the replaced checkpoint from the manifest; the next writer will')
+      return
+    }
+    for (const e of entries) {
       try {
-        await this.client.delete(sidecarKey(e.name))
-        await this.client.delete(dataKey(e.name))
-        await rm(path.join(this.localDir, `${e.name}.safetensors.cid`), { force: true })
-        this.log.info({ checkpoint: e.name }, 'retention removed a checkpoint')
+        await this.deleteObjects(e)
+        this.log.info({ checkpoint: e.name, seq: e.seq }, why === 'retention' ? 'retention removed a checkpoint' : 'removed the replaced checkpoint')
       } catch (err) {
-        this.log.warn({ checkpoint: e.name, err: (err as Error).message }, 'retention could not remove a checkpoint; the next writer will')
+        this.log.warn({ checkpoint: e.name, err: (err as Error).message }, 'could not remove a checkpoint; the next writer will')
       }
     }
   }
+
+  /** A checkpoint's objects, its record first, so that what is left of it never passes for complete. */
+  private async deleteObjects(e: ManifestEntry): Promise<void> {
+    if (e.kind === undefined) {
+      await this.client.delete(sidecarKey(e.name))
+      await this.client.delete(dataKey(e.name))
+      await rm(path.join(this.localDir, `${e.name}.safetensors.cid`), { force: true })
+      return
+    }
+    await this.client.delete(recordKey(e))
+    for await (const o of this.client.list(`${entryPrefix(e)}/`)) if (o.type === 'object') await this.client.delete(o.key)
+  }
+}
+
+/** One file of a checkpoint: its path below a put directory (its own name, or '', for a single file), its size and its bytes. */
+export interface PutFile {
+  path: string
+  size: number
+  /** Called once; yields exactly `size` bytes, in chunks that stay unchanged until the upload settles. */
+  content: () => Iterable<Uint8Array> | AsyncIterable<Uint8Array>
+}
+
+/** What `o3ckpt put` stores: one file, or a directory's files, with the fields of its record. */
+export interface PutRequest {
+  kind: EntryKind
+  /** The file's or the directory's own name: `get` writes it there by default. */
+  path: string
+  files: PutFile[]
+  /** Default: the run's last step + 1 (nextStep). */
+  step?: number
+  /** Default 0. */
+  epoch?: number
+  /** Replace the step's checkpoint if the run has one (else: refused). */
+  replace?: boolean
+  /** `--meta key=value`, recorded and signed with the record. */
+  meta?: Record<string, string>
+  dataLineage?: DataLineage
+}
+
+interface CommitPlan {
+  step: number
+  epoch: number
+  kind?: EntryKind
+  path?: string
+  replace: boolean
+  files: PutFile[]
+  fields: Pick<CheckpointRecord, 'model' | 'meta' | 'data'>
 }

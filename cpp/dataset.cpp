@@ -48,6 +48,7 @@ class ImageFolderDataset final : public Dataset {
   int64_t size() const override { return int64_t(listing_.samples.size()); }
   SampleShape shape() const override { return {channels_, size_, size_}; }
   int64_t numClasses() const override { return int64_t(listing_.classes.size()); }
+  std::vector<std::string> classNames() const override { return listing_.classes; }
   int64_t load(int64_t i, uint8_t* out) const override {
     const ImageFolderEntry& e = listing_.samples[size_t(i)];
     decodeSample(readWholeFile(e.path), e.path, int(channels_), int(size_), out);

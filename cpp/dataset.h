@@ -36,6 +36,9 @@ class Dataset {
   // Sample counts of the consecutive runs of samples stored together (tar shards, in order), which
   // the sampler keeps together so that reads stay sequential; empty when samples are independent.
   virtual std::vector<int64_t> shardSizes() const { return {}; }
+  // The name of each label where the data names its classes (an ImageFolder's sorted class
+  // directories); empty where labels are bare numbers (idx files, shards).
+  virtual std::vector<std::string> classNames() const { return {}; }
 };
 
 // Image size and channel checks shared by the image datasets.

@@ -75,6 +75,7 @@ Image decodePng(const std::string& path, const std::vector<uint8_t>& bytes, int 
   img.width = static_cast<int>(png.width);
   img.height = static_cast<int>(png.height);
   img.pixels.resize(PNG_IMAGE_SIZE(png));
+  // No background: libpng composes an image with alpha onto the buffer as it is, zero-filled (black).
   if (!png_image_finish_read(&png, nullptr, img.pixels.data(), 0, nullptr)) {
     const std::string message = png.message;
     png_image_free(&png);

@@ -16,8 +16,8 @@ struct Image {
 
 // Decodes a JPEG or PNG (detected by its signature, not its name) to `channels` channels: 3 gives
 // RGB (grayscale and palette images expanded), 1 gives gray (a grayscale image's own values; colour
-// converted to luminance by libpng or libjpeg). Alpha is dropped. A corrupt or truncated image
-// throws a fileError naming `name` (a file, or a shard member).
+// converted to luminance by libpng or libjpeg). A PNG with alpha is composed onto black. A corrupt or
+// truncated image throws a fileError naming `name` (a file, or a shard member).
 Image decodeImage(const std::vector<uint8_t>& bytes, const std::string& name, int channels);
 
 // The whole file, or a fileError naming it.

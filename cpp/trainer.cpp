@@ -78,6 +78,18 @@ struct BatchTensors {
   torch::Tensor images, labels;
 };
 
+// Where both name their classes (ImageFolder trees), label i must mean the same class in the
+// evaluation data as in the training data: a test tree lacking one class directory would
+// otherwise shift every label after it and score the model against the wrong answers. (That the
+// evaluation data has no more classes than the model is checked before.)
+void checkClassNames(const std::vector<std::string>& evaluated, const std::vector<std::string>& trained) {
+  for (size_t i = 0; i < evaluated.size() && i < trained.size(); ++i)
+    if (evaluated[i] != trained[i])
+      throw Error("evaluation class " + std::to_string(i) + " is '" + evaluated[i] + "' but the model's class " +
+                  std::to_string(i) + " is '" + trained[i] + "': the evaluation tree needs the " +
+                  std::to_string(trained.size()) + " class directories the model was trained on");
+}
+
 // Views the batch's host buffer as tensors on `device`, images scaled to [-1, 1]. The buffer is
 // the allocator's tensor, so a CUDA copy from pinned memory is asynchronous and the caching host
 // allocator knows not to reuse the buffer before the copy is done.
@@ -87,7 +99,7 @@ BatchTensors toDevice(const Batch& batch, const SampleShape& shape, torch::Devic
   torch::Tensor labels = bytes.slice(0, 0, labelBytes).view(torch::kInt64);
   torch::Tensor images = bytes.slice(0, labelBytes).view({batch.count, shape.channels, shape.height, shape.width});
   const bool async = device.is_cuda();
-  return {images.to(device, async).to(torch::kFloat).mul_(2.0 / 255).sub_(1.0), labels.to(device, async)};
+  return {images.to(device, async).to(torch::kFloat).mul_(kInputMul).sub_(kInputSub), labels.to(device, async)};
 }
 
 TrainResult runTraining(Trainer::Impl& m, int64_t maxSteps, bool toEpochEnd, const ProgressFn& onProgress) {
@@ -219,7 +231,8 @@ DatasetInfo Trainer::dataset() const {
   const Dataset& d = impl_->loader->dataset();
   const SamplerOptions& s = impl_->loader->sampler();
   const int64_t epochSize = impl_->loader->epochSize();
-  return {d.size(), epochSize, (epochSize + s.batchSize - 1) / s.batchSize, s.batchSize * s.worldSize, d.numClasses(), d.shape()};
+  return {d.size(),  epochSize,     (epochSize + s.batchSize - 1) / s.batchSize, s.batchSize * s.worldSize, d.numClasses(),
+          d.shape(), d.classNames()};
 }
 
 WorldInfo Trainer::world() const {
@@ -261,6 +274,7 @@ EvalResult Trainer::evaluate(const DataSpec& data, int64_t batchSize) {
                   std::to_string(got.width) + " but the model takes " + std::to_string(want.channels) + "x" +
                   std::to_string(want.height) + "x" + std::to_string(want.width));
     if (dataset->numClasses() > m.loader->dataset().numClasses()) throw Error("evaluation data has more classes than the model");
+    checkClassNames(dataset->classNames(), m.loader->dataset().classNames());
 
     torch::NoGradGuard noGrad;
     EvalMode evalMode(*m.model.net);

@@ -54,6 +54,10 @@ struct WorldInfo {
   bool collectives;  // false: one process, or a share of the data without communication
 };
 
+// How a sample's bytes become the model's input, in float32: x = byte * kInputMul - kInputSub (bytes
+// to [-1, 1]). Checkpoints record it, so that other code (examples/pytorch) prepares inputs alike.
+constexpr double kInputMul = 2.0 / 255, kInputSub = 1.0;
+
 struct DatasetInfo {
   int64_t size;       // samples in the whole dataset
   int64_t epochSize;  // samples this rank visits per epoch
@@ -61,6 +65,7 @@ struct DatasetInfo {
   int64_t globalBatch;  // batch size x world size
   int64_t classes;
   SampleShape shape;
+  std::vector<std::string> classNames;  // by label, where the data names its classes (Dataset::classNames)
 };
 
 struct Progress {

@@ -1,4 +1,6 @@
 import cliProgress from 'cli-progress'
+import { forPeople, prettyLine } from './log.js'
+import { setShownBar } from './terminal.js'
 
 /** Numbers shown for long work; `unit` names what `done`/`total` count (samples, bytes). */
 export interface ProgressUpdate {
@@ -15,20 +17,30 @@ export interface Progress {
 }
 
 /**
- * A bar on a TTY, and JSON lines (at most one every `intervalMs`) otherwise, so that logs and CI
- * output stay readable and parseable. Both go to stderr: stdout is kept for results.
+ * A bar on a TTY (unless --log-format json), and JSON lines (at most one every `intervalMs`)
+ * otherwise (readable ones with --log-format pretty), so that logs and CI output stay readable and
+ * parseable. Both go to stderr: stdout is kept for results. Log lines are printed above the bar
+ * (lib/terminal.ts).
  */
 export function createProgress(
   label: string,
   options: { unit: string; tty?: boolean; intervalMs?: number; stream?: NodeJS.WriteStream } = { unit: 'items' },
 ): Progress {
   const stream = options.stream ?? process.stderr
-  const tty = options.tty ?? stream.isTTY === true
+  const tty = options.tty ?? (stream.isTTY === true && forPeople(true))
   if (tty) {
+    // forceRedraw: a redraw after a line printed above the bar must draw it even though it has not changed.
     const bar = new cliProgress.SingleBar(
-      { format: `${label} [{bar}] {percentage}% {value}/{total} ${options.unit} | {extra} | ETA {eta_formatted}`, stream, hideCursor: true, etaBuffer: 50 },
+      {
+        format: `${label} [{bar}] {percentage}% {value}/{total} ${options.unit} | {extra} | ETA {eta_formatted}`,
+        stream,
+        hideCursor: true,
+        etaBuffer: 50,
+        forceRedraw: true,
+      },
       cliProgress.Presets.shades_classic,
     )
+    const shown = { stream, redraw: () => bar.render(), end: () => bar.stop() }
     let started = false
     const extra = (f?: Record<string, number | string>) =>
       Object.entries(f ?? {})
@@ -38,6 +50,7 @@ export function createProgress(
       update(u) {
         if (!started) {
           bar.start(u.total, u.done, { extra: extra(u.fields) })
+          setShownBar(shown)
           started = true
         } else {
           bar.setTotal(u.total)
@@ -48,6 +61,7 @@ export function createProgress(
         if (started) {
           if (fields) bar.update({ extra: extra(fields) })
           bar.stop()
+          setShownBar(undefined)
         }
       },
     }
@@ -55,8 +69,13 @@ export function createProgress(
   const interval = options.intervalMs ?? 2000
   let last = 0
   const started = Date.now()
+  // Off a terminal a person still gets readable lines with --log-format pretty, in the log's format.
+  const readable = forPeople(stream.isTTY === true)
   const write = (event: string, u: Partial<ProgressUpdate>, fields?: Record<string, number | string>) => {
-    stream.write(`${JSON.stringify({ time: new Date().toISOString(), event, label, unit: options.unit, ...u, ...u.fields, ...fields, fields: undefined })}\n`)
+    const line = { time: new Date().toISOString(), event, label, unit: options.unit, ...u, ...u.fields, ...fields, fields: undefined }
+    stream.write(
+      `${readable ? prettyLine(JSON.stringify({ ...line, level: 30, msg: `${label} ${event}`, event: undefined, label: undefined })) : JSON.stringify(line)}\n`,
+    )
   }
   let latest: ProgressUpdate | undefined
   return {

@@ -32,7 +32,23 @@ t.test('layout: LE length, space padding to 8 bytes, tensors in order', async (t
 })
 
 t.test('round trip with metadata', async (t) => {
-  const meta = { step: 1200, epoch: 3, model: 'fashion-cnn', config: { lr: 0.01, layers: [32, 64] }, dataPosition: { batch: 17, seed: 7 } }
+  const meta = {
+    step: 1200,
+    epoch: 3,
+    model: 'fashion-cnn',
+    config: { lr: 0.01, layers: [32, 64] },
+    dataPosition: { batch: 17, seed: 7 },
+    input: {
+      dataset: 'imagefolder' as const,
+      channels: 3,
+      height: 32,
+      width: 32,
+      classes: 2,
+      classNames: ['cat', 'dog'],
+      resize: 'bilinear' as const,
+      normalize: { mul: 2 / 255, sub: 1 },
+    },
+  }
   const f = file(tensors, encodeMeta(meta))
   const { header, tensors: back } = parseSafetensors(f, 'f')
   t.same(

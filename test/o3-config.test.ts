@@ -2,6 +2,7 @@ import t from 'tap'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { rootCertificates } from 'node:tls'
 import { resolveConfig, DEFAULT_ENDPOINT, DEFAULT_REGION, O3ConfigError } from '../lib/o3/index.js'
 import { loadSigner, recoverAddress, signerFromHex } from '../lib/content/signer.js'
 
@@ -58,4 +59,52 @@ t.test('AKAVE_PRIVATE_KEY: validated, shown only as its address, signs EIP-191',
   t.equal(loadSigner({}), undefined)
   t.throws(() => signerFromHex('0x1234', 'AKAVE_PRIVATE_KEY'), /AKAVE_PRIVATE_KEY is not a 32-byte hex/)
   t.throws(() => signerFromHex('00'.repeat(32), 'AKAVE_PRIVATE_KEY'), /not a valid secp256k1/)
+})
+
+t.test('CA bundle: --ca-bundle, then O3_CA_BUNDLE, then AWS_CA_BUNDLE, else the system store; checked to be PEM certificates', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'o3ca-'))
+  // Any well-formed certificate will do for these checks: the one Node itself ships first.
+  const pem = rootCertificates[0]!
+  const a = join(dir, 'a.pem')
+  const b = join(dir, 'b.pem')
+  writeFileSync(a, `# a comment line\n${pem}\n${rootCertificates[1]}\n`)
+  writeFileSync(b, pem)
+  t.match(resolveConfig({ caBundle: a }, { O3_CA_BUNDLE: b, AWS_CA_BUNDLE: b }), { caBundle: { path: a }, sources: { caBundle: '--ca-bundle' } })
+  t.match(resolveConfig({}, { O3_CA_BUNDLE: b, AWS_CA_BUNDLE: a }), { caBundle: { path: b, pem }, sources: { caBundle: 'O3_CA_BUNDLE' } })
+  t.match(resolveConfig({}, { AWS_CA_BUNDLE: a }), { caBundle: { path: a }, sources: { caBundle: 'AWS_CA_BUNDLE' } })
+  const none = resolveConfig({}, {})
+  t.equal(none.caBundle, undefined)
+  t.equal(none.sources.caBundle, 'system store')
+  const cwd = process.cwd()
+  process.chdir(dir)
+  t.teardown(() => process.chdir(cwd))
+  t.equal(resolveConfig({ caBundle: 'b.pem' }, {}).caBundle?.path, b, 'made absolute, for the native engine')
+
+  const missing = join(dir, 'missing.pem')
+  t.throws(() => resolveConfig({ caBundle: missing }, {}), {
+    name: 'O3ConfigError',
+    exitCode: 78,
+    message: `cannot read CA bundle (from --ca-bundle) ${missing}: ENOENT; check the path and its permissions`,
+  })
+  const text = join(dir, 'text.pem')
+  writeFileSync(text, 'not a certificate\n')
+  t.throws(() => resolveConfig({}, { O3_CA_BUNDLE: text }), {
+    exitCode: 78,
+    message: /^CA bundle \(from O3_CA_BUNDLE\) .*text\.pem holds no PEM certificate; give a file of -----BEGIN CERTIFICATE----- blocks/,
+  })
+  const broken = join(dir, 'broken.pem')
+  writeFileSync(broken, `${pem}\n-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n`)
+  t.throws(() => resolveConfig({}, { AWS_CA_BUNDLE: broken }), {
+    exitCode: 78,
+    message: /^CA bundle \(from AWS_CA_BUNDLE\) .*broken\.pem: certificate 2 of 2 is not a DER certificate/,
+  })
+  const truncated = join(dir, 'truncated.pem')
+  writeFileSync(truncated, pem.replace(/\n[^\n]*\n-----END/, '\n-----END'))
+  t.throws(() => resolveConfig({ caBundle: truncated }, {}), { exitCode: 78, message: /certificate 1 of 1 is not a DER certificate/ })
+  const notCert = join(dir, 'not-cert.pem')
+  // A DER SEQUENCE that is no certificate.
+  writeFileSync(notCert, `-----BEGIN CERTIFICATE-----\n${Buffer.from([0x30, 0x03, 0x02, 0x01, 0x05]).toString('base64')}\n-----END CERTIFICATE-----\n`)
+  t.throws(() => resolveConfig({ caBundle: notCert }, {}), { exitCode: 78, message: /certificate 1 of 1 cannot be parsed/ })
+  t.ok(resolveConfig({ caBundle: '/etc/ssl/certs/ca-certificates.crt' }, {}).caBundle, "Debian's whole system bundle passes")
+  t.throws(() => resolveConfig({ caBundle: dir }, {}), { exitCode: 78, message: /EISDIR/ })
 })

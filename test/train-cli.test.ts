@@ -325,22 +325,27 @@ t.test('a clean-up that fails does not hide the training error', async (t) => {
   t.notMatch(errors[0], /EPERM|rmdir/, 'not the clean-up failure')
 })
 
-t.test('bad input: one line, a distinct exit code, no secret printed', async (t) => {
+t.test('bad input: one line, a distinct exit code, no secret printed, in either log format', async (t) => {
   const cases: [string[], number, RegExp][] = [
     [['--data', subset, '--epochs', '0'], 64, /--epochs must be a positive integer/],
     [['--data', subset, '--ckpt', 'bucket/x'], 64, /--ckpt must look like o3:\/\/bucket\/prefix\/run/],
     [['--epochs', '1'], 64, /--data is required/],
     [['--data', join(scratch, 'nowhere')], 91, /no Fashion-MNIST files/],
+    [['--data', subset, '--test-data', join(scratch, 'nowhere')], 91, /--test-data .*nowhere: no such directory/],
+    [['--data', subset, '--test-data', `o3://${BUCKET}/fmnist`], 64, /--test-data takes a directory/],
     [['--data', subset, '--ckpt', `o3://no-such-bucket-x/run`], 66, /not found/],
   ]
-  for (const [args, exitCode, message] of cases) {
-    const { code, stderr, stdout } = await o3train(args).done
-    t.equal(code, exitCode, `${args.join(' ')} -> ${exitCode}`)
-    t.match(stderr.trim().split('\n').at(-1), message)
-    t.notOk(`${stdout}${stderr}`.includes(info.secretAccessKey), 'the secret key is not printed')
+  for (const format of ['json', 'pretty']) {
+    for (const [args, exitCode, message] of cases) {
+      const { code, stderr, stdout } = await o3train([...args, '--log-format', format]).done
+      t.equal(code, exitCode, `${format}: ${args.join(' ')} -> ${exitCode}`)
+      t.match(stderr.trim().split('\n').at(-1), message)
+      t.notOk(`${stdout}${stderr}`.includes(info.secretAccessKey), 'the secret key is not printed')
+    }
+    const bad = await o3train(['--data', subset, '--ckpt', `o3://${BUCKET}/runs/badkey`, '--log-format', format], { O3_SECRET_ACCESS_KEY: 'definitely-wrong' })
+      .done
+    t.equal(bad.code, 77)
+    t.match(bad.stderr, /rejected the credentials/)
+    t.notOk(bad.stderr.includes('definitely-wrong'))
   }
-  const bad = await o3train(['--data', subset, '--ckpt', `o3://${BUCKET}/runs/badkey`], { O3_SECRET_ACCESS_KEY: 'definitely-wrong' }).done
-  t.equal(bad.code, 77)
-  t.match(bad.stderr, /rejected the credentials/)
-  t.notOk(bad.stderr.includes('definitely-wrong'))
 })

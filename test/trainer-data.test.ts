@@ -37,7 +37,16 @@ t.test('listImageFolder gives the files and labels of the class directories', as
 t.test('a ResNet trains on the image tree', async (t) => {
   const tr = await Trainer.create(options(images, { model: 'resnet', optimizer: { type: 'sgd', lr: 0.05, momentum: 0.9 } }))
   t.teardown(() => tr.close())
-  t.same(tr.dataset, { size: 24, epochSize: 24, stepsPerEpoch: 3, globalBatch: 8, classes: 4, shape: [3, 32, 32] })
+  t.same(tr.dataset, {
+    size: 24,
+    epochSize: 24,
+    stepsPerEpoch: 3,
+    globalBatch: 8,
+    classes: 4,
+    shape: [3, 32, 32],
+    classNames: tree.classes,
+    normalize: { mul: 2 / 255, sub: 1 },
+  })
   t.same(tr.model, { name: 'resnet', config: { blocks: 1, width: 16 } })
   const r = await tr.trainSteps(4)
   t.equal(r.samples, 32)

@@ -17,7 +17,16 @@ t.test('one epoch of the CNN on Fashion-MNIST', async (t) => {
   t.teardown(() => trainer.close())
   // The default device is auto; trainer-data.test.ts checks what auto picks on this machine.
   t.ok(['cpu', 'cuda'].includes(trainer.device.type), `trained on ${trainer.device.type}`)
-  t.same(trainer.dataset, { size: 60000, epochSize: 60000, classes: 10, shape: [1, 28, 28], stepsPerEpoch: 938, globalBatch: 64 })
+  t.same(trainer.dataset, {
+    size: 60000,
+    epochSize: 60000,
+    classes: 10,
+    shape: [1, 28, 28],
+    stepsPerEpoch: 938,
+    globalBatch: 64,
+    classNames: [],
+    normalize: { mul: 2 / 255, sub: 1 },
+  })
 
   // A 10 ms timer must keep firing while the epoch trains on native threads.
   const periodMs = 10

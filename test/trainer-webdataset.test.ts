@@ -12,7 +12,7 @@ import { Trainer, type DataSpec, type StateTensor, type TrainerOptions } from '.
 import { parseTrainArgs } from '../trainer/options.js'
 import { train } from '../trainer/run.js'
 import { directorySink, writeShards } from '../upload/webdataset.js'
-import { FASHION_MNIST } from './support/imagefolder.js'
+import { FASHION_MNIST, writeGrayPngTree } from './support/imagefolder.js'
 import { mount } from './support/o3mount.js'
 import { serverEnv, useS3Server } from './support/s3-server.js'
 
@@ -22,23 +22,7 @@ t.teardown(() => rmSync(work, { recursive: true, force: true }))
 const COUNT = 120
 // The first COUNT test images as grayscale PNGs (PIL), one directory per label ("0".."9", so the
 // directory order is the label order), and the same images as idx files in the ImageFolder order.
-const tree = path.join(work, 'tree')
-execFileSync('/usr/bin/python3', [
-  '-c',
-  `
-import gzip, os, sys
-from PIL import Image
-src, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with gzip.open(os.path.join(src, 't10k-images-idx3-ubyte.gz')) as f: images = f.read()[16:]
-with gzip.open(os.path.join(src, 't10k-labels-idx1-ubyte.gz')) as f: labels = f.read()[8:]
-for i in range(n):
-    d = os.path.join(root, str(labels[i])); os.makedirs(d, exist_ok=True)
-    Image.frombytes('L', (28, 28), images[i * 784:(i + 1) * 784]).save(os.path.join(d, f'{i:05d}.png'))
-`,
-  FASHION_MNIST,
-  tree,
-  String(COUNT),
-])
+const tree = writeGrayPngTree(path.join(work, 'tree'), 't10k', COUNT)
 
 /** (class, source index) of every tree file in the ImageFolder order: classes, then paths. */
 const ordered = readdirSync(tree)
@@ -107,7 +91,16 @@ t.test('one image, one tensor: idx, ImageFolder PNG and shard PNG score identica
   t.same(results[1], results[0], 'ImageFolder PNG = idx')
   t.same(results[2], results[0], 'shard PNG = idx')
   const info = await Trainer.create(options(gray(ours)))
-  t.same(info.dataset, { size: COUNT, epochSize: COUNT, classes: 10, shape: [1, 28, 28], stepsPerEpoch: Math.ceil(COUNT / 16), globalBatch: 16 })
+  t.same(info.dataset, {
+    size: COUNT,
+    epochSize: COUNT,
+    classes: 10,
+    shape: [1, 28, 28],
+    stepsPerEpoch: Math.ceil(COUNT / 16),
+    globalBatch: 16,
+    classNames: [],
+    normalize: { mul: 2 / 255, sub: 1 },
+  })
   info.close()
 })
 

@@ -41,7 +41,12 @@ export interface TrainOptions extends O3Flags {
   keepEvery: number
   /** Signer addresses a resumed checkpoint must be signed by; default: the run's first signer. */
   trustSigner?: string[]
-  /** Evaluate on the test split after each epoch (fashion-mnist only). */
+  /**
+   * The test set, in the layout of --dataset (image size and channels as for --data): a directory.
+   * Default: fashion-mnist's t10k files beside the training files; none for imagefolder and webdataset.
+   */
+  testData?: string
+  /** Evaluate on the test set after each epoch (when there is one). */
   evaluate: boolean
   /** Model hyperparameters (hidden, layers, channels, dropout, ...); the core rejects unknown ones. */
   modelOpt: Record<string, number>
@@ -121,6 +126,7 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
     'ckpt',
     'init',
     'shards',
+    'testData',
     'lastBatch',
     'nprocPerNode',
     'trustSigner',
@@ -149,6 +155,8 @@ export function validateOptions(raw: Partial<TrainOptions> & Record<string, unkn
   }
   if (o.channels !== 1 && o.channels !== 3) throw new OptionsError(`channels must be 1 or 3 (got ${o.channels})`)
   if (o.shards !== undefined && o.dataset !== 'webdataset') throw new OptionsError('--shards applies to --dataset webdataset only')
+  if (o.testData !== undefined && (typeof o.testData !== 'string' || o.testData === '' || o.testData.startsWith('o3://')))
+    throw new OptionsError('--test-data takes a directory (for a test set in O3, mount it with o3mount first)')
   if (!(o.lr > 0)) throw new OptionsError(`lr must be a positive number (got ${o.lr})`)
   if (o.ckptEvery !== 'epoch' && !(Number.isInteger(o.ckptEvery) && o.ckptEvery > 0)) throw new OptionsError('ckptEvery must be a number of steps or "epoch"')
   if (o.lastBatch !== undefined) oneOf('--last-batch', o.lastBatch, ['short', 'drop', 'pad'])
@@ -195,6 +203,7 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
     .option('--channels <n>', 'image channels for imagefolder and webdataset: 3 RGB (default), 1 gray', channelsArg)
     .option('--shards <pattern>', "webdataset shards under --data, e.g. 'train-{000000..000127}.tar' (default every *.tar)")
     .option('--shuffle-window <n>', `webdataset: consecutive samples shuffled together (default ${DEFAULTS.shuffleWindow})`, positiveInt('--shuffle-window'))
+    .option('--test-data <dir>', 'the test set in the --dataset layout (default: fashion-mnist t10k files beside the training files; none otherwise)')
     .option('--ckpt <o3://bucket/prefix/run>', 'where checkpoints go; none when absent')
     .option('--ckpt-every <steps|epoch>', 'checkpoint every N steps, or at the end of each epoch (default epoch)', every)
     .option('--resume <auto|none|name|cid>', 'resume from latest (auto), nothing, a checkpoint name, or a CID (default auto)')
@@ -219,7 +228,8 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
     )
     .option('--restart-data-position', 'resume a checkpoint saved with another global batch (batch x ranks) at the start of its epoch')
   addO3Flags(cmd).parse(argv, { from: 'user' })
-  const { config, ...flags } = cmd.opts<Record<string, unknown>>()
+  // --log-format is every command's, already applied (lib/cli/run-cli.ts): not a training option.
+  const { config, logFormat: _logFormat, ...flags } = cmd.opts<Record<string, unknown>>()
   const fromFile = typeof config === 'string' ? readConfigFile(config) : {}
   // commander reports `evaluate: true` for an absent --no-evaluate; only an explicit flag overrides the file.
   if (cmd.getOptionValueSource('evaluate') === 'default') delete flags.evaluate

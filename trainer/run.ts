@@ -1,9 +1,10 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { access } from 'node:fs/promises'
+import { access, stat } from 'node:fs/promises'
 import { extname, join } from 'node:path'
 import { dataLineage, type DataLineage } from '../lib/content/lineage.js'
-import { Trainer, type DataSpec, type DeviceInfo } from '../addon/index.js'
+import { Trainer, type DataSpec, type DatasetInfo, type DeviceInfo } from '../addon/index.js'
 import { CheckpointStore, CheckpointWriter, type CheckpointRecord, type LoadedCheckpoint, type ManifestEntry } from '../checkpoint/index.js'
+import type { InputRecord } from '../checkpoint/meta.js'
 import { TrustPolicy } from '../checkpoint/trust.js'
 import { distributedFromEnv } from './distributed.js'
 import { applyInitWeights } from './init-weights.js'
@@ -50,7 +51,7 @@ export interface TrainSummary {
   samples: number
   seconds: number
   samplesPerSecond: number
-  /** Test-set results after the last epoch trained (fashion-mnist). */
+  /** Test-set results after the last epoch trained (fashion-mnist, or --test-data). */
   test?: { loss: number; accuracy: number }
   resumedFrom?: { name: string; cid: string; step: number }
   checkpoints: { name: string; cid: string; step: number }[]
@@ -71,19 +72,50 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Finds the idx files: `root` itself or torchvision's `root/FashionMNIST/raw` layout. */
-export async function fashionMnistDir(root: string): Promise<string> {
+/** Finds the idx files of a split: `root` itself or torchvision's `root/FashionMNIST/raw` layout. */
+export async function fashionMnistDir(root: string, split: 'train' | 't10k' = 'train', flag = '--data'): Promise<string> {
   for (const dir of [root, join(root, 'FashionMNIST', 'raw'), join(root, 'fashion-mnist')]) {
-    for (const f of ['train-images-idx3-ubyte', 'train-images-idx3-ubyte.gz']) if (await exists(join(dir, f))) return dir
+    for (const f of [`${split}-images-idx3-ubyte`, `${split}-images-idx3-ubyte.gz`]) if (await exists(join(dir, f))) return dir
   }
-  throw new Error(`no Fashion-MNIST files (train-images-idx3-ubyte[.gz]) in ${root} or ${join(root, 'FashionMNIST', 'raw')}; check --data`)
+  throw new Error(`no Fashion-MNIST files (${split}-images-idx3-ubyte[.gz]) in ${root} or ${join(root, 'FashionMNIST', 'raw')}; check ${flag}`)
+}
+
+/** A directory named by a flag, checked at start rather than when first read (after an epoch, for --test-data). */
+async function checkDirectory(dir: string, flag: string): Promise<void> {
+  const st = await withDeadline(stat(dir), dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ETIMEDOUT') throw err
+    return undefined
+  })
+  if (!st?.isDirectory()) throw new Error(`${flag} ${dir}: ${st ? 'not a directory' : 'no such directory'}`)
 }
 
 async function dataSpecs(o: TrainOptions, dataDir: string): Promise<{ train: DataSpec; test?: DataSpec }> {
-  if (o.dataset === 'imagefolder') return { train: { kind: 'imagefolder', root: dataDir, imageSize: o.imageSize, channels: o.channels } }
-  if (o.dataset === 'webdataset') return { train: { kind: 'webdataset', root: dataDir, imageSize: o.imageSize, channels: o.channels, shards: o.shards } }
+  if (o.testData !== undefined) await checkDirectory(o.testData, '--test-data')
+  if (o.dataset !== 'fashion-mnist') {
+    const image = { kind: o.dataset, imageSize: o.imageSize, channels: o.channels }
+    return {
+      train: { ...image, root: dataDir, ...(o.dataset === 'webdataset' ? { shards: o.shards } : {}) },
+      test: o.testData === undefined ? undefined : { ...image, root: o.testData },
+    }
+  }
   const dir = await fashionMnistDir(dataDir)
-  return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: dir, split: 'test' } }
+  const testDir = o.testData === undefined ? dir : await fashionMnistDir(o.testData, 't10k', '--test-data')
+  return { train: { kind: 'mnist', root: dir, split: 'train' }, test: { kind: 'mnist', root: testDir, split: 'test' } }
+}
+
+/** What the model takes and how its inputs are made, recorded with every checkpoint (checkpoint/meta.ts). */
+function inputRecord(o: TrainOptions, d: DatasetInfo): InputRecord {
+  const [channels, height, width] = d.shape
+  return {
+    dataset: o.dataset,
+    channels,
+    height,
+    width,
+    classes: d.classes,
+    ...(d.classNames.length > 0 ? { classNames: d.classNames } : {}),
+    ...(o.dataset === 'fashion-mnist' ? {} : { resize: 'bilinear' as const }),
+    normalize: d.normalize,
+  }
 }
 
 /** The files the native dataset reads for `specs`, as cpp/dataset.cpp finds them. */
@@ -167,8 +199,9 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
   const specs = await dataSpecs(o, dataDir)
   const threads = threadSetup(o.threads)
   const distributed = distributedFromEnv(process.env, o.distTimeout)
-  // Computed beside training (the idx files are few); every checkpoint waits for it.
-  const lineage: Promise<DataLineage> = dataLineage(dataDir, filesRead(specs, o.evaluate), hooks.readsVerified === true)
+  // Computed beside training (the idx files are few); every checkpoint waits for it. A --test-data
+  // set lies outside --data and the weights are not trained on it: it is not part of the lineage.
+  const lineage: Promise<DataLineage> = dataLineage(dataDir, filesRead(specs, o.evaluate && o.testData === undefined), hooks.readsVerified === true)
   lineage.catch(() => {})
   const trainer = await Trainer.create({
     model: o.model,
@@ -212,6 +245,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
 
     const startStep = step
     let lastSavedStep = step
+    const input = inputRecord(o, trainer.dataset)
     const config = {
       model: trainer.model,
       dataset: o.dataset,
@@ -231,7 +265,15 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
       lastSavedStep = step
       const state = await trainer.stateDict()
       if (!writer) return
-      const meta = { step, epoch: trainer.position.epoch, model: `${o.dataset}-${o.model}`, config, dataPosition: trainer.position, dataLineage: await lineage }
+      const meta = {
+        step,
+        epoch: trainer.position.epoch,
+        model: `${o.dataset}-${o.model}`,
+        config,
+        dataPosition: trainer.position,
+        dataLineage: await lineage,
+        input,
+      }
       if (background) {
         await writer.saveAsync(state, meta, { signal: hooks.kill })
         log.info({ step, epoch: meta.epoch }, 'checkpoint upload started')

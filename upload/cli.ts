@@ -81,7 +81,7 @@ async function* readCounted(file: string, count: (bytes: number) => void): Async
 /** The data, then its sidecar: a file whose data did not complete never gets one. */
 async function uploadFile(client: O3Client, f: LocalFile, count: (bytes: number) => void, signal: AbortSignal): Promise<ManifestFile> {
   let leaves: readonly string[] = []
-  const digest: ContentDigest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, { signal, onLeaves: (l) => (leaves = l) })
+  const digest: ContentDigest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, { signal, onDag: (d) => (leaves = d.leaves) })
   await putSidecar(client, f.key, { ...digest, time: new Date().toISOString() }, signal)
   return { ...digest, leaves: [...leaves] }
 }

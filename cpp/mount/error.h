@@ -19,6 +19,22 @@ enum class ErrorKind {
   NoMemory,     //                               -> ENOMEM
 };
 
+// The kind's name as written above ("NotFound"), for logs and the test tools' JSON.
+constexpr const char* errorKindName(ErrorKind k) {
+  switch (k) {
+    case ErrorKind::Ok: return "Ok";
+    case ErrorKind::NotFound: return "NotFound";
+    case ErrorKind::Auth: return "Auth";
+    case ErrorKind::Integrity: return "Integrity";
+    case ErrorKind::Stream: return "Stream";
+    case ErrorKind::Unreachable: return "Unreachable";
+    case ErrorKind::Timeout: return "Timeout";
+    case ErrorKind::Cancelled: return "Cancelled";
+    case ErrorKind::NoMemory: return "NoMemory";
+  }
+  return "?";
+}
+
 struct Status {
   ErrorKind kind = ErrorKind::Ok;
   std::string message;

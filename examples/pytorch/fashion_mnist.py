@@ -39,11 +39,16 @@ def read_idx(path):
     return torch.frombuffer(body, dtype=torch.uint8).reshape(dims)
 
 
-def to_input(images):
-    """uint8 N x H x W (or N x C x H x W) -> float NCHW in [-1, 1], the same float ops as o3train."""
+# How o3train makes a model's input from a sample's bytes (cpp/trainer.h, kInputMul and kInputSub).
+NORMALIZE = {"mul": 2.0 / 255, "sub": 1.0}
+
+
+def to_input(images, normalize=None):
+    """uint8 N x H x W (or N x C x H x W) -> float NCHW, byte * mul - sub ([-1, 1]): the same float ops as o3train."""
+    n = normalize or NORMALIZE
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    return images.to(torch.float32).mul_(2.0 / 255).sub_(1.0)
+    return images.to(torch.float32).mul_(n["mul"]).sub_(n["sub"])
 
 
 def load_split(root, split="test"):

@@ -5,7 +5,7 @@
     save_init.py OUT --from CHECKPOINT [--model NAME]      # a checkpoint's model, re-saved by PyTorch
 
 The file holds the bare state_dict() names (`conv1.weight`, ...) that PyTorch code produces, and
-records the model in its metadata as an o3train checkpoint does.
+records the model (and, with --from, its input) in its metadata as an o3train checkpoint does.
 """
 
 import argparse
@@ -28,9 +28,10 @@ def main(argv):
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed for a fresh initialisation (default 0)")
     p.add_argument("--from", dest="source", metavar="CHECKPOINT", help="take the weights from this safetensors file")
     a = p.parse_args(argv)
+    input_record = None
     try:
         if a.source:
-            model, name, config, _ = load_model(a.source, a.model)
+            model, name, config, _, input_record = load_model(a.source, a.model)
         elif a.model:
             torch.manual_seed(a.seed)
             name, config = a.model, resolve_config(a.model)
@@ -39,7 +40,7 @@ def main(argv):
             p.error("pass --model cnn, mlp or resnet, or --from CHECKPOINT")
     except (OSError, ValueError) as err:
         return failure("save_init.py", err)
-    st_file.save(a.out, model.state_dict(), recording_metadata(name, config))
+    st_file.save(a.out, model.state_dict(), recording_metadata(name, config, input_record))
     return 0
 
 

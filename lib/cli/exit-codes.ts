@@ -53,7 +53,7 @@ export const EXIT_MEANING: Record<ExitCodeName, { meaning: string; commands: str
   unsafePath: { meaning: 'a runtime, log or stats path is unsafe: a symlink, or a directory of another user', commands: 'o3mount, o3train' },
   addon: { meaning: 'the native addon cannot be loaded', commands: 'o3train' },
   training: { meaning: 'training failed (e.g. the data mount went away)', commands: 'o3train' },
-  interrupted: { meaning: 'a second SIGINT/SIGTERM: stopped at once, uploads in flight aborted', commands: 'o3train, o3upload' },
+  interrupted: { meaning: 'a second SIGINT/SIGTERM: stopped at once, uploads in flight aborted', commands: 'o3train, o3ckpt put, o3upload' },
 }
 
 /** The exit-code table as Markdown, as it stands in README.md between its exit-codes markers. */

@@ -15,6 +15,11 @@ const FLAGS: { flag: string; key: keyof O3Flags; help: string }[] = [
     help: 'file of O3_ACCESS_KEY_ID=... / O3_SECRET_ACCESS_KEY=... lines (keys are never taken from argv)',
   },
   { flag: '--profile <name>', key: 'profile', help: 'AWS shared-config profile' },
+  {
+    flag: '--ca-bundle <file>',
+    key: 'caBundle',
+    help: 'PEM file of the CA certificates HTTPS trusts, instead of the system store (else O3_CA_BUNDLE, AWS_CA_BUNDLE)',
+  },
 ]
 
 export function addO3Flags<C extends Command>(cmd: C): C {

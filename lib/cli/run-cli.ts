@@ -1,14 +1,25 @@
-import { Command, CommanderError } from 'commander'
+import { Command, CommanderError, Option } from 'commander'
+import { LOG_FORMATS, setLogFormat, type LogFormat } from '../log.js'
+import { printAboveBar } from '../terminal.js'
 import { ExitCode } from './exit-codes.js'
 
 /**
  * A commander program that reports a bad flag with commander's own message, on one line that
  * points at --help, and then the command's usage exit status (instead of commander's default 1).
+ * Every command takes --log-format here; it applies as it is parsed, so to every logger made after.
  */
 export function newCommand(name: string): Command {
-  return new Command(name).exitOverride().configureOutput({
-    outputError: (message, write) => write(`${message.trimEnd()} (see ${name} --help)\n`),
-  })
+  return new Command(name)
+    .exitOverride()
+    .configureOutput({
+      outputError: (message, write) => write(`${message.trimEnd()} (see ${name} --help)\n`),
+    })
+    .addOption(
+      new Option('--log-format <format>', 'log lines: readable on a terminal and JSON otherwise (auto), or always pretty, or always json')
+        .choices(LOG_FORMATS)
+        .default('auto'),
+    )
+    .on('option:log-format', (format: LogFormat) => setLogFormat(format))
 }
 
 export interface RunCliOptions {
@@ -37,7 +48,7 @@ export function runCli(name: string, main: () => Promise<number>, options: RunCl
       )
     }
     const code = (err as { exitCode?: unknown } | null)?.exitCode
-    process.stderr.write(`${name}: ${oneLine(err)}\n`)
+    printAboveBar(process.stderr, `${name}: ${oneLine(err)}\n`)
     if (typeof code === 'number') return finish(code)
     if (/^(debug|trace)$/.test(process.env.O3_LOG_LEVEL ?? '')) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`)
     finish(ExitCode.internal)

@@ -25,8 +25,15 @@ export interface ContentDigest {
 /** Blocks the importer hashes but this module never keeps: only the root CID is wanted. */
 const discard = { put: async (cid: CID) => cid }
 
-/** The root of `content` in the DAG layout of `ipfs add --cid-version=1 --raw-leaves --chunker=size-1048576`. */
-async function importRoot(content: AsyncIterable<Uint8Array>, bufferImporter: ImporterOptions['bufferImporter'], blockWriteConcurrency: number): Promise<CID> {
+/**
+ * The root of `content` in the DAG layout of `ipfs add --cid-version=1 --raw-leaves --chunker=size-1048576`,
+ * with the DAG's cumulative size (its blocks' bytes: the Tsize of a directory's link to it).
+ */
+async function importRoot(
+  content: AsyncIterable<Uint8Array>,
+  bufferImporter: ImporterOptions['bufferImporter'],
+  blockWriteConcurrency: number,
+): Promise<{ cid: CID; dagSize: number }> {
   const options: ImporterOptions = {
     cidVersion: 1,
     rawLeaves: true,
@@ -36,8 +43,8 @@ async function importRoot(content: AsyncIterable<Uint8Array>, bufferImporter: Im
     bufferImporter,
     blockWriteConcurrency,
   }
-  let last: CID | undefined
-  for await (const entry of importer([{ content }], discard, options)) last = entry.cid
+  let last: { cid: CID; dagSize: number } | undefined
+  for await (const entry of importer([{ content }], discard, options)) last = { cid: entry.cid, dagSize: Number(entry.size) }
   if (!last) throw new Error('the UnixFS importer produced no root')
   return last
 }
@@ -65,7 +72,7 @@ export async function cidFromLeaves(leaves: readonly string[], size: number): Pr
     }
   }
   const none = (async function* (): AsyncGenerator<Uint8Array> {})()
-  return (await importRoot(none, () => fromDigests(), 1)).toString()
+  return (await importRoot(none, () => fromDigests(), 1)).cid.toString()
 }
 
 /**
@@ -87,9 +94,10 @@ export class ContentHasher {
   private readonly waiters: { end: number; release: () => void }[] = []
   private enqueuedBytes = 0
   private hashedBytes = 0
-  private readonly root: Promise<CID>
+  private readonly root: Promise<{ cid: CID; dagSize: number }>
   private failure: unknown
   private readonly leaves: string[] = []
+  private rootDagSize: number | undefined
 
   constructor() {
     // Leaves hashing at once, each a 1 MiB copy; the thread pool has 4 threads anyway.
@@ -188,7 +196,14 @@ export class ContentHasher {
     this.ended = true
     this.wakeImporter?.()
     const root = await this.root
-    return { cid: root.toString(), sha256: this.whole.digest('hex'), size: this.size }
+    this.rootDagSize = root.dagSize
+    return { cid: root.cid.toString(), sha256: this.whole.digest('hex'), size: this.size }
+  }
+
+  /** The cumulative size of the content's DAG (blocks and links, as a directory's link records it); known once digest() has resolved. */
+  get dagSize(): number {
+    if (this.rootDagSize === undefined) throw new Error('ContentHasher.dagSize before digest')
+    return this.rootDagSize
   }
 
   /** Hex sha256 of each 1 MiB leaf of the CID, in order; complete once digest() has resolved. */

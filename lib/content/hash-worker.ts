@@ -27,7 +27,7 @@ port.on('message', (m: ToHashWorker) => {
   }
   sessions.delete(m.id)
   hasher.digest().then(
-    (digest) => post({ type: 'digest', id: m.id, digest, leaves: [...hasher.leafDigests] }),
+    (digest) => post({ type: 'digest', id: m.id, digest, leaves: [...hasher.leafDigests], dagSize: hasher.dagSize }),
     (err: Error) => post({ type: 'digest', id: m.id, error: err.message }),
   )
 })

@@ -18,8 +18,11 @@ export interface HashedUploadOptions {
   /** Runs after each stored part of a multipart upload. */
   onPartStored?: (partNumber: number) => void
   logger?: Logger
-  /** Receives the hex sha256 of each 1 MiB leaf of the CID, in order, once the upload is done. */
-  onLeaves?: (leaves: readonly string[]) => void
+  /**
+   * Receives, once the upload is done, the hex sha256 of each 1 MiB leaf of the CID, in order, and
+   * the DAG's cumulative size (what a UnixFS directory's link to the content records as Tsize).
+   */
+  onDag?: (dag: { leaves: readonly string[]; dagSize: number }) => void
 }
 
 /**
@@ -87,6 +90,6 @@ async function multipart(
 
 async function finish(hasher: ThreadHasher, options: HashedUploadOptions): Promise<ContentDigest> {
   const digest = await hasher.digest()
-  options.onLeaves?.(hasher.leafDigests)
+  options.onDag?.({ leaves: hasher.leafDigests, dagSize: hasher.dagSize })
   return digest
 }

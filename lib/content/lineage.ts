@@ -20,7 +20,7 @@ export interface DataLineage {
 const rel = (root: string, file: string) => path.relative(root, file).split(path.sep).join('/')
 
 /** The nearest `.o3-manifest.json` at or above each file (up to `root`) that names them all, if there is one. */
-async function manifestFor(root: string, files: readonly string[]): Promise<{ path: string; cid: string } | undefined> {
+export async function manifestFor(root: string, files: readonly string[]): Promise<{ path: string; cid: string } | undefined> {
   if (files.length === 0) return undefined
   for (let dir = path.dirname(files[0]!); ; dir = path.dirname(dir)) {
     const file = path.join(dir, DATASET_MANIFEST_NAME)

@@ -6,7 +6,7 @@ import { CID_BLOCK_SIZE, type ContentDigest } from './cid.js'
 export type ToHashWorker = { type: 'block'; id: number; block: ArrayBuffer; length: number } | { type: 'digest' | 'drop'; id: number }
 export type FromHashWorker =
   | { type: 'free'; id: number; block: ArrayBuffer }
-  | { type: 'digest'; id: number; digest?: ContentDigest; leaves?: string[]; error?: string }
+  | { type: 'digest'; id: number; digest?: ContentDigest; leaves?: string[]; dagSize?: number; error?: string }
 
 /**
  * Blocks copied to the hashing thread and not yet hashed, per session: the in-flight cap that
@@ -20,6 +20,8 @@ interface Session {
   done?: { resolve: (d: ContentDigest) => void; reject: (err: Error) => void }
   /** The sha256 of each 1 MiB leaf, in order, once the digest is in. */
   leaves?: string[]
+  /** The DAG's cumulative size, once the digest is in. */
+  dagSize?: number
 }
 
 /**
@@ -104,6 +106,7 @@ class HashThread {
     }
     this.close(m.id)
     s.leaves = m.leaves
+    s.dagSize = m.dagSize
     if (m.digest) s.done?.resolve(m.digest)
     else s.done?.reject(new Error(m.error ?? 'hashing failed'))
   }
@@ -205,6 +208,12 @@ export class ThreadHasher {
   /** The sha256 (hex) of each 1 MiB leaf of the CID, in order; complete once digest() resolved. */
   get leafDigests(): readonly string[] {
     return this.session.leaves ?? []
+  }
+
+  /** The cumulative size of the content's DAG (ContentHasher.dagSize); known once digest() resolved. */
+  get dagSize(): number {
+    if (this.session.dagSize === undefined) throw new Error('ThreadHasher.dagSize before digest')
+    return this.session.dagSize
   }
 
   /** Gives up on this content (its upload failed), releasing the worker's share of it. */

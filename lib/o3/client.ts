@@ -122,7 +122,8 @@ export class O3Client {
     this.log = options.logger ?? silentLogger
     const isHttps = this.config.endpoint.startsWith('https:')
     const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 16, maxFreeSockets: options.maxSockets ?? 16 }
-    this.agent = isHttps ? new https.Agent(agentOptions) : new http.Agent(agentOptions)
+    // A CA bundle replaces the system store, as it does for the native fetch engine (libcurl's CAINFO).
+    this.agent = isHttps ? new https.Agent({ ...agentOptions, ca: this.config.caBundle?.pem }) : new http.Agent(agentOptions)
     const s3Config: S3ClientConfig = {
       endpoint: this.config.endpoint,
       region: this.config.region,

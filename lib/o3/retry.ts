@@ -35,6 +35,18 @@ const AUTH_CODES = new Set([
 ])
 const NOT_FOUND_CODES = new Set(['NoSuchKey', 'NoSuchBucket', 'NotFound', 'NoSuchUpload'])
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN'])
+/** Node's codes for a server certificate that is not trusted: no retry makes it trusted. */
+const UNTRUSTED_CERT_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_UNTRUSTED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+])
 const TRANSIENT_CODES = new Set([
   ...UNREACHABLE_CODES,
   'ECONNRESET',
@@ -117,6 +129,12 @@ export function toO3Error(err: unknown, what: string, endpoint: string): O3Error
   }
   const cause = (err as Raw)?.cause
   const sysCode = cause ? errorCode(cause) : code
+  if (UNTRUSTED_CERT_CODES.has(code) || UNTRUSTED_CERT_CODES.has(sysCode)) {
+    return new O3UnreachableError(
+      `${what}: cannot reach ${endpoint} securely: its certificate is not trusted (${UNTRUSTED_CERT_CODES.has(code) ? code : sysCode}); give the CA that signed it with --ca-bundle or O3_CA_BUNDLE`,
+      { cause: err },
+    )
+  }
   if (UNREACHABLE_CODES.has(code) || UNREACHABLE_CODES.has(sysCode)) {
     return new O3UnreachableError(`${what}: cannot reach ${endpoint} (${code}); check O3_ENDPOINT and the network`, { cause: err })
   }

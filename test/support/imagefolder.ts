@@ -70,3 +70,24 @@ export function buildImageFolder(root: string, opts: ImageFolderOptions = {}): I
     .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))
   return { root: path.resolve(root), classes, files }
 }
+
+const GRAY_TREE_WRITER = `
+import gzip, os, sys
+from PIL import Image
+src, split, root, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with gzip.open(os.path.join(src, f'{split}-images-idx3-ubyte.gz')) as f: images = f.read()[16:]
+with gzip.open(os.path.join(src, f'{split}-labels-idx1-ubyte.gz')) as f: labels = f.read()[8:]
+for i in range(n):
+    d = os.path.join(root, str(labels[i])); os.makedirs(d, exist_ok=True)
+    Image.frombytes('L', (28, 28), images[i * 784:(i + 1) * 784]).save(os.path.join(d, f'{i:05d}.png'))
+`
+
+/**
+ * Writes the first `count` images of a Fashion-MNIST split (`train` or `t10k`) as gray PNGs (PIL)
+ * under root/<label>/<index>.png. The directories "0".."9" sort in label order, so the tree's
+ * labels are the idx files' labels, and each PNG decodes to its idx image's bytes.
+ */
+export function writeGrayPngTree(root: string, split: 'train' | 't10k', count: number): string {
+  execFileSync('/usr/bin/python3', ['-c', GRAY_TREE_WRITER, FASHION_MNIST, split, root, String(count)])
+  return path.resolve(root)
+}

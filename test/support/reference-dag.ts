@@ -2,10 +2,13 @@
  * A second CID builder for tests, written from the specs (dag-pb, UnixFS, CIDv1, multibase
  * base32) with nothing but node:crypto, so that it shares no code with `ipfs-unixfs-importer`,
  * `@ipld/dag-pb`, `ipfs-unixfs` or `multiformats`: the CID that `ipfs add --cid-version=1
- * --raw-leaves --chunker=size-1048576` (balanced layout, 174 links) prints. It streams: memory is
- * one leaf plus 174 links per level, whatever the size.
+ * --raw-leaves --chunker=size-1048576` (balanced layout, 174 links) prints, and for a directory
+ * what `ipfs add -r --hidden` with the same flags prints. It streams: memory is one leaf plus 174
+ * links per level, whatever the size.
  */
 import { createHash } from 'node:crypto'
+import { createReadStream, readdirSync, statSync } from 'node:fs'
+import path from 'node:path'
 
 const LEAF = 1 << 20
 const WIDTH = 174
@@ -60,6 +63,11 @@ function parent(children: Node[]): Node {
 
 /** The CID (base32 text) of the content `chunks` yield, cut however. */
 export async function referenceCid(chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<string> {
+  return base32((await referenceFile(chunks)).cid)
+}
+
+/** The root of a file's DAG: its CID bytes and its cumulative size (what a directory's link to it records). */
+async function referenceFile(chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<{ cid: Buffer; tsize: number }> {
   // levels[0] holds leaves; a level that fills up becomes one node of the level above.
   const levels: Node[][] = [[]]
   const push = (level: number, node: Node) => {
@@ -87,7 +95,38 @@ export async function referenceCid(chunks: AsyncIterable<Uint8Array> | Iterable<
   // Partial groups close bottom-up; the root is the only node left on the top level.
   for (let l = 0; ; l++) {
     const above = levels.slice(l + 1).some((lv) => lv.length > 0)
-    if (!above && levels[l]!.length === 1) return base32(levels[l]![0]!.cid)
+    if (!above && levels[l]!.length === 1) return levels[l]![0]!
     if (levels[l]!.length > 0) push(l + 1, parent(levels[l]!.splice(0)))
   }
+}
+
+/**
+ * A directory node: PBNode { Links (PBLink { Hash, Name, Tsize }) sorted by name bytes, Data =
+ * UnixFS { Type = Directory (1) } }, nothing else (kubo adds no mode or mtime unless asked to).
+ */
+function directoryNode(children: { name: string; cid: Buffer; tsize: number }[]): { cid: Buffer; tsize: number } {
+  const sorted = [...children].sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)))
+  const links = sorted.map((c) => bytesField(2, Buffer.concat([bytesField(1, c.cid), bytesField(2, Buffer.from(c.name)), varintField(3, c.tsize)])))
+  const block = Buffer.concat([...links, bytesField(1, varintField(1, 1))])
+  return { cid: cidBytes(DAG_PB, block), tsize: block.length + sorted.reduce((a, c) => a + c.tsize, 0) }
+}
+
+async function referenceTree(dir: string): Promise<{ cid: Buffer; tsize: number }> {
+  const children: { name: string; cid: Buffer; tsize: number }[] = []
+  for (const name of readdirSync(dir)) {
+    const full = path.join(dir, name)
+    const node = statSync(full).isDirectory() ? await referenceTree(full) : await referenceFile(createReadStream(full) as AsyncIterable<Buffer>)
+    children.push({ name, ...node })
+  }
+  return directoryNode(children)
+}
+
+/** The CID (base32 text) of a local directory (no HAMT: for directories under kubo's sharding threshold), hidden files included. */
+export async function referenceDirectoryCid(dir: string): Promise<string> {
+  return base32((await referenceTree(dir)).cid)
+}
+
+/** The empty directory's CID, whose value every IPFS implementation agrees on: a check of this builder itself. */
+export function referenceEmptyDirectoryCid(): string {
+  return base32(directoryNode([]).cid)
 }
