@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { findMount, fusermountUnmount } from '../../fs-driver/mount-table.js'
 import { createBucket, serverClient } from '../../test/support/s3-server.js'
-import { startTlsTerminator, type TlsTerminator } from '../../test/support/tls-terminator.js'
+import { startTlsProxy, type TlsProxy } from '../../test/support/tls-proxy.js'
 import { peakRss, threadSplitPerGiB, threadTicks, treeCpuSeconds } from './proc.js'
 import { formatSpread, spread } from './stats.js'
 import type { BenchContext, BenchModule, BenchRow } from './types.js'
@@ -361,14 +361,14 @@ export const run: BenchModule = async (ctx) => {
   const began = performance.now()
   dropCaches()
   await createBucket(ctx.server, BUCKET)
-  let tls: TlsTerminator | undefined
+  let tls: TlsProxy | undefined
   const smallNames = Array.from({ length: SMALL_FILES }, (_, i) => `f${String(i).padStart(4, '0')}.bin`)
   const seq: Record<string, Samples> = {}
   const rss: Rss = {}
   const other: Record<string, OtherResult[]> = {}
   const download: number[] = []
   try {
-    tls = await startTlsTerminator(new URL(ctx.server.endpoint), ctx.workDir)
+    tls = await startTlsProxy({ targetPort: Number(new URL(ctx.server.endpoint).port) })
     const transports: Transport[] = [
       { name: 'HTTP', endpoint: ctx.server.endpoint },
       { name: 'HTTPS', endpoint: tls.endpoint, caFile: tls.caFile },
@@ -423,7 +423,7 @@ export const run: BenchModule = async (ctx) => {
       client.close()
     }
   } finally {
-    await tls?.stop()
+    await tls?.close()
   }
   const minutes = (performance.now() - began) / 60_000
   ctx.log(`mount: done in ${minutes.toFixed(1)} min`)
