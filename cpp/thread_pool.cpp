@@ -1,18 +1,34 @@
 #include "thread_pool.h"
 
+#include <pthread.h>
+
+#include <string>
+
 namespace o3 {
 
-ThreadPool::ThreadPool(int threads) {
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { work(); });
+void nameThisThread(const char* name) {
+  // Linux keeps 15 bytes and a NUL; a longer name is refused, so cut it here.
+  pthread_setname_np(pthread_self(), std::string(name).substr(0, 15).c_str());
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::ThreadPool(int threads, const char* name) {
+  for (int i = 0; i < threads; ++i)
+    threads_.emplace_back([this, name] {
+      if (name) nameThisThread(name);
+      work();
+    });
+}
+
+ThreadPool::~ThreadPool() { join(); }
+
+void ThreadPool::join() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
   wake_.notify_all();
-  for (auto& t : threads_) t.join();
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
 }
 
 void ThreadPool::work() {

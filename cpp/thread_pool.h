@@ -11,10 +11,17 @@
 
 namespace o3 {
 
+// Names the calling thread as top, perf and /proc/<pid>/task/*/comm show it (at most 15 bytes are kept).
+void nameThisThread(const char* name);
+
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads);
-  ~ThreadPool();  // runs the tasks already queued, then joins
+  // `name`, when given, names each of its threads (nameThisThread).
+  explicit ThreadPool(int threads, const char* name = nullptr);
+  ~ThreadPool();  // join()
+  // Runs the tasks queued, including those they queue meanwhile, then joins the threads. The pool
+  // stays usable for submit() until this returns, so that running tasks may still queue others.
+  void join();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 

@@ -93,13 +93,15 @@ BlockCache::BlockCache(const BlockCacheConfig& config, FetchEngine& engine, Disk
       // past this by the budget's bounded overshoot.
       pool_(std::make_shared<BlockPool>(config.blockSize, (config.memoryBytes + config.blockSize - 1) / config.blockSize)),
       budget_(config.memoryBytes, *this),
-      workers_(std::make_unique<o3::ThreadPool>(
-          config.workerThreads > 0 ? config.workerThreads
-                                   : std::clamp(static_cast<int>(std::thread::hardware_concurrency()) / 2, 2, 8))) {}
+      workers_(std::make_unique<o3::ThreadPool>(config.workerThreads > 0
+                                                    ? config.workerThreads
+                                                    : std::clamp(static_cast<int>(std::thread::hardware_concurrency()) / 2, 2, 8),
+                                                "o3-cache")) {}
 
 BlockCache::~BlockCache() {
-  // Drain first: queued tasks still touch the maps.
-  workers_.reset();
+  // Drain first: queued tasks still touch the maps, and may post() more while they run, so the
+  // pool must outlive the drain (a reset() would null workers_ before its destructor drains).
+  workers_->join();
 }
 
 void BlockCache::post(std::function<void()> task) { (void)workers_->submit(std::move(task)); }

@@ -1,8 +1,14 @@
 #include "mount/deadlines.h"
 
+#include "thread_pool.h"
+
 namespace o3mount {
 
-Deadlines::Deadlines(std::chrono::milliseconds timeout) : timeout_(timeout), thread_([this] { run(); }) {}
+Deadlines::Deadlines(std::chrono::milliseconds timeout)
+    : timeout_(timeout), thread_([this] {
+        o3::nameThisThread("o3-deadlines");
+        run();
+      }) {}
 
 Deadlines::~Deadlines() {
   {

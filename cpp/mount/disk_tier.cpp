@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "mount/leaf_verifier.h"
+#include "thread_pool.h"
 
 namespace o3mount {
 
@@ -98,7 +99,10 @@ std::unique_ptr<DiskTier> DiskTier::open(const std::string& dir, uint64_t maxByt
 
 DiskTier::DiskTier(std::string dir, uint64_t maxBytes, std::string ns, Counters& counters, LogSink& log, int lockFd)
     : dir_(std::move(dir)), maxBytes_(maxBytes), ns_(std::move(ns)), counters_(counters), log_(log), lockFd_(lockFd) {
-  writerThread_ = std::thread([this] { writer(); });
+  writerThread_ = std::thread([this] {
+    o3::nameThisThread("o3-disk-writer");
+    writer();
+  });
 }
 
 DiskTier::~DiskTier() {

@@ -23,6 +23,7 @@
 #include "mount/response_head.h"
 #include "mount/s3_request.h"
 #include "mount/sigv4_signer.h"
+#include "thread_pool.h"
 
 namespace o3mount {
 
@@ -163,7 +164,10 @@ class CurlFetchEngine final : public FetchEngine {
     curl_multi_setopt(multi_, CURLMOPT_MAX_TOTAL_CONNECTIONS, static_cast<long>(maxConnections_));
     curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, static_cast<long>(maxConnections_));
     curl_multi_setopt(multi_, CURLMOPT_PIPELINING, CURLPIPE_NOTHING);
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this] {
+      o3::nameThisThread("o3-fetch");
+      loop();
+    });
   }
 
   // Not from a sink's callback: the engine thread cannot join itself (std::terminate says so).

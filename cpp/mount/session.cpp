@@ -14,6 +14,8 @@
 #include <shared_mutex>
 #include <vector>
 
+#include "thread_pool.h"
+
 namespace o3mount {
 
 // Replies pass through the gate: once the loop has ended, nothing is sent on a session being torn
@@ -332,6 +334,8 @@ int Session::run() {
     running_ = true;
     loopThread_ = pthread_self();
   }
+  // libfuse's workers are started from this thread and inherit its name.
+  o3::nameThisThread("o3-fuse");
   fuse_loop_config* loop = fuse_loop_cfg_create();
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const unsigned workers = config_.workerThreads ? config_.workerThreads : cores;
@@ -363,6 +367,7 @@ void Session::exit() {
   // Until run() has returned, wake its thread every 50 ms: a signal sent just before it starts
   // waiting would be lost.
   waker_ = std::thread([this] {
+    o3::nameThisThread("o3-fuse-waker");
     std::unique_lock l(mutex_);
     while (!finished_) {
       if (running_) pthread_kill(loopThread_, wakeSignal());
