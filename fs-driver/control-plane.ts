@@ -11,6 +11,8 @@ export interface ControlPlaneOptions {
   scope: Scope
   /** Longest a lookup, listing or open may take before it fails (EIO). */
   opTimeoutMs: number
+  /** Told of every open answered with a file (ListingOrder follows them). */
+  onOpened?: (path: string) => void
 }
 
 class OpTimeout extends Error {}
@@ -147,7 +149,9 @@ export class ControlPlane {
 
   async open(path: string): Promise<[NativeError | null, NativeOpen | null]> {
     try {
-      return [null, await this.pin(path)]
+      const pinned = await this.pin(path)
+      this.o.onOpened?.(path)
+      return [null, pinned]
     } catch (err) {
       if (err instanceof Unopenable) {
         if (err.kind !== 'NotFound') {

@@ -8,6 +8,7 @@ import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
 import { ControlPlane, ManifestUnavailable, Unopenable } from './control-plane.js'
 import { ControlSocket, type AnnounceTarget } from './control-socket.js'
+import { LISTING_STREAM, ListingOrder } from './listing-order.js'
 import { BadRequest } from '../lib/control-protocol.js'
 import { backgroundLimits, tuneKernel } from './kernel-tuning.js'
 import { MetadataCache } from './metadata-cache.js'
@@ -25,6 +26,13 @@ const STATS_FILE_EVERY_MS = 2_000
  * no TCP (and TLS: two round trips) handshake; the rest open as readahead needs them.
  */
 const WARM_CONNECTIONS = 4
+/**
+ * Listing order: how many files are kept queued ahead of the furthest one opened, and the largest
+ * file fetched whole (larger ones stream through readahead). The native queue bounds what they
+ * hold in memory (half the budget for everything queued).
+ */
+const LISTING_AHEAD = 128
+const LISTING_MAX_FILE_BYTES = 8 << 20
 /** The most the kernel may keep a negative entry: a file uploaded meanwhile shows up after this. */
 const MAX_NEGATIVE_TTL_S = 60
 /** The most the kernel may keep entries and attributes (it takes a double; "indefinite" is a day). */
@@ -53,6 +61,21 @@ function announceTarget(control: ControlPlane, native: NativeMount): AnnounceTar
     },
     queue: (files, stream) => native.prefetch(files, stream),
   }
+}
+
+/** Queues files whose opens the listing predicts, pinned as their opens will pin them; a file that would not open is left to its open. */
+async function queueListed(control: ControlPlane, native: NativeMount, counters: MountCounters, paths: string[]): Promise<void> {
+  const files: NativePrefetch[] = []
+  for (const path of paths) {
+    try {
+      files.push({ ...(await control.pin(path)), path })
+    } catch {
+      continue
+    }
+  }
+  if (files.length === 0) return
+  counters.listingQueued += files.length
+  native.prefetch(files, LISTING_STREAM)
 }
 
 /** A native start failure as the one-line error of the CLI, with its exit status. */
@@ -98,7 +121,18 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
     client.close()
     throw err
   }
-  const control = new ControlPlane(meta, manifests, counters, log, { scope: client.scope, opTimeoutMs: o.opTimeoutMs })
+  // Its queue is called only once the mount serves, when control and native are set.
+  const listing = new ListingOrder(
+    meta,
+    (paths) => void queueListed(control, native, counters, paths),
+    { ahead: LISTING_AHEAD, maxFileBytes: LISTING_MAX_FILE_BYTES },
+    log,
+  )
+  const control = new ControlPlane(meta, manifests, counters, log, {
+    scope: client.scope,
+    opTimeoutMs: o.opTimeoutMs,
+    onOpened: (path) => listing.opened(path),
+  })
   // A leaf is checked whole: with verification on, a block holds whole leaves.
   const blockSize = o.verify === 'off' ? o.blockSize : Math.max(o.blockSize, CID_BLOCK_SIZE)
   if (blockSize !== o.blockSize)

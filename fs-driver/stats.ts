@@ -64,6 +64,8 @@ export class MountCounters {
   timeouts = 0
   /** Opens refused by --verify required (no manifest covers the file) or for a file that contradicts its manifest. */
   verifyRefusedOpens = 0
+  /** Files queued ahead because opens followed their directory's listing (ListingOrder). */
+  listingQueued = 0
 }
 
 /** The shape of the stats file; the trainer reads it, so fields are only ever added. */
@@ -118,6 +120,8 @@ export interface StatsSnapshot {
     refused: number
     /** Files queued, and of them: still waiting their turn, fetched ahead, passed over (a reader got there first, or all was cached). */
     files: number
+    /** Of the files queued, those queued by the mount itself because opens followed a directory's listing. */
+    listingFiles: number
     waiting: number
     prefetched: number
     skipped: number
@@ -220,6 +224,7 @@ export class StatsReporter {
         requests: control?.requests ?? 0,
         refused: control?.refused ?? 0,
         files: d.filesAnnounced,
+        listingFiles: c.listingQueued,
         waiting: n.cache.announcedFiles,
         prefetched: d.filesPrefetched,
         skipped: d.filesSkipped,
