@@ -413,20 +413,25 @@ void BlockCache::readFromDisk(ObjectRef obj, uint64_t index, std::string diskNam
   if (disk_->read(diskName, buf->bytes()) != DiskTier::ReadOutcome::Hit) return refetch(obj, index);
   if (obj.leaves) {
     if (auto bad = checkLeaves(*obj.leaves, config_.blockSize, index, buf->bytes())) {
-      bump(counters_.verifyFailures);
-      log_.log(LogLevel::Error, "disk cache block does not match the manifest; dropping it and fetching it again",
-               {{"key", obj.name},
-                {"block", static_cast<int64_t>(index)},
-                {"leaf", static_cast<int64_t>(bad->leaf)},
-                {"expected", bad->expected},
-                {"actual", bad->actual},
-                {"from", std::string("disk")}});
+      reportMismatch(obj, index, *bad, "disk cache block does not match the manifest; dropping it and fetching it again", "disk");
       disk_->drop(diskName);
       return refetch(obj, index);
     }
     bump(counters_.blocksVerified);
   }
   complete(obj, index, std::move(buf), false);
+}
+
+void BlockCache::reportMismatch(const ObjectRef& obj, uint64_t index, const LeafMismatch& bad, const char* what,
+                                const char* from) {
+  bump(counters_.verifyFailures);
+  log_.log(LogLevel::Error, what,
+           {{"key", obj.name},
+            {"block", static_cast<int64_t>(index)},
+            {"leaf", static_cast<int64_t>(bad.leaf)},
+            {"expected", bad.expected},
+            {"actual", bad.actual},
+            {"from", std::string(from)}});
 }
 
 void BlockCache::refetch(const ObjectRef& obj, uint64_t index) {
@@ -451,14 +456,7 @@ void BlockCache::refetch(const ObjectRef& obj, uint64_t index) {
 void BlockCache::deliver(const ObjectRef& obj, uint64_t index, std::shared_ptr<Block> block, bool fromNetwork) {
   if (obj.leaves) {
     if (auto bad = checkLeaves(*obj.leaves, config_.blockSize, index, block->bytes())) {
-      bump(counters_.verifyFailures);
-      log_.log(LogLevel::Error, "block does not match the manifest; failing its reads with EIO, not caching it",
-               {{"key", obj.name},
-                {"block", static_cast<int64_t>(index)},
-                {"leaf", static_cast<int64_t>(bad->leaf)},
-                {"expected", bad->expected},
-                {"actual", bad->actual},
-                {"from", std::string("o3")}});
+      reportMismatch(obj, index, *bad, "block does not match the manifest; failing its reads with EIO, not caching it", "o3");
       fail(obj, index,
            Status::error(ErrorKind::Integrity, obj.name + " block " + std::to_string(index) + ": leaf " +
                                                    std::to_string(bad->leaf) + " has sha256 " + bad->actual +

@@ -183,6 +183,8 @@ class BlockCache final : private Reclaimable {
 
   void readFromDisk(ObjectRef obj, uint64_t index, std::string diskName);
   void refetch(const ObjectRef& obj, uint64_t index);
+  // Counts and logs a block whose bytes do not match the manifest (`from`: "o3" or "disk").
+  void reportMismatch(const ObjectRef& obj, uint64_t index, const LeafMismatch& bad, const char* what, const char* from);
   void deliver(const ObjectRef& obj, uint64_t index, std::shared_ptr<Block> block, bool fromNetwork);
   void complete(const ObjectRef& obj, uint64_t index, std::shared_ptr<const Block> block, bool fromNetwork);
   void fail(const ObjectRef& obj, uint64_t index, const Status& status, bool leafMismatch);
