@@ -11,6 +11,12 @@ export interface ControlPlaneOptions {
   scope: Scope
   /** Longest a lookup, listing or open may take before it fails (EIO). */
   opTimeoutMs: number
+  /**
+   * Whether the bucket may keep versions: then a file's size is the one of the version its manifest
+   * records (what an open reads), and a lookup loads the manifest above it to know it. In a bucket
+   * without versions a manifest records none, so lookups never wait on manifests.
+   */
+  versioned: boolean
   /** Told of every open answered with a file (ListingOrder follows them). */
   onOpened?: (path: string) => void
 }
@@ -117,7 +123,8 @@ export class ControlPlane {
   /** A file's size is what an open will read: the version its manifest records, where it records one. */
   private async entryOf(path: string, e: Entry): Promise<{ isDir: true } | { isDir: false; size: number; mtimeMs: number; etag: string }> {
     if (e.kind === 'dir') return { isDir: true }
-    return { isDir: false, size: await this.manifests.shownSize(path, e), mtimeMs: e.mtime.getTime(), etag: e.etag }
+    const size = this.o.versioned ? await this.manifests.shownSize(path, e) : e.size
+    return { isDir: false, size, mtimeMs: e.mtime.getTime(), etag: e.etag }
   }
 
   async lookup(path: string): Promise<[NativeError | null, Awaited<ReturnType<ControlPlane['entryOf']>> | null]> {

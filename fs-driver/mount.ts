@@ -78,6 +78,16 @@ async function queueListed(control: ControlPlane, native: NativeMount, counters:
   native.prefetch(files, LISTING_STREAM)
 }
 
+/** Whether the bucket keeps (or kept) versions; true where the server does not say. */
+async function mayKeepVersions(client: O3Client, log: Logger): Promise<boolean> {
+  try {
+    return (await client.bucketVersioning()) !== 'unversioned'
+  } catch (err) {
+    log.debug({ err: (err as Error).message }, 'bucket versioning unknown; file sizes follow the versions manifests record')
+    return true
+  }
+}
+
 /** A native start failure as the one-line error of the CLI, with its exit status. */
 function startError(o: MountOptions, f: NativeStartFailure): MountError {
   switch (f.kind) {
@@ -114,9 +124,11 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   const meta = new MetadataCache(client, o.metadataTtl, counters, log)
   const manifests = new ManifestIndex(client, meta, o.verify, o.trustedSigners, log)
   let credentials
+  let versioned = true
   try {
     await manifests.loadRoot()
     credentials = await client.credentials()
+    versioned = await mayKeepVersions(client, log)
   } catch (err) {
     client.close()
     throw err
@@ -131,6 +143,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   const control = new ControlPlane(meta, manifests, counters, log, {
     scope: client.scope,
     opTimeoutMs: o.opTimeoutMs,
+    versioned,
     onOpened: (path) => listing.opened(path),
   })
   // A leaf is checked whole: with verification on, a block holds whole leaves.
