@@ -16,6 +16,7 @@ import { writeReadmeSection } from './readme.js'
 const AREAS: Record<string, () => Promise<BenchModule>> = {
   o3: async () => (await import('./bench/o3-client.js')).run,
   mount: async () => (await import('./bench/mount.js')).run,
+  latency: async () => (await import('./bench/latency.js')).run,
   trainer: async () => (await import('./bench/trainer.js')).run,
   distributed: async () => (await import('./bench/distributed.js')).run,
   checkpoint: async () => (await import('./bench/checkpoint.js')).run,

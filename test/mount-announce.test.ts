@@ -18,6 +18,7 @@ import { ExitCode } from '../lib/cli/exit-codes.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { mount, runCli, statsWhen, tempMountpoint } from './support/o3mount.js'
 import { buildImageFolder } from './support/imagefolder.js'
+import { shuffled } from './support/shuffle.js'
 import { projectRoot } from '../lib/paths.js'
 
 const KiB = 1024
@@ -40,18 +41,6 @@ const small: File[] = Array.from({ length: 40 }, (_, i) => ({
 }))
 const blocks: File[] = Array.from({ length: 16 }, (_, i) => ({ key: `blocks/${String(i).padStart(2, '0')}.bin`, body: randomBytes(MiB) }))
 await mapLimit([...small, ...blocks], 8, (f) => client.put(f.key, f.body))
-
-/** A seeded shuffle, so that a failure can be replayed. */
-function shuffled<T>(items: T[], seed: number): T[] {
-  const out = [...items]
-  let x = seed
-  for (let i = out.length - 1; i > 0; i--) {
-    x = (x * 1103515245 + 12345) % 2 ** 31
-    const j = x % (i + 1)
-    ;[out[i], out[j]] = [out[j]!, out[i]!]
-  }
-  return out
-}
 
 /** A fresh directory of ours (mode 0700) for a socket, removed after the test. */
 function socketDir(t: Test): string {

@@ -38,7 +38,7 @@ const RANGED_GET = fileURLToPath(new URL('./ranged-get.js', import.meta.url))
 const exec = promisify(execFile)
 
 /** How the mounts reach the server: directly, or through a TLS terminator with a private CA (as every real O3 user connects). */
-interface Transport {
+export interface Transport {
   name: 'HTTP' | 'HTTPS'
   endpoint: string
   /** PEM of the private CA, for HTTPS. */
@@ -52,11 +52,18 @@ const OBJECTS = [
 ] as const
 
 /** A FUSE mount under test, each with its documented best settings, run in the foreground so that we own its PID. */
-interface Peer {
+export interface Peer {
   name: string
   /** The settings, as written into the table. */
   flags: string
-  start(mp: string, ctx: BenchContext, tr: Transport): ChildProcess
+  start(mp: string, ctx: BenchContext, tr: Transport, bucket: string): ChildProcess
+}
+
+/** An object a bench reads whole. */
+export interface StoredObject {
+  bucket: string
+  key: string
+  size: number
 }
 
 /** The environment every child gets: the machine sets CA variables of its own, which must not leak into either transport. */
@@ -66,7 +73,7 @@ function cleanEnv(ctx: BenchContext, tr: Transport): NodeJS.ProcessEnv {
   return env
 }
 
-function rcloneEnv(ctx: BenchContext, tr: Transport): NodeJS.ProcessEnv {
+export function rcloneEnv(ctx: BenchContext, tr: Transport): NodeJS.ProcessEnv {
   return {
     ...cleanEnv(ctx, tr),
     RCLONE_CONFIG_O3_TYPE: 's3',
@@ -95,11 +102,12 @@ const RCLONE_FLAGS = [
   '1h',
 ]
 
-const o3mount = (name: string, flags: string, extra: string[]): Peer => ({
+/** o3mount with `extra` flags; `flags` describes them in the table. */
+export const o3mount = (name: string, flags: string, extra: string[]): Peer => ({
   name,
   flags,
-  start: (mp, ctx, tr) =>
-    spawn(process.execPath, [CLI, mp, BUCKET, '--stats-interval', '1h', ...(tr.caFile ? ['--ca-bundle', tr.caFile] : []), ...extra], {
+  start: (mp, ctx, tr, bucket) =>
+    spawn(process.execPath, [CLI, mp, bucket, '--stats-interval', '1h', ...(tr.caFile ? ['--ca-bundle', tr.caFile] : []), ...extra], {
       env: cleanEnv(ctx, tr),
       stdio: 'ignore',
     }),
@@ -108,64 +116,66 @@ const o3mount = (name: string, flags: string, extra: string[]): Peer => ({
 /** The same mount with verification off: o3upload's manifest makes the default mount verify its object. */
 const UNVERIFIED = o3mount('o3mount --verify off', 'defaults and --verify off', ['--verify', 'off'])
 
+export const S3FS: Peer = {
+  name: 's3fs',
+  flags: `-o ${S3FS_FLAGS.join(',')}, read_ahead_kb ${READ_AHEAD_KB}; CURL_CA_BUNDLE over HTTPS`,
+  start: (mp, ctx, tr, bucket) =>
+    spawn(
+      's3fs',
+      [
+        bucket,
+        mp,
+        '-f',
+        '-o',
+        `url=${tr.endpoint}`,
+        '-o',
+        'use_path_request_style',
+        '-o',
+        `endpoint=${ctx.server.region}`,
+        '-o',
+        'sigv4',
+        ...S3FS_FLAGS.flatMap((f) => ['-o', f]),
+      ],
+      {
+        // A key with ':' cannot go in a passwd file; s3fs takes it from the environment.
+        env: {
+          ...cleanEnv(ctx, tr),
+          AWSACCESSKEYID: ctx.server.accessKeyId,
+          AWSSECRETACCESSKEY: ctx.server.secretAccessKey,
+          ...(tr.caFile ? { CURL_CA_BUNDLE: tr.caFile } : {}),
+        },
+        stdio: 'ignore',
+      },
+    ),
+}
+
 const PEERS: Peer[] = [
   o3mount('o3mount', 'defaults (--cache-mem 512M, --kernel-readahead 32M; --ca-bundle over HTTPS)', []),
-  {
-    name: 's3fs',
-    flags: `-o ${S3FS_FLAGS.join(',')}, read_ahead_kb ${READ_AHEAD_KB}; CURL_CA_BUNDLE over HTTPS`,
-    start: (mp, ctx, tr) =>
-      spawn(
-        's3fs',
-        [
-          BUCKET,
-          mp,
-          '-f',
-          '-o',
-          `url=${tr.endpoint}`,
-          '-o',
-          'use_path_request_style',
-          '-o',
-          `endpoint=${ctx.server.region}`,
-          '-o',
-          'sigv4',
-          ...S3FS_FLAGS.flatMap((f) => ['-o', f]),
-        ],
-        {
-          // A key with ':' cannot go in a passwd file; s3fs takes it from the environment.
-          env: {
-            ...cleanEnv(ctx, tr),
-            AWSACCESSKEYID: ctx.server.accessKeyId,
-            AWSSECRETACCESSKEY: ctx.server.secretAccessKey,
-            ...(tr.caFile ? { CURL_CA_BUNDLE: tr.caFile } : {}),
-          },
-          stdio: 'ignore',
-        },
-      ),
-  },
+  S3FS,
   {
     name: 'rclone',
     flags: `${RCLONE_FLAGS.filter((f) => f !== '--read-only').join(' ')} (a fresh cache per mount), read_ahead_kb ${READ_AHEAD_KB}; --ca-cert over HTTPS`,
-    start: (mp, ctx, tr) => {
+    start: (mp, ctx, tr, bucket) => {
       const cache = path.join(ctx.workDir, 'rclone-cache')
       rmSync(cache, { recursive: true, force: true })
       const ca = tr.caFile ? ['--ca-cert', tr.caFile] : []
-      return spawn('rclone', ['mount', `o3:${BUCKET}`, mp, ...RCLONE_FLAGS, '--cache-dir', cache, ...ca], { env: rcloneEnv(ctx, tr), stdio: 'ignore' })
+      return spawn('rclone', ['mount', `o3:${bucket}`, mp, ...RCLONE_FLAGS, '--cache-dir', cache, ...ca], { env: rcloneEnv(ctx, tr), stdio: 'ignore' })
     },
   },
 ]
 
-interface Running {
+export interface Running {
   mp: string
   child: ChildProcess
   /** Unmounts, ends the process and returns its peak RSS. */
   stop(): Promise<number>
 }
 
-/** Mounts and waits until the mount answers. */
-async function mountPeer(peer: Peer, ctx: BenchContext, tr: Transport): Promise<Running> {
+/** Mounts `bucket` and waits until the mount answers. */
+export async function mountPeer(peer: Peer, ctx: BenchContext, tr: Transport, bucket = BUCKET): Promise<Running> {
   const mp = path.join(ctx.workDir, `mnt-${peer.name.replace(/\W+/g, '-')}`)
   mkdirSync(mp, { recursive: true })
-  const child = peer.start(mp, ctx, tr)
+  const child = peer.start(mp, ctx, tr, bucket)
   const stop = async (): Promise<number> => {
     const rss = peakRss(child.pid!)
     await fusermountUnmount(mp).catch(() => {})
@@ -189,7 +199,7 @@ async function mountPeer(peer: Peer, ctx: BenchContext, tr: Transport): Promise<
       break
     if (child.exitCode !== null || Date.now() > end) {
       await stop()
-      throw new Error(`${peer.name} did not mount ${BUCKET} at ${mp} over ${tr.name}`)
+      throw new Error(`${peer.name} did not mount ${bucket} at ${mp} over ${tr.name}`)
     }
   }
   // The kernel readahead o3mount sets for itself, for every mount alike.
@@ -198,7 +208,7 @@ async function mountPeer(peer: Peer, ctx: BenchContext, tr: Transport): Promise<
 }
 
 /** A cold run that cannot drop the page cache would measure nothing: it fails instead. */
-function dropCaches(): void {
+export function dropCaches(): void {
   try {
     execFileSync('sync')
     writeFileSync('/proc/sys/vm/drop_caches', '3')
@@ -207,7 +217,7 @@ function dropCaches(): void {
   }
 }
 
-async function timeIt(fn: () => Promise<unknown>): Promise<number> {
+export async function timeIt(fn: () => Promise<unknown>): Promise<number> {
   const t0 = performance.now()
   await fn()
   return (performance.now() - t0) / 1000
@@ -215,20 +225,20 @@ async function timeIt(fn: () => Promise<unknown>): Promise<number> {
 
 const readAll = (file: string) => exec('dd', [`if=${file}`, 'of=/dev/null', 'bs=1M'])
 
-/** A read of SIZE bytes: MB/s, the mount's (or reader's) CPU seconds per GiB, and per thread where measured. */
-interface Sample {
+/** A read of a whole object: MB/s, the mount's (or reader's) CPU seconds per GiB, and per thread where measured. */
+export interface Sample {
   mbps: number
   cpuPerGiB: number
   threads?: Record<string, number>
 }
-const sample = (seconds: number, cpu: number, threads?: Record<string, number>): Sample => ({
-  mbps: mbps(SIZE, seconds),
-  cpuPerGiB: (cpu * (1 << 30)) / SIZE,
+const sample = (size: number, seconds: number, cpu: number, threads?: Record<string, number>): Sample => ({
+  mbps: mbps(size, seconds),
+  cpuPerGiB: (cpu * (1 << 30)) / size,
   threads,
 })
 
 /** Per transport and object: peer name (or ceiling) -> case -> samples. */
-type Samples = Record<string, Record<string, Sample[]>>
+export type Samples = Record<string, Record<string, Sample[]>>
 
 function add(into: Samples, who: string, what: string, s: Sample): void {
   ;((into[who] ??= {})[what] ??= []).push(s)
@@ -246,23 +256,24 @@ function addRss(rss: Rss, who: string, what: string, bytes: number): void {
  * thread), then a re-read from the mount's own cache with the page cache dropped again, then a
  * warm re-read from the page cache.
  */
-async function sequentialRun(peer: Peer, ctx: BenchContext, tr: Transport, key: string, into: Samples | undefined): Promise<number> {
-  const m = await mountPeer(peer, ctx, tr)
+export async function sequentialRun(peer: Peer, ctx: BenchContext, tr: Transport, obj: StoredObject, into: Samples | undefined): Promise<number> {
+  const m = await mountPeer(peer, ctx, tr, obj.bucket)
   let peak = 0
   try {
     const pid = m.child.pid!
+    const file = path.join(m.mp, obj.key)
     dropCaches()
     const [cpu0, threads0] = [treeCpuSeconds(pid), threadTicks(pid)]
-    const cold = await timeIt(() => readAll(path.join(m.mp, key)))
+    const cold = await timeIt(() => readAll(file))
     const [cpu1, threads1] = [treeCpuSeconds(pid), threadTicks(pid)]
     dropCaches()
-    const cached = await timeIt(() => readAll(path.join(m.mp, key)))
+    const cached = await timeIt(() => readAll(file))
     const cpu2 = treeCpuSeconds(pid)
-    const warm = await timeIt(() => readAll(path.join(m.mp, key)))
+    const warm = await timeIt(() => readAll(file))
     if (into) {
-      add(into, peer.name, 'cold', sample(cold, cpu1 - cpu0, threadSplitPerGiB(threads0, threads1, SIZE)))
-      add(into, peer.name, 'own cache', sample(cached, cpu2 - cpu1))
-      add(into, peer.name, 'warm', sample(warm, 0))
+      add(into, peer.name, 'cold', sample(obj.size, cold, cpu1 - cpu0, threadSplitPerGiB(threads0, threads1, obj.size)))
+      add(into, peer.name, 'own cache', sample(obj.size, cached, cpu2 - cpu1))
+      add(into, peer.name, 'warm', sample(obj.size, warm, 0))
     }
   } finally {
     peak = await m.stop()
@@ -271,12 +282,12 @@ async function sequentialRun(peer: Peer, ctx: BenchContext, tr: Transport, key: 
 }
 
 /** The ceiling: the same object after a cache drop, by 16 parallel 16 MiB ranged GETs, in a process of its own. */
-async function ceilingRun(ctx: BenchContext, tr: Transport, key: string, into: Samples | undefined): Promise<void> {
+export async function ceilingRun(ctx: BenchContext, tr: Transport, obj: StoredObject, into: Samples | undefined): Promise<void> {
   dropCaches()
   const env = { ...cleanEnv(ctx, tr), ...(tr.caFile ? { O3_CA_BUNDLE: tr.caFile } : {}) }
-  const { stdout } = await exec(process.execPath, [RANGED_GET, BUCKET, key, '16', String(16 * MiB)], { env })
+  const { stdout } = await exec(process.execPath, [RANGED_GET, obj.bucket, obj.key, '16', String(16 * MiB)], { env })
   const child = JSON.parse(stdout) as { seconds: number; cpuSeconds: number }
-  if (into) add(into, 'ceiling', 'cold', sample(child.seconds, child.cpuSeconds))
+  if (into) add(into, 'ceiling', 'cold', sample(obj.size, child.seconds, child.cpuSeconds))
 }
 
 interface OtherResult {
@@ -314,30 +325,45 @@ async function measureOther(peer: Peer, ctx: BenchContext, tr: Transport, smallN
   return res
 }
 
+/** Uploads a local file as `bucket/key` with rclone, in 5 MiB parts: an object as another S3 client writes it. */
+export async function rcloneCopyTo(ctx: BenchContext, tr: Transport, file: string, bucket: string, key: string): Promise<void> {
+  await exec('rclone', ['copyto', file, `o3:${bucket}/${key}`, '--s3-chunk-size', '5M', '--s3-upload-cutoff', '5M'], { env: rcloneEnv(ctx, tr) })
+}
+
+/** Writes `names` (each `size` bytes, the same random ones) below `bucket/prefix` with rclone, 32 at a time. */
+export async function rcloneWriteFiles(ctx: BenchContext, tr: Transport, names: string[], size: number, bucket: string, prefix: string): Promise<void> {
+  const dir = path.join(ctx.workDir, 'small-src')
+  mkdirSync(dir, { recursive: true })
+  const body = randomBytes(size)
+  for (const n of names) writeFileSync(path.join(dir, n), body)
+  await exec('rclone', ['copy', dir, `o3:${bucket}/${prefix}`, '--transfers', '32'], { env: rcloneEnv(ctx, tr) })
+  rmSync(dir, { recursive: true, force: true })
+}
+
 /** Writes the same random bytes with rclone (5 MiB parts) and with our uploader. */
 async function writeObjects(ctx: BenchContext, tr: Transport): Promise<void> {
   const dir = path.join(ctx.workDir, 'seq-src')
   mkdirSync(dir, { recursive: true })
   const file = path.join(dir, 'big.bin')
   writeFileSync(file, randomBytes(SIZE))
-  await exec('rclone', ['copyto', file, `o3:${BUCKET}/${OBJECTS[0].key}`, '--s3-chunk-size', '5M', '--s3-upload-cutoff', '5M'], { env: rcloneEnv(ctx, tr) })
+  await rcloneCopyTo(ctx, tr, file, BUCKET, OBJECTS[0].key)
   await exec(process.execPath, [UPLOAD_CLI, dir, `o3://${BUCKET}/seq/ours`], { env: cleanEnv(ctx, tr) })
   rmSync(dir, { recursive: true, force: true })
 }
 
-const median = (xs: number[]): number => spread(xs).median
+export const median = (xs: number[]): number => spread(xs).median
 /** `median (min-max)` of one measure over a peer's samples. */
-function spreadOf(xs: Sample[] | undefined, f: (s: Sample) => number, digits = 0): string {
+export function spreadOf(xs: Sample[] | undefined, f: (s: Sample) => number, digits = 0): string {
   return xs?.length ? formatSpread(xs.map(f), digits) : 'n/a'
 }
-const verdict = (ok: boolean, ratio: number) => `${ok ? 'met' : 'not met'} (${ratio.toFixed(2)}x)`
+export const verdict = (ok: boolean, ratio: number) => `${ok ? 'met' : 'not met'} (${ratio.toFixed(2)}x)`
 const fmtMiB = (r: Record<string, number>) =>
   Object.entries(r)
     .map(([k, v]) => `${k} ${Math.round(v / MiB)}`)
     .join(', ')
 
 /** Median CPU seconds per GiB of each thread group over the cold samples, largest first. */
-function threadsOf(xs: Sample[] | undefined): string {
+export function threadsOf(xs: Sample[] | undefined): string {
   const names = new Set((xs ?? []).flatMap((x) => Object.keys(x.threads ?? {})))
   return [...names]
     .map((n) => [n, median((xs ?? []).map((x) => x.threads?.[n] ?? 0))] as const)
@@ -378,12 +404,7 @@ export const run: BenchModule = async (ctx) => {
     try {
       ctx.log('mount: writing a 512 MiB object twice (rclone 5 MiB parts, o3upload), 2,000 x 64 KiB (rclone) and 10,000 tiny objects')
       await writeObjects(ctx, http)
-      const smallDir = path.join(ctx.workDir, 'small-src')
-      mkdirSync(smallDir, { recursive: true })
-      const small = randomBytes(SMALL_SIZE)
-      for (const n of smallNames) writeFileSync(path.join(smallDir, n), small)
-      await exec('rclone', ['copy', smallDir, `o3:${BUCKET}/small`, '--transfers', '32'], { env: rcloneEnv(ctx, http) })
-      rmSync(smallDir, { recursive: true, force: true })
+      await rcloneWriteFiles(ctx, http, smallNames, SMALL_SIZE, BUCKET, 'small')
       await mapLimit(
         Array.from({ length: LISTING }, (_, i) => i),
         16,
@@ -395,13 +416,14 @@ export const run: BenchModule = async (ctx) => {
         for (const { key, transports: over } of OBJECTS) {
           for (const tr of transports.filter((x) => (over as readonly string[]).includes(x.name))) {
             const into = round === 0 ? undefined : (seq[`${tr.name} ${key}`] ??= {})
+            const obj = { bucket: BUCKET, key, size: SIZE }
             // Each round starts with another mount, so that no peer always reads right after the server warmed up.
             for (let i = 0; i < PEERS.length; i++) {
               const peer = PEERS[(i + round) % PEERS.length]!
-              addRss(rss, peer.name, `sequential ${tr.name}`, await sequentialRun(peer, ctx, tr, key, into))
+              addRss(rss, peer.name, `sequential ${tr.name}`, await sequentialRun(peer, ctx, tr, obj, into))
             }
-            if (key === OBJECTS[1].key) await sequentialRun(UNVERIFIED, ctx, tr, key, into)
-            await ceilingRun(ctx, tr, key, into)
+            if (key === OBJECTS[1].key) await sequentialRun(UNVERIFIED, ctx, tr, obj, into)
+            await ceilingRun(ctx, tr, obj, into)
           }
         }
       }
