@@ -23,6 +23,11 @@ export interface ListingOrderOptions {
 const SPREAD = 32
 /** Opens in a row that follow the listing before anything is queued. */
 const CONFIRM = 3
+/**
+ * A directory of no more entries than this is not followed: any order of its opens lands within
+ * the spread, so listing order cannot be told from chance there (and its files are few round trips).
+ */
+const MIN_ENTRIES = 2 * SPREAD
 /** Directories followed at once; the one opened least recently is forgotten first. */
 const MAX_DIRS = 256
 
@@ -80,7 +85,7 @@ export class ListingOrder {
         index.set(path, files.length)
         files.push(e.kind === 'file' ? { path, size: e.size } : undefined)
       }
-      return { files, index, furthest: -1, streak: 0, queuedTo: -1 }
+      return files.length > MIN_ENTRIES ? { files, index, furthest: -1, streak: 0, queuedTo: -1 } : undefined
     } catch (err) {
       // The open itself went well; only the hint is lost.
       this.log.debug({ dir, err: (err as Error).message }, 'listing order: no listing to follow')
