@@ -186,19 +186,13 @@ export class CheckpointStore {
    * themselves. The manifest's signer fields are never believed, only compared with the sidecars
    * (checkRecordAgainstEntry), so that deleting them cannot make a signed run accept unsigned
    * checkpoints. Undefined when no record is signed; O3IntegrityError when some are but no
-   * signature verifies. A signer once found is kept; "none" is asked again, as a save may sign.
+   * signature verifies. Found once per store (a listing and the records' reads), a failure asked again.
    */
   firstSigner(signal?: AbortSignal): Promise<string | undefined> {
-    this.firstSignerFound ??= this.findFirstSigner(signal).then(
-      (signer) => {
-        if (signer === undefined) this.firstSignerFound = undefined
-        return signer
-      },
-      (err: unknown) => {
-        this.firstSignerFound = undefined
-        throw err
-      },
-    )
+    this.firstSignerFound ??= this.findFirstSigner(signal).catch((err: unknown) => {
+      this.firstSignerFound = undefined
+      throw err
+    })
     return this.firstSignerFound
   }
 

@@ -97,6 +97,7 @@ export class CheckpointWriter {
     this.log = options.logger ?? silentLogger
     this.localDir = options.localDir ?? path.join('checkpoints', this.client.scope.bucket, this.client.scope.prefix)
     this.signer = options.signer === null ? undefined : (options.signer ?? loadSigner())
+    this.latest = latest
     // Without a usable latest every entry counts as committed, as resume then takes the newest that verifies.
     const latestNamed = latest !== undefined && manifest.checkpoints.some((e) => e.name === latest.name)
     this.committedSeq = latestNamed ? latest.seq : maxSeq(manifest)
@@ -119,7 +120,6 @@ export class CheckpointWriter {
       throw err
     })
     const writer = new CheckpointWriter(store, manifest, latest, options)
-    writer.latest = latest
     await writer.clearLeftovers()
     return writer
   }
