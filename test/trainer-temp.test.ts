@@ -76,7 +76,7 @@ t.test('a run killed with its mount (kill -9) leaves its directory; the next sta
   const [dir] = ours(tmp)
   t.match(dir, new RegExp(`^o3train-run-${pidns}\\.${run.child.pid}\\.\\d+-[A-Za-z0-9]{6}$`), 'one run directory, named for its process')
   t.equal(statSync(join(tmp, dir!)).mode & 0o777, 0o700, 'private')
-  t.same(readdirSync(join(tmp, dir!)).sort(), ['data', 'mount.log'], 'holding the mountpoint and the mount log')
+  t.same(readdirSync(join(tmp, dir!)).sort(), ['control.sock', 'data', 'mount.log'], "holding the mountpoint, the mount's log and its control socket")
   const mountPid = Number(/"pid":(\d+),"msg":"mounted the data for this run"/.exec(run.output())![1])
   // Both killed: the mountpoint is left disconnected (ENOTCONN), the worst case for a clean-up.
   process.kill(run.child.pid!, 'SIGKILL')
