@@ -7,12 +7,42 @@
 
 namespace o3mount {
 
+namespace {
+
+constexpr size_t kHugePage = 2 * 1024 * 1024;
+
+std::byte* mapAnonymous(size_t bytes, int extraFlags) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extraFlags, -1, 0);
+  return p == MAP_FAILED ? nullptr : static_cast<std::byte*>(p);
+}
+
+}  // namespace
+
 Block::~Block() { pool_->release(data_, size_); }
 
-BlockPool::BlockPool(size_t blockSize, size_t capacity) : blockSize_(blockSize), capacity_(capacity) {}
+BlockPool::BlockPool(size_t blockSize, size_t capacity) : blockSize_(blockSize), capacity_(capacity) {
+  if (capacity_ == 0 || blockSize_ > SIZE_MAX / capacity_) return;
+  arenaBytes_ = capacity_ * blockSize_;
+  // Reserved, not committed (MAP_NORESERVE): pages are backed as blocks are first written. Aligned
+  // to a huge page by over-reserving and trimming, since mmap only promises 4 KiB alignment.
+  const size_t reserve = arenaBytes_ + kHugePage;
+  std::byte* raw = mapAnonymous(reserve, MAP_NORESERVE);
+  if (!raw) {
+    arenaBytes_ = 0;
+    return;  // every block is then mapped on its own, as past the capacity
+  }
+  const auto addr = reinterpret_cast<uintptr_t>(raw);
+  std::byte* aligned = raw + ((kHugePage - addr % kHugePage) % kHugePage);
+  if (aligned > raw) munmap(raw, static_cast<size_t>(aligned - raw));
+  const size_t tail = static_cast<size_t>(raw + reserve - (aligned + arenaBytes_));
+  if (tail) munmap(aligned + arenaBytes_, tail);
+  arena_ = aligned;
+  // Advice only: where transparent huge pages are off, the arena works with small pages.
+  madvise(arena_, arenaBytes_, MADV_HUGEPAGE);
+}
 
 BlockPool::~BlockPool() {
-  for (std::byte* p : free_) munmap(p, blockSize_);
+  if (arena_) munmap(arena_, arenaBytes_);
 }
 
 std::shared_ptr<Block> BlockPool::acquire(size_t length) {
@@ -26,18 +56,19 @@ std::shared_ptr<Block> BlockPool::acquire(size_t length) {
       if (!free_.empty()) {
         data = free_.back();
         free_.pop_back();
-      } else if (++total_ > capacity_) {
-        ++overflow_;
+      } else if (arena_ && carved_ < capacity_) {
+        data = arena_ + carved_++ * blockSize_;
+      } else {
+        if (carved_ + ++outside_ > capacity_) ++overflow_;
       }
     }
     if (!data) {
-      void* p = mmap(nullptr, blockSize_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) {
+      data = mapAnonymous(blockSize_, 0);
+      if (!data) {
         std::lock_guard lock(mutex_);
-        --total_;
+        --outside_;
         throw std::bad_alloc();
       }
-      data = static_cast<std::byte*>(p);
     }
   }
   try {
@@ -53,13 +84,14 @@ void BlockPool::release(std::byte* data, size_t size) {
     std::free(data);
     return;
   }
+  if (inArena(data)) {
+    std::lock_guard lock(mutex_);
+    free_.push_back(data);
+    return;
+  }
   {
     std::lock_guard lock(mutex_);
-    if (total_ <= capacity_) {
-      free_.push_back(data);
-      return;
-    }
-    --total_;
+    --outside_;
   }
   munmap(data, blockSize_);
 }
