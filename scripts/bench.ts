@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 /**
  * `npm run bench [-- --only o3,mount,...]`: starts one local S3 server, runs each area's
- * benchmark in order (later areas compare with earlier ones' numbers), and writes the results
- * as a table between the bench markers of README.md, with the machine and the date.
+ * benchmark in order, and writes each area's results as a table, with the machine and the date,
+ * between the bench markers of README.md; the areas not run keep their tables.
  */
 import './bench/threadpool.js'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -11,7 +11,8 @@ import { join } from 'node:path'
 import { Command } from 'commander'
 import { startS3Server } from '../test/support/s3-server.js'
 import type { BenchContext, BenchModule, BenchRow } from './bench/types.js'
-import { writeReadmeSection } from './readme.js'
+import { areaBlock, mergeBlocks } from './bench/table.js'
+import { readReadmeSection, writeReadmeSection } from './readme.js'
 
 const AREAS: Record<string, () => Promise<BenchModule>> = {
   o3: async () => (await import('./bench/o3-client.js')).run,
@@ -28,12 +29,6 @@ function machine(): string {
   return `${cpus().length} x ${cpu}, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Linux ${release()}, Node ${process.version}`
 }
 
-function table(rows: BenchRow[]): string {
-  const esc = (s = '') => s.replace(/\|/g, '\\|')
-  const head = '| area | case | result | target | same run |\n|---|---|---|---|---|'
-  return [head, ...rows.map((r) => `| ${esc(r.area)} | ${esc(r.case)} | ${esc(r.value)} | ${esc(r.target)} | ${esc(r.note)} |`)].join('\n')
-}
-
 async function main(): Promise<void> {
   const opts = new Command('bench')
     .option('--only <areas>', `comma-separated subset of ${Object.keys(AREAS).join(',')}`)
@@ -45,23 +40,21 @@ async function main(): Promise<void> {
   const server = await startS3Server()
   const workDir = mkdtempSync(join(tmpdir(), 'o3-bench-'))
   const ctx: BenchContext = { server, workDir, metrics: {}, log: (line) => console.error(`[bench] ${line}`) }
-  const rows: BenchRow[] = []
+  const blocks = new Map<string, string>()
   try {
     for (const area of chosen) {
       ctx.log(`${area}: starting`)
       const run = await AREAS[area]!()
-      const got = await run(ctx)
-      for (const r of got) ctx.log(`${r.area} | ${r.case} | ${r.value}${r.target ? ` | ${r.target}` : ''}`)
-      rows.push(...got)
+      const rows: BenchRow[] = await run(ctx)
+      for (const r of rows) ctx.log(`${r.area} | ${r.case} | ${r.value}${r.target ? ` | ${r.target}` : ''}`)
+      blocks.set(area, areaBlock(area, rows, new Date().toISOString().slice(0, 10), machine()))
     }
   } finally {
     await server.stop()
     rmSync(workDir, { recursive: true, force: true })
   }
-  const md = `Measured by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}, ${machine()}; S3 server: OpenStack Swift s3api on loopback.\n\n${table(rows)}`
-  console.log(md)
-  // A partial run only prints: the README's table always comes from one complete run.
-  if (opts.readme && !opts.only) writeReadmeSection('bench', md)
+  console.log([...blocks.values()].join('\n\n'))
+  if (opts.readme) writeReadmeSection('bench', mergeBlocks(readReadmeSection('bench'), blocks, Object.keys(AREAS)))
 }
 
 main().catch((err) => {
