@@ -8,22 +8,19 @@
  * last, give median (min-max):
  *
  * 1. cold sequential read of a 256 MiB object written by rclone (5 MiB parts): o3mount (defaults)
- *    against s3fs at the mount bench's best settings, the mount's CPU per GiB, and the ranged-GET
+ *    against s3fs and rclone at the mount bench's best settings, the mount's CPU per GiB, and the ranged-GET
  *    ceiling (16 x 16 MiB in its own process) through the same proxy. Targets at RTT 50 ms: at
  *    least 0.9x o3mount's own RTT 0 figure, and 1.5x s3fs.
  * 2. 300 files of 64 KiB written by rclone in one directory, read whole by 8 readers, each taking
- *    the next name of the sorted listing: o3mount (it notices listing order itself) against s3fs,
+ *    the next name of the sorted listing: o3mount (it notices listing order itself) against s3fs and rclone,
  *    beside the ceiling: a fresh O3 client downloading the same files 32 at a time. Target at
  *    RTT 50 ms: at most 1.5x the ceiling.
  * 3. the same files in a seeded shuffled order, 8 readers: o3mount told the order first on its
  *    control socket (by o3train's own announcer, the timing including it), and o3mount not told.
  *    Target at RTT 50 ms: announced, at most 1.5x the ceiling.
  *
- * Full size, estimated from the figures measured for the issue (o3mount 211-266 MB/s, s3fs
- * 194-311 MB/s, the small files 1-14 s per run) plus mounting, unmounting and cache drops: a
- * round is about 25 s at RTT 0, 30 s at 20 ms and 45 s at 50 ms, so about 5 minutes for 3 rounds,
- * 6 with the inputs and the warm-up; allow 8 on the 2-core machine. RTT 100 ms would add about 1
- * minute per round (s3fs's small files alone take ~30 s there).
+ * Full size at RTT 0, 20, 50 and 100 ms with three mounts: 5.5 minutes measured for two mounts
+ * and three RTTs (2026-12-05); rclone and RTT 100 make it about 12.
  *
  * O3_BENCH_LATENCY_SMOKE=1 shrinks it to prove that it runs end to end (a 16 MiB object, 40 files,
  * RTT 0 and 50 ms, one round, no warm-up); its numbers mean nothing.
@@ -43,6 +40,7 @@ import { createBucket, serverClient } from '../../test/support/s3-server.js'
 import { shuffled } from '../../test/support/shuffle.js'
 import { OrderAnnouncer } from '../../trainer/announce.js'
 import {
+  RCLONE,
   S3FS,
   ceilingRun,
   dropCaches,
@@ -69,7 +67,7 @@ const AREA = 'o3mount at a distance'
 const BUCKET = 'bench-latency'
 const SMOKE = process.env.O3_BENCH_LATENCY_SMOKE === '1'
 const ROUNDS = SMOKE ? 1 : 3
-const RTTS_MS = SMOKE ? [0, 50] : [0, 20, 50]
+const RTTS_MS = SMOKE ? [0, 50] : [0, 20, 50, 100]
 /** The issue's targets are set at this distance; the other RTTs show the trend. */
 const TARGET_RTT_MS = 50
 const SEQ: StoredObject = { bucket: BUCKET, key: 'seq/big.bin', size: (SMOKE ? 16 : 256) * MiB }
@@ -214,6 +212,8 @@ export const run: BenchModule = async (ctx) => {
     controlSocket,
   }
   const s3fs: Contender = { peer: S3FS }
+  const rclone: Contender = { peer: RCLONE }
+  const peers = [ours, s3fs, rclone]
 
   const results = new Map<number, AtRtt>(RTTS_MS.map((rtt) => [rtt, { seq: {}, listing: {}, shuffled: {}, download: [] }]))
   const proxies: DelayProxy[] = []
@@ -222,16 +222,16 @@ export const run: BenchModule = async (ctx) => {
     const over = (i: number): Transport => ({ name: 'HTTP', endpoint: proxies[i]!.endpoint })
     if (!SMOKE) {
       ctx.log('latency: warm-up (a sequential read by each mount at RTT 0, not counted)')
-      for (const c of [ours, s3fs]) await sequentialRun(c.peer, ctx, over(0), SEQ, undefined)
+      for (const c of peers) await sequentialRun(c.peer, ctx, over(0), SEQ, undefined)
     }
     for (let round = 1; round <= ROUNDS; round++) {
       for (const [i, rtt] of RTTS_MS.entries()) {
         ctx.log(`latency: round ${round} of ${ROUNDS} at RTT ${rtt} ms`)
         const tr = over(i)
         const r = results.get(rtt)!
-        for (const c of turn([ours, s3fs], round)) await sequentialRun(c.peer, ctx, tr, SEQ, r.seq)
+        for (const c of turn(peers, round)) await sequentialRun(c.peer, ctx, tr, SEQ, r.seq)
         await ceilingRun(ctx, tr, SEQ, r.seq)
-        for (const c of turn([ours, s3fs], round))
+        for (const c of turn(peers, round))
           await keep(ctx, (r.listing[c.peer.name] ??= []), `${c.peer.name} in listing order`, () => smallRun(c, ctx, tr, listed))
         r.download.push(await downloadRun(ctx, tr, listed))
         for (const c of turn([told, ours], round))
@@ -243,7 +243,7 @@ export const run: BenchModule = async (ctx) => {
   }
   const minutes = (performance.now() - began) / 60_000
   ctx.log(`latency: done in ${minutes.toFixed(1)} min`)
-  return rows(results, minutes, { ours, s3fs, told })
+  return rows(results, minutes, { ours, s3fs, rclone, told })
 }
 
 const fmtSecs = (xs: number[]) => (xs.length ? formatSpread(xs, 2) : 'n/a')
@@ -254,14 +254,14 @@ const fig = (xs: SmallRun[] | undefined, f: (a: Announced) => number) => median(
 /** A ratio against a target: met or not at the target RTT; elsewhere the ratio alone. */
 const against = (rtt: number, ok: boolean, ratio: number) => (rtt === TARGET_RTT_MS ? verdict(ok, ratio) : `${ratio.toFixed(2)}x`)
 
-function rows(results: Map<number, AtRtt>, minutes: number, { ours, s3fs, told }: Record<'ours' | 's3fs' | 'told', Contender>): BenchRow[] {
-  const [o, s, t] = [ours.peer.name, s3fs.peer.name, told.peer.name]
+function rows(results: Map<number, AtRtt>, minutes: number, { ours, s3fs, rclone, told }: Record<'ours' | 's3fs' | 'rclone' | 'told', Contender>): BenchRow[] {
+  const [o, s, rc, t] = [ours.peer.name, s3fs.peer.name, rclone.peer.name, told.peer.name]
   const out: BenchRow[] = [
     {
       area: AREA,
       case: 'method: every mount and client reaches the server through a delaying TCP proxy in its own process (each direction held RTT / 2); a fresh mount and the page cache dropped for every run; rounds alternate the mounts',
       value: `${o}: defaults`,
-      note: `${s}: ${s3fs.peer.flags}; the latency bench took ${minutes.toFixed(1)} min${SMOKE ? ' (O3_BENCH_LATENCY_SMOKE: tiny sizes, numbers mean nothing)' : ''}`,
+      note: `${s}: ${s3fs.peer.flags}; ${rc}: ${rclone.peer.flags}; the latency bench took ${minutes.toFixed(1)} min${SMOKE ? ' (O3_BENCH_LATENCY_SMOKE: tiny sizes, numbers mean nothing)' : ''}`,
     },
   ]
   const mbps = (x: { mbps: number }) => x.mbps
@@ -279,7 +279,7 @@ function rows(results: Map<number, AtRtt>, minutes: number, { ours, s3fs, told }
         rtt === 0
           ? `${vsS3fs.toFixed(2)}x s3fs (targets at RTT ${TARGET_RTT_MS} ms)`
           : `>= 0.9x own at RTT 0: ${against(rtt, vsOwn >= 0.9, vsOwn)}; >= 1.5x s3fs: ${against(rtt, vsS3fs >= 1.5, vsS3fs)}`,
-      note: `${s} ${spreadOf(theirCold, mbps)} MB/s; ceiling (16 x 16 MiB ranged GETs, own process) ${spreadOf(r.seq.ceiling?.cold, mbps)} MB/s`,
+      note: `${s} ${spreadOf(theirCold, mbps)} MB/s; ${rc} ${spreadOf(r.seq[rc]?.cold, mbps)} MB/s; ceiling (16 x 16 MiB ranged GETs, own process) ${spreadOf(r.seq.ceiling?.cold, mbps)} MB/s`,
     })
   }
   const cpu = (x: { cpuPerGiB: number }) => x.cpuPerGiB
@@ -288,7 +288,7 @@ function rows(results: Map<number, AtRtt>, minutes: number, { ours, s3fs, told }
     area: AREA,
     case: "CPU of the mount's process tree per GiB in the same cold sequential reads, user+sys s",
     value: cpuAt(o),
-    note: `${s} ${cpuAt(s)}; ${o} per thread at RTT ${TARGET_RTT_MS} ms (median s/GiB): ${threadsOf(results.get(TARGET_RTT_MS)?.seq[o]?.cold)}`,
+    note: `${s} ${cpuAt(s)}; ${rc} ${cpuAt(rc)}; ${o} per thread at RTT ${TARGET_RTT_MS} ms (median s/GiB): ${threadsOf(results.get(TARGET_RTT_MS)?.seq[o]?.cold)}`,
   })
   for (const [rtt, r] of results) {
     const ceiling = `a ${CEILING_PARALLEL}-way download (${fmtSecs(r.download)} s)`
@@ -298,7 +298,7 @@ function rows(results: Map<number, AtRtt>, minutes: number, { ours, s3fs, told }
       case: `${FILES} x 64 KiB written by rclone in one directory, ${READERS} readers in listing order, cold, RTT ${rtt} ms, s median (min-max) of ${ROUNDS}`,
       value: `${secs(r.listing[o])} s`,
       target: `<= 1.5x ${ceiling}: ${against(rtt, x <= 1.5, x)}`,
-      note: `${s} ${secs(r.listing[s])} s; ${o} queued ${fig(r.listing[o], (a) => a.listingFiles)} files itself by listing order, readers took ${fig(r.listing[o], (a) => a.used)} of them`,
+      note: `${s} ${secs(r.listing[s])} s; ${rc} ${secs(r.listing[rc])} s; ${o} queued ${fig(r.listing[o], (a) => a.listingFiles)} files itself by listing order, readers took ${fig(r.listing[o], (a) => a.used)} of them`,
     })
   }
   for (const [rtt, r] of results) {

@@ -149,20 +149,19 @@ export const S3FS: Peer = {
     ),
 }
 
-const PEERS: Peer[] = [
-  o3mount('o3mount', 'defaults (--cache-mem 512M, --kernel-readahead 32M; --ca-bundle over HTTPS)', []),
-  S3FS,
-  {
-    name: 'rclone',
-    flags: `${RCLONE_FLAGS.filter((f) => f !== '--read-only').join(' ')} (a fresh cache per mount), read_ahead_kb ${READ_AHEAD_KB}; --ca-cert over HTTPS`,
-    start: (mp, ctx, tr, bucket) => {
-      const cache = path.join(ctx.workDir, 'rclone-cache')
-      rmSync(cache, { recursive: true, force: true })
-      const ca = tr.caFile ? ['--ca-cert', tr.caFile] : []
-      return spawn('rclone', ['mount', `o3:${bucket}`, mp, ...RCLONE_FLAGS, '--cache-dir', cache, ...ca], { env: rcloneEnv(ctx, tr), stdio: 'ignore' })
-    },
+/** rclone mount with its VFS cache: the third peer the issues name. */
+export const RCLONE: Peer = {
+  name: 'rclone',
+  flags: `${RCLONE_FLAGS.filter((f) => f !== '--read-only').join(' ')} (a fresh cache per mount), read_ahead_kb ${READ_AHEAD_KB}; --ca-cert over HTTPS`,
+  start: (mp, ctx, tr, bucket) => {
+    const cache = path.join(ctx.workDir, 'rclone-cache')
+    rmSync(cache, { recursive: true, force: true })
+    const ca = tr.caFile ? ['--ca-cert', tr.caFile] : []
+    return spawn('rclone', ['mount', `o3:${bucket}`, mp, ...RCLONE_FLAGS, '--cache-dir', cache, ...ca], { env: rcloneEnv(ctx, tr), stdio: 'ignore' })
   },
-]
+}
+
+const PEERS: Peer[] = [o3mount('o3mount', 'defaults (--cache-mem 512M, --kernel-readahead 32M; --ca-bundle over HTTPS)', []), S3FS, RCLONE]
 
 export interface Running {
   mp: string
