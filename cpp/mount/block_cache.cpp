@@ -52,8 +52,6 @@ class BlockCache::Sink final : public RangeSink {
     filled_ = 0;
   }
 
-  void timing(const FetchTiming& t) override { cache_.sizing_.observe(t); }
-
   void finished(const Status& status, const ObjectPin& pin) override {
     job_->obj.pin->learn(pin);
     buf_.reset();

@@ -224,9 +224,10 @@ void Filesystem::open(uint64_t ino, int flags, std::shared_ptr<OpenReply> reply)
   if (!path) return reply->error(ENOENT);
   control_.open(*path, [this, ino, path = *path, reply](Status s, OpenInfo info) {
     if (!s) return reply->error(errnoOf(s));
-    auto f = std::make_shared<OpenFile>(path, ObjectRef::make(info.pin, path.substr(1), info.leaves),
-                                        ReadaheadConfig{cache_.blockSize(), config_.readaheadInitial, config_.seekTolerance,
-                                                        [this] { return sizing_.windowCap(openFiles()); }});
+    auto f = std::make_shared<OpenFile>(
+        path, ObjectRef::make(info.pin, path.substr(1), info.leaves),
+        ReadaheadConfig{cache_.blockSize(), config_.readaheadInitial, config_.seekTolerance,
+                        [this] { return sizing_.windowCap(openFiles()); }, [this] { return sizing_.windowFloor(); }});
     // The kernel keeps the pages it cached for this inode while the object is the same one, read
     // under the same verification: pages an unverified open cached never reach a verified one.
     std::string version = info.pin.etag + '\0' + std::to_string(info.pin.size) + '\0' + std::to_string(info.mtimeMs) + '\0';

@@ -3,7 +3,7 @@
 namespace o3mount {
 
 Mount::Mount(const MountConfig& config, std::unique_ptr<FetchEngine> engine, ControlPlane& control, LogSink& log)
-    : engine_(std::move(engine)), sizing_(config.partSize, config.readaheadMax, config.cache.memoryBytes) {
+    : engine_(std::move(engine)), sizing_(*engine_, config.partSize, config.readaheadMax, config.cache.memoryBytes) {
   if (!config.cacheDir.empty())
     disk_ = DiskTier::open(config.cacheDir, config.cacheDiskBytes, config.cacheNamespace, counters_, log);
   cache_ = std::make_unique<BlockCache>(config.cache, *engine_, disk_.get(), sizing_, counters_, log);

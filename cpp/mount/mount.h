@@ -68,7 +68,7 @@ class Mount {
   Counters counters_;
   std::unique_ptr<FetchEngine> engine_;
   std::unique_ptr<DiskTier> disk_;
-  FixedSizing sizing_;
+  BdpSizing sizing_;
   std::unique_ptr<BlockCache> cache_;
   std::unique_ptr<Deadlines> deadlines_;
   std::unique_ptr<Filesystem> fs_;

@@ -1,8 +1,10 @@
 // Sequential readahead of one open file, after mountpoint-s3's prefetcher (a port of
 // fs-driver/prefetch/readahead.ts): the first request is small, so the first byte comes quickly;
 // while reads stay sequential the window doubles, up to a cap, each time the reader has consumed
-// half of what is on its way; a seek outside a tolerance resets it, so random access fetches only
-// the blocks it reads. Pure policy: no I/O, no clock, no lock (the open file holds one).
+// half of what is on its way, and no lower than the measured bandwidth-delay product asks after the
+// first step (each doubling waits a round of reads, so far from the server the ramp alone costs
+// several round trips); a seek outside a tolerance resets it, so random access fetches only the
+// blocks it reads. Pure policy: no I/O, no clock, no lock (the open file holds one).
 #pragma once
 
 #include <cstdint>
@@ -19,9 +21,11 @@ struct ReadaheadConfig {
   // kernel's own readahead requests are served by several threads and arrive out of order by up
   // to its readahead span (read_ahead_kb), so this is at least that span.
   uint64_t seekTolerance = 0;
-  // The window's cap right now: it shrinks as more files stream at once (to share the budget) and,
-  // later, follows the measured bandwidth-delay product (the sizing policy decides; see sizing.h).
+  // The window's cap right now: it shrinks as more files stream at once, to share the budget.
   std::function<uint64_t()> maxWindow;
+  // The least window a run grows to at its second step: what the measured bandwidth-delay product
+  // needs in flight (sizing.h). Empty or 0: plain doubling from initialWindow.
+  std::function<uint64_t()> minWindow;
 };
 
 struct PrefetchRange {

@@ -20,10 +20,11 @@ struct Rig {
   FakeStore store;
   Counters counters;
   CollectingLog log;
-  FixedSizing sizing;
+  BdpSizing sizing;
   BlockCache cache;
   Rig(uint64_t memory = 64 * MiB, int connections = 8, uint64_t partSize = 4 * MiB, uint64_t blockSize = MiB)
-      : sizing(partSize, 64 * MiB, memory), cache({blockSize, memory, connections, 2}, store, nullptr, sizing, counters, log) {}
+      : sizing(store, partSize, 64 * MiB, memory),
+        cache({blockSize, memory, connections, 2}, store, nullptr, sizing, counters, log) {}
   ~Rig() {
     // As the mount stops: nothing new, the engine's running fetches cancelled, then the cache drains.
     cache.close();
@@ -236,7 +237,7 @@ void everyErrorKindReachesTheReader() {
     FailingStore store(kind);
     Counters counters;
     CollectingLog log;
-    FixedSizing sizing(4 * MiB, 64 * MiB, 64 * MiB);
+    BdpSizing sizing(store, 4 * MiB, 64 * MiB, 64 * MiB);
     BlockCache cache({MiB, 64 * MiB, 4, 2}, store, nullptr, sizing, counters, log);
     const ObjectRef obj = open({"x.bin", "e", "", 8 * MiB});
     cache.prefetch(obj, 2, 8);
@@ -332,7 +333,7 @@ void closingCancelsWhatIsQueued() {
   FakeStore store;
   Counters counters;
   CollectingLog log;
-  FixedSizing sizing(MiB, 64 * MiB, 64 * MiB);
+  BdpSizing sizing(store, MiB, 64 * MiB, 64 * MiB);
   auto cache = std::make_unique<BlockCache>(BlockCacheConfig{MiB, 64 * MiB, 1, 2}, store, nullptr, sizing, counters, log);
   const ObjectRef obj = open(store.put("c.bin", randomBytes(8 * MiB, 11)));
   store.hold(true);
@@ -346,6 +347,25 @@ void closingCancelsWhatIsQueued() {
 }
 
 }  // namespace
+
+void sizingFollowsTheMeasuredLatency() {
+  FakeStore store;
+  BdpSizing sizing(store, 16 * MiB, 256 * MiB, 512 * MiB);
+  // Nothing measured yet: no floor, the window doubles from its first request.
+  O3_CHECK_EQ(sizing.windowFloor(), 0u);
+  // 50 ms to the first byte, then 40 MB/s on a connection: four connections kept busy through the
+  // wait need 4 x 40 MB/s x 0.05 s in flight.
+  store.measured(50'000, 40'000'000);
+  O3_CHECK_EQ(sizing.windowFloor(), 8'000'000u);
+  // Never past --readahead-max, however far the server.
+  store.measured(2'000'000, 1'000'000'000);
+  O3_CHECK_EQ(sizing.windowFloor(), 256 * MiB);
+  // The cap shares a quarter of the budget among the open files; parts are --part-size.
+  O3_CHECK_EQ(sizing.windowCap(1), 128 * MiB);
+  O3_CHECK_EQ(sizing.windowCap(4), 32 * MiB);
+  O3_CHECK_EQ(sizing.partSize(), 16 * MiB);
+  store.close();
+}
 
 int main() {
   exactBytesInAnyOrder();
@@ -361,5 +381,6 @@ int main() {
   announcingStreamsTakeTurns();
   filesReadBeforeTheirTurnArePassedOver();
   closingCancelsWhatIsQueued();
+  sizingFollowsTheMeasuredLatency();
   return test::finish("block_cache_test");
 }

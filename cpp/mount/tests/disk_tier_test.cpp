@@ -41,12 +41,12 @@ struct TempDir {
 
 // One "mount" of the cache over a store: its own counters, tier and cache.
 struct Mounted {
+  FetchEngine& store;
   Counters counters;
   CollectingLog log;
-  FixedSizing sizing{4 * MiB, 64 * MiB, 64 * MiB};
+  BdpSizing sizing{store, 4 * MiB, 64 * MiB, 64 * MiB};
   std::unique_ptr<DiskTier> disk;
   std::unique_ptr<BlockCache> cache;
-  FetchEngine& store;
   Mounted(FetchEngine& s, const fs::path& dir, const std::string& ns, uint64_t maxBytes = 1ull << 30) : store(s) {
     disk = DiskTier::open(dir.string(), maxBytes, ns, counters, log);
     cache = std::make_unique<BlockCache>(BlockCacheConfig{MiB, 64 * MiB, 4, 2}, s, disk.get(), sizing, counters, log);

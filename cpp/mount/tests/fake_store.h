@@ -63,6 +63,12 @@ class ThreadedStore : public FetchEngine {
     std::lock_guard lock(mutex_);
     return stats_;
   }
+  // What a real engine would have measured of a server this far away.
+  void measured(uint64_t firstByteUs, uint64_t bytesPerSecondPerConnection) {
+    std::lock_guard lock(mutex_);
+    stats_.firstByteUsAverage = firstByteUs;
+    stats_.bytesPerSecondPerConnection = bytesPerSecondPerConnection;
+  }
   void close() override {
     {
       std::lock_guard lock(mutex_);

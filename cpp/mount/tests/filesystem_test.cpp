@@ -146,7 +146,7 @@ struct Rig {
   FakeControl control;
   Counters counters;
   CollectingLog log;
-  FixedSizing sizing{4 * MiB, 64 * MiB, 64 * MiB};
+  BdpSizing sizing{store, 4 * MiB, 64 * MiB, 64 * MiB};
   BlockCache cache{{MiB, 64 * MiB, 4, 2}, store, nullptr, sizing, counters, log};
   Deadlines deadlines;
   Filesystem fs;

@@ -1,7 +1,7 @@
 // The byte path's pure policies, each against a model and under random sequences: the memory
 // budget (reserve always progresses, try_reserve never passes its share or the limit), readahead
-// (a small first request, doubling, the cap, seeks, kernel readahead out of order) and the inode
-// table (lookups and forgets of the kernel).
+// (a small first request, doubling, the floor from latency, the cap, seeks, kernel readahead out of
+// order) and the inode table (lookups and forgets of the kernel).
 #include <algorithm>
 #include <deque>
 #include <map>
@@ -93,7 +93,7 @@ struct Reads {
 };
 
 ReadaheadConfig config(uint64_t cap, uint64_t tolerance = 8 * MiB) {
-  return {MiB, 2 * MiB, tolerance, [cap] { return cap; }};
+  return {MiB, 2 * MiB, tolerance, [cap] { return cap; }, {}};
 }
 
 void readaheadSequential() {
@@ -185,7 +185,7 @@ void readaheadSeekResets() {
   O3_CHECK_EQ(ra.windowBytes(), 2 * MiB);
   // The cap follows the provider: more files streaming, a smaller cap.
   uint64_t cap = 8 * MiB;
-  Readahead shrinking({MiB, 2 * MiB, MiB, [&cap] { return cap; }});
+  Readahead shrinking({MiB, 2 * MiB, MiB, [&cap] { return cap; }, {}});
   for (uint64_t off = 0; off < 64 * MiB; off += MiB)
     if (auto q = shrinking.onRead(off, MiB, size)) shrinking.issuedTo(q->to, size);
   O3_CHECK_EQ(shrinking.windowBytes(), 8 * MiB);
@@ -201,6 +201,33 @@ void readaheadSeekResets() {
   tail.issuedTo(t->to, 3 * MiB + 5);
   auto t2 = tail.onRead(2 * MiB, MiB, 3 * MiB + 5);
   O3_CHECK(t2.has_value() && t2->to == 4);
+}
+
+void readaheadFloorFromLatency() {
+  const uint64_t size = 1024 * MiB;
+  uint64_t floor = 24 * MiB;
+  Readahead ra({MiB, 2 * MiB, 8 * MiB, [] { return 64 * MiB; }, [&floor] { return floor; }});
+  // The first request stays small: the first byte comes quickly wherever the server is.
+  auto p = ra.onRead(0, MiB, size);
+  O3_CHECK(p.has_value());
+  O3_CHECK_EQ(ra.windowBytes(), 2 * MiB);
+  ra.issuedTo(p->to, size);
+  // The second step goes straight to what the measured latency needs in flight, not to 4 MiB.
+  p = ra.onRead(2 * MiB, MiB, size);
+  O3_CHECK(p.has_value());
+  O3_CHECK_EQ(ra.windowBytes(), 24 * MiB);
+  O3_CHECK_EQ(p->to, 3u + 24u);
+  ra.issuedTo(p->to, size);
+  // Doubling goes on from there, up to the cap, which the floor never passes.
+  floor = 512 * MiB;
+  for (uint64_t off = 2 * MiB; off < 200 * MiB; off += MiB)
+    if (auto q = ra.onRead(off, MiB, size)) ra.issuedTo(q->to, size);
+  O3_CHECK_EQ(ra.windowBytes(), 64 * MiB);
+  // Near the server (a floor under the first window) it is the plain doubling.
+  Readahead near({MiB, 2 * MiB, 8 * MiB, [] { return 64 * MiB; }, [] { return uint64_t{MiB / 2}; }});
+  if (auto q = near.onRead(0, MiB, size)) near.issuedTo(q->to, size);
+  O3_CHECK(near.onRead(2 * MiB, MiB, size).has_value());
+  O3_CHECK_EQ(near.windowBytes(), 4 * MiB);
 }
 
 void inodeTableRandomized() {
@@ -258,6 +285,7 @@ int main() {
   readaheadRandomAccessFetchesNothing();
   readaheadOutOfOrderKernelReads();
   readaheadSeekResets();
+  readaheadFloorFromLatency();
   inodeTableRandomized();
   return test::finish("policy_test");
 }
