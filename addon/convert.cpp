@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "../cpp/error.h"
+#include "../cpp/malloc_tuning.h"
 
 namespace o3addon {
 namespace {
@@ -285,6 +286,14 @@ Napi::Object describeTrainer(Napi::Env env, const o3::Trainer& trainer) {
   world.Set("localRank", double(w.localRank));
   world.Set("collectives", w.collectives);
   o.Set("world", world);
+  const o3::MallocTuning& t = o3::tuneMallocForTraining();
+  Napi::Object malloc = Napi::Object::New(env);
+  malloc.Set("setBy", t.setBy);
+  if (t.setBy == "o3") {
+    malloc.Set("mmapThreshold", double(t.mmapThreshold));
+    malloc.Set("trimThreshold", double(t.trimThreshold));
+  }
+  o.Set("malloc", malloc);
   return o;
 }
 

@@ -203,6 +203,17 @@ export class AddonLoadError extends CliError {
   }
 }
 
+/**
+ * How malloc was set up for training, once per process (cpp/malloc_tuning.h): by the addon
+ * (`setBy: 'o3'`, with the thresholds in bytes), or left to the environment variable the user set
+ * (its name), or to a libc other than glibc ('libc').
+ */
+export interface MallocInfo {
+  setBy: string
+  mmapThreshold?: number
+  trimThreshold?: number
+}
+
 export interface WorldInfo {
   rank: number
   worldSize: number
@@ -212,7 +223,7 @@ export interface WorldInfo {
 }
 
 interface NativeTrainer {
-  info(): { device: DeviceInfo; model: ModelInfo; dataset: DatasetInfo; world: WorldInfo }
+  info(): { device: DeviceInfo; model: ModelInfo; dataset: DatasetInfo; world: WorldInfo; malloc: MallocInfo }
   position(): Position
   /** The paths joined by NUL. */
   filesAhead(): Promise<string>
@@ -310,6 +321,7 @@ export class Trainer {
   readonly model: ModelInfo
   readonly dataset: DatasetInfo
   readonly world: WorldInfo
+  readonly malloc: MallocInfo
   #native: NativeTrainer | undefined
   /** Calls run one after another, in the order made. */
   #tail: Promise<unknown> = Promise.resolve()
@@ -321,6 +333,7 @@ export class Trainer {
     this.model = info.model
     this.dataset = info.dataset
     this.world = info.world
+    this.malloc = info.malloc
   }
 
   /** Opens the data and builds the model (both off the JS thread). Rejects on bad options or data. */

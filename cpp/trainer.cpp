@@ -17,6 +17,7 @@
 #include <fstream>
 #include <random>
 
+#include "malloc_tuning.h"
 #include "trainer_impl.h"
 
 namespace o3 {
@@ -184,6 +185,7 @@ Trainer::Trainer(const TrainerOptions& opts) : impl_(std::make_unique<Impl>()) {
   translateTorchErrors([&] {
     Impl& m = *impl_;
     m.opts = opts;
+    tuneMallocForTraining();
     if (opts.threads > 0) at::set_num_threads(opts.threads);
     const bool dist = opts.dist.enabled;
     if (dist && opts.dist.worldSize > 1 && opts.lastBatch == LastBatch::Short)

@@ -96,6 +96,7 @@ interface Summary {
   resumedFrom?: { name: string; step: number; cid: string }
   checkpoints: { name: string; cid: string; step: number }[]
   threads: { threads: number; cores: number; env: Record<string, string> }
+  malloc: { setBy: string; mmapThreshold?: number; trimThreshold?: number }
 }
 const summaryOf = (stdout: string): Summary => JSON.parse(stdout.trim().split('\n').at(-1)!) as Summary
 
@@ -145,6 +146,8 @@ t.test('--data o3://: mounts for the run (without the signing key), trains, chec
     'threads from the machine, passive OpenMP, one-thread BLAS',
   )
   t.match(stderr, /"threads":"\d+ intra-op on \d+ cores, OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1"/, 'the set-up in the start line')
+  t.same(s.malloc, { setBy: 'o3', mmapThreshold: 32 * 2 ** 20, trimThreshold: 2 ** 30 }, "malloc keeps a step's freed memory for the next")
+  t.match(stderr, /"malloc":"mmap threshold 32 MiB, trim threshold 1024 MiB"/, 'and says so in the start line')
   const mountpoint = /"mountpoint":"([^"]+)"/.exec(stderr)?.[1]
   t.ok(mountpoint, 'it said where it mounted the data')
   t.notOk(isMounted(mountpoint!), 'unmounted at exit')
@@ -152,6 +155,14 @@ t.test('--data o3://: mounts for the run (without the signing key), trains, chec
   t.equal(latest.entry.cid, s.checkpoints[1]!.cid, 'latest is the final checkpoint, verified')
   t.equal(latest.meta.step, 64)
   t.equal(latest.record.signer, '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266', 'o3train itself signed with the key')
+})
+
+t.test('malloc settings in the environment are left to glibc, and the run says whose they are', async (t) => {
+  const r = o3train(['--data', subset, ...base, '--model', 'mlp', '--epochs', '1', '--no-evaluate', '--threads', '1'], { MALLOC_TRIM_THRESHOLD_: '131072' })
+  const { code, stdout, stderr } = await r.done
+  t.equal(code, 0, stderr)
+  t.same(summaryOf(stdout).malloc, { setBy: 'MALLOC_TRIM_THRESHOLD_' })
+  t.match(stderr, /"malloc":"set by MALLOC_TRIM_THRESHOLD_"/)
 })
 
 t.test('kill -9 at 10 moments of its progress: each restart resumes from the last complete checkpoint; final weights equal an uninterrupted run', async (t) => {

@@ -23,6 +23,7 @@ import { makeRunDir, removeTempDir, sweepDeadRuns } from './temp-dirs.js'
 import { OrderAnnouncer } from './announce.js'
 import { train, type TrainSummary } from './run.js'
 import type { ThreadSetup } from './thread-setup.js'
+import type { MallocInfo } from '../addon/index.js'
 
 /** Aborted by a second signal; the forced-exit handler then owns the process's exit. */
 const kill = new AbortController()
@@ -33,9 +34,14 @@ function threadLine(t: ThreadSetup): string {
     .join(' ')}`
 }
 
+function mallocLine(m: MallocInfo): string {
+  const mib = (n: number | undefined) => `${(n ?? 0) / 2 ** 20} MiB`
+  return m.setBy === 'o3' ? `mmap threshold ${mib(m.mmapThreshold)}, trim threshold ${mib(m.trimThreshold)}` : `set by ${m.setBy}`
+}
+
 function printSummary(s: TrainSummary): void {
   const lines = [
-    `device: ${s.device.type} (${s.device.name}); threads: ${threadLine(s.threads)}`,
+    `device: ${s.device.type} (${s.device.name}); threads: ${threadLine(s.threads)}; malloc: ${mallocLine(s.malloc)}`,
     s.resumedFrom ? `resumed from: ${s.resumedFrom.name} (step ${s.resumedFrom.step}, ${s.resumedFrom.cid})` : undefined,
     `trained: ${s.steps} steps, ${s.samples} samples in ${s.seconds.toFixed(1)} s (${s.samplesPerSecond.toFixed(0)} samples/s); run at step ${s.step}, ${s.epochsCompleted} epochs complete${s.stopped ? ' (stopped early)' : ''}`,
     s.test ? `test: accuracy ${(s.test.accuracy * 100).toFixed(2)}%, loss ${s.test.loss.toFixed(4)}` : undefined,
@@ -119,7 +125,15 @@ async function main(): Promise<number> {
       announcer,
       onStart: (s) =>
         log.info(
-          { device: s.device, threads: threadLine(s.threads), dataDir: s.dataDir, step: s.step, epoch: s.epoch, resumedFrom: s.resumedFrom },
+          {
+            device: s.device,
+            threads: threadLine(s.threads),
+            malloc: mallocLine(s.malloc),
+            dataDir: s.dataDir,
+            step: s.step,
+            epoch: s.epoch,
+            resumedFrom: s.resumedFrom,
+          },
           'training',
         ),
     })

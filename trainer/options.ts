@@ -195,7 +195,7 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
     .option('--weight-decay <x>', 'weight decay (default 0)', nonNegNum('--weight-decay'))
     .addOption(new Option('--device <d>', 'auto picks cuda when available').choices(['auto', 'cpu', 'cuda']))
     .option('--seed <n>', `seed for weights and shuffling (default ${DEFAULTS.seed})`, nonNegInt('--seed'))
-    .option('--threads <n>', 'CPU threads for torch', positiveInt('--threads'))
+    .option('--threads <n>', "CPU threads for torch (default one per core, shared among a node's ranks)", positiveInt('--threads'))
     .option('--image-size <n>', `image side for imagefolder and webdataset (default ${DEFAULTS.imageSize})`, positiveInt('--image-size'))
     .option('--channels <n>', 'image channels for imagefolder and webdataset: 3 RGB (default), 1 gray', channelsArg)
     .option('--shards <pattern>', "webdataset shards under --data, e.g. 'train-{000000..000127}.tar' (default every *.tar)")

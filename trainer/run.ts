@@ -1,7 +1,7 @@
 import { access, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { dataLineage, type DataLineage } from '../lib/content/lineage.js'
-import { Trainer, listImageFolder, listWebDatasetShards, type DataSpec, type DatasetInfo, type DeviceInfo } from '../addon/index.js'
+import { Trainer, listImageFolder, listWebDatasetShards, type DataSpec, type DatasetInfo, type DeviceInfo, type MallocInfo } from '../addon/index.js'
 import { CheckpointStore, CheckpointWriter, type LoadedCheckpoint } from '../checkpoint/index.js'
 import type { InputRecord } from '../checkpoint/meta.js'
 import { TrustPolicy } from '../checkpoint/trust.js'
@@ -37,6 +37,7 @@ export interface TrainHooks {
 export interface StartInfo {
   device: DeviceInfo
   threads: ThreadSetup
+  malloc: MallocInfo
   dataDir: string
   resumedFrom?: { name: string; cid: string; step: number }
   step: number
@@ -46,6 +47,8 @@ export interface StartInfo {
 export interface TrainSummary {
   device: DeviceInfo
   threads: ThreadSetup
+  /** How malloc was set up for training (the addon's settings, or the environment's). */
+  malloc: MallocInfo
   /** Steps this process trained, and the run's step count at the end. */
   steps: number
   step: number
@@ -257,7 +260,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
       log.info({ init: o.init, tensors }, 'model weights from --init')
     }
     const resumedFrom = loaded ? { name: loaded.entry.name, cid: loaded.entry.cid, step } : undefined
-    hooks.onStart?.({ device: trainer.device, threads, dataDir, resumedFrom, step, epoch: trainer.position.epoch })
+    hooks.onStart?.({ device: trainer.device, threads, malloc: trainer.malloc, dataDir, resumedFrom, step, epoch: trainer.position.epoch })
 
     const startStep = step
     let lastSavedStep = step
@@ -362,6 +365,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     return {
       device: trainer.device,
       threads,
+      malloc: trainer.malloc,
       steps,
       step,
       epochsCompleted: trainer.position.epoch,
