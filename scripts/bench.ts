@@ -41,13 +41,20 @@ async function main(): Promise<void> {
   const workDir = mkdtempSync(join(tmpdir(), 'o3-bench-'))
   const ctx: BenchContext = { server, workDir, metrics: {}, log: (line) => console.error(`[bench] ${line}`) }
   const blocks = new Map<string, string>()
+  const failed: string[] = []
   try {
     for (const area of chosen) {
       ctx.log(`${area}: starting`)
-      const run = await AREAS[area]!()
-      const rows: BenchRow[] = await run(ctx)
-      for (const r of rows) ctx.log(`${r.area} | ${r.case} | ${r.value}${r.target ? ` | ${r.target}` : ''}`)
-      blocks.set(area, areaBlock(area, rows, new Date().toISOString().slice(0, 10), machine()))
+      try {
+        const run = await AREAS[area]!()
+        const rows: BenchRow[] = await run(ctx)
+        for (const r of rows) ctx.log(`${r.area} | ${r.case} | ${r.value}${r.target ? ` | ${r.target}` : ''}`)
+        blocks.set(area, areaBlock(area, rows, new Date().toISOString().slice(0, 10), machine()))
+      } catch (err) {
+        // The other areas' results still count; this one keeps its last table.
+        failed.push(area)
+        ctx.log(`${area}: failed: ${err instanceof Error ? err.stack : err}`)
+      }
     }
   } finally {
     await server.stop()
@@ -55,6 +62,7 @@ async function main(): Promise<void> {
   }
   console.log([...blocks.values()].join('\n\n'))
   if (opts.readme) writeReadmeSection('bench', mergeBlocks(readReadmeSection('bench'), blocks, Object.keys(AREAS)))
+  if (failed.length > 0) throw new Error(`these areas failed and kept their earlier tables: ${failed.join(', ')}`)
 }
 
 main().catch((err) => {
