@@ -35,7 +35,7 @@ std::optional<PrefetchRange> Readahead::onRead(uint64_t offset, uint64_t length,
   if (window_ > 0 && aheadTo_ > expected_ && aheadTo_ - expected_ >= window_ / 2) return std::nullopt;
   const uint64_t cap = std::max(2 * bs, cfg_.maxWindow ? cfg_.maxWindow() : 0);
   const uint64_t floor = cfg_.minWindow ? cfg_.minWindow() : 0;
-  window_ = window_ == 0 ? std::min(cfg_.initialWindow, cap) : std::min(std::max(window_ * 2, floor), cap);
+  window_ = window_ == 0 ? std::min(cfg_.initialWindow, cap) : std::min(std::max(window_ * kGrowth, floor), cap);
   const uint64_t target = std::min(size, expected_ + window_);
   if (target <= aheadTo_) return std::nullopt;
   return PrefetchRange{aheadTo_ / bs, ceilDiv(target, bs)};

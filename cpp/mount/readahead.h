@@ -1,10 +1,11 @@
-// Sequential readahead of one open file, after mountpoint-s3's prefetcher (a port of
-// fs-driver/prefetch/readahead.ts): the first request is small, so the first byte comes quickly;
-// while reads stay sequential the window doubles, up to a cap, each time the reader has consumed
+// Sequential readahead of one open file, after mountpoint-s3's prefetcher: the first request is
+// small, so the first byte comes quickly; while reads stay sequential the window grows eightfold
+// (mountpoint-s3's sequential_prefetch_multiplier), up to a cap, each time the reader has consumed
 // half of what is on its way, and no lower than the measured bandwidth-delay product asks after the
-// first step (each doubling waits a round of reads, so far from the server the ramp alone costs
-// several round trips); a seek outside a tolerance resets it, so random access fetches only the
-// blocks it reads. Pure policy: no I/O, no clock, no lock (the open file holds one).
+// first step (each step waits a round of reads, so far from the server a slow ramp alone costs
+// several round trips: doubling instead of growing eightfold read 256 MiB 7-10% slower at RTT 0 and
+// 50 ms); a seek outside a tolerance resets it, so random access fetches only the blocks it reads.
+// Pure policy: no I/O, no clock, no lock (the open file holds one).
 #pragma once
 
 #include <cstdint>
@@ -24,7 +25,7 @@ struct ReadaheadConfig {
   // The window's cap right now: it shrinks as more files stream at once, to share the budget.
   std::function<uint64_t()> maxWindow;
   // The least window a run grows to at its second step: what the measured bandwidth-delay product
-  // needs in flight (sizing.h). Empty or 0: plain doubling from initialWindow.
+  // needs in flight (sizing.h). Empty or 0: the plain growth from initialWindow.
   std::function<uint64_t()> minWindow;
 };
 
@@ -48,6 +49,8 @@ class Readahead {
 
  private:
   bool isSequential(uint64_t offset) const;
+
+  static constexpr uint64_t kGrowth = 8;
 
   ReadaheadConfig cfg_;
   bool started_ = false;

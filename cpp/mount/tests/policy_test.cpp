@@ -1,6 +1,6 @@
 // The byte path's pure policies, each against a model and under random sequences: the memory
 // budget (reserve always progresses, try_reserve never passes its share or the limit), readahead
-// (a small first request, doubling, the floor from latency, the cap, seeks, kernel readahead out of
+// (a small first request, growing eightfold, the floor from latency, the cap, seeks, kernel readahead out of
 // order) and the inode table (lookups and forgets of the kernel).
 #include <algorithm>
 #include <deque>
@@ -106,7 +106,7 @@ void readaheadSequential() {
   O3_CHECK_EQ(r->to, 3u);  // up to 128 KiB + 2 MiB, rounded up to blocks
   O3_CHECK_EQ(ra.windowBytes(), 2 * MiB);
   ra.issuedTo(r->to, size);
-  // Reading on: the window doubles each time half of it has been consumed, up to the cap.
+  // Reading on: the window grows eightfold each time half of it has been consumed, up to the cap.
   std::vector<uint64_t> windows{ra.windowBytes()};
   uint64_t issued = r->to;
   for (uint64_t off = 128 * 1024; off < size; off += 128 * 1024) {
@@ -212,22 +212,27 @@ void readaheadFloorFromLatency() {
   O3_CHECK(p.has_value());
   O3_CHECK_EQ(ra.windowBytes(), 2 * MiB);
   ra.issuedTo(p->to, size);
-  // The second step goes straight to what the measured latency needs in flight, not to 4 MiB.
+  // The second step goes straight to what the measured latency needs in flight, not to 16 MiB.
   p = ra.onRead(2 * MiB, MiB, size);
   O3_CHECK(p.has_value());
   O3_CHECK_EQ(ra.windowBytes(), 24 * MiB);
   O3_CHECK_EQ(p->to, 3u + 24u);
   ra.issuedTo(p->to, size);
-  // Doubling goes on from there, up to the cap, which the floor never passes.
+  // Growth goes on from there, up to the cap, which the floor never passes.
   floor = 512 * MiB;
   for (uint64_t off = 2 * MiB; off < 200 * MiB; off += MiB)
     if (auto q = ra.onRead(off, MiB, size)) ra.issuedTo(q->to, size);
   O3_CHECK_EQ(ra.windowBytes(), 64 * MiB);
-  // Near the server (a floor under the first window) it is the plain doubling.
+  // Near the server (a floor under the first window) it is the plain growth: 2 MiB, then 16, then
+  // the cap.
   Readahead near({MiB, 2 * MiB, 8 * MiB, [] { return 64 * MiB; }, [] { return uint64_t{MiB / 2}; }});
   if (auto q = near.onRead(0, MiB, size)) near.issuedTo(q->to, size);
-  O3_CHECK(near.onRead(2 * MiB, MiB, size).has_value());
-  O3_CHECK_EQ(near.windowBytes(), 4 * MiB);
+  auto q = near.onRead(2 * MiB, MiB, size);
+  O3_CHECK(q.has_value());
+  O3_CHECK_EQ(near.windowBytes(), 16 * MiB);
+  near.issuedTo(q->to, size);
+  O3_CHECK(near.onRead(12 * MiB, MiB, size).has_value());
+  O3_CHECK_EQ(near.windowBytes(), 64 * MiB);
 }
 
 void inodeTableRandomized() {
