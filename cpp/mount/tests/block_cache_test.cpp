@@ -351,21 +351,16 @@ void closingCancelsWhatIsQueued() {
 void sizingFollowsTheMeasuredLatency() {
   FakeStore store;
   BdpSizing sizing(store, 16 * MiB, 256 * MiB, 512 * MiB);
-  // Nothing measured yet: no floor, the window grows from its first request; parts are --part-size.
+  // Nothing measured yet: no floor, the window grows from its first request.
   O3_CHECK_EQ(sizing.windowFloor(), 0u);
-  O3_CHECK_EQ(sizing.partSize(), 16 * MiB);
   // 50 ms to the first byte, then 40 MB/s on a connection: four connections kept busy through the
-  // wait need 4 x 40 MB/s x 0.05 s in flight; a part is what one delivers in 0.4 s.
+  // wait need 4 x 40 MB/s x 0.05 s in flight.
   store.measured(50'000, 40'000'000);
   O3_CHECK_EQ(sizing.windowFloor(), 8'000'000u);
-  O3_CHECK_EQ(sizing.partSize(), 16'000'000u);
-  // A slower connection (farther, or a smaller window): smaller parts, more of them in parallel.
-  store.measured(120'000, 20'000'000);
-  O3_CHECK_EQ(sizing.partSize(), 8'000'000u);
   // Never past --readahead-max, however far the server.
   store.measured(2'000'000, 1'000'000'000);
   O3_CHECK_EQ(sizing.windowFloor(), 256 * MiB);
-  // The cap shares a quarter of the budget among the open files; parts at most --part-size.
+  // The cap shares a quarter of the budget among the open files; parts are --part-size.
   O3_CHECK_EQ(sizing.windowCap(1), 128 * MiB);
   O3_CHECK_EQ(sizing.windowCap(4), 32 * MiB);
   O3_CHECK_EQ(sizing.partSize(), 16 * MiB);
