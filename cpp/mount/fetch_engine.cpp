@@ -342,7 +342,13 @@ class CurlFetchEngine final : public FetchEngine {
     curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &CurlFetchEngine::onProgress);
     curl_easy_setopt(e, CURLOPT_XFERINFODATA, t.get());
     t->silenceLimit = std::chrono::milliseconds(std::max(1, config_.requestTimeoutMs));
-    if (!config_.caBundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, config_.caBundle.c_str());
+    // A CA bundle replaces the system store, as it does for the SDK: libcurl's built-in CA path
+    // (Debian's: /etc/ssl/certs) would otherwise be trusted too, and GnuTLS parses that whole
+    // directory again for every connection (about 0.6 MiB and a few ms each).
+    if (!config_.caBundle.empty()) {
+      curl_easy_setopt(e, CURLOPT_CAINFO, config_.caBundle.c_str());
+      curl_easy_setopt(e, CURLOPT_CAPATH, nullptr);
+    }
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errorText);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlFetchEngine::onHeader);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlFetchEngine::onBody);
