@@ -197,7 +197,7 @@ uint64_t BlockCache::prefetch(const ObjectRef& obj, uint64_t first, uint64_t las
     std::lock_guard lock(mutex_);
     if (closing_) return first;
     last = std::min(last, blockCount(obj));
-    const uint64_t maxRun = std::max<uint64_t>(1, sizing_.partSize() / config_.blockSize);
+    const uint64_t maxRun = readaheadRunBlocks(last > first ? last - first : 0, sizing_.partSize() / config_.blockSize);
     while (i < last) {
       if (entries_.count(keyOf(obj, i))) {
         ++i;

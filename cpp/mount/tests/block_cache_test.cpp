@@ -143,6 +143,22 @@ void demandBeforeReadahead() {
   O3_CHECK_EQ(rig.counters.blocksPrefetched.load(), 15u);  // all but the one a reader waited on
 }
 
+void aShortReadaheadGoesOutInParallel() {
+  // 16 MiB parts: a window's early step of 14 blocks goes out as four GETs, a long range in parts.
+  Rig rig(128 * MiB, 8, 16 * MiB);
+  const ObjectRef obj = open(rig.store.put("r.bin", randomBytes(96 * MiB, 5)));
+  O3_CHECK_EQ(rig.cache.prefetch(obj, 2, 16), 16u);
+  O3_CHECK(eventually([&] { return rig.store.requests().size() == 4; }));
+  std::vector<uint64_t> lengths;
+  for (const Request& r : rig.store.requests()) lengths.push_back(r.length / MiB);
+  O3_CHECK(lengths == std::vector<uint64_t>({4, 4, 4, 2}));
+  O3_CHECK_EQ(rig.cache.prefetch(obj, 16, 96), 96u);
+  O3_CHECK(eventually([&] { return rig.store.requests().size() == 9; }));
+  for (size_t i = 4; i < 9; i++) O3_CHECK_EQ(rig.store.requests()[i].length, 16 * MiB);
+  O3_CHECK_EQ(readaheadRunBlocks(1, 16), 1u);
+  O3_CHECK_EQ(readaheadRunBlocks(0, 16), 1u);
+}
+
 void replacedObjectNeverMixes() {
   Rig rig;
   const auto v1 = randomBytes(6 * MiB, 5);
@@ -372,6 +388,7 @@ int main() {
   singleFlight();
   budgetHoldsUnderManyReaders();
   demandBeforeReadahead();
+  aShortReadaheadGoesOutInParallel();
   replacedObjectNeverMixes();
   versionPinKeepsTheOpenVersion();
   verificationFailsBadBlocksAndNeverCachesThem();
