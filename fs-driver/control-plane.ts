@@ -130,6 +130,7 @@ export class ControlPlane {
   async lookup(path: string): Promise<[NativeError | null, Awaited<ReturnType<ControlPlane['entryOf']>> | null]> {
     try {
       const found = async () => {
+        this.manifests.warm(path)
         const e = await this.meta.lookup(path)
         return e && (await this.entryOf(path, e))
       }

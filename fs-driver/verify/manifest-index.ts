@@ -63,6 +63,17 @@ export class ManifestIndex {
     return cached.loaded
   }
 
+  /**
+   * Starts looking up (and loading) the manifests an open of `path` consults, and returns at once:
+   * begun beside the lookup of the file itself, they cost its open no round trip of its own. What
+   * goes wrong is the open's to report.
+   */
+  warm(path: string): void {
+    if (this.mode === 'off') return
+    const parts = path.replace(/^\/+/, '').split('/')
+    for (let depth = parts.length - 1; depth >= 0; depth--) this.manifestIn(parts.slice(0, depth).join('/')).catch(() => {})
+  }
+
   /** manifestIn for an open: a bad manifest is logged once (at mount time it stops the mount instead). */
   private async manifestForOpen(dir: string): Promise<Loaded | undefined> {
     try {
