@@ -25,8 +25,10 @@ MallocTuning apply() {
   // Setting either one fixes both: glibc stops raising them as large blocks are freed, which with
   // the defaults (128 KiB, raised to at most 32 MiB and twice that) still trimmed most of a step's
   // memory away after every step.
-  if (mallopt(M_MMAP_THRESHOLD, int(kMmapThreshold)) == 1 && mallopt(M_TRIM_THRESHOLD, int(kTrimThreshold)) == 1)
-    return {"o3", kMmapThreshold, kTrimThreshold};
+  // Each reported only where glibc took it.
+  const bool mmap = mallopt(M_MMAP_THRESHOLD, int(kMmapThreshold)) == 1;
+  const bool trim = mallopt(M_TRIM_THRESHOLD, int(kTrimThreshold)) == 1;
+  if (mmap || trim) return {"o3", mmap ? kMmapThreshold : 0, trim ? kTrimThreshold : 0};
 #endif
   return {"libc"};
 }

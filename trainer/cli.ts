@@ -35,7 +35,7 @@ function threadLine(t: ThreadSetup): string {
 }
 
 function mallocLine(m: MallocInfo): string {
-  const mib = (n: number | undefined) => `${(n ?? 0) / 2 ** 20} MiB`
+  const mib = (n: number | undefined) => (n ? `${n / 2 ** 20} MiB` : "glibc's default")
   return m.setBy === 'o3' ? `mmap threshold ${mib(m.mmapThreshold)}, trim threshold ${mib(m.trimThreshold)}` : `set by ${m.setBy}`
 }
 

@@ -106,13 +106,14 @@ export const run: BenchModule = async (ctx) => {
   const sps = (rs: EpochResult[]) => rs.map((r) => r.samplesPerSecond)
   const acc = (rs: EpochResult[]) => `${(spread(rs.map((r) => r.accuracy)).median * 100).toFixed(1)}%`
   // The peer at its best: the faster of its two malloc settings.
-  const py = Math.max(spread(sps(runs.python)).median, spread(sps(runs.pythonTuned)).median)
+  const pyDefault = spread(sps(runs.python)).median
+  const py = Math.max(pyDefault, spread(sps(runs.pythonTuned)).median)
   const ours = spread(sps(runs.cli)).median
   const ratio = ours / py
   ctx.metrics['trainer.cpu.samplesPerSecond'] = ours
   ctx.metrics['trainer.cpu.api.samplesPerSecond'] = spread(sps(runs.api)).median
   ctx.metrics['trainer.cpu.python.samplesPerSecond'] = py
-  ctx.metrics['trainer.cpu.python.defaultMalloc.samplesPerSecond'] = spread(sps(runs.python)).median
+  ctx.metrics['trainer.cpu.python.defaultMalloc.samplesPerSecond'] = pyDefault
   const note = `median (range) of ${ROUNDS} runs each, alternating; accuracy after the epoch`
   const rows: BenchRow[] = [
     {
