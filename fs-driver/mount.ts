@@ -251,10 +251,12 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   // `fusermount -u` or `umount` from outside ends the session too: the native side says so.
   const status = await sessionEnded
   forgetUnmount()
-  shutdown.dispose()
   await socket?.close()
   stats.stop()
   client.close()
+  // Only now: a SIGTERM just after `fusermount -u` (a supervisor's stop) would otherwise end the
+  // process before its last stats were written.
+  shutdown.dispose()
   log.info({ mountpoint: o.mountpoint, why, status, ...stats.snapshot().reads }, 'unmounted')
   return ExitCode.ok
 }
