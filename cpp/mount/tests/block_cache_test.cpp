@@ -376,9 +376,10 @@ void sizingFollowsTheMeasuredLatency() {
   // Never past --readahead-max, however far the server.
   store.measured(2'000'000, 1'000'000'000);
   O3_CHECK_EQ(sizing.windowFloor(), 256 * MiB);
-  // The cap shares a quarter of the budget among the open files; parts are --part-size.
-  O3_CHECK_EQ(sizing.windowCap(1), 128 * MiB);
-  O3_CHECK_EQ(sizing.windowCap(4), 32 * MiB);
+  // The cap shares half the budget among the open files, up to --readahead-max; parts are --part-size.
+  O3_CHECK_EQ(sizing.windowCap(1), 256 * MiB);
+  O3_CHECK_EQ(sizing.windowCap(4), 64 * MiB);
+  O3_CHECK_EQ(BdpSizing(store, 16 * MiB, 128 * MiB, 512 * MiB).windowCap(1), 128 * MiB);
   O3_CHECK_EQ(sizing.partSize(), 16 * MiB);
   store.close();
 }
