@@ -4,20 +4,18 @@
 // S3 server, o3ckpt get), each evaluated by Debian's python3-torch on the same test images in the
 // other two layouts, against the accuracy o3train reported.
 import t, { type Test } from 'tap'
-import { execFile, execFileSync } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { decodeSample, Trainer } from '../addon/index.js'
 import { encodeHeader, parseSafetensors } from '../checkpoint/safetensors.js'
-import { cliCommand, projectRoot } from '../lib/paths.js'
 import { directorySink, writeShards } from '../upload/webdataset.js'
 import { tempDir } from './fixtures/ckpt.js'
 import { writeFashionSubset } from './support/fashion-subset.js'
 import { writeGrayPngTree } from './support/imagefolder.js'
 import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
+import { EXAMPLES, PYTHON, pytorchRunner } from './support/pytorch-runner.js'
 
-const PYTHON = '/usr/bin/python3' // Debian's, which sees python3-torch
-const EXAMPLES = join(projectRoot(), 'examples', 'pytorch')
 const TRAIN = 512
 const TEST = 200
 /**
@@ -32,25 +30,7 @@ const BUCKET = `pytorch-layouts-${process.pid}`
 await createBucket(info, BUCKET)
 const work = tempDir(t)
 
-interface Ran {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-function run(file: string, args: string[]): Promise<Ran> {
-  return new Promise((resolve) => {
-    const env = { ...process.env, ...serverEnv(info), PYTHONDONTWRITEBYTECODE: '1', OPENBLAS_NUM_THREADS: '1' }
-    execFile(file, args, { cwd: work, env, maxBuffer: 64 << 20, timeout: 300_000 }, (err, stdout, stderr) => {
-      const code = err ? (err as { code?: unknown }).code : 0
-      resolve({ code: typeof code === 'number' ? code : null, stdout, stderr })
-    })
-  })
-}
-const node = (source: string, args: string[]) => {
-  const cli = cliCommand(source)
-  return run(process.execPath, [...cli.execArgv, cli.file, ...args])
-}
-const python = (args: string[]) => run(PYTHON, args)
+const { node, python } = pytorchRunner(work, serverEnv(info))
 
 interface PyEval {
   model: string

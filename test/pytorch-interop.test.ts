@@ -2,20 +2,17 @@
 // real Fashion-MNIST (a subset), the real S3 server, o3ckpt get, the real addon, and Debian's
 // python3-torch running examples/pytorch/.
 import t, { type Test } from 'tap'
-import { execFile } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { gunzipSync } from 'node:zlib'
 import { Trainer, type ModelName, type StateTensor } from '../addon/index.js'
-import { cliCommand, projectRoot } from '../lib/paths.js'
 import { encodeHeader, parseSafetensors } from '../checkpoint/safetensors.js'
 import { applyInitWeights } from '../trainer/init-weights.js'
 import { tempDir } from './fixtures/ckpt.js'
 import { writeFashionSubset } from './support/fashion-subset.js'
 import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
+import { EXAMPLES, pytorchRunner, type Ran } from './support/pytorch-runner.js'
 
-const PYTHON = '/usr/bin/python3' // Debian's, which sees python3-torch
-const EXAMPLES = join(projectRoot(), 'examples', 'pytorch')
 const TEST_IMAGES = 300
 /** both evaluate in float32 batches of up to 1000: sums may differ in the last bits. */
 const LOSS_TOLERANCE = 1e-4
@@ -27,27 +24,10 @@ const BUCKET = `pytorch-interop-${process.pid}`
 await createBucket(info, BUCKET)
 const scratch = tempDir(t)
 
-interface Ran {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-function run(file: string, args: string[]): Promise<Ran> {
-  return new Promise((resolve) => {
-    const env = { ...process.env, ...serverEnv(info), PYTHONDONTWRITEBYTECODE: '1', OPENBLAS_NUM_THREADS: '1' }
-    execFile(file, args, { cwd: scratch, env, maxBuffer: 64 << 20, timeout: 300_000 }, (err, stdout, stderr) => {
-      const code = err ? (err as { code?: unknown }).code : 0
-      resolve({ code: typeof code === 'number' ? code : null, stdout, stderr })
-    })
-  })
-}
-const node = (source: string, args: string[]) => {
-  const cli = cliCommand(source)
-  return run(process.execPath, [...cli.execArgv, cli.file, ...args])
-}
+const { node, python: runPython } = pytorchRunner(scratch, serverEnv(info))
 const o3train = (args: string[]) =>
   node('trainer/cli.ts', ['--dataset', 'fashion-mnist', '--device', 'cpu', '--threads', '2', '--batch', '64', '--seed', '7', ...args])
-const python = (script: string, args: string[]) => run(PYTHON, [join(EXAMPLES, script), ...args])
+const python = (script: string, args: string[]) => runPython([join(EXAMPLES, script), ...args])
 
 interface PyEval {
   model: string

@@ -70,8 +70,7 @@ export class ManifestIndex {
    */
   warm(path: string): void {
     if (this.mode === 'off') return
-    const parts = path.replace(/^\/+/, '').split('/')
-    for (let depth = parts.length - 1; depth >= 0; depth--) this.manifestIn(parts.slice(0, depth).join('/')).catch(() => {})
+    for (const { dir } of consultedBy(path)) this.manifestIn(dir).catch(() => {})
   }
 
   /** manifestIn for an open: a bad manifest is logged once (at mount time it stops the mount instead). */
@@ -97,11 +96,6 @@ export class ManifestIndex {
   }
 
   /**
-   * The manifest record of the file at `path` (key `key`, `size` bytes), or undefined when no
-   * manifest names it (NotCoveredError instead under `--verify required`); O3IntegrityError when a
-   * manifest above it is bad, or names it with another size and no version of its own to read.
-   */
-  /**
    * The size a file shows: the size of the version its manifest records where there is one (what
    * an open will read), else the object's now. Never fails: an open reports what is wrong.
    */
@@ -115,12 +109,16 @@ export class ManifestIndex {
     }
   }
 
+  /**
+   * The manifest record of the file at `path` (key `key`, `size` bytes), or undefined when no
+   * manifest names it (NotCoveredError instead under `--verify required`); O3IntegrityError when a
+   * manifest above it is bad, or names it with another size and no version of its own to read.
+   */
   async coverage(path: string, key: string, size: number): Promise<ManifestFile | undefined> {
     if (this.mode === 'off') return undefined
-    const parts = path.replace(/^\/+/, '').split('/')
-    for (let depth = parts.length - 1; depth >= 0; depth--) {
-      const m = await this.manifestForOpen(parts.slice(0, depth).join('/'))
-      const f = m?.files[parts.slice(depth).join('/')]
+    for (const { dir, name } of consultedBy(path)) {
+      const m = await this.manifestForOpen(dir)
+      const f = m?.files[name]
       if (!f) continue
       if (f.versionId === undefined && f.size !== size)
         throw new O3IntegrityError(`${key} has ${size} bytes, its manifest says ${f.size}; it was replaced or truncated after upload`)
@@ -129,6 +127,16 @@ export class ManifestIndex {
     if (this.mode === 'required') throw new NotCoveredError(`${key} is named by no ${DATASET_MANIFEST_NAME}; --verify required refuses to open it`)
     return undefined
   }
+}
+
+/**
+ * The directories whose manifests may name the file at `path`, deepest first, each with the
+ * file's path relative to it: `a/b/c.png` is `c.png` in `a/b`, `b/c.png` in `a`, the whole path in
+ * the root (`''`).
+ */
+function* consultedBy(path: string): Generator<{ dir: string; name: string }> {
+  const parts = path.replace(/^\/+/, '').split('/')
+  for (let depth = parts.length - 1; depth >= 0; depth--) yield { dir: parts.slice(0, depth).join('/'), name: parts.slice(depth).join('/') }
 }
 
 /**
