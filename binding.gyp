@@ -35,16 +35,16 @@
       'defines': ['NAPI_VERSION=8', 'NAPI_CPP_EXCEPTIONS', 'NODE_ADDON_API_DISABLE_DEPRECATED'],
     },
     {
-      # The mount's byte path (cpp/mount/sources.txt): C++20, libfuse3, libcurl, libcrypto, zlib; no torch.
+      # The mount's byte path (cpp/mount/sources.txt): C++20, libfuse3, libcurl, GnuTLS, libcrypto, zlib; no torch.
       'target_name': 'o3_mount_core',
       'type': 'static_library',
       'sources': ['<!@(grep -v "^#" cpp/mount/sources.txt)'],
       'include_dirs': ['cpp'],
       'cflags_cc!': ['-std=c++17'],
       # -Wno-restrict: as in CMakeLists.txt, GCC 12's false positive on string concatenation (bug 105651).
-      'cflags_cc': ['-std=c++20', '-Wall', '-Wextra', '-Werror', '-Wno-restrict', '<!@(pkg-config --cflags fuse3 libcurl)'],
+      'cflags_cc': ['-std=c++20', '-Wall', '-Wextra', '-Werror', '-Wno-restrict', '<!@(pkg-config --cflags fuse3 libcurl gnutls)'],
       'cflags': ['-fPIC'],
-      'link_settings': {'libraries': ['<!@(pkg-config --libs fuse3 libcurl libcrypto zlib)']},
+      'link_settings': {'libraries': ['<!@(pkg-config --libs fuse3 libcurl gnutls libcrypto zlib)']},
     },
     {
       'target_name': 'o3_mount',

@@ -1,8 +1,12 @@
 // The fetch engine (under ASan + UBSan) over HTTPS: stunnel with a private CA in front of the real
 // Swift server (test/support/tls-proxy.ts). With the CA as caBundle it reads byte-exact over
-// kept-alive TLS connections; with the system store, another CA or a missing file it fails at once
-// with a TLS error that names the setting to fix, and is not retried.
+// kept-alive TLS connections (the chain checked by the engine's own PeerVerifier, not libcurl's);
+// with the system store, another CA, a host name the certificate does not name, or a missing or
+// empty CA file it fails at once with a TLS error that names the setting to fix, and is not retried.
 import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
 import t, { type Test } from 'tap'
 import { buildNativeTools, fetchTool, type FetchToolOptions, type FetchToolResult } from './support/native-tools.js'
@@ -74,10 +78,43 @@ for (const [name, caBundle] of [
   })
 }
 
-t.test('a caBundle file that does not exist fails every fetch at once', async (t) => {
-  const r = await fetch({ caBundle: '/nonexistent/ca.pem' })
+t.test('concurrent connections, their TLS sessions resumed, each checked against the private CA', async (t) => {
+  const ranges = Array.from({ length: 12 }, (_, i): [number, number] => [i * 262_144, i === 11 ? body.length - 11 * 262_144 : 262_144])
+  // One connection's handshake first (a warm-up), so that the others can resume its TLS session.
+  const r = await fetch({ caBundle: tlsProxy.caFile, ranges, maxConnections: 4, warm: 1 })
   clean(t, r)
-  t.equal(r.results[0]!.status, 'Unreachable', r.results[0]!.message)
-  t.match(r.results[0]!.message, /TLS: cannot load the CA bundle .*check --ca-bundle or O3_CA_BUNDLE/)
+  t.ok(
+    r.results.every((x) => x.status === 'Ok'),
+    r.results.map((x) => x.message).join('; '),
+  )
+  t.ok(r.image.equals(body), 'byte-exact over TLS')
+  t.ok(r.stats.connectionsOpened > 1, `${r.stats.connectionsOpened} connections`)
+})
+
+t.test('the right CA, but a host name the certificate does not name: not trusted, not retried', async (t) => {
+  const r = await fetch({ caBundle: tlsProxy.caFile, endpoint: `https://localhost:${tlsProxy.port}` })
+  clean(t, r)
+  const res = r.results[0]!
+  t.equal(res.status, 'Unreachable', res.message)
+  t.match(res.message, /TLS: the server's certificate is not trusted .*localhost/)
+  t.equal(res.written, 0)
   t.equal(r.stats.requests, 1)
 })
+
+for (const [name, file] of [
+  ['does not exist', '/nonexistent/ca.pem'],
+  ['holds no certificate', 'empty'],
+] as const) {
+  t.test(`a caBundle file that ${name} fails every fetch at once`, async (t) => {
+    const caBundle = file === 'empty' ? join(mkdtempSync(join(tmpdir(), 'ca-')), 'ca.pem') : file
+    if (file === 'empty') {
+      writeFileSync(caBundle, 'not a certificate\n')
+      t.teardown(() => rmSync(dirname(caBundle), { recursive: true, force: true }))
+    }
+    const r = await fetch({ caBundle })
+    clean(t, r)
+    t.equal(r.results[0]!.status, 'Unreachable', r.results[0]!.message)
+    t.match(r.results[0]!.message, /TLS: cannot load the CA bundle .*check --ca-bundle or O3_CA_BUNDLE/)
+    t.equal(r.stats.requests, 1)
+  })
+}

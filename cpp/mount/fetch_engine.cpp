@@ -20,8 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include <unistd.h>
-
+#include "mount/peer_verifier.h"
 #include "mount/response_head.h"
 #include "mount/s3_request.h"
 #include "mount/sigv4_signer.h"
@@ -46,15 +45,6 @@ constexpr double kAverageWeight = 0.1;
 
 uint64_t micros(Clock::duration d) {
   return static_cast<uint64_t>(std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::microseconds>(d).count()));
-}
-
-// The system store as one file, where the distribution keeps one (the places Go's crypto/x509
-// looks first); empty if none is there.
-std::string systemCaBundle() {
-  for (const char* f : {"/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/ca-bundle.pem",
-                        "/etc/pki/tls/cacert.pem", "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", "/etc/ssl/cert.pem"})
-    if (access(f, R_OK) == 0) return f;
-  return {};
 }
 
 void initCurlOnce() {
@@ -89,6 +79,8 @@ struct Failure {
   std::string message;
 };
 
+class CurlFetchEngine;
+
 // One request on the wire: an easy handle (kept for the next request: its settings stay), the job
 // it serves, and what has been learnt of the response so far.
 struct Transfer {
@@ -106,6 +98,7 @@ struct Transfer {
   std::optional<Failure> verdict;
   std::string errorBody;
   std::atomic<uint64_t>* bytesReceived = nullptr;  // the engine's counter
+  CurlFetchEngine* engine = nullptr;               // for the TLS check, over HTTPS
   Clock::duration silenceLimit{};                  // the request timeout
   Clock::time_point lastActivity;                  // the attempt's start, or the last byte received
 
@@ -164,7 +157,14 @@ class CurlFetchEngine final : public FetchEngine {
     if (!endpoint) throw std::invalid_argument("endpoint " + config.endpoint + ": " + why);
     endpoint_ = std::move(*endpoint);
     if (config.bucket.empty()) throw std::invalid_argument("no bucket");
-    caFile_ = config.caBundle.empty() ? systemCaBundle() : config.caBundle;
+    if (endpoint_.scheme == "https") {
+      // A trust list that cannot be loaded fails each request as a TLS error, as libcurl's own did.
+      try {
+        verifier_ = std::make_unique<PeerVerifier>(config.caBundle);
+      } catch (const std::exception& e) {
+        trustError_ = e.what();
+      }
+    }
     initCurlOnce();
     multi_ = curl_multi_init();
     share_ = curl_share_init();
@@ -354,13 +354,17 @@ class CurlFetchEngine final : public FetchEngine {
     curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &CurlFetchEngine::onProgress);
     curl_easy_setopt(e, CURLOPT_XFERINFODATA, t.get());
     t->silenceLimit = std::chrono::milliseconds(std::max(1, config_.requestTimeoutMs));
-    // One file of trusted CAs and no CA directory: libcurl's GnuTLS backend parses them again for
-    // every connection (it has no CA cache), and its built-in CA path (Debian's /etc/ssl/certs holds
-    // each CA three times: its file, a hash link, the bundle) cost about 4 MiB a connection, Debian's
-    // bundle of 144 CAs about 3. A --ca-bundle replaces the system store, as it does for the SDK.
-    if (!caFile_.empty()) {
-      curl_easy_setopt(e, CURLOPT_CAINFO, caFile_.c_str());
+    // The chain is checked by PeerVerifier against one trust list, before each request is sent:
+    // libcurl's own check would parse every trusted CA again for each connection. libcurl still
+    // matches the certificate to the host name (VERIFYHOST), and so does PeerVerifier.
+    if (endpoint_.scheme == "https") {
+      curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+      curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+      curl_easy_setopt(e, CURLOPT_CAINFO, nullptr);
       curl_easy_setopt(e, CURLOPT_CAPATH, nullptr);
+      curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &CurlFetchEngine::onConnected);
+      curl_easy_setopt(e, CURLOPT_PREREQDATA, t.get());
+      t->engine = this;
     }
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errorText);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlFetchEngine::onHeader);
@@ -423,6 +427,30 @@ class CurlFetchEngine final : public FetchEngine {
     inFlight_++;
     CURL* easy = t->easy;
     active_.emplace(easy, std::move(t));
+  }
+
+  // Called once the connection is up (a new one or one kept alive), before the request goes: a
+  // peer that is not trusted gets no request, signed or not.
+  static int onConnected(void* user, char*, char*, int, int) {
+    auto* t = static_cast<Transfer*>(user);
+    CurlFetchEngine& engine = *t->engine;
+    std::optional<std::string> why;
+    if (!engine.verifier_) {
+      t->verdict = Failure{ErrorKind::Unreachable, false,
+                           "TLS: cannot load the CA bundle (" + engine.trustError_ + "); check --ca-bundle or O3_CA_BUNDLE"};
+      return CURL_PREREQFUNC_ABORT;
+    }
+    curl_tlssessioninfo* tls = nullptr;
+    if (curl_easy_getinfo(t->easy, CURLINFO_TLS_SSL_PTR, &tls) != CURLE_OK || !tls || tls->backend != CURLSSLBACKEND_GNUTLS)
+      why = "no GnuTLS session on an HTTPS connection";
+    else
+      why = engine.verifier_->check(static_cast<gnutls_session_t>(tls->internals), engine.endpoint_.host);
+    if (!why) return CURL_PREREQFUNC_OK;
+    // No retry makes an untrusted certificate trusted.
+    t->verdict = Failure{ErrorKind::Unreachable, false,
+                         "TLS: the server's certificate is not trusted (" + *why +
+                             "); give the CA that signed it with --ca-bundle or O3_CA_BUNDLE"};
+    return CURL_PREREQFUNC_ABORT;
   }
 
   static int onProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
@@ -594,7 +622,8 @@ class CurlFetchEngine final : public FetchEngine {
   Endpoint endpoint_;
   CURLM* multi_ = nullptr;
   CURLSH* share_ = nullptr;
-  std::string caFile_;  // empty: libcurl's own defaults
+  std::unique_ptr<PeerVerifier> verifier_;  // over HTTPS, unless its trust list could not be loaded
+  std::string trustError_;                  // why it could not
   std::thread thread_;
 
   std::mutex mutex_;  // guards incoming_, closing_, and multi_ against its clean-up

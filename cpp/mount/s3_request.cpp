@@ -64,7 +64,14 @@ std::optional<Endpoint> parseEndpoint(std::string_view url, std::string& why) {
   // The port is what follows the last ':' outside an IPv6 literal's brackets.
   const size_t colon = e.authority.rfind(':');
   const size_t bracket = e.authority.rfind(']');
-  if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket)) {
+  const bool hasPort = colon != std::string::npos && (bracket == std::string::npos || colon > bracket);
+  e.host = e.authority.substr(0, hasPort ? colon : std::string::npos);
+  if (e.host.size() >= 2 && e.host.front() == '[' && e.host.back() == ']') e.host = e.host.substr(1, e.host.size() - 2);
+  if (e.host.empty()) {
+    why = "the endpoint has no host";
+    return std::nullopt;
+  }
+  if (hasPort) {
     const std::string port = e.authority.substr(colon + 1);
     if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
         std::stoul(port) == 0 || std::stoul(port) > 65535) {

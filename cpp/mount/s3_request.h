@@ -20,6 +20,7 @@ namespace o3mount {
 struct Endpoint {
   std::string scheme;      // "http" or "https"
   std::string authority;   // host[:port] as written in the URL
+  std::string host;        // the host alone: no port, an IPv6 literal without its brackets
   std::string hostHeader;  // the Host header: the authority without a default port (80, 443)
   std::string pathPrefix;  // "" or "/some/prefix", without a trailing slash
 };

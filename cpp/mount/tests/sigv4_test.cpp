@@ -1,8 +1,10 @@
 // SigV4 against the worked example in AWS's S3 documentation ("Signature calculation: GET object",
 // a ranged GET of examplebucket/test.txt on 2013-05-24), and S3's UriEncode on the bytes that differ
-// between encoders: space, '+', '%', '~', '!', '*', non-ASCII.
+// between encoders: space, '+', '%', '~', '!', '*', non-ASCII; and the endpoint URLs requests are
+// built on.
 #include <chrono>
 
+#include "mount/s3_request.h"
 #include "mount/sigv4_signer.h"
 #include "mount/tests/check.h"
 
@@ -59,6 +61,29 @@ void uriEncoding() {
   O3_CHECK_EQ(uriEncode(std::string_view("\0x", 2), true), std::string("%00x"));
 }
 
+void endpointParsing() {
+  std::string why;
+  const auto parsed = [&](std::string_view url) {
+    auto e = parseEndpoint(url, why);
+    O3_CHECK(e.has_value());
+    return e.value_or(Endpoint{});
+  };
+  Endpoint e = parsed("https://o3-rc2.akave.xyz/");
+  O3_CHECK_EQ(e.host, std::string("o3-rc2.akave.xyz"));
+  O3_CHECK_EQ(e.hostHeader, std::string("o3-rc2.akave.xyz"));
+  e = parsed("https://127.0.0.1:8443/prefix");
+  O3_CHECK_EQ(e.host, std::string("127.0.0.1"));
+  O3_CHECK_EQ(e.hostHeader, std::string("127.0.0.1:8443"));
+  O3_CHECK_EQ(e.pathPrefix, std::string("/prefix"));
+  e = parsed("http://[::1]:80");
+  O3_CHECK_EQ(e.host, std::string("::1"));
+  O3_CHECK_EQ(e.hostHeader, std::string("[::1]"));
+  O3_CHECK(!parseEndpoint("https://:443", why).has_value());
+  O3_CHECK_EQ(why, std::string("the endpoint has no host"));
+  O3_CHECK(!parseEndpoint("https://host:0", why).has_value());
+  O3_CHECK(!parseEndpoint("ftp://host", why).has_value());
+}
+
 }  // namespace
 
 int main() {
@@ -66,5 +91,6 @@ int main() {
   sessionTokenIsSigned();
   keyCachedPerDay();
   uriEncoding();
+  endpointParsing();
   return test::finish("sigv4_test");
 }
