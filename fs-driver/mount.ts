@@ -230,12 +230,13 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   )
   onReady({ pid: process.pid, mountpoint: o.mountpoint, location: o.location, statsFile })
 
+  let why = 'unmounted from outside'
   // A slip that kills the process must not leave a dead mountpoint (ENOTCONN) behind.
   const forgetUnmount = onInternalError(async () => {
+    why = 'internal error'
     log.error({ mountpoint: o.mountpoint }, 'unmounting after an internal error')
     await fusermountUnmount(o.mountpoint)
   })
-  let why = 'unmounted from outside'
   const shutdown = installShutdown({
     onRequest: (sig) => {
       why = `signal ${sig}`

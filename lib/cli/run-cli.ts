@@ -33,6 +33,11 @@ export interface RunCliOptions {
 const lastRites = new Set<() => unknown>()
 /** How long the last rites may take before the process exits anyway. */
 const LAST_RITES_MS = 10_000
+/**
+ * Set once the last resort has begun: it owns the exit from then on, since what its rites undo may
+ * let `main` return normally (an unmount ends the mount's session) before they are done.
+ */
+let dying = false
 
 /**
  * Registers `undo` to run, and be awaited, if the process dies of an error nobody caught (see
@@ -50,7 +55,6 @@ export function onInternalError(undo: () => unknown): () => void {
  * process exits with the internal-error status.
  */
 function installLastResort(name: string): void {
-  let dying = false
   const die = (kind: string) => (err: unknown) => {
     if (dying) return
     dying = true
@@ -71,11 +75,12 @@ function installLastResort(name: string): void {
  */
 export function runCli(name: string, main: () => Promise<number>, options: RunCliOptions = {}): void {
   installLastResort(name)
+  const exitOwnedElsewhere = () => dying || options.exitOwnedElsewhere?.() === true
   const finish = (code: number) => {
-    if (!options.exitOwnedElsewhere?.()) process.exit(code)
+    if (!exitOwnedElsewhere()) process.exit(code)
   }
   main().then(finish, (err: unknown) => {
-    if (options.exitOwnedElsewhere?.()) return
+    if (exitOwnedElsewhere()) return
     if (err instanceof CommanderError) {
       // commander has printed its message (or the help) already.
       return finish(
