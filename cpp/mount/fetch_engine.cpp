@@ -115,6 +115,18 @@ struct Transfer {
   }
 };
 
+// The two TLS failures, whether libcurl or PeerVerifier finds them; neither is retried (no retry
+// makes an untrusted certificate trusted, or an unreadable CA file readable).
+Failure caBundleFailure(const std::string& detail) {
+  return {ErrorKind::Unreachable, false, "TLS: cannot load the CA bundle (" + detail + "); check --ca-bundle or O3_CA_BUNDLE"};
+}
+
+Failure untrustedFailure(const std::string& detail) {
+  return {ErrorKind::Unreachable, false,
+          "TLS: the server's certificate is not trusted (" + detail +
+              "); give the CA that signed it with --ca-bundle or O3_CA_BUNDLE"};
+}
+
 Failure curlFailure(CURLcode rc, const char* detail) {
   const std::string text = detail && *detail ? detail : curl_easy_strerror(rc);
   switch (rc) {
@@ -122,17 +134,12 @@ Failure curlFailure(CURLcode rc, const char* detail) {
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT: return {ErrorKind::Unreachable, true, "cannot reach the endpoint (" + text + ")"};
     case CURLE_OPERATION_TIMEDOUT: return {ErrorKind::Stream, true, "timed out (" + text + ")"};
-    case CURLE_SSL_CACERT_BADFILE:
-      return {ErrorKind::Unreachable, false, "TLS: cannot load the CA bundle (" + text + "); check --ca-bundle or O3_CA_BUNDLE"};
+    case CURLE_SSL_CACERT_BADFILE: return caBundleFailure(text);
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_ISSUER_ERROR:
     case CURLE_SSL_CRL_BADFILE:
-    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-      // No retry makes an untrusted certificate trusted.
-      return {ErrorKind::Unreachable, false,
-              "TLS: the server's certificate is not trusted (" + text +
-                  "); give the CA that signed it with --ca-bundle or O3_CA_BUNDLE"};
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH: return untrustedFailure(text);
     case CURLE_OUT_OF_MEMORY:
       // libcurl also says this of a response header line over 100 KiB: a server's doing, retried.
       return {ErrorKind::Stream, true, "libcurl: out of memory, or a response header line over 100 KiB"};
@@ -436,8 +443,7 @@ class CurlFetchEngine final : public FetchEngine {
     CurlFetchEngine& engine = *t->engine;
     std::optional<std::string> why;
     if (!engine.verifier_) {
-      t->verdict = Failure{ErrorKind::Unreachable, false,
-                           "TLS: cannot load the CA bundle (" + engine.trustError_ + "); check --ca-bundle or O3_CA_BUNDLE"};
+      t->verdict = caBundleFailure(engine.trustError_);
       return CURL_PREREQFUNC_ABORT;
     }
     curl_tlssessioninfo* tls = nullptr;
@@ -446,10 +452,7 @@ class CurlFetchEngine final : public FetchEngine {
     else
       why = engine.verifier_->check(static_cast<gnutls_session_t>(tls->internals), engine.endpoint_.host);
     if (!why) return CURL_PREREQFUNC_OK;
-    // No retry makes an untrusted certificate trusted.
-    t->verdict = Failure{ErrorKind::Unreachable, false,
-                         "TLS: the server's certificate is not trusted (" + *why +
-                             "); give the CA that signed it with --ca-bundle or O3_CA_BUNDLE"};
+    t->verdict = untrustedFailure(*why);
     return CURL_PREREQFUNC_ABORT;
   }
 

@@ -62,8 +62,10 @@ std::optional<std::string> PeerVerifier::check(gnutls_session_t session, const s
   for (unsigned i = 0; i < n; ++i) {
     unsigned char digest[32];
     size_t length = sizeof digest;
-    if (int rc = gnutls_fingerprint(GNUTLS_DIG_SHA256, &sent[i], digest, &length); rc < 0 || length != sizeof digest)
+    if (int rc = gnutls_fingerprint(GNUTLS_DIG_SHA256, &sent[i], digest, &length); rc < 0)
       return "cannot digest the server's certificate (" + gnutlsError(rc) + ")";
+    if (length != sizeof digest)
+      return "cannot digest the server's certificate (a digest of " + std::to_string(length) + " bytes)";
     key.append(reinterpret_cast<const char*>(digest), length);
   }
   const auto now = Clock::now();
@@ -93,7 +95,7 @@ std::optional<std::string> PeerVerifier::check(gnutls_session_t session, const s
     return "cannot verify the server's certificate (" + gnutlsError(rc) + ")";
   if (status != 0) {
     gnutls_datum_t text{};
-    std::string why = "the server's certificate is not valid for " + host;
+    std::string why = "the server's certificate failed verification";
     if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &text, 0) == 0) {
       why.assign(reinterpret_cast<const char*>(text.data), text.size);
       gnutls_free(text.data);

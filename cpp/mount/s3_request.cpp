@@ -56,10 +56,6 @@ std::optional<Endpoint> parseEndpoint(std::string_view url, std::string& why) {
   e.authority = std::string(url.substr(0, slash));
   if (slash != std::string_view::npos) e.pathPrefix = std::string(url.substr(slash));
   while (!e.pathPrefix.empty() && e.pathPrefix.back() == '/') e.pathPrefix.pop_back();
-  if (e.authority.empty()) {
-    why = "the endpoint has no host";
-    return std::nullopt;
-  }
   e.hostHeader = e.authority;
   // The port is what follows the last ':' outside an IPv6 literal's brackets.
   const size_t colon = e.authority.rfind(':');

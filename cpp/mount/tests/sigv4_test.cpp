@@ -80,6 +80,8 @@ void endpointParsing() {
   O3_CHECK_EQ(e.hostHeader, std::string("[::1]"));
   O3_CHECK(!parseEndpoint("https://:443", why).has_value());
   O3_CHECK_EQ(why, std::string("the endpoint has no host"));
+  O3_CHECK(!parseEndpoint("https:///prefix", why).has_value());
+  O3_CHECK_EQ(why, std::string("the endpoint has no host"));
   O3_CHECK(!parseEndpoint("https://host:0", why).has_value());
   O3_CHECK(!parseEndpoint("ftp://host", why).has_value());
 }
