@@ -206,6 +206,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       // As the SDK client's (lib/o3/client.ts): a connection within 5 s, and no request silent for 30 s.
       connectTimeoutMs: 5_000,
       requestTimeoutMs: 30_000,
+      maxAttempts: config.maxAttempts,
       warmConnections: Math.min(WARM_CONNECTIONS, o.maxConnections),
     },
   })

@@ -70,6 +70,8 @@ export interface NativeMountConfig {
     caBundle: string
     connectTimeoutMs: number
     requestTimeoutMs: number
+    /** Attempts per fetch, the first included; the waits between them are the SDK client's. */
+    maxAttempts: number
     /** Connections opened at start-up, before the first read needs them. */
     warmConnections: number
   }

@@ -90,8 +90,9 @@ t.test('a manifest that cannot be fetched fails the open with EIO; the mount liv
   const proxy = await viaProxy(t)
   // Lookups cached for good, so that only the manifest's GET meets the fault: the listing is read
   // first, and no file below it looked up (a lookup starts the manifest's GET).
+  // Two attempts per request: the load fails after one backoff rather than the default's 10-20 s.
   const m = await mount(t, info, `${BUCKET}/manifest-fault`, {
-    env: { O3_ENDPOINT: proxy.endpoint },
+    env: { O3_ENDPOINT: proxy.endpoint, O3_MAX_ATTEMPTS: '2' },
     args: ['--metadata-ttl', 'indefinite', '--op-timeout', '60s'],
   })
   const file = path.join(m.mountpoint, 'sub', 'a.bin')

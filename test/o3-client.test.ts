@@ -13,7 +13,7 @@ import {
   MultipartSink,
   type O3ClientOptions,
 } from '../lib/o3/index.js'
-import { createBucket, createVersionedBucket, serverClient, useS3Server, type S3ServerInfo } from './support/s3-server.js'
+import { createBucket, createVersionedBucket, serverClient, serverEnv, useS3Server, type S3ServerInfo } from './support/s3-server.js'
 import { startFaultProxy } from './support/fault-proxy.js'
 import { until } from './support/until.js'
 
@@ -270,6 +270,21 @@ t.test('unreachable endpoint: a clear error naming the endpoint', async (t) => {
   t.match(err?.message, `127.0.0.1:${port}`)
   t.match(err?.message, /O3_ENDPOINT/)
   t.equal(c.stats.retries, 2, 'retried as a transient failure first')
+})
+
+t.test('O3_MAX_ATTEMPTS bounds the attempts of every request', async (t) => {
+  // Nothing listens on the port: every attempt fails as unreachable, and the setting bounds them.
+  const proxy = await startFaultProxy({ targetPort: 9 })
+  const port = proxy.port
+  await proxy.close()
+  const endpoint = `http://127.0.0.1:${port}`
+  const c = O3Client.open(BUCKET, {
+    config: resolveConfig({ endpoint, region: info.region }, { ...serverEnv(info), O3_MAX_ATTEMPTS: '4' }),
+    retry: { baseDelayMs: 10 },
+  })
+  t.teardown(() => c.close())
+  await t.rejects(c.head('x'), O3UnreachableError)
+  t.equal(c.stats.retries, 3, 'four attempts')
 })
 
 t.test('a client on bucket/prefix cannot address keys outside it', async (t) => {

@@ -61,6 +61,23 @@ t.test('AKAVE_PRIVATE_KEY: validated, shown only as its address, signs EIP-191',
   t.throws(() => signerFromHex('00'.repeat(32), 'AKAVE_PRIVATE_KEY'), /not a valid secp256k1/)
 })
 
+t.test('attempts per request: --max-attempts, then O3_MAX_ATTEMPTS, then AWS_MAX_ATTEMPTS, else 5; a whole number from 1 to 20', async (t) => {
+  const attempts = (flags: { maxAttempts?: string }, env: Record<string, string>) => {
+    const c = resolveConfig(flags, env)
+    return [c.maxAttempts, c.sources.maxAttempts]
+  }
+  t.same(attempts({}, {}), [5, 'default'])
+  t.same(attempts({}, { AWS_MAX_ATTEMPTS: '3' }), [3, 'AWS_MAX_ATTEMPTS'])
+  t.same(attempts({}, { AWS_MAX_ATTEMPTS: '3', O3_MAX_ATTEMPTS: '7' }), [7, 'O3_MAX_ATTEMPTS'])
+  t.same(attempts({ maxAttempts: '1' }, { O3_MAX_ATTEMPTS: '7' }), [1, '--max-attempts'])
+  for (const bad of ['0', '21', '2.5', '-1', 'three', '1e1'])
+    t.throws(
+      () => resolveConfig({}, { O3_MAX_ATTEMPTS: bad }),
+      new O3ConfigError(`attempts per request "${bad}" (from O3_MAX_ATTEMPTS) must be a whole number from 1 to 20; the default is 5`),
+      bad,
+    )
+})
+
 t.test('CA bundle: --ca-bundle, then O3_CA_BUNDLE, then AWS_CA_BUNDLE, else the system store; checked to be PEM certificates', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'o3ca-'))
   // Any well-formed certificate will do for these checks: the one Node itself ships first.

@@ -123,6 +123,7 @@ StartConfig startConfigOf(const Napi::Object& c) {
   s.fetch.maxConnections = m.cache.maxConnections;
   s.fetch.connectTimeoutMs = static_cast<int>(countAt(f, "connectTimeoutMs"));
   s.fetch.requestTimeoutMs = static_cast<int>(countAt(f, "requestTimeoutMs"));
+  s.fetch.retry.maxAttempts = static_cast<int>(countAt(f, "maxAttempts"));
   const Napi::Object k = objectAt(f, "credentials");
   s.fetch.credentials = {stringAt(k, "accessKeyId"), stringAt(k, "secretAccessKey"), stringAt(k, "sessionToken")};
   s.warmConnections = static_cast<int>(countAt(f, "warmConnections"));

@@ -20,6 +20,11 @@ const FLAGS: { flag: string; key: keyof O3Flags; help: string }[] = [
     key: 'caBundle',
     help: 'PEM file of the CA certificates HTTPS trusts, instead of the system store (else O3_CA_BUNDLE, AWS_CA_BUNDLE)',
   },
+  {
+    flag: '--max-attempts <n>',
+    key: 'maxAttempts',
+    help: 'attempts per request, 1-20, with backoff between them (else O3_MAX_ATTEMPTS, AWS_MAX_ATTEMPTS; default 5)',
+  },
 ]
 
 export function addO3Flags<C extends Command>(cmd: C): C {

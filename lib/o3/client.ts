@@ -149,7 +149,7 @@ export class O3Client {
   constructor(scope: Scope, options: O3ClientOptions = {}) {
     this.scope = scope
     this.config = options.config ?? resolveConfig(options)
-    this.policy = { ...DEFAULT_RETRY, ...options.retry }
+    this.policy = { ...DEFAULT_RETRY, maxAttempts: this.config.maxAttempts, ...options.retry }
     this.log = options.logger ?? silentLogger
     const isHttps = this.config.endpoint.startsWith('https:')
     const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 16, maxFreeSockets: options.maxSockets ?? 16 }

@@ -2,6 +2,7 @@ import { X509Certificate } from 'node:crypto'
 import { resolve } from 'node:path'
 import { readUserFile } from '../read-user-file.js'
 import { O3ConfigError } from './errors.js'
+import { DEFAULT_RETRY } from './retry.js'
 
 export const DEFAULT_ENDPOINT = 'https://o3-rc2.akave.xyz'
 export const DEFAULT_REGION = 'akave-network'
@@ -16,6 +17,8 @@ export interface O3Flags {
   profile?: string
   /** A PEM file of the CA certificates to trust for HTTPS, instead of the system store. */
   caBundle?: string
+  /** Attempts per request, the first included (a string, as a command line gives it). */
+  maxAttempts?: string
 }
 
 export interface Credentials {
@@ -36,9 +39,14 @@ export interface O3Config {
    * certificates. Undefined: the system store.
    */
   caBundle?: { path: string; pem: string }
+  /** Attempts per request, the first included, on every path: the SDK client's and the native engine's. */
+  maxAttempts: number
   /** Where each setting came from, for a start-up log line that shows no secret. */
-  sources: { endpoint: string; region: string; credentials: string; caBundle: string }
+  sources: { endpoint: string; region: string; credentials: string; caBundle: string; maxAttempts: string }
 }
+
+/** Twenty already keep a reader waiting minutes on a server that is gone (each wait doubles, up to 10-20 s). */
+const MAX_ATTEMPTS_LIMIT = 20
 
 type Env = Record<string, string | undefined>
 
@@ -104,7 +112,7 @@ function readCaBundle(path: string, from: string): { path: string; pem: string }
   return { path: resolve(path), pem }
 }
 
-/** Resolves endpoint, region, credentials and CA bundle: flags, then O3_*, then AWS_* and profiles, then defaults. */
+/** Resolves endpoint, region, credentials, CA bundle and attempts per request: flags, then O3_*, then AWS_* and profiles, then defaults. */
 export function resolveConfig(flags: O3Flags = {}, env: Env = process.env): O3Config {
   const pick = (...c: [string | undefined, string][]): [string, string] | undefined => {
     for (const [v, src] of c) if (v) return [v, src]
@@ -145,12 +153,25 @@ export function resolveConfig(flags: O3Flags = {}, env: Env = process.env): O3Co
     credSrc = credentials ? 'O3_ACCESS_KEY_ID' : flags.profile ? `profile ${flags.profile}` : 'AWS default chain'
   }
   const ca = pick([flags.caBundle, '--ca-bundle'], [env.O3_CA_BUNDLE, 'O3_CA_BUNDLE'], [env.AWS_CA_BUNDLE, 'AWS_CA_BUNDLE'])
+  // AWS_MAX_ATTEMPTS is the AWS SDKs' own name for it (mountpoint-s3 reads it too).
+  const [attempts, attemptsSrc] = pick(
+    [flags.maxAttempts, '--max-attempts'],
+    [env.O3_MAX_ATTEMPTS, 'O3_MAX_ATTEMPTS'],
+    [env.AWS_MAX_ATTEMPTS, 'AWS_MAX_ATTEMPTS'],
+  ) ?? [String(DEFAULT_RETRY.maxAttempts), 'default']
+  const maxAttempts = Number(attempts)
+  if (!/^\d+$/.test(attempts.trim()) || maxAttempts < 1 || maxAttempts > MAX_ATTEMPTS_LIMIT) {
+    throw new O3ConfigError(
+      `attempts per request ${JSON.stringify(attempts)} (from ${attemptsSrc}) must be a whole number from 1 to ${MAX_ATTEMPTS_LIMIT}; the default is ${DEFAULT_RETRY.maxAttempts}`,
+    )
+  }
   return {
     endpoint: url.toString().replace(/\/$/, ''),
     region,
     credentials,
     profile: flags.profile,
     caBundle: ca && readCaBundle(ca[0], ca[1]),
-    sources: { endpoint: endpointSrc, region: regionSrc, credentials: credSrc, caBundle: ca ? ca[1] : 'system store' },
+    maxAttempts,
+    sources: { endpoint: endpointSrc, region: regionSrc, credentials: credSrc, caBundle: ca ? ca[1] : 'system store', maxAttempts: attemptsSrc },
   }
 }
