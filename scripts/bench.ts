@@ -22,6 +22,7 @@ const AREAS: Record<string, () => Promise<BenchModule>> = {
   distributed: async () => (await import('./bench/distributed.js')).run,
   checkpoint: async () => (await import('./bench/checkpoint.js')).run,
   e2e: async () => (await import('./bench/e2e.js')).run,
+  webdataset: async () => (await import('./bench/webdataset.js')).run,
 }
 
 function machine(): string {
