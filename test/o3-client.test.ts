@@ -257,27 +257,29 @@ t.test('bad credentials: O3AuthError at once, never retried', async (t) => {
   t.equal(c.stats.retries, 0)
 })
 
-t.test('unreachable endpoint: a clear error naming the endpoint', async (t) => {
+/** A loopback endpoint where nothing listens: a port the system just handed out and took back. */
+async function deadEndpoint(): Promise<string> {
   const proxy = await startFaultProxy({ targetPort: 9 })
-  const port = proxy.port
   await proxy.close()
-  const c = open(info, BUCKET, { retry: { maxAttempts: 3, baseDelayMs: 50 } }, `http://127.0.0.1:${port}`)
+  return `http://127.0.0.1:${proxy.port}`
+}
+
+t.test('unreachable endpoint: a clear error naming the endpoint', async (t) => {
+  const endpoint = await deadEndpoint()
+  const c = open(info, BUCKET, { retry: { maxAttempts: 3, baseDelayMs: 50 } }, endpoint)
   const err = await c.head('x').then(
     () => undefined,
     (e: Error) => e,
   )
   t.type(err, O3UnreachableError)
-  t.match(err?.message, `127.0.0.1:${port}`)
+  t.match(err?.message, endpoint.slice('http://'.length))
   t.match(err?.message, /O3_ENDPOINT/)
   t.equal(c.stats.retries, 2, 'retried as a transient failure first')
 })
 
 t.test('O3_MAX_ATTEMPTS bounds the attempts of every request', async (t) => {
-  // Nothing listens on the port: every attempt fails as unreachable, and the setting bounds them.
-  const proxy = await startFaultProxy({ targetPort: 9 })
-  const port = proxy.port
-  await proxy.close()
-  const endpoint = `http://127.0.0.1:${port}`
+  // Every attempt fails as unreachable, and the setting bounds them.
+  const endpoint = await deadEndpoint()
   const c = O3Client.open(BUCKET, {
     config: resolveConfig({ endpoint, region: info.region }, { ...serverEnv(info), O3_MAX_ATTEMPTS: '4' }),
     retry: { baseDelayMs: 10 },

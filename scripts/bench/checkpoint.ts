@@ -9,7 +9,7 @@ import { createBucket } from '../../test/support/s3-server.js'
 import { CheckpointStore, CheckpointWriter, encodeHeader, type StateTensor } from '../../checkpoint/index.js'
 import { encodeMeta } from '../../checkpoint/meta.js'
 import type { BenchModule, BenchRow } from './types.js'
-import { alternate, formatSpread, spread } from './stats.js'
+import { alternate, formatSpread, median } from './stats.js'
 import { GiB, MiB, benchClient, mapLimit, mbps } from './util.js'
 
 const AREA = 'checkpoints'
@@ -108,8 +108,8 @@ export const run: BenchModule = async (ctx) => {
       raw: (round) => (ctx.log(`checkpoint: round ${round}: raw multipart upload`), rawRun()),
       save: (round) => (ctx.log(`checkpoint: round ${round}: checkpoint save`), saveRun()),
     })
-    const rawMedian = spread(runs.raw.map((r) => r.seconds)).median
-    const saveMedian = spread(runs.save.map((r) => r.seconds)).median
+    const rawMedian = median(runs.raw.map((r) => r.seconds))
+    const saveMedian = median(runs.save.map((r) => r.seconds))
     const ratio = rawMedian / saveMedian
     ctx.metrics['ckpt.save.MBps'] = mbps(size, saveMedian)
     ctx.metrics['ckpt.save.vsRaw'] = ratio
@@ -145,8 +145,8 @@ export const run: BenchModule = async (ctx) => {
       plain: (round) => (ctx.log(`checkpoint: round ${round}: plain download`), measure(size, () => rawDownload(client, key, size))),
       verified: (round) => (ctx.log(`checkpoint: round ${round}: verified restore`), measure(size, () => store.load('latest'))),
     })
-    const plainS = spread(restore.plain.map((r) => r.seconds)).median
-    const verifiedS = spread(restore.verified.map((r) => r.seconds)).median
+    const plainS = median(restore.plain.map((r) => r.seconds))
+    const verifiedS = median(restore.verified.map((r) => r.seconds))
     ctx.metrics['ckpt.restore.MBps'] = mbps(size, verifiedS)
     rows.push({
       area: AREA,

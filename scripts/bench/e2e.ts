@@ -10,7 +10,7 @@ import { createBucket } from '../../test/support/s3-server.js'
 import { FASHION_MNIST } from '../../test/support/imagefolder.js'
 import { mountForRun } from '../../trainer/run-mount.js'
 import { o3trainEpoch, seconds } from './o3train-epoch.js'
-import { alternate, spread } from './stats.js'
+import { alternate, median } from './stats.js'
 import type { BenchModule, BenchRow } from './types.js'
 import { benchClient, benchEnv } from './util.js'
 
@@ -47,16 +47,15 @@ export const run: BenchModule = async (ctx) => {
       every100: (round) =>
         epoch(mount.dir, ['--ckpt', `o3://${CKPT_BUCKET}/every-100-${round}`, '--ckpt-every', '100', '--resume', 'none', '--keep-last', '2']),
     })
-    const med = (xs: number[]) => spread(xs).median
-    const ratio = med(r.warm) / med(r.local)
-    const overhead = med(r.perEpoch) / med(r.warm) - 1
+    const ratio = median(r.warm) / median(r.local)
+    const overhead = median(r.perEpoch) / median(r.warm) - 1
     const how = `a fresh o3train process per epoch, wall time, median (min-max) of ${ROUNDS} alternating rounds`
     rows.push({ area: AREA, case: 'Fashion-MNIST CNN epoch (60k, batch 64, CPU), local copy', value: seconds(r.local), note: how })
     rows.push({
       area: AREA,
       case: 'same epoch with --data o3:// (the run mounts the bucket itself, cold)',
       value: seconds(r.cold),
-      note: `${(med(r.cold) / med(r.local)).toFixed(2)}x local`,
+      note: `${(median(r.cold) / median(r.local)).toFixed(2)}x local`,
     })
     rows.push({
       area: AREA,
@@ -74,7 +73,7 @@ export const run: BenchModule = async (ctx) => {
       area: AREA,
       case: 'same epoch (warm) with a checkpoint every 100 steps (10 saves, the last 2 kept), in the background',
       value: seconds(r.every100),
-      note: `overhead ${((med(r.every100) / med(r.warm) - 1) * 100).toFixed(1)}% (medians)`,
+      note: `overhead ${((median(r.every100) / median(r.warm) - 1) * 100).toFixed(1)}% (medians)`,
     })
   } finally {
     await mount.close()

@@ -44,7 +44,6 @@ import {
   S3FS,
   ceilingRun,
   dropCaches,
-  median,
   mountPeer,
   o3mount,
   rcloneCopyTo,
@@ -59,7 +58,7 @@ import {
   type StoredObject,
   type Transport,
 } from './mount.js'
-import { formatSpread } from './stats.js'
+import { formatSpread, median } from './stats.js'
 import type { BenchContext, BenchModule, BenchRow } from './types.js'
 import { MiB, mapLimit } from './util.js'
 

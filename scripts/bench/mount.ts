@@ -11,7 +11,7 @@ import { findMount, fusermountUnmount } from '../../fs-driver/mount-table.js'
 import { createBucket, serverClient } from '../../test/support/s3-server.js'
 import { startTlsProxy, type TlsProxy } from '../../test/support/tls-proxy.js'
 import { peakRss, threadSplitPerGiB, threadTicks, treeCpuSeconds } from './proc.js'
-import { formatSpread, spread } from './stats.js'
+import { formatSpread, median } from './stats.js'
 import type { BenchContext, BenchModule, BenchRow } from './types.js'
 import { MiB, benchEnv, mapLimit, mbps, percentile } from './util.js'
 
@@ -350,7 +350,6 @@ async function writeObjects(ctx: BenchContext, tr: Transport): Promise<void> {
   rmSync(dir, { recursive: true, force: true })
 }
 
-export const median = (xs: number[]): number => spread(xs).median
 /** `median (min-max)` of one measure over a peer's samples. */
 export function spreadOf(xs: Sample[] | undefined, f: (s: Sample) => number, digits = 0): string {
   return xs?.length ? formatSpread(xs.map(f), digits) : 'n/a'

@@ -11,6 +11,8 @@ export function spread(xs: readonly number[]): Spread {
   return { median: s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2, min: s[0]!, max: s[s.length - 1]! }
 }
 
+export const median = (xs: readonly number[]): number => spread(xs).median
+
 /** `412 (398-430)`: the median, then the range, with `digits` decimals. */
 export function formatSpread(xs: readonly number[], digits = 0): string {
   const { median, min, max } = spread(xs)

@@ -10,7 +10,7 @@ import { createBucket } from '../../test/support/s3-server.js'
 import { FASHION_MNIST } from '../../test/support/imagefolder.js'
 import { directorySink, listImageTree, writeShards } from '../../upload/webdataset.js'
 import { o3trainEpoch, seconds } from './o3train-epoch.js'
-import { alternate, spread } from './stats.js'
+import { alternate, median } from './stats.js'
 import type { BenchModule } from './types.js'
 import { benchClient, benchEnv, mapLimit, MiB } from './util.js'
 
@@ -68,8 +68,7 @@ export const run: BenchModule = async (ctx) => {
     localPngs: () => pngsAt(pngs),
     mountedPngs: () => pngsAt(`o3://${BUCKET}/png`),
   })
-  const med = (xs: number[]) => spread(xs).median
-  const pngRatio = med(r.mountedPngs) / med(r.localPngs)
+  const pngRatio = median(r.mountedPngs) / median(r.localPngs)
   const shape = `${written.shards.length} shards of <= ${SHARD_SIZE / MiB} MiB; a fresh o3train process per epoch, wall time, median (min-max) of ${ROUNDS} alternating rounds`
   return [
     { area, case: `Fashion-MNIST 70k as WebDataset shards, CNN epoch (batch 64, CPU), local shards`, value: seconds(r.localShards), note: shape },
@@ -77,7 +76,7 @@ export const run: BenchModule = async (ctx) => {
       area,
       case: 'same epoch from shards with --data o3:// (mounted by the run, cold)',
       value: seconds(r.mountedShards),
-      note: `${(med(r.mountedShards) / med(r.localShards)).toFixed(2)}x local shards`,
+      note: `${(median(r.mountedShards) / median(r.localShards)).toFixed(2)}x local shards`,
     },
     { area, case: 'same epoch from 70,000 local PNG files (ImageFolder)', value: seconds(r.localPngs) },
     {
@@ -85,7 +84,7 @@ export const run: BenchModule = async (ctx) => {
       case: 'same epoch from the 70,000 PNG files with --data o3:// (mounted by the run, cold, its epoch order announced to the mount)',
       value: seconds(r.mountedPngs),
       target: `<= 1.5x local PNG files: ${pngRatio <= 1.5 ? 'met' : 'not met'} (${pngRatio.toFixed(2)}x, medians)`,
-      note: `${(med(r.mountedPngs) / med(r.mountedShards)).toFixed(2)}x shards on the mount`,
+      note: `${(median(r.mountedPngs) / median(r.mountedShards)).toFixed(2)}x shards on the mount`,
     },
   ]
 }
