@@ -9,8 +9,6 @@ namespace o3mount {
 
 namespace {
 
-constexpr size_t kHugePage = 2 * 1024 * 1024;
-
 std::byte* mapAnonymous(size_t bytes, int extraFlags) {
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extraFlags, -1, 0);
   return p == MAP_FAILED ? nullptr : static_cast<std::byte*>(p);
@@ -23,22 +21,10 @@ Block::~Block() { pool_->release(data_, size_); }
 BlockPool::BlockPool(size_t blockSize, size_t capacity) : blockSize_(blockSize), capacity_(capacity) {
   if (capacity_ == 0 || blockSize_ > SIZE_MAX / capacity_) return;
   arenaBytes_ = capacity_ * blockSize_;
-  // Reserved, not committed (MAP_NORESERVE): pages are backed as blocks are first written. Aligned
-  // to a huge page by over-reserving and trimming, since mmap only promises 4 KiB alignment.
-  const size_t reserve = arenaBytes_ + kHugePage;
-  std::byte* raw = mapAnonymous(reserve, MAP_NORESERVE);
-  if (!raw) {
-    arenaBytes_ = 0;
-    return;  // every block is then mapped on its own, as past the capacity
-  }
-  const auto addr = reinterpret_cast<uintptr_t>(raw);
-  std::byte* aligned = raw + ((kHugePage - addr % kHugePage) % kHugePage);
-  if (aligned > raw) munmap(raw, static_cast<size_t>(aligned - raw));
-  const size_t tail = static_cast<size_t>(raw + reserve - (aligned + arenaBytes_));
-  if (tail) munmap(aligned + arenaBytes_, tail);
-  arena_ = aligned;
-  // Advice only: where transparent huge pages are off, the arena works with small pages.
-  madvise(arena_, arenaBytes_, MADV_HUGEPAGE);
+  // Reserved, not committed (MAP_NORESERVE): pages are backed as blocks are first used.
+  arena_ = mapAnonymous(arenaBytes_, MAP_NORESERVE);
+  // Without it every block is mapped on its own, as past the capacity.
+  if (!arena_) arenaBytes_ = 0;
 }
 
 BlockPool::~BlockPool() {
@@ -47,6 +33,7 @@ BlockPool::~BlockPool() {
 
 std::shared_ptr<Block> BlockPool::acquire(size_t length) {
   std::byte* data = nullptr;
+  bool fresh = false;
   if (length != blockSize_) {
     data = static_cast<std::byte*>(std::malloc(length));
     if (!data) throw std::bad_alloc();
@@ -58,10 +45,14 @@ std::shared_ptr<Block> BlockPool::acquire(size_t length) {
         free_.pop_back();
       } else if (arena_ && carved_ < capacity_) {
         data = arena_ + carved_++ * blockSize_;
+        fresh = true;
       } else {
         if (carved_ + ++outside_ > capacity_) ++overflow_;
       }
     }
+    // A block's first use faults its pages in with one call rather than one fault per 4 KiB page
+    // as the body lands. Advice only: a kernel before 5.14 faults them in as they are written.
+    if (fresh) madvise(data, blockSize_, MADV_POPULATE_WRITE);
     if (!data) {
       data = mapAnonymous(blockSize_, 0);
       if (!data) {
