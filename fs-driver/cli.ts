@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=1 --v8-pool-size=1
 /**
  * `o3mount <mountpoint> <bucket[/prefix]> [options]` mounts an O3 bucket read-only;
  * `o3mount --unmount <mountpoint>` unmounts. Credentials come from the environment

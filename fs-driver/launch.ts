@@ -4,6 +4,7 @@ import { constants } from 'node:os'
 import { cliCommand } from '../lib/paths.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { MountError } from './mount-error.js'
+import { MOUNT_NODE_FLAGS } from './node-flags.js'
 import { openPrivateFile } from './paths.js'
 import type { MountedInfo } from './mount.js'
 
@@ -28,7 +29,7 @@ export async function launchMount(args: string[], options: { logFile: string; de
   const cli = cliCommand('fs-driver/cli.ts')
   const logFd = openPrivateFile(options.logFile, 'append')
   const child = fork(cli.file, [...args, '--log-file', options.logFile], {
-    execArgv: cli.execArgv,
+    execArgv: [...MOUNT_NODE_FLAGS, ...cli.execArgv],
     detached: options.detached,
     stdio: ['ignore', logFd, logFd, 'ipc'],
     env: { ...(options.env ?? process.env), [LAUNCHED_AS]: options.detached ? 'daemon' : 'tied' },

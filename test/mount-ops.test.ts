@@ -9,6 +9,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { DEFAULT_RETRY } from '../lib/o3/retry.js'
+import { MOUNT_NODE_FLAGS } from '../fs-driver/node-flags.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { isMounted, mount, mountEnv, runCli, tempMountpoint } from './support/o3mount.js'
 import { until } from './support/until.js'
@@ -141,6 +142,10 @@ t.test('--daemon detaches and prints the PID and log path', async (t) => {
   t.ok(m, r.stdout)
   pid = Number(m![1])
   t.equal(m![2], log)
+  // Started by launchMount() with the mount's Node flags, as the o3mount command's shebang gives them.
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+  t.same(argv.slice(1, 1 + MOUNT_NODE_FLAGS.length), MOUNT_NODE_FLAGS)
+  t.equal(readFileSync(path.join(ROOT, 'fs-driver', 'cli.ts'), 'utf8').split('\n')[0], `#!/usr/bin/env -S node ${MOUNT_NODE_FLAGS.join(' ')}`)
   t.ok(isMounted(mp))
   t.equal(await fs.readFile(path.join(mp, 'hello.txt'), 'utf8'), 'hello\n')
   t.match(readFileSync(log, 'utf8'), /"msg":"mounted"/)

@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { findMount, fusermountUnmount } from '../../fs-driver/mount-table.js'
+import { MOUNT_NODE_FLAGS } from '../../fs-driver/node-flags.js'
 import { createBucket, serverClient } from '../../test/support/s3-server.js'
 import { startTlsProxy, type TlsProxy } from '../../test/support/tls-proxy.js'
 import { peakRss, threadSplitPerGiB, threadTicks, treeCpuSeconds } from './proc.js'
@@ -107,7 +108,7 @@ export const o3mount = (name: string, flags: string, extra: string[]): Peer => (
   name,
   flags,
   start: (mp, ctx, tr, bucket) =>
-    spawn(process.execPath, [CLI, mp, bucket, '--stats-interval', '1h', ...(tr.caFile ? ['--ca-bundle', tr.caFile] : []), ...extra], {
+    spawn(process.execPath, [...MOUNT_NODE_FLAGS, CLI, mp, bucket, '--stats-interval', '1h', ...(tr.caFile ? ['--ca-bundle', tr.caFile] : []), ...extra], {
       env: cleanEnv(ctx, tr),
       stdio: 'ignore',
     }),

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { projectRoot } from '../../lib/paths.js'
+import { MOUNT_NODE_FLAGS } from '../../fs-driver/node-flags.js'
 import type { Test } from 'tap'
 import { serverEnv, type S3ServerInfo } from './s3-server.js'
 import type { StatsSnapshot } from '../../fs-driver/stats.js'
@@ -91,7 +92,7 @@ export async function mount(
 ): Promise<Mounted> {
   const mountpoint = opts.mountpoint ?? tempMountpoint(t)
   const statsFile = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-stats-')), 'stats.json')
-  const child = spawn(process.execPath, [...CLI, mountpoint, location, '--stats-file', statsFile, ...(opts.args ?? [])], {
+  const child = spawn(process.execPath, [...MOUNT_NODE_FLAGS, ...CLI, mountpoint, location, '--stats-file', statsFile, ...(opts.args ?? [])], {
     cwd: ROOT,
     env: mountEnv(info, opts.env),
     stdio: ['ignore', 'pipe', 'pipe'],
