@@ -6,7 +6,8 @@
 // huge pages: on a virtual machine whose balloon hands free memory back to the host, the kernel
 // takes huge pages from exactly the free 2 MiB runs it handed back, so each one's first touch pays
 // the host for all of it (a cold 512 MiB read: 3.5 CPU-s/GiB with them, 1.1 with small pages
-// faulted in per block).
+// faulted in per block). On another VM the 4 KiB faults themselves had been the cost (3.5 -> 1
+// CPU-s/GiB with huge pages): faulting a block's pages in by one call batches those.
 // Buffers past the capacity (the budget's bounded overshoot) are mapped one by one and unmapped
 // again when released. Short blocks (an object's tail, small files) are allocated at their own
 // size, so that a cache of small files is not charged a whole block each. Thread-safe.
