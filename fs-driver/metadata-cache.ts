@@ -88,7 +88,9 @@ export class MetadataCache {
     this.negativeTtlMs = Math.min(ttlSeconds, MAX_NEGATIVE_TTL_S) * 1000
     // Bounded by entries, not by time: a cache that outgrows memory is worse than a relisting.
     this.listings = new LRUCache<string, Listing>({ maxSize: 2_000_000, sizeCalculation: (l) => l.entries.size + 1 })
-    this.probes = new LRUCache<string, Probe>({ max: 200_000 })
+    // A bound by size, not `max`: lru-cache allocates arrays for `max` entries up front (5.6 MB
+    // for 200,000), held by the mount from start-up whether it ever probes or not.
+    this.probes = new LRUCache<string, Probe>({ maxSize: 200_000, sizeCalculation: () => 1 })
     this.pages = new LRUCache<string, Page[]>({ maxSize: 2_000_000, sizeCalculation: (ps) => ps.reduce((n, p) => n + p.entries.size + 1, 0) })
   }
 

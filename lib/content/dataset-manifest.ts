@@ -1,7 +1,7 @@
 import { O3IntegrityError } from '../o3/errors.js'
 import { canonicalJson } from './canonical-json.js'
 import { CID_BLOCK_SIZE, cidFromLeaves, leafCount, normalizeCid, type ContentDigest } from './cid.js'
-import { recoverAddress, type Signer } from './signer.js'
+import type { Signer } from './signer.js'
 
 /**
  * The manifest of an uploaded tree, stored beside its files as `<prefix>/.o3-manifest.json`: per
@@ -85,11 +85,14 @@ function checkFile(key: string, f: unknown, what: string): ManifestFile {
   return { ...file, versionId: e!.versionId, etag: e!.etag }
 }
 
-function checkSignature(m: DatasetManifest, what: string, trustedSigners: readonly string[]): string | undefined {
+async function checkSignature(m: DatasetManifest, what: string, trustedSigners: readonly string[]): Promise<string | undefined> {
   if (m.signature === undefined && m.signer === undefined) {
     if (trustedSigners.length > 0) throw new O3IntegrityError(`${what}: unsigned, but --trust-signer requires a signature by ${trustedSigners.join(' or ')}`)
     return undefined
   }
+  // Loaded only for a signed manifest: the curve code holds about 5 MiB of the heap of every
+  // process that loads it, and the mount, which parses manifests, has a memory bound to keep.
+  const { recoverAddress } = await import('./signer.js')
   const recovered = typeof m.signature === 'string' ? recoverAddress(signedMessage(m), m.signature) : undefined
   if (!recovered || typeof m.signer !== 'string' || recovered.toLowerCase() !== m.signer.toLowerCase()) {
     throw new O3IntegrityError(
@@ -121,7 +124,7 @@ export async function parseDatasetManifest(bytes: Uint8Array, what: string, trus
   if (m.leafSize !== CID_BLOCK_SIZE) throw new O3IntegrityError(`${what}: leaf size ${String(m.leafSize)}, expected ${CID_BLOCK_SIZE}`)
   if (typeof m.created !== 'string' || m.files === null || typeof m.files !== 'object' || Array.isArray(m.files))
     throw new O3IntegrityError(`${what}: malformed (created, files)`)
-  checkSignature(m, what, trustedSigners)
+  await checkSignature(m, what, trustedSigners)
   const files: Record<string, ManifestFile> = Object.create(null) as Record<string, ManifestFile>
   for (const [key, f] of Object.entries(m.files)) {
     const file = checkFile(key, f, what)
