@@ -90,8 +90,8 @@ async function checkSignature(m: DatasetManifest, what: string, trustedSigners: 
     if (trustedSigners.length > 0) throw new O3IntegrityError(`${what}: unsigned, but --trust-signer requires a signature by ${trustedSigners.join(' or ')}`)
     return undefined
   }
-  // Loaded only for a signed manifest: the curve code holds about 5 MiB of the heap of every
-  // process that loads it, and the mount, which parses manifests, has a memory bound to keep.
+  // Loaded only for a signed manifest: the curve code holds about 1 MiB of heap in every process
+  // that loads it, and the mount, which parses manifests, has a memory bound to keep.
   const { recoverAddress } = await import('./signer.js')
   const recovered = typeof m.signature === 'string' ? recoverAddress(signedMessage(m), m.signature) : undefined
   if (!recovered || typeof m.signer !== 'string' || recovered.toLowerCase() !== m.signer.toLowerCase()) {
