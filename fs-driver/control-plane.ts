@@ -204,6 +204,7 @@ export class ControlPlane {
       versionId: pinned.versionId,
       size: pinned.size,
       mtimeMs: e.mtime.getTime(),
+      listedEtag: e.etag,
       leaves: record && this.leavesOf(record),
     }
   }

@@ -28,6 +28,8 @@ export interface NativeOpen {
   versionId?: string
   size: number
   mtimeMs: number
+  /** The ETag the listing names now, as lookups report it: `etag` may be an older version's, the one a manifest records. */
+  listedEtag: string
   /** The SHA-256 of each 1 MiB leaf, 32 bytes each; absent when no manifest names the file. */
   leaves?: Buffer
 }

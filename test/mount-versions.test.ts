@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { DATASET_MANIFEST_NAME, buildDatasetManifest, formatDatasetManifest, parseDatasetManifest } from '../lib/content/dataset-manifest.js'
 import { DEFAULT_PART_SIZE } from '../lib/content/hashed-upload.js'
@@ -128,6 +129,33 @@ t.test("a manifest's version fields are validated and signed with it", async (t)
   t.same((await parseDatasetManifest(Buffer.from(formatDatasetManifest(signed)), 'm', [signer.address])).files['f.bin'], f, 'signed, it parses')
   const moved = { ...signed, files: { 'f.bin': { ...f, versionId: `${f.versionId}0` } } }
   await t.rejects(parseDatasetManifest(Buffer.from(formatDatasetManifest(moved)), 'm'), O3IntegrityError, 'another version id breaks the signature')
+})
+
+t.test("a file replaced while open: the open keeps its version's bytes and size, later opens read the new one, neither sees the other's pages", async (t) => {
+  const before = randomBytes(6 * MiB)
+  const after = randomBytes(2 * MiB)
+  await client.put('replaced/x.bin', before)
+  // A short TTL, so that lookups soon name the new object while the first open is still reading.
+  const m = await mount(t, info, `${VERSIONED}/replaced`, { args: ['--verify', 'off', '--metadata-ttl', '1'] })
+  const file = path.join(m.mountpoint, 'x.bin')
+  const first = await fs.open(file)
+  t.teardown(() => first.close().catch(() => {}))
+  const head = Buffer.alloc(MiB)
+  await first.read(head, 0, head.length, 0)
+  t.ok(head.equals(before.subarray(0, MiB)), 'the first open reads the first version')
+  await client.put('replaced/x.bin', after)
+  await sleep(2_500)
+  t.ok((await fs.readFile(file)).equals(after), 'an open after the replacement reads the new version')
+  t.equal((await first.stat()).size, before.length, "the first open still shows its version's size")
+  const again = Buffer.alloc(MiB)
+  await first.read(again, 0, again.length, 0)
+  t.ok(again.equals(before.subarray(0, MiB)), "the first open's pages are its own version's, not the new open's")
+  const rest = Buffer.alloc(before.length - MiB)
+  const { bytesRead } = await first.read(rest, 0, rest.length, MiB)
+  t.equal(bytesRead, rest.length, 'the first open reads to the end of its version, past the new size')
+  t.ok(rest.equals(before.subarray(MiB)), "and those bytes are its version's")
+  await first.close()
+  t.ok((await fs.readFile(file)).equals(after), "a later open reads the new version, not the first open's pages")
 })
 
 t.test('an open file keeps reading the version it opened after its key is overwritten', async (t) => {

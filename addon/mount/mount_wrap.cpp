@@ -61,9 +61,10 @@ uint64_t idOf(const Napi::Value& v) {
   return static_cast<uint64_t>(v.As<Napi::Number>().Int64Value());
 }
 
-// { key, etag, versionId?, size, mtimeMs, leaves?: Buffer of 32-byte digests }
+// { key, etag, versionId?, size, mtimeMs, listedEtag, leaves?: Buffer of 32-byte digests }
 OpenInfo openInfoOf(const Napi::Object& o) {
   OpenInfo info;
+  info.listedEtag = stringAt(o, "listedEtag");
   info.pin.key = stringAt(o, "key");
   info.pin.etag = stringAt(o, "etag");
   info.pin.versionId = stringAt(o, "versionId");

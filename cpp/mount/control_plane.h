@@ -37,6 +37,9 @@ struct OpenInfo {
   ObjectPin pin;
   int64_t mtimeMs = 0;
   std::shared_ptr<const Leaves> leaves;
+  // The ETag the listing names now, as lookups report it (the pin's may be an older version's, the
+  // one a manifest records): with mtimeMs, which object the path names (InodeTable::identityOf).
+  std::string listedEtag;
 };
 
 // Status kinds the control plane answers with (mapped to errno by filesystem.cpp, in one place):

@@ -154,7 +154,7 @@ void Filesystem::lookup(uint64_t parent, const std::string& name, std::shared_pt
   control_.lookup(path, [this, path, reply](Status s, std::optional<EntryInfo> e) {
     if (!s) return reply->error(errnoOf(s));
     if (!e) return reply->negative(config_.negativeTimeoutSec);
-    const uint64_t ino = inodes_.lookup(path);
+    const uint64_t ino = inodes_.lookup(path, *e);
     if (!reply->entry(attrOf(ino, *e), config_.attrTimeoutSec)) inodes_.forget(ino, 1);
   });
 }
@@ -163,12 +163,14 @@ void Filesystem::forget(uint64_t ino, uint64_t nlookup) { inodes_.forget(ino, nl
 
 void Filesystem::getattr(uint64_t ino, std::shared_ptr<AttrReply> reply) {
   if (ino == InodeTable::kRoot) return reply->attr(dirAttr(ino), config_.attrTimeoutSec);
-  auto path = inodes_.path(ino);
-  if (!path) return reply->error(ENOENT);
-  control_.lookup(*path, [this, ino, reply](Status s, std::optional<EntryInfo> e) {
+  auto named = inodes_.named(ino);
+  if (!named) return reply->error(ENOENT);
+  control_.lookup(named->path, [this, ino, named = *named, reply](Status s, std::optional<EntryInfo> e) {
     if (!s) return reply->error(errnoOf(s));
     if (!e) return reply->error(ENOENT);
-    reply->attr(attrOf(ino, *e), config_.attrTimeoutSec);
+    // Replaced since: this inode still names the object it was made for (an open may be reading
+    // it), whose size the kernel must keep; the path's new object has an inode of its own.
+    reply->attr(attrOf(ino, InodeTable::identityOf(*e) == named.identity ? *e : named.entry), config_.attrTimeoutSec);
   });
 }
 
@@ -220,19 +222,24 @@ void Filesystem::releasedir(uint64_t fh) {
 
 void Filesystem::open(uint64_t ino, int flags, std::shared_ptr<OpenReply> reply) {
   if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) return reply->error(EROFS);
-  auto path = inodes_.path(ino);
-  if (!path) return reply->error(ENOENT);
-  control_.open(*path, [this, ino, path = *path, reply](Status s, OpenInfo info) {
+  auto named = inodes_.named(ino);
+  if (!named) return reply->error(ENOENT);
+  control_.open(named->path, [this, ino, path = named->path, identity = named->identity, reply](Status s, OpenInfo info) {
     if (!s) return reply->error(errnoOf(s));
+    // The path names another object than this inode's (replaced since the kernel's lookup): its
+    // bytes must not land in this inode's pages. ESTALE makes the kernel look the path up again and
+    // retry the open once, on the new object's inode.
+    if (InodeTable::identityOf(info.listedEtag, info.mtimeMs) != identity) return reply->error(ESTALE);
     auto f = std::make_shared<OpenFile>(
         path, ObjectRef::make(info.pin, path.substr(1), info.leaves),
         ReadaheadConfig{cache_.blockSize(), config_.readaheadInitial, config_.seekTolerance,
                         [this] { return sizing_.windowCap(openFiles()); }, [this] { return sizing_.windowFloor(); }});
     // The kernel keeps the pages it cached for this inode while the object is the same one, read
-    // under the same verification: pages an unverified open cached never reach a verified one.
+    // under the same verification and the same leaf digests: pages an earlier unverified open
+    // cached never reach a later verified one. (Opens of one object alive at once share its pages.)
     std::string version = info.pin.etag + '\0' + std::to_string(info.pin.size) + '\0' + std::to_string(info.mtimeMs) + '\0';
     if (info.leaves && !info.leaves->empty())
-      version += "V" + std::to_string(info.leaves->size()) + hex(info.leaves->front()) + hex(info.leaves->back());
+      version += "V" + hex(sha256(std::as_bytes(std::span(*info.leaves))));
     else
       version += "U";
     const bool keepCache = inodes_.sameAsLastOpen(ino, version);

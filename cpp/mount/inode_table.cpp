@@ -5,26 +5,35 @@
 namespace o3mount {
 
 InodeTable::InodeTable() {
-  byIno_[kRoot] = Node{"/", 1, {}};
+  byIno_[kRoot] = Node{{"/", identityOf(EntryInfo{true, 0, 0, ""}), EntryInfo{true, 0, 0, ""}}, 1, {}};
   byPath_["/"] = kRoot;
+}
+
+std::string InodeTable::identityOf(const EntryInfo& e) { return e.isDir ? std::string() : identityOf(e.etag, e.mtimeMs); }
+
+std::string InodeTable::identityOf(const std::string& listedEtag, int64_t mtimeMs) {
+  return "f" + listedEtag + '\0' + std::to_string(mtimeMs);
 }
 
 std::string InodeTable::childPath(const std::string& parent, const std::string& name) {
   return parent == "/" ? "/" + name : parent + "/" + name;
 }
 
-uint64_t InodeTable::lookup(const std::string& path) {
+uint64_t InodeTable::lookup(const std::string& path, const EntryInfo& entry) {
+  const std::string identity = identityOf(entry);
   std::lock_guard lock(mutex_);
   auto it = byPath_.find(path);
   uint64_t ino;
-  if (it != byPath_.end()) {
+  if (it != byPath_.end() && byIno_.at(it->second).named.identity == identity) {
     ino = it->second;
   } else {
     ino = next_++;
-    byPath_.emplace(path, ino);
-    byIno_[ino].path = path;
+    byPath_[path] = ino;
+    byIno_[ino].named = Named{path, identity, entry};
   }
-  if (ino != kRoot) ++byIno_[ino].nlookup;
+  Node& node = byIno_.at(ino);
+  node.named.entry = entry;
+  if (ino != kRoot) ++node.nlookup;
   return ino;
 }
 
@@ -35,7 +44,8 @@ void InodeTable::forget(uint64_t ino, uint64_t n) {
   if (it == byIno_.end()) return;
   it->second.nlookup -= std::min(n, it->second.nlookup);
   if (it->second.nlookup > 0) return;
-  byPath_.erase(it->second.path);
+  // A replaced object's path already names a newer inode.
+  if (auto p = byPath_.find(it->second.named.path); p != byPath_.end() && p->second == ino) byPath_.erase(p);
   byIno_.erase(it);
 }
 
@@ -43,7 +53,14 @@ std::optional<std::string> InodeTable::path(uint64_t ino) const {
   std::lock_guard lock(mutex_);
   auto it = byIno_.find(ino);
   if (it == byIno_.end()) return std::nullopt;
-  return it->second.path;
+  return it->second.named.path;
+}
+
+std::optional<InodeTable::Named> InodeTable::named(uint64_t ino) const {
+  std::lock_guard lock(mutex_);
+  auto it = byIno_.find(ino);
+  if (it == byIno_.end()) return std::nullopt;
+  return it->second.named;
 }
 
 size_t InodeTable::size() const {

@@ -1,7 +1,10 @@
 // Inode numbers of the mount: the kernel names files by inode, the control plane by path. An
 // inode lives while the kernel holds lookups on it (nlookup, given back by forget); numbers are
-// never reused within a mount, so a stale kernel reference can never reach another file. The root
-// is inode 1 and never forgotten. Thread-safe.
+// never reused within a mount, so a stale kernel reference can never reach another file. An inode
+// names one object for life: when the object at a path is replaced, the next lookup makes a new
+// inode, so the kernel keeps each version's pages and size apart (an open of the old version goes
+// on reading it, past the new one's size too, while new opens read the new one). The root is
+// inode 1 and never forgotten. Thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +12,8 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+
+#include "mount/control_plane.h"
 
 namespace o3mount {
 
@@ -18,11 +23,24 @@ class InodeTable {
 
   InodeTable();
 
-  // The inode of `path` ("/a/b"), created if new; counts one kernel lookup on it.
-  uint64_t lookup(const std::string& path);
+  // What tells one object at a path from another: the ETag the listing names and its LastModified
+  // ("" for a directory). Lookups and opens both compute it from the listing, never from a
+  // manifest's pinned version, so the two agree while the object stays.
+  static std::string identityOf(const EntryInfo& e);
+  static std::string identityOf(const std::string& listedEtag, int64_t mtimeMs);
+  // The inode of `path` ("/a/b") as `entry` describes it: the path's inode while it names the same
+  // object, else a new one (the old stays, reachable by number, until the kernel forgets it).
+  // Counts one kernel lookup on it.
+  uint64_t lookup(const std::string& path, const EntryInfo& entry);
   // Gives back n kernel lookups; the inode is dropped when none is left.
   void forget(uint64_t ino, uint64_t n);
   std::optional<std::string> path(uint64_t ino) const;
+  struct Named {
+    std::string path;
+    std::string identity;
+    EntryInfo entry;  // as its last lookup described it
+  };
+  std::optional<Named> named(uint64_t ino) const;
   size_t size() const;
 
   // Whether `version` (what identifies the object's bytes: ETag, size, mtime) is the one the inode
@@ -34,7 +52,7 @@ class InodeTable {
 
  private:
   struct Node {
-    std::string path;
+    Named named;
     uint64_t nlookup = 0;
     std::string lastOpened;
   };

@@ -1,7 +1,8 @@
 // The filesystem without a kernel: lookups, opens and reads as session.cpp hands them over, against
 // a control plane that answers from another thread (as JavaScript does) and the fake store. Errors
 // map to errno in one place; writes are refused; a read waiting on a silent server fails with EIO
-// at its deadline; an object replaced while open fails reads and tells the control plane.
+// at its deadline; an object replaced while open fails reads and tells the control plane; an object
+// replaced between lookups gets a new inode.
 #include <fcntl.h>
 
 #include <map>
@@ -55,7 +56,7 @@ class FakeControl final : public ControlPlane {
       if (!openError) return done(openError, {});
       auto it = files.find(path);
       if (it == files.end()) return done(Status::error(ErrorKind::NotFound, path), {});
-      done(Status::ok(), OpenInfo{it->second.pin, 1'700'000'000'123, it->second.leaves});
+      done(Status::ok(), OpenInfo{it->second.pin, 1'700'000'000'123, it->second.leaves, it->second.pin.etag});
     });
   }
   void invalidate(const std::string& path) override {
@@ -127,6 +128,11 @@ struct Read : ReadReply {
   }
   void error(int err) override { a.promise.set_value({err, {}}); }
 };
+struct Attrs : AttrReply {
+  Answer<EntryResult> a;
+  void attr(const Attr& attr, double) override { a.promise.set_value({0, false, attr}); }
+  void error(int err) override { a.promise.set_value({err, false, {}}); }
+};
 struct Dir : DirReply {
   std::vector<std::string> names;
   bool finished = false;
@@ -170,6 +176,11 @@ struct Rig {
     auto r = std::make_shared<Read>();
     fs.read(fh, off, size, r);
     return r->a.get();
+  }
+  EntryResult getattr(uint64_t ino) {
+    auto a = std::make_shared<Attrs>();
+    fs.getattr(ino, a);
+    return a->a.get();
   }
 };
 
@@ -319,6 +330,34 @@ void replacedWhileOpen() {
   O3_CHECK_EQ(rig.counters.readErrors.load(), 1u);
 }
 
+// The object at a path replaced between lookups: the new object gets an inode of its own, the old
+// inode keeps its size for the open still reading it, and an open through the old inode is sent
+// back to the kernel (ESTALE: look the path up again) rather than reading the new bytes into it.
+void replacedBetweenLookups() {
+  Rig rig;
+  const auto v1 = randomBytes(5 * MiB, 8);
+  const auto v2 = randomBytes(2 * MiB, 9);
+  rig.control.files["/r.bin"] = {rig.store.put("r.bin", v1), nullptr};
+  const uint64_t oldIno = rig.lookup(InodeTable::kRoot, "r.bin");
+  O3_CHECK_EQ(rig.lookup(InodeTable::kRoot, "r.bin"), oldIno);
+  const OpenResult first = rig.open(oldIno);
+  O3_CHECK_EQ(first.err, 0);
+  rig.control.files["/r.bin"] = {rig.store.put("r.bin", v2), nullptr};
+  const uint64_t newIno = rig.lookup(InodeTable::kRoot, "r.bin");
+  O3_CHECK(newIno != oldIno);
+  O3_CHECK_EQ(*rig.fs.inodes().path(newIno), std::string("/r.bin"));
+  O3_CHECK_EQ(rig.getattr(oldIno).attr.size, v1.size());
+  O3_CHECK_EQ(rig.getattr(newIno).attr.size, v2.size());
+  O3_CHECK_EQ(rig.open(oldIno).err, ESTALE);
+  const OpenResult second = rig.open(newIno);
+  O3_CHECK_EQ(second.err, 0);
+  O3_CHECK(sameBytes(rig.read(second.fh, 0, 2 * MiB).bytes, std::span(v2)));
+  // The kernel forgetting the old inode leaves the path on the new one.
+  rig.fs.forget(oldIno, 2);
+  O3_CHECK(!rig.fs.inodes().path(oldIno).has_value());
+  O3_CHECK_EQ(rig.lookup(InodeTable::kRoot, "r.bin"), newIno);
+}
+
 }  // namespace
 
 int main() {
@@ -327,5 +366,6 @@ int main() {
   errorsMapToErrno();
   silentServerFailsAtTheDeadline();
   replacedWhileOpen();
+  replacedBetweenLookups();
   return test::finish("filesystem_test");
 }

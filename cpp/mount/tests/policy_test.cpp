@@ -236,6 +236,7 @@ void readaheadFloorFromLatency() {
 }
 
 void inodeTableRandomized() {
+  const EntryInfo kFile{false, 10, 1'700'000'000'000, "etag-1"};
   InodeTable table;
   std::mt19937 rng(4);
   std::map<std::string, std::pair<uint64_t, uint64_t>> model;  // path -> (ino, nlookup)
@@ -243,7 +244,7 @@ void inodeTableRandomized() {
   for (int step = 0; step < 20000; ++step) {
     const std::string path = "/d" + std::to_string(rng() % 20) + "/f" + std::to_string(rng() % 50);
     if (rng() % 3) {
-      const uint64_t ino = table.lookup(path);
+      const uint64_t ino = table.lookup(path, kFile);
       O3_CHECK(ino != InodeTable::kRoot);
       auto it = model.find(path);
       if (it == model.end()) {
@@ -276,10 +277,22 @@ void inodeTableRandomized() {
   O3_CHECK_EQ(InodeTable::childPath("/", "a"), std::string("/a"));
   O3_CHECK_EQ(InodeTable::childPath("/a", "b"), std::string("/a/b"));
   // The kernel keeps its pages only while the object is the one it saw at the last open.
-  const uint64_t ino = table.lookup("/x");
+  const uint64_t ino = table.lookup("/x", kFile);
   O3_CHECK(!table.sameAsLastOpen(ino, "etag-1"));
   O3_CHECK(table.sameAsLastOpen(ino, "etag-1"));
   O3_CHECK(!table.sameAsLastOpen(ino, "etag-2"));
+  // Another object at the path (ETag or LastModified): a new inode; the old one keeps what it named
+  // until the kernel forgets it, and forgetting it leaves the path on the new one.
+  const EntryInfo replaced{false, 20, kFile.mtimeMs + 1000, "etag-2"};
+  const uint64_t newer = table.lookup("/x", replaced);
+  O3_CHECK(newer != ino);
+  O3_CHECK_EQ(table.named(ino)->entry.size, 10u);
+  O3_CHECK_EQ(table.named(newer)->entry.size, 20u);
+  O3_CHECK_EQ(table.lookup("/x", replaced), newer);
+  O3_CHECK(table.lookup("/x", EntryInfo{false, 20, replaced.mtimeMs + 1000, "etag-2"}) != newer);
+  table.forget(ino, 1);
+  O3_CHECK(!table.path(ino).has_value());
+  O3_CHECK_EQ(*table.path(newer), std::string("/x"));
 }
 
 }  // namespace
