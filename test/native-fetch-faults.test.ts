@@ -1,8 +1,8 @@
 // The fetch engine (under ASan + UBSan) through the fault proxy in front of the real Swift server:
 // a body cut midway resumes byte-exact from the first byte not yet written; a 5 s outage under
 // the default retry policy fails nothing; a stalled connection times out and the retry succeeds;
-// close() cancels what is in flight. Faults start on observed progress (bytes through the proxy),
-// never on a guessed delay.
+// a body that keeps breaking stops after four retry budgets; close() cancels what is in flight.
+// Faults start on observed progress (bytes through the proxy), never on a guessed delay.
 import { createHash, randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
@@ -120,6 +120,22 @@ t.test('a stall longer than every attempt fails with a timeout, after the attemp
   t.match(res.message, /timed out: no data for 1000 ms.*after 2 attempts/)
   t.equal(r.stats.requests, 2)
   t.equal(res.written, 0)
+})
+
+t.test('a body that breaks after every few KiB resumes, but fails after four retry budgets of attempts in all', async (t) => {
+  const p = await proxy(t)
+  // Every connection is cut after 64 KiB: each attempt moves the range forward a little.
+  p.resetAfterBytes(64 * 1024, { count: 1000 })
+  const r = await fetch(p, { baseDelayMs: 1, attempts: 3 })
+  p.clear()
+  t.equal(r.code, 0, r.stderr)
+  t.same(r.violations, [])
+  const res = r.results[0]!
+  t.equal(res.status, 'Stream', res.message)
+  t.match(res.message, /after 12 attempts/)
+  t.equal(res.timing.attempts, 12, '4 x 3 attempts, not one per 64 KiB of the 8 MiB')
+  t.ok(res.written > 0 && res.written < body.length, `some bytes arrived (${res.written})`)
+  t.ok(r.image.subarray(0, res.written).equals(body.subarray(0, res.written)), 'and they are the right ones')
 })
 
 t.test('close() fails what is in flight and queued with Cancelled, at once', async (t) => {

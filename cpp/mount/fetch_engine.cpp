@@ -42,6 +42,9 @@ constexpr long kReceiveBuffer = 256 * 1024;
 constexpr uint64_t kRateSampleMinBytes = 256 * 1024;
 // Weight of a new sample in the moving averages: about the last ten requests count.
 constexpr double kAverageWeight = 0.1;
+// Attempts of one fetch in all, however many of them moved it forward: a body that breaks after
+// every few bytes (a failing link, a hostile server) must not hold a connection for ever.
+constexpr int kAttemptsPerRetryBudget = 4;
 
 uint64_t micros(Clock::duration d) {
   return static_cast<uint64_t>(std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::microseconds>(d).count()));
@@ -90,6 +93,7 @@ struct Transfer {
   std::unique_ptr<Job> job;
   uint64_t first = 0;  // the object bytes asked for: [first, last]
   uint64_t last = 0;
+  uint64_t writtenBefore = 0;  // the job's bytes written before this attempt
   ResponseHead head;
   bool planned = false;  // a 2xx head was accepted: the body is data
   uint64_t skipLeft = 0;
@@ -422,6 +426,7 @@ class CurlFetchEngine final : public FetchEngine {
     curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t.get());
     curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t.get());
     job->timing.attempts++;
+    t->writtenBefore = job->written;
     t->job = std::move(job);
     t->lastActivity = Clock::now();
     if (curl_multi_add_handle(multi_, t->easy) != CURLM_OK) {
@@ -550,6 +555,8 @@ class CurlFetchEngine final : public FetchEngine {
 
     const bool success = t->delivered;
     const bool progressed = !job->warmUp() && job->offset + job->written > t->first;
+    // This attempt's bytes only: after a resume the last attempt carried the rest, not the range.
+    const uint64_t carried = job->written - t->writtenBefore;
     long status = 0;
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
     Failure failure;
@@ -576,18 +583,20 @@ class CurlFetchEngine final : public FetchEngine {
     job->timing.firstByteUs = static_cast<uint64_t>(std::max<curl_off_t>(0, first - pre));
     job->timing.transferUs = static_cast<uint64_t>(std::max<curl_off_t>(0, total - first));
     if (first > pre) average(firstByteUsAverage_, static_cast<uint64_t>(first - pre));
-    if (success && job->length >= kRateSampleMinBytes && total > first) {
-      average(bytesPerSecond_, job->length * 1'000'000 / static_cast<uint64_t>(total - first));
+    if (success && carried >= kRateSampleMinBytes && total > first) {
+      average(bytesPerSecond_, carried * 1'000'000 / static_cast<uint64_t>(total - first));
     }
     if (success) return finish(*job, Status::ok());
-    // A broken body resumes where it stopped, with the whole retry budget for each step forward.
+    // A broken body resumes where it stopped, with the whole retry budget for each step forward
+    // (and kAttemptsPerRetryBudget budgets at most in all).
     if (progressed) job->failures = 0;
     retryOrFail(std::move(job), failure);
   }
 
   void retryOrFail(std::unique_ptr<Job> job, const Failure& failure) {
     job->failures++;
-    if (failure.retry && job->failures < config_.retry.maxAttempts) {
+    if (failure.retry && job->failures < config_.retry.maxAttempts &&
+        job->timing.attempts < kAttemptsPerRetryBudget * config_.retry.maxAttempts) {
       retries_++;
       queued_++;
       const auto due = Clock::now() + backoff(job->failures - 1);

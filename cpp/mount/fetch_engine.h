@@ -21,7 +21,9 @@ namespace o3mount {
 
 struct RetryPolicy {
   // As lib/o3/retry.ts DEFAULT_RETRY: 5 attempts, waits drawn from [b*2^i, 2*b*2^i], b = 700 ms,
-  // at least 10.5 s in all, so that a server gone for 5 s fails nothing.
+  // at least 10.5 s in all, so that a server gone for 5 s fails nothing. A body that breaks resumes
+  // with the whole budget again after each attempt that moved it forward, up to four budgets of
+  // attempts in all (20).
   int maxAttempts = 5;
   int baseDelayMs = 700;
   int maxDelayMs = 20'000;
