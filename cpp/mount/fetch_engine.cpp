@@ -177,6 +177,12 @@ class CurlFetchEngine final : public FetchEngine {
       }
     }
     initCurlOnce();
+    // The chain check runs from CURLOPT_PREREQFUNCTION (libcurl 7.80); an older libcurl found at run
+    // time would ignore that option and leave HTTPS unchecked, so it serves no HTTPS at all.
+    if (const curl_version_info_data* v = curl_version_info(CURLVERSION_NOW);
+        endpoint_.scheme == "https" && (!v || v->version_num < 0x075000))
+      throw std::runtime_error(std::string("HTTPS needs libcurl 7.80 or later, found ") +
+                               (v && v->version ? v->version : "none"));
     multi_ = curl_multi_init();
     share_ = curl_share_init();
     if (!multi_ || !share_) throw std::runtime_error("cannot create a libcurl handle");
