@@ -170,7 +170,7 @@ void Filesystem::getattr(uint64_t ino, std::shared_ptr<AttrReply> reply) {
     if (!e) return reply->error(ENOENT);
     // Replaced since: this inode still names the object it was made for (an open may be reading
     // it), whose size the kernel must keep; the path's new object has an inode of its own.
-    reply->attr(attrOf(ino, InodeTable::identityOf(*e) == named.identity ? *e : named.entry), config_.attrTimeoutSec);
+    reply->attr(attrOf(ino, InodeTable::identityOf(*e) == named.identity ? *e : named.entry()), config_.attrTimeoutSec);
   });
 }
 

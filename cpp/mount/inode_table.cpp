@@ -1,18 +1,19 @@
 #include "mount/inode_table.h"
 
 #include <algorithm>
+#include <functional>
 
 namespace o3mount {
 
 InodeTable::InodeTable() {
-  byIno_[kRoot] = Node{{"/", identityOf(EntryInfo{true, 0, 0, ""}), EntryInfo{true, 0, 0, ""}}, 1, {}};
+  byIno_[kRoot] = Node{{"/", 0, true, 0, 0}, 1, {}};
   byPath_["/"] = kRoot;
 }
 
-std::string InodeTable::identityOf(const EntryInfo& e) { return e.isDir ? std::string() : identityOf(e.etag, e.mtimeMs); }
+uint64_t InodeTable::identityOf(const EntryInfo& e) { return e.isDir ? 0 : identityOf(e.etag, e.mtimeMs); }
 
-std::string InodeTable::identityOf(const std::string& listedEtag, int64_t mtimeMs) {
-  return "f" + listedEtag + '\0' + std::to_string(mtimeMs);
+uint64_t InodeTable::identityOf(const std::string& listedEtag, int64_t mtimeMs) {
+  return std::hash<std::string>{}(listedEtag + '\0' + std::to_string(mtimeMs));
 }
 
 std::string InodeTable::childPath(const std::string& parent, const std::string& name) {
@@ -20,7 +21,7 @@ std::string InodeTable::childPath(const std::string& parent, const std::string& 
 }
 
 uint64_t InodeTable::lookup(const std::string& path, const EntryInfo& entry) {
-  const std::string identity = identityOf(entry);
+  const uint64_t identity = identityOf(entry);
   std::lock_guard lock(mutex_);
   auto it = byPath_.find(path);
   uint64_t ino;
@@ -29,10 +30,11 @@ uint64_t InodeTable::lookup(const std::string& path, const EntryInfo& entry) {
   } else {
     ino = next_++;
     byPath_[path] = ino;
-    byIno_[ino].named = Named{path, identity, entry};
+    byIno_[ino].named = Named{path, identity, entry.isDir, 0, 0};
   }
   Node& node = byIno_.at(ino);
-  node.named.entry = entry;
+  node.named.size = entry.size;
+  node.named.mtimeMs = entry.mtimeMs;
   if (ino != kRoot) ++node.nlookup;
   return ino;
 }

@@ -23,11 +23,13 @@ class InodeTable {
 
   InodeTable();
 
-  // What tells one object at a path from another: the ETag the listing names and its LastModified
-  // ("" for a directory). Lookups and opens both compute it from the listing, never from a
-  // manifest's pinned version, so the two agree while the object stays.
-  static std::string identityOf(const EntryInfo& e);
-  static std::string identityOf(const std::string& listedEtag, int64_t mtimeMs);
+  // What tells one object at a path from another: a hash of the ETag the listing names and its
+  // LastModified (0 for a directory). Lookups and opens both compute it from the listing, never from
+  // a manifest's pinned version, so the two agree while the object stays. A hash keeps an inode
+  // small (a mount may hold hundreds of thousands); two versions of one path colliding in 64 bits is
+  // not a case to design for.
+  static uint64_t identityOf(const EntryInfo& e);
+  static uint64_t identityOf(const std::string& listedEtag, int64_t mtimeMs);
   // The inode of `path` ("/a/b") as `entry` describes it: the path's inode while it names the same
   // object, else a new one (the old stays, reachable by number, until the kernel forgets it).
   // Counts one kernel lookup on it.
@@ -37,8 +39,12 @@ class InodeTable {
   std::optional<std::string> path(uint64_t ino) const;
   struct Named {
     std::string path;
-    std::string identity;
-    EntryInfo entry;  // as its last lookup described it
+    uint64_t identity = 0;
+    // The object as its last lookup described it.
+    bool isDir = false;
+    uint64_t size = 0;
+    int64_t mtimeMs = 0;
+    EntryInfo entry() const { return EntryInfo{isDir, size, mtimeMs, {}}; }
   };
   std::optional<Named> named(uint64_t ino) const;
   size_t size() const;

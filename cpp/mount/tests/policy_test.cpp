@@ -286,8 +286,8 @@ void inodeTableRandomized() {
   const EntryInfo replaced{false, 20, kFile.mtimeMs + 1000, "etag-2"};
   const uint64_t newer = table.lookup("/x", replaced);
   O3_CHECK(newer != ino);
-  O3_CHECK_EQ(table.named(ino)->entry.size, 10u);
-  O3_CHECK_EQ(table.named(newer)->entry.size, 20u);
+  O3_CHECK_EQ(table.named(ino)->size, 10u);
+  O3_CHECK_EQ(table.named(newer)->size, 20u);
   O3_CHECK_EQ(table.lookup("/x", replaced), newer);
   O3_CHECK(table.lookup("/x", EntryInfo{false, 20, replaced.mtimeMs + 1000, "etag-2"}) != newer);
   table.forget(ino, 1);
