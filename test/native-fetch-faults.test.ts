@@ -1,7 +1,8 @@
 // The fetch engine (under ASan + UBSan) through the fault proxy in front of the real Swift server:
 // a body cut midway resumes byte-exact from the first byte not yet written; a 5 s outage under
 // the default retry policy fails nothing; a stalled connection times out and the retry succeeds;
-// a body that keeps breaking stops after four retry budgets; close() cancels what is in flight.
+// a body that keeps breaking stops after four retry budgets, one that trickles fails its attempts;
+// close() cancels what is in flight.
 // Faults start on observed progress (bytes through the proxy), never on a guessed delay.
 import { createHash, randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -136,6 +137,22 @@ t.test('a body that breaks after every few KiB resumes, but fails after four ret
   t.equal(res.timing.attempts, 12, '4 x 3 attempts, not one per 64 KiB of the 8 MiB')
   t.ok(res.written > 0 && res.written < body.length, `some bytes arrived (${res.written})`)
   t.ok(r.image.subarray(0, res.written).equals(body.subarray(0, res.written)), 'and they are the right ones')
+})
+
+t.test('a body that trickles too slowly to finish fails its attempts, and the fetch ends', async (t) => {
+  const p = await proxy(t)
+  // 300 B/s in slices every 50 ms: never silent for the 1 s request timeout, never done either.
+  p.setBandwidth(300)
+  const started = Date.now()
+  const r = await fetch(p, { ranges: [[0, 64 * 1024]], requestTimeoutMs: 1000, baseDelayMs: 10, attempts: 2 })
+  p.clear()
+  t.equal(r.code, 0, r.stderr)
+  t.same(r.violations, [])
+  const res = r.results[0]!
+  t.equal(res.status, 'Stream', res.message)
+  t.match(res.message, /too slow.*after 8 attempts/i)
+  t.ok(res.written < 64 * 1024, `not finished (${res.written} bytes)`)
+  t.ok(Date.now() - started < 60_000, 'within a minute, where the whole range would take 218 s')
 })
 
 t.test('close() fails what is in flight and queued with Cancelled, at once', async (t) => {

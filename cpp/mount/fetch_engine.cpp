@@ -45,6 +45,10 @@ constexpr double kAverageWeight = 0.1;
 // Attempts of one fetch in all, however many of them moved it forward: a body that breaks after
 // every few bytes (a failing link, a hostile server) must not hold a connection for ever.
 constexpr int kAttemptsPerRetryBudget = 4;
+// Slower than this over twice the request timeout, an attempt fails: a body that trickles often
+// enough to pass the silence check would otherwise hold its connection for ever. Far below any
+// real link's rate per connection (10 Mbit/s over 32 connections is 39 KB/s each).
+constexpr long kMinBytesPerSecond = 1024;
 
 uint64_t micros(Clock::duration d) {
   return static_cast<uint64_t>(std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::microseconds>(d).count()));
@@ -366,7 +370,9 @@ class CurlFetchEngine final : public FetchEngine {
     // The request timeout is silence on the connection, waiting for the response included: checked
     // in the progress callback (libcurl calls it at least once a second), since libcurl's own
     // LOW_SPEED_* judge a speed averaged over several seconds, which a burst before the silence
-    // keeps up.
+    // keeps up. They serve for the trickle instead, over a longer span.
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, kMinBytesPerSecond);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, std::max(1L, 2L * config_.requestTimeoutMs / 1000));
     curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &CurlFetchEngine::onProgress);
     curl_easy_setopt(e, CURLOPT_XFERINFODATA, t.get());
