@@ -75,19 +75,25 @@ export class ControlPlane {
     return (kind, a, b, c) => {
       switch (kind) {
         case 'lookup':
-          return void this.lookup(b as string).then(
+          return this.answer(
+            b as string,
+            this.lookup(b as string),
             ([err, entry]) => native().answerLookup(a as number, err, entry),
-            (err: unknown) => this.internal(err),
+            (err) => native().answerLookup(a as number, err, null),
           )
         case 'readdir':
-          return void this.readdir(b as string).then(
+          return this.answer(
+            b as string,
+            this.readdir(b as string),
             ([err, names, dirs]) => native().answerReaddir(a as number, err, names, dirs),
-            (err: unknown) => this.internal(err),
+            (err) => native().answerReaddir(a as number, err, [], []),
           )
         case 'open':
-          return void this.open(b as string).then(
+          return this.answer(
+            b as string,
+            this.open(b as string),
             ([err, info]) => native().answerOpen(a as number, err, info),
-            (err: unknown) => this.internal(err),
+            (err) => native().answerOpen(a as number, err, null),
           )
         case 'invalidate':
           return this.meta.invalidate(b as string)
@@ -101,9 +107,21 @@ export class ControlPlane {
     }
   }
 
-  /** An answer could not even be sent: a bug, logged; the native deadline answers the kernel. */
-  private internal(err: unknown): void {
-    this.log.error({ err: (err as Error).message }, 'control plane: cannot answer the byte path')
+  /**
+   * Sends an answer. One the native side refuses (a value it cannot represent, such as a time
+   * before 1970 from a server's listing) fails that request with EIO and a log line instead: it
+   * must neither end the mount nor leave the kernel waiting for the op timeout.
+   */
+  private answer<T>(path: string, answer: Promise<T>, send: (value: T) => unknown, fail: (err: NativeError) => unknown): void {
+    void answer.then(send).catch((err: unknown) => {
+      const message = `${path}: the byte path refused the answer: ${(err as Error).message ?? String(err)}`
+      this.log.error({ path, err: message }, 'control plane: an answer was refused')
+      try {
+        fail({ kind: 'Stream', message })
+      } catch (again) {
+        this.log.error({ path, err: (again as Error).message }, 'control plane: cannot answer the byte path')
+      }
+    })
   }
 
   private errorOf(err: unknown, what: string, path: string): NativeError {

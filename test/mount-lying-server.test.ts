@@ -80,6 +80,25 @@ t.test('a server that always lies: EIO, the mount lives, and no lie was cached',
   t.match(m.log(), /block fetch failed/)
 })
 
+t.test('an object listed as older than 1970: its lookup fails with EIO, the mount lives and serves the rest', async (t) => {
+  const key = 'lies/old/before-1970.bin'
+  const honest = 'lies/old/honest.bin'
+  const body = randomBytes(MiB)
+  await put(key, randomBytes(4096))
+  await put(honest, body)
+  const lying = await lyingServer(t)
+  lying.lie('before-1970', { count: Infinity, path: /\/before-1970\.bin$/ })
+  const m = await mount(t, info, BUCKET, { env: { O3_ENDPOINT: lying.endpoint } })
+  // The native side takes no time before the epoch: the answer is refused there, which once
+  // ended the mount (an unhandled rejection) and now fails this one lookup.
+  await t.rejects(stat(path.join(m.mountpoint, key)), { code: 'EIO' })
+  t.ok(lying.told >= 1, `the server lied (${lying.told})`)
+  t.match(m.log(), /an answer was refused/)
+  t.match(m.log(), /before-1970\.bin: the byte path refused the answer: mtimeMs must not be negative/, 'the log names the file and why')
+  await alive(t, m)
+  t.equal(sha256(await readFile(path.join(m.mountpoint, honest))), sha256(body), 'the other file reads')
+})
+
 /** CPU seconds (user + system) and peak RSS of a process, from /proc. */
 function usage(pid: number): { cpuSeconds: number; peakRssKiB: number } {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')

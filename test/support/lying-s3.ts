@@ -16,6 +16,11 @@ export type Lie =
   | 'long-length'
   /** 500 with a chunked XML error body of `errorBodyBytes`. */
   | 'error-500-chunked'
+  /**
+   * Metadata, not bytes: a HEAD of a matching path, and a matching key's entry in a ListObjectsV2
+   * answer, name a LastModified of 1969-12-31T23:59:59Z (before the epoch: no real object has one).
+   */
+  | 'before-1970'
 
 export interface LyingS3Options {
   /** The real server, `http://127.0.0.1:port`. */
@@ -49,6 +54,7 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
 
   const server = http.createServer((req, res) => {
     const path = decodeURIComponent((req.url ?? '/').split('?')[0]!)
+    if (pending?.lie === 'before-1970') return void forwardBefore1970(req, res, path)
     const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '')
     const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (upRes) => {
       const bytes = o.objectBytes(path)
@@ -98,6 +104,49 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
     up.on('error', () => res.destroy())
     req.pipe(up)
   })
+  /** The 'before-1970' lie: HEADs and listings rewritten (each counts as one lie), anything else forwarded as is. */
+  function forwardBefore1970(req: http.IncomingMessage, res: http.ServerResponse, path: string): void {
+    const p = pending!
+    const listing = req.method === 'GET' && new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('list-type') === '2'
+    const head = req.method === 'HEAD' && (!p.path || p.path.test(path))
+    const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (upRes) => {
+      if (upRes.statusCode !== 200 || (!listing && !head)) {
+        res.writeHead(upRes.statusCode ?? 502, upRes.headers)
+        return void upRes.pipe(res)
+      }
+      const headers = { ...upRes.headers }
+      const lied = () => {
+        told++
+        if (--p.count <= 0 && pending === p) pending = undefined
+      }
+      if (head) {
+        lied()
+        res.writeHead(200, { ...headers, 'last-modified': 'Wed, 31 Dec 1969 23:59:59 GMT' })
+        return void upRes.pipe(res)
+      }
+      const chunks: Buffer[] = []
+      upRes.on('data', (c: Buffer) => chunks.push(c))
+      upRes.on('end', () => {
+        const bucket = path.split('/')[1]
+        let any = false
+        const xml = Buffer.concat(chunks)
+          .toString('utf8')
+          .replace(/<Contents>.*?<\/Contents>/gs, (entry) => {
+            const key = /<Key>(.*?)<\/Key>/s.exec(entry)?.[1] ?? ''
+            if (p.path && !p.path.test(`/${bucket}/${key}`)) return entry
+            any = true
+            return entry.replace(/<LastModified>.*?<\/LastModified>/s, '<LastModified>1969-12-31T23:59:59.000Z</LastModified>')
+          })
+        if (any) lied()
+        delete headers['transfer-encoding']
+        res.writeHead(200, { ...headers, 'content-length': Buffer.byteLength(xml) })
+        res.end(xml)
+      })
+    })
+    up.on('error', () => res.destroy())
+    req.pipe(up)
+  }
+
   server.on('connection', (s) => {
     sockets.add(s)
     s.on('close', () => sockets.delete(s))
