@@ -201,13 +201,11 @@ class CurlFetchEngine final : public FetchEngine {
       o3::nameThisThread("o3-fetch");
       loop();
     });
+    engineThread_ = thread_.get_id();
   }
 
   // Not from a sink's callback: the engine thread cannot join itself (std::terminate says so).
-  ~CurlFetchEngine() override {
-    close();
-    if (thread_.joinable()) thread_.join();
-  }
+  ~CurlFetchEngine() override { close(); }
 
   void fetch(const ObjectPin& pin, uint64_t offset, uint64_t length, std::shared_ptr<RangeSink> sink) override {
     auto job = std::make_unique<Job>();
@@ -245,11 +243,16 @@ class CurlFetchEngine final : public FetchEngine {
   void close() override {
     {
       std::lock_guard lock(mutex_);
-      if (closing_) return;
-      closing_ = true;
-      curl_multi_wakeup(multi_);
+      if (!closing_) {
+        closing_ = true;
+        curl_multi_wakeup(multi_);
+      }
     }
-    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+    // From a sink's callback: the thread ends once the callback returns.
+    if (std::this_thread::get_id() == engineThread_) return;
+    // Every caller returns once the thread has ended, however many close at once.
+    std::lock_guard join(joinMutex_);
+    if (thread_.joinable()) thread_.join();
   }
 
  private:
@@ -649,6 +652,8 @@ class CurlFetchEngine final : public FetchEngine {
   std::unique_ptr<PeerVerifier> verifier_;  // over HTTPS, unless its trust list could not be loaded
   std::string trustError_;                  // why it could not
   std::thread thread_;
+  std::thread::id engineThread_;  // set once, before any other thread can see the engine
+  std::mutex joinMutex_;          // one closer joins; the others wait for it
 
   std::mutex mutex_;  // guards incoming_, closing_, and multi_ against its clean-up
   std::vector<std::unique_ptr<Job>> incoming_;

@@ -113,10 +113,11 @@ class FetchEngine {
   // trips to a distant server): makes sure about `n` (at most maxConnections) are open, with cheap
   // signed HEADs of the bucket. Returns at once; failures only show in the stats.
   virtual void warm(int n) { (void)n; }
-  // Fails every queued and running fetch with Cancelled and joins the thread; idempotent. From a
-  // sink's callback it only starts that (the engine thread cannot join itself). After it, fetch()
-  // finishes its sink with Cancelled at once, on the caller's thread. The engine must not be
-  // destroyed from a sink's callback.
+  // Fails every queued and running fetch with Cancelled and joins the thread; idempotent, and every
+  // caller (several at once too) returns once the thread has ended. From a sink's callback it only
+  // starts that (the engine thread cannot join itself). After it, fetch() finishes its sink with
+  // Cancelled at once, on the caller's thread. The engine must not be destroyed from a sink's
+  // callback.
   virtual void close() = 0;
 };
 

@@ -99,6 +99,7 @@ bool ResponseHead::once(std::optional<std::string>& slot, std::string_view name,
 bool ResponseHead::addLine(std::string_view line) {
   if (!error_.empty()) return false;
   if (line.substr(0, 5) == "HTTP/") {
+    if (status_ != 0 && !(complete_ && status_ < 200)) return fail("a status line inside a head");
     // A new head: an interim 1xx before it is forgotten, its size still counts.
     const size_t counted = bytes_ + line.size();
     *this = ResponseHead();

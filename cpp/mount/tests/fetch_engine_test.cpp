@@ -80,6 +80,29 @@ void manyThreadsRaceClose() {
   engine->close();  // idempotent
 }
 
+// Two threads close at once: each returns only once every sink has been finished and the thread
+// has ended (the second used to return at once, while the first was still joining).
+void concurrentCloses() {
+  Counts counts;
+  auto engine = FetchEngine::create(refusedConfig());
+  constexpr int kFetches = 3000;
+  for (int i = 0; i < kFetches; i++) engine->fetch(kPin, 0, 100, std::make_shared<CountingSink>(counts));
+  std::atomic<bool> go{false};
+  std::atomic<int> seen[2] = {-1, -1};
+  std::vector<std::thread> closers;
+  for (int t = 0; t < 2; t++) {
+    closers.emplace_back([&, t] {
+      while (!go.load()) std::this_thread::yield();
+      engine->close();
+      seen[t] = counts.finished.load();
+    });
+  }
+  go = true;
+  for (auto& t : closers) t.join();
+  O3_CHECK_EQ(seen[0].load(), kFetches);
+  O3_CHECK_EQ(seen[1].load(), kFetches);
+}
+
 // Each finished() queues the next fetch, until `left` runs out; the last one closes the engine.
 class ChainSink : public CountingSink {
  public:
@@ -138,6 +161,7 @@ void badEndpoints() {
 
 int main() {
   manyThreadsRaceClose();
+  concurrentCloses();
   fetchAndCloseFromCallbacks();
   statsAfterRetries();
   badEndpoints();

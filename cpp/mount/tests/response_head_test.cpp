@@ -82,6 +82,23 @@ void interimHeadForgotten() {
   O3_CHECK(acceptRange(h, 0, 0, p, plan));
 }
 
+// A status line starts a head only first or after an interim (1xx) head has ended: anywhere else
+// it would make the parser forget headers libcurl (which takes it for a header line) has seen.
+void statusLineOnlyBetweenHeads() {
+  bool ok = true;
+  auto inside = parse({"HTTP/1.1 206 x\r\n", "ETag: abd\r\n", "HTTP/1.1 206 x\r\n", "Content-Length: 1\r\n",
+                       "Content-Range: bytes 0-0/5\r\n", "ETag: abc\r\n", "\r\n"},
+                      &ok);
+  O3_CHECK(!ok);
+  O3_CHECK_EQ(inside.error(), std::string("a status line inside a head"));
+  auto afterFinal = parse({"HTTP/1.1 206 x\r\n", "Content-Length: 1\r\n", "Content-Range: bytes 0-0/5\r\n", "ETag: abc\r\n",
+                           "\r\n", "HTTP/1.1 206 x\r\n"},
+                          &ok);
+  O3_CHECK(!ok);
+  auto insideInterim = parse({"HTTP/1.1 100 Continue\r\n", "HTTP/1.1 206 x\r\n"}, &ok);
+  O3_CHECK(!ok);
+}
+
 void lying206() {
   ObjectPin p = pin(100);
   BodyPlan plan;
@@ -235,6 +252,7 @@ int main() {
   etags();
   honest206();
   interimHeadForgotten();
+  statusLineOnlyBetweenHeads();
   lying206();
   whole200();
   pinChecked();
