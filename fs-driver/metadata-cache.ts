@@ -145,7 +145,8 @@ export class MetadataCache {
       .map((e) => (e.type === 'prefix' ? e.prefix : e.key).slice(prefix.length))
       .sort(byteOrder)
       .at(-1)
-    const page: Page = { after, last: next === undefined ? undefined : tail, entries, expires: this.expiry(this.ttlMs) }
+    // A page may come back empty and still say more follows: then it settles nothing past `after`.
+    const page: Page = { after, last: next === undefined ? undefined : (tail ?? after), entries, expires: this.expiry(this.ttlMs) }
     const now = Date.now()
     this.pages.set(parent, [...(this.pages.get(parent) ?? []).filter((p) => p.expires > now).slice(1 - MAX_PAGES_PER_DIR), page])
     if (covers(page, name)) return entries.get(name) ?? null

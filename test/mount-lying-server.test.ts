@@ -99,6 +99,19 @@ t.test('an object listed as older than 1970: its lookup fails with EIO, the moun
   t.equal(sha256(await readFile(path.join(m.mountpoint, honest))), sha256(body), 'the other file reads')
 })
 
+t.test('a listing page that comes back empty but truncated settles no name: the file is found', async (t) => {
+  const key = 'lies/empty/found.bin'
+  const body = randomBytes(64 << 10)
+  await put(key, body)
+  const lying = await lyingServer(t)
+  lying.lie('empty-page', { count: Infinity, path: new RegExp(`^/${BUCKET}/lies/empty/$`) })
+  const m = await mount(t, info, BUCKET, { env: { O3_ENDPOINT: lying.endpoint } })
+  // Taken as the directory's last page, the empty page made every name in it ENOENT for the TTL.
+  t.equal((await stat(path.join(m.mountpoint, key))).size, body.length)
+  t.ok(lying.told >= 1, `the server answered an empty page (${lying.told})`)
+  t.equal(sha256(await readFile(path.join(m.mountpoint, key))), sha256(body))
+})
+
 /** CPU seconds (user + system) and peak RSS of a process, from /proc. */
 function usage(pid: number): { cpuSeconds: number; peakRssKiB: number } {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')

@@ -21,6 +21,12 @@ export type Lie =
    * answer, name a LastModified of 1969-12-31T23:59:59Z (before the epoch: no real object has one).
    */
   | 'before-1970'
+  /**
+   * A ListObjectsV2 page that starts after a name (`start-after`), of a prefix whose
+   * `/bucket/prefix` matches: no entries, but truncated with a continuation token, as S3 may
+   * answer where a page's keys were all skipped.
+   */
+  | 'empty-page'
 
 export interface LyingS3Options {
   /** The real server, `http://127.0.0.1:port`. */
@@ -54,7 +60,7 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
 
   const server = http.createServer((req, res) => {
     const path = decodeURIComponent((req.url ?? '/').split('?')[0]!)
-    if (pending?.lie === 'before-1970') return void forwardBefore1970(req, res, path)
+    if (pending?.lie === 'before-1970' || pending?.lie === 'empty-page') return void forwardMetadataLie(req, res, path)
     const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '')
     const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (upRes) => {
       const bytes = o.objectBytes(path)
@@ -104,13 +110,17 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
     up.on('error', () => res.destroy())
     req.pipe(up)
   })
-  /** The 'before-1970' lie: HEADs and listings rewritten (each counts as one lie), anything else forwarded as is. */
-  function forwardBefore1970(req: http.IncomingMessage, res: http.ServerResponse, path: string): void {
+  /** The metadata lies: HEADs and listings rewritten (each counts as one lie), anything else forwarded as is. */
+  function forwardMetadataLie(req: http.IncomingMessage, res: http.ServerResponse, path: string): void {
     const p = pending!
-    const listing = req.method === 'GET' && new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('list-type') === '2'
-    const head = req.method === 'HEAD' && (!p.path || p.path.test(path))
+    const query = new URLSearchParams((req.url ?? '').split('?')[1] ?? '')
+    const listing = req.method === 'GET' && query.get('list-type') === '2'
+    const bucket = path.split('/')[1]
+    const emptyPage = p.lie === 'empty-page' && listing && query.has('start-after') && (!p.path || p.path.test(`/${bucket}/${query.get('prefix') ?? ''}`))
+    const head = p.lie === 'before-1970' && req.method === 'HEAD' && (!p.path || p.path.test(path))
+    const dates = p.lie === 'before-1970' && listing
     const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (upRes) => {
-      if (upRes.statusCode !== 200 || (!listing && !head)) {
+      if (upRes.statusCode !== 200 || !(head || dates || emptyPage)) {
         res.writeHead(upRes.statusCode ?? 502, upRes.headers)
         return void upRes.pipe(res)
       }
@@ -127,17 +137,23 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
       const chunks: Buffer[] = []
       upRes.on('data', (c: Buffer) => chunks.push(c))
       upRes.on('end', () => {
-        const bucket = path.split('/')[1]
-        let any = false
-        const xml = Buffer.concat(chunks)
-          .toString('utf8')
-          .replace(/<Contents>.*?<\/Contents>/gs, (entry) => {
+        let xml = Buffer.concat(chunks).toString('utf8')
+        if (emptyPage) {
+          lied()
+          xml = xml
+            .replace(/<Contents>.*?<\/Contents>|<CommonPrefixes>.*?<\/CommonPrefixes>|<NextContinuationToken>.*?<\/NextContinuationToken>/gs, '')
+            .replace(/<KeyCount>\d+<\/KeyCount>/, '<KeyCount>0</KeyCount>')
+            .replace(/<IsTruncated>\w+<\/IsTruncated>/, '<IsTruncated>true</IsTruncated><NextContinuationToken>lied</NextContinuationToken>')
+        } else {
+          let any = false
+          xml = xml.replace(/<Contents>.*?<\/Contents>/gs, (entry) => {
             const key = /<Key>(.*?)<\/Key>/s.exec(entry)?.[1] ?? ''
             if (p.path && !p.path.test(`/${bucket}/${key}`)) return entry
             any = true
             return entry.replace(/<LastModified>.*?<\/LastModified>/s, '<LastModified>1969-12-31T23:59:59.000Z</LastModified>')
           })
-        if (any) lied()
+          if (any) lied()
+        }
         delete headers['transfer-encoding']
         res.writeHead(200, { ...headers, 'content-length': Buffer.byteLength(xml) })
         res.end(xml)
