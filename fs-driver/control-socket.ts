@@ -232,7 +232,10 @@ export class ControlSocket<F> {
   private accept(s: net.Socket): void {
     if (this.connections.size >= MAX_CONNECTIONS) {
       s.on('error', () => {})
-      s.end(`${JSON.stringify({ ok: false, error: `already serving ${MAX_CONNECTIONS} connections; close one first` })}\n`)
+      // Its requests are read and dropped, and once the answer is out the socket is closed whole:
+      // only ended on our side, a client that never closes would hold it, and close() with it.
+      s.resume()
+      s.end(`${JSON.stringify({ ok: false, error: `already serving ${MAX_CONNECTIONS} connections; close one first` })}\n`, () => s.destroy())
       return
     }
     const stream = this.nextStream++

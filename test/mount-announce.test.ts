@@ -166,6 +166,28 @@ t.test('the control socket: mode 0600, requests checked whole, answered in order
   t.notOk(existsSync(sock), 'the socket is removed when the mount stops')
 })
 
+t.test('past 64 connections a client is refused with a line, and one that never closes holds the mount nothing', async (t) => {
+  const sock = path.join(socketDir(t), 'control.sock')
+  const m = await mount(t, info, BUCKET, { args: ['--control-socket', sock] })
+  const clients = await Promise.all(Array.from({ length: 64 }, () => connect(sock)))
+  t.teardown(() => clients.forEach((c) => c.close()))
+  // One more writes a request and keeps its side open after the mount's answer and end (a client
+  // that never closes): the mount must not wait on it to stop.
+  const extra = net.connect({ path: sock, allowHalfOpen: true })
+  t.teardown(() => extra.destroy())
+  extra.on('error', () => {})
+  extra.write(request(['small/a/000.bin']))
+  let answer = ''
+  extra.on('data', (d: Buffer) => (answer += d.toString()))
+  await new Promise((resolve) => extra.once('end', resolve))
+  t.same(JSON.parse(answer), { ok: false, error: 'already serving 64 connections; close one first' })
+  clients[0]!.write(request(['small/a/000.bin']))
+  t.same(await clients[0]!.answers(1), [{ ok: true, queued: 1 }], 'the others are served')
+  await m.stop()
+  t.equal(m.child.signalCode, null, `the mount stopped by itself, not killed after 5 s (${String(m.child.signalCode)})`)
+  t.notOk(existsSync(sock), 'and removed its socket')
+})
+
 t.test("the socket's path: nothing is replaced that should not be", async (t) => {
   const dir = socketDir(t)
   const start = (sock: string) => runCli(info, [tempMountpoint(t), BUCKET, '--control-socket', sock])
