@@ -259,6 +259,11 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   // Only now: a SIGTERM just after `fusermount -u` (a supervisor's stop) would otherwise end the
   // process before its last stats were written.
   shutdown.dispose()
+  // A status other than 0 is the FUSE loop failing (an unmount, from here or outside, ends it with 0).
+  if (status !== 0) {
+    log.error({ mountpoint: o.mountpoint, status, ...stats.snapshot().reads }, 'the FUSE session failed; unmounted')
+    return ExitCode.mountFailed
+  }
   log.info({ mountpoint: o.mountpoint, why, status, ...stats.snapshot().reads }, 'unmounted')
   return ExitCode.ok
 }
