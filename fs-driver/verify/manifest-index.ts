@@ -1,5 +1,5 @@
 import type { O3Client } from '../../lib/o3/client.js'
-import { O3IntegrityError } from '../../lib/o3/errors.js'
+import { O3IntegrityError, O3StreamError } from '../../lib/o3/errors.js'
 import type { Logger } from '../../lib/log.js'
 import { DATASET_MANIFEST_NAME, MAX_DATASET_MANIFEST_BYTES, parseDatasetManifest, type ManifestFile } from '../../lib/content/dataset-manifest.js'
 import type { Entry, MetadataCache } from '../metadata-cache.js'
@@ -9,6 +9,9 @@ export type VerifyMode = (typeof VERIFY_MODES)[number]
 
 /** An open refused by `--verify required`: no manifest covers the file. */
 export class NotCoveredError extends Error {}
+
+/** The manifest listed is not the one on the server any more: loaded again, not refused. */
+class ManifestReplaced extends O3StreamError {}
 
 interface Loaded {
   etag: string
@@ -51,7 +54,7 @@ export class ManifestIndex {
     if (!e || e.kind !== 'file') return undefined
     let cached = this.byDir.get(dir)
     if (!cached || cached.etag !== e.etag) {
-      const entry = { etag: e.etag, loaded: this.load(e.key, e.etag, e.size) }
+      const entry = { etag: e.etag, loaded: this.load(path, e.key, e.etag, e.size) }
       this.byDir.set(dir, entry)
       // A manifest that is bad stays refused until its ETag changes; one that could not be fetched
       // (a timeout, the server away) is tried again by the next open.
@@ -76,7 +79,11 @@ export class ManifestIndex {
   /** manifestIn for an open: a bad manifest is logged once (at mount time it stops the mount instead). */
   private async manifestForOpen(dir: string): Promise<Loaded | undefined> {
     try {
-      return await this.manifestIn(dir)
+      // Once more for a manifest replaced since its listing: its listing has been dropped by then.
+      return await this.manifestIn(dir).catch((err: unknown) => {
+        if (err instanceof ManifestReplaced) return this.manifestIn(dir)
+        throw err
+      })
     } catch (err) {
       const msg = (err as Error).message
       if (!this.failedLogged.has(msg)) {
@@ -87,25 +94,37 @@ export class ManifestIndex {
     }
   }
 
-  private async load(key: string, etag: string, size: number): Promise<Loaded> {
+  private async load(path: string, key: string, etag: string, size: number): Promise<Loaded> {
     if (size > MAX_DATASET_MANIFEST_BYTES)
       throw new O3IntegrityError(`${key}: ${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
-    const bytes = size === 0 ? Buffer.alloc(0) : await this.client.getBytes(key, 0, size - 1, { pin: { etag } })
+    let bytes: Buffer
+    try {
+      bytes = size === 0 ? Buffer.alloc(0) : await this.client.getBytes(key, 0, size - 1, { pin: { etag } })
+    } catch (err) {
+      // Not the listed object any more (replaced since the listing): not a bad manifest, so not
+      // refused until its ETag changes; the listing is dropped and the next open loads the new one.
+      if (!(err instanceof O3IntegrityError)) throw err
+      this.meta.invalidate(path)
+      throw new ManifestReplaced(`${key} was replaced while it was being loaded; the next open loads it again`, { cause: err })
+    }
     const m = await parseDatasetManifest(bytes, key, this.trustedSigners)
     return { etag, files: m.files }
   }
 
   /**
    * The size a file shows: the size of the version its manifest records where there is one (what
-   * an open will read), else the object's now. Never fails: an open reports what is wrong.
+   * an open will read), else the object's now. A manifest that refuses the file leaves that to
+   * the open to report; one that could not be loaded fails the lookup, because the listed size may
+   * not be what an open reads and the kernel would keep it.
    */
   async shownSize(path: string, listed: Extract<Entry, { kind: 'file' }>): Promise<number> {
     if (this.mode === 'off') return listed.size
     try {
       const f = await this.coverage(path, listed.key, listed.size)
       return f?.versionId !== undefined ? f.size : listed.size
-    } catch {
-      return listed.size
+    } catch (err) {
+      if (err instanceof NotCoveredError || err instanceof O3IntegrityError) return listed.size
+      throw err
     }
   }
 
