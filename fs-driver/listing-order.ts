@@ -30,6 +30,12 @@ const CONFIRM = 3
 const MIN_ENTRIES = 2 * SPREAD
 /** Directories followed at once; the one opened least recently is forgotten first. */
 const MAX_DIRS = 256
+/**
+ * A directory of more entries than this is not followed: an open must never make the mount list
+ * a directory of millions (and hold it) for a hint. Found out after reading this many entries, and
+ * remembered while the directory is among the MAX_DIRS followed.
+ */
+const MAX_ENTRIES = 100_000
 
 interface Followed {
   /** The directory's entries in listing order: each file's path and size (a subdirectory's slot is undefined). */
@@ -77,7 +83,11 @@ export class ListingOrder {
 
   private async load(dir: string): Promise<Followed | undefined> {
     try {
-      const entries = await this.meta.readdir(dir)
+      const entries = await this.meta.readdirUpTo(dir, MAX_ENTRIES)
+      if (!entries) {
+        this.log.debug({ dir, over: MAX_ENTRIES }, 'listing order: a directory too large to follow')
+        return undefined
+      }
       const files: Followed['files'] = []
       const index = new Map<string, number>()
       for (const [name, e] of entries) {

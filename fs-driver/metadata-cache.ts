@@ -197,7 +197,26 @@ export class MetadataCache {
     return joinFlight(this.listingFlights, path, () => this.list(path))
   }
 
+  /**
+   * The children of `path` as readdir() gives them, unless it has more than `max`: then undefined,
+   * once the pages read hold more than `max` entries. For hints, which must never list a directory
+   * of millions whole.
+   */
+  async readdirUpTo(path: string, max: number): Promise<Map<string, Entry> | undefined> {
+    const cached = this.listings.get(path)
+    if (cached && cached.expires > Date.now()) {
+      this.counters.metaHits++
+      return cached.entries
+    }
+    this.counters.metaMisses++
+    return this.listingFlights.get(path) ?? this.listUpTo(path, max)
+  }
+
   private async list(path: string): Promise<Map<string, Entry>> {
+    return (await this.listUpTo(path, Infinity))!
+  }
+
+  private async listUpTo(path: string, max: number): Promise<Map<string, Entry> | undefined> {
     const prefix = path === '/' ? '' : `${keyOf(path)}/`
     const listed: ListEntry[] = []
     let token: string | undefined
@@ -205,6 +224,7 @@ export class MetadataCache {
       this.counters.listRequests++
       const page = await this.client.listPage(prefix, { delimiter: '/', token })
       listed.push(...page.entries)
+      if (listed.length > max) return undefined
       token = page.next
     } while (token)
     const entries = this.collect(prefix, listed)

@@ -8,6 +8,9 @@ import path from 'node:path'
 import { mapLimit } from '../scripts/bench/util.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { freshStats, mount } from './support/o3mount.js'
+import { MetadataCache } from '../fs-driver/metadata-cache.js'
+import { MountCounters } from '../fs-driver/stats.js'
+import { silentLogger } from '../lib/log.js'
 
 const N = 10_000
 const BUCKET = `mount-listing-${process.pid}`
@@ -65,4 +68,16 @@ t.test('lookups in a large directory never list it whole', async (t) => {
   const inOrder = (await freshStats(m)).metadata
   t.ok(inOrder.listRequests - scattered.listRequests <= 4, `${inOrder.listRequests - scattered.listRequests} pages for 2,000 lookups in order`)
   t.equal(inOrder.headRequests, 0, 'still no HEAD')
+})
+
+t.test('a listing for a hint stops once the directory proves larger than it may follow', async (t) => {
+  const counters = new MountCounters()
+  const meta = new MetadataCache(client, 60_000, counters, silentLogger)
+  t.equal(await meta.readdirUpTo('/flat', 1_500), undefined, 'more than 1,500 entries: none')
+  t.equal(counters.listRequests, 2, 'after two pages of 1,000, not all ten')
+  const all = await meta.readdirUpTo('/flat', N)
+  t.equal(all?.size, N, 'up to its size: the whole listing')
+  t.equal(counters.listRequests, 12)
+  t.equal((await meta.readdir('/flat')).size, N, 'kept for readdir')
+  t.equal(counters.listRequests, 12, 'which lists nothing again')
 })
