@@ -9,6 +9,7 @@ import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { InvalidArgumentError } from 'commander'
+import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { addO3Flags } from '../lib/cli/o3-flags.js'
 import { newCommand, runCli } from '../lib/cli/run-cli.js'
 import { loadSigner } from '../lib/content/signer.js'
@@ -157,26 +158,47 @@ async function verify(store: CheckpointStore, ref: string | undefined, opts: Tru
   if (failure) throw failure
 }
 
+/** Set by a second SIGINT/SIGTERM: the forced shutdown then owns the exit (130). */
+const kill = new AbortController()
+
+/**
+ * `o3ckpt get`: a SIGINT/SIGTERM stops the download at once, removes what it wrote and exits 130;
+ * a second one exits as soon as that removal is done (or after 10 s).
+ */
 async function get(store: CheckpointStore, ref: string, opts: TrustFlags & { output?: string }): Promise<void> {
-  const trust = TrustPolicy.fromFlags(opts.trustSigner)
-  const entry = await store.resolve(ref)
-  const record = await store.readRecord(entry, { trust })
-  const out = path.resolve(opts.output ?? entry.path ?? `${entry.name}.safetensors`)
-  if (entry.kind === 'directory') await getDirectory(store, entry, record, out)
-  else await getFile(store, entry, out)
-  print(`${out}${entry.kind === 'directory' ? '/' : ''}  ${entry.cid}  ${mib(entry.size)}  verified`)
+  let inFlight: Promise<unknown> | undefined
+  const shutdown = installShutdown({
+    onForce: async (sig) => {
+      kill.abort(new Error(`aborted by a second ${sig}`))
+      await Promise.race([inFlight?.catch(() => undefined), delay(10_000, undefined, { ref: false })])
+    },
+  })
+  const { signal } = shutdown
+  try {
+    const trust = TrustPolicy.fromFlags(opts.trustSigner)
+    const entry = await store.resolve(ref, signal)
+    const record = await store.readRecord(entry, { trust, signal })
+    const out = path.resolve(opts.output ?? entry.path ?? `${entry.name}.safetensors`)
+    inFlight = entry.kind === 'directory' ? getDirectory(store, entry, record, out, signal) : getFile(store, entry, out, signal)
+    await inFlight
+    print(`${out}${entry.kind === 'directory' ? '/' : ''}  ${entry.cid}  ${mib(entry.size)}  verified`)
+  } catch (err) {
+    // The abort surfaces as whatever the request in flight made of it; the signal is the cause.
+    if (signal.aborted) throw new CliError(`${(signal.reason as Error).message}: nothing was written`, ExitCode.interrupted)
+    throw err
+  } finally {
+    shutdown.dispose()
+  }
 }
 
-async function getFile(store: CheckpointStore, entry: ManifestEntry, out: string): Promise<void> {
+async function getFile(store: CheckpointStore, entry: ManifestEntry, out: string, signal: AbortSignal): Promise<void> {
   // Written beside the target and renamed only once verified, so `out` is never half or wrong.
   const tmp = `${out}.${process.pid}.partial`
   // Opened before the download so that a failure to create it (a leftover .partial, no
   // permission) is an ordinary rejection with a one-line message.
   const file = await open(tmp, 'wx')
   try {
-    await store.download(entry, async (chunk) => {
-      await file.write(chunk)
-    })
+    await store.download(entry, async (chunk) => void (await file.write(chunk)), signal)
     await file.close()
     await rename(tmp, out)
   } catch (err) {
@@ -190,17 +212,22 @@ async function getFile(store: CheckpointStore, entry: ManifestEntry, out: string
  * Every file of a directory checkpoint, each verified (sidecar, signer, bytes, CID) and the
  * directory's CID rebuilt, into a directory beside `out` that is renamed to it only then.
  */
-async function getDirectory(store: CheckpointStore, entry: ManifestEntry, record: CheckpointRecord, out: string): Promise<void> {
+async function getDirectory(store: CheckpointStore, entry: ManifestEntry, record: CheckpointRecord, out: string, signal: AbortSignal): Promise<void> {
   if (existsSync(out)) throw new O3UsageError(`${out} exists; remove it or name another directory with -o`)
   const tmp = `${out}.${process.pid}.partial`
   await mkdir(tmp)
   try {
-    await store.downloadDirectory(entry, record, async (f) => {
-      const target = path.join(tmp, ...f.path.split('/'))
-      await mkdir(path.dirname(target), { recursive: true })
-      const file: FileHandle = await open(target, 'wx')
-      return { write: async (chunk) => void (await file.write(chunk)), close: () => file.close() }
-    })
+    await store.downloadDirectory(
+      entry,
+      record,
+      async (f) => {
+        const target = path.join(tmp, ...f.path.split('/'))
+        await mkdir(path.dirname(target), { recursive: true })
+        const file: FileHandle = await open(target, 'wx')
+        return { write: async (chunk) => void (await file.write(chunk)), close: () => file.close() }
+      },
+      signal,
+    )
     await rename(tmp, out)
   } catch (err) {
     await rm(tmp, { recursive: true, force: true })
@@ -298,9 +325,6 @@ async function* counted(chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>
     yield c
   }
 }
-
-/** Set by a second SIGINT/SIGTERM: the forced shutdown then owns the exit (130). */
-const kill = new AbortController()
 
 /** Longest key S3 takes, in bytes. */
 const MAX_KEY_BYTES = 1024

@@ -2,14 +2,15 @@ import { constants } from 'node:fs'
 import { open, realpath, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
 import { digestContent, normalizeCid, type ContentDigest } from '../lib/content/cid.js'
-import { parseDatasetManifest } from '../lib/content/dataset-manifest.js'
+import { MAX_DATASET_MANIFEST_BYTES, parseDatasetManifest } from '../lib/content/dataset-manifest.js'
 import type { DataLineage } from '../lib/content/lineage.js'
 import { O3Client, type O3Flags } from '../lib/o3/index.js'
 
 /** Files of the data at a location (a local directory or `o3://bucket/prefix`) by path below it. */
 interface DataSource {
   digest(relPath: string): Promise<ContentDigest>
-  bytes(relPath: string): Promise<Buffer>
+  /** The dataset manifest there, refused unread when it is larger than one may be. */
+  manifest(relPath: string): Promise<Buffer>
   close(): void
 }
 
@@ -28,14 +29,34 @@ async function openInside(root: string, rel: string): Promise<FileHandle> {
   throw new Error('not a regular file')
 }
 
+/**
+ * A dataset manifest of `size` bytes, or the refusal of a larger one: what sits at the location is
+ * not trusted, and reading one of any size whole would run out of memory.
+ */
+function checkManifestSize(size: number): void {
+  if (size > MAX_DATASET_MANIFEST_BYTES) throw new Error(`${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
+}
+
+/** All of `chunks`, refused as soon as they pass the manifest cap: a local file may grow after it was sized. */
+async function readCapped(chunks: AsyncIterable<Buffer>): Promise<Buffer> {
+  const out: Buffer[] = []
+  let size = 0
+  for await (const c of chunks) {
+    checkManifestSize((size += c.length))
+    out.push(c)
+  }
+  return Buffer.concat(out)
+}
+
 function sourceFor(location: string, flags: O3Flags): DataSource {
   if (!/^(o3|s3):\/\//.test(location)) {
     return {
       digest: async (p) => digestContent((await openInside(location, p)).createReadStream() as AsyncIterable<Buffer>),
-      bytes: async (p) => {
+      manifest: async (p) => {
         const fh = await openInside(location, p)
         try {
-          return await fh.readFile()
+          checkManifestSize((await fh.stat()).size)
+          return await readCapped(fh.createReadStream({ autoClose: false }))
         } finally {
           await fh.close()
         }
@@ -48,10 +69,11 @@ function sourceFor(location: string, flags: O3Flags): DataSource {
   const empty = async (p: string) => (await client.head(p)).size === 0
   return {
     digest: async (p) => digestContent((await empty(p)) ? new Uint8Array(0) : client.iterateRange(p)),
-    bytes: async (p) => {
-      const chunks: Buffer[] = []
-      if (!(await empty(p))) for await (const c of client.iterateRange(p)) chunks.push(c)
-      return Buffer.concat(chunks)
+    manifest: async (p) => {
+      const { size, etag } = await client.head(p)
+      checkManifestSize(size)
+      // Pinned to the version HEAD sized: a larger one written since is refused, not read.
+      return size === 0 ? Buffer.alloc(0) : readCapped(client.iterateRange(p, { pin: { etag } }))
     },
     close: () => client.close(),
   }
@@ -78,7 +100,7 @@ export async function checkDataLineage(lineage: DataLineage, location: string, f
     if (lineage.manifest) {
       const { path: mp, cid } = lineage.manifest
       try {
-        const bytes = await src.bytes(mp)
+        const bytes = await src.manifest(mp)
         const got = (await digestContent(bytes)).cid
         if (got !== normalizeCid(cid)) problems.push(`${mp}: CID ${got}, the checkpoint recorded ${cid}`)
         else {

@@ -1,14 +1,12 @@
-import { createReadStream, type Stats } from 'node:fs'
+import type { Stats } from 'node:fs'
 import { lstat, readdir, realpath, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { CliError, ExitCode } from '../lib/cli/exit-codes.js'
 import { checkDirectoryLayout } from '../lib/content/unixfs-directory.js'
 import { O3UsageError } from '../lib/o3/errors.js'
+import { readExactly } from '../lib/read-exactly.js'
 import { nameProblem } from './records.js'
 import type { PutRequest } from './writer.js'
-
-/** Reads per chunk: the uploads copy them into their part buffers, so this bounds nothing else. */
-const READ_CHUNK = 1 << 20
 
 /** A local file or directory, checked and listed for `o3ckpt put`. */
 export interface PutSource {
@@ -27,20 +25,9 @@ function what(st: Stats): string {
 
 const usage = (message: string) => new O3UsageError(message)
 
-/**
- * Exactly `size` bytes of `file`, read in chunks: a file that grows or shrinks while it is read
- * fails the put (one line) instead of storing bytes that no listing or record describes.
- */
-async function* readExactly(file: string, size: number, shown: string): AsyncGenerator<Buffer> {
-  let read = 0
-  for await (const chunk of createReadStream(file, { highWaterMark: READ_CHUNK }) as AsyncIterable<Buffer>) {
-    read += chunk.length
-    if (read > size) break
-    yield chunk
-  }
-  if (read !== size)
-    throw usage(`${shown} changed while it was read (${read > size ? 'more' : read} bytes, ${size} when listed); put it again once it is written`)
-}
+/** `file`'s bytes for the put, which fails (one line) if it is no longer the size it was listed with. */
+const contentOf = (file: string, size: number, shown: string) => () =>
+  readExactly(file, size, (counts) => usage(`${shown} changed while it was read (${counts}); put it again once it is written`))
 
 /** `where` names the directory holding `name` (or PATH itself); the name is quoted, as it may hold anything. */
 function checkName(name: string, where: string): void {
@@ -63,7 +50,7 @@ export async function scanPutPath(input: string): Promise<PutSource> {
   })
   const name = path.basename(path.resolve(input))
   checkName(name, input)
-  if (top.isFile()) return { kind: 'file', name, files: [{ path: name, size: top.size, content: () => readExactly(input, top.size, input) }] }
+  if (top.isFile()) return { kind: 'file', name, files: [{ path: name, size: top.size, content: contentOf(input, top.size, input) }] }
   if (!top.isDirectory()) throw usage(`${input} is ${what(top)}; give a regular file or a directory`)
 
   const root = await realpath(input)
@@ -91,7 +78,7 @@ export async function scanPutPath(input: string): Promise<PutSource> {
       if (st.isDirectory()) await walk(full, relPath)
       else if (st.isFile()) {
         const size = st.size
-        files.push({ path: relPath, size, content: () => readExactly(source, size, shown) })
+        files.push({ path: relPath, size, content: contentOf(source, size, shown) })
       } else throw usage(`${shown} is ${what(st)}; a checkpoint directory may hold only regular files and directories`)
     }
   }

@@ -1,11 +1,15 @@
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
+import { ExitCode } from '../lib/cli/exit-codes.js'
 import { signerFromHex } from '../lib/content/signer.js'
 import { CheckpointWriter, dataKey } from '../checkpoint/index.js'
+import { startFaultProxy } from './support/fault-proxy.js'
 import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
+import { until } from './support/until.js'
+import { o3ckptOn } from './fixtures/ckpt-put.js'
 import { openClient, syntheticState, tempDir } from './fixtures/ckpt.js'
 
 const MiB = 1 << 20
@@ -65,6 +69,24 @@ t.test('get writes a verified file; verify checks all', async (t) => {
   t.equal(v.code, 0, v.stderr)
   t.match(v.stdout, /^OK {4}step-0000000010 .*signed by 0xf39F/m)
   t.match(v.stdout, /^OK {4}step-0000000020 /m)
+})
+
+t.test('get stopped by SIGINT midway: exit 130, one line, neither the file nor a partial one is left', async (t) => {
+  const dir = tempDir(t)
+  // Through a proxy at 256 KiB/s the 3 MiB download takes seconds: it is surely in flight when the signal comes.
+  const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+  t.teardown(() => proxy.close())
+  proxy.setBandwidth(256 << 10)
+  const partial = () => readdirSync(dir).filter((f) => f.endsWith('.partial') && statSync(path.join(dir, f)).size > 0)
+  const r = await o3ckptOn(info)(['get', run, first.entry.name, '-o', path.join(dir, 'ck.safetensors')], { O3_ENDPOINT: proxy.endpoint }, (child) => {
+    t.teardown(() => child.kill('SIGKILL'))
+    until(() => partial().length > 0, 'the download to start writing')
+      .then(() => child.kill('SIGINT'))
+      .catch(() => child.kill('SIGKILL'))
+  })
+  t.equal(r.code, ExitCode.interrupted, r.stderr)
+  t.match(r.stderr, /^o3ckpt: stopped by SIGINT: nothing was written\n$/)
+  t.same(readdirSync(dir), [], 'no file, no .partial')
 })
 
 t.test('a corrupted checkpoint: verify and get fail with the integrity exit code, no file appears', async (t) => {

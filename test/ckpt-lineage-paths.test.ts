@@ -3,11 +3,12 @@
 // only regular files there (not a device or a FIFO, which never end), and believes a record only
 // under the trust policy.
 import { execFile, execFileSync } from 'node:child_process'
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
+import { mkdirSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import t, { type Test } from 'tap'
 import { signerFromHex } from '../lib/content/signer.js'
 import { digestContent } from '../lib/content/cid.js'
+import { MAX_DATASET_MANIFEST_BYTES } from '../lib/content/dataset-manifest.js'
 import type { DataLineage } from '../lib/content/lineage.js'
 import { cliCommand } from '../lib/paths.js'
 import { CheckpointWriter } from '../checkpoint/index.js'
@@ -119,4 +120,27 @@ t.test('verify --data reads the records under the same trust policy as the rest 
   const firstUse = await o3ckpt('verify', run, 'step-0000000002', '--data', data)
   t.equal(firstUse.code, 65, 'without it, the run signer (the owner) is required')
   t.notMatch(firstUse.stdout, /^OK .*data at/m)
+})
+
+t.test('a dataset manifest larger than one may be, in a directory or in O3, is refused before it is read: a FAIL line, exit 65', async (t) => {
+  const size = MAX_DATASET_MANIFEST_BYTES + 1
+  const dir = tempDir(t)
+  // Sparse: a byte over the cap costs no disk.
+  writeFileSync(path.join(dir, 'big.json'), '')
+  truncateSync(path.join(dir, 'big.json'), size)
+  // The same size in O3: 64 MiB parts of zeros, then the byte over.
+  const remote = openClient(t, info, `${bucket}/oversized-data`)
+  const id = await remote.createMultipartUpload('big.json')
+  const zeros = Buffer.alloc(64 << 20)
+  const parts = []
+  for (let n = 1; n * zeros.length <= MAX_DATASET_MANIFEST_BYTES; n++) parts.push(await remote.uploadPart('big.json', id, n, zeros))
+  parts.push(await remote.uploadPart('big.json', id, parts.length + 1, Buffer.alloc(size - parts.length * zeros.length)))
+  await remote.completeMultipartUpload('big.json', id, parts)
+
+  const run = await runWith(t, 'manifest-oversized', { manifest: { path: 'big.json', cid: goodCid }, verified: true }, null)
+  for (const location of [dir, `o3://${bucket}/oversized-data`]) {
+    const v = await o3ckpt('verify', run, 'latest', '--data', location)
+    t.equal(v.code, 65, `${location}: ${v.stderr}`)
+    t.match(v.stdout, `big.json: cannot be read (${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have)`, location)
+  }
 })

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash, randomFillSync } from 'node:crypto'
-import { createReadStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { appendFileSync, createReadStream, mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import t from 'tap'
@@ -127,6 +127,37 @@ t.test('bad arguments are usage errors (64)', async (t) => {
   const notO3 = await o3upload([dir, `${bucket}/p`])
   t.equal(notO3.code, ExitCode.usage, notO3.stderr)
   t.match(notO3.stderr, /must look like o3:\/\/bucket\/prefix/)
+})
+
+t.test('a file that grows or shrinks after it is listed: exit 64, one line naming it, nothing of it stored, no manifest', async (t) => {
+  const cases: [string, (file: string) => void, string][] = [
+    // Past a part: listed at 4 KiB it goes as one PUT, which must not read it whole.
+    ['grows', (f) => appendFileSync(f, Buffer.alloc(DEFAULT_PART_SIZE + MiB)), 'more bytes, 4096 when listed'],
+    ['shrinks', (f) => truncateSync(f, 100), '100 bytes, 4096 when listed'],
+  ]
+  for (const [what, change, counts] of cases) {
+    const dir = tempDir(t)
+    writeRandom(path.join(dir, 'a.bin'), 1000)
+    const log = path.join(dir, 'log.txt')
+    writeRandom(log, 4096)
+    // Its requests are held until the file has changed; the first (the bucket's check) comes once the tree is listed.
+    const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
+    t.teardown(() => proxy.close())
+    proxy.stall(600_000)
+    const done = o3upload([dir, `o3://${bucket}/changed-${what}`], { ...serverEnv(info), O3_ENDPOINT: proxy.endpoint })
+    await until(() => proxy.connections > 0, 'o3upload to list the tree')
+    change(log)
+    proxy.clear()
+    const r = await done
+    t.equal(r.code, ExitCode.usage, `${what}: ${r.stderr}`)
+    t.same(
+      r.stderr.split('\n').filter((l) => l.startsWith('o3upload:')),
+      [`o3upload: ${log} changed while it was uploaded (${counts}); run o3upload again once it is written`],
+      `${what}: one line naming the file`,
+    )
+    const client = openClient(t, info, `${bucket}/changed-${what}`)
+    t.same(await keys(client), ['a.bin', sidecarKeyOf('a.bin')], `${what}: the file before it is stored; it, a sidecar for it and the manifest are not`)
+  }
 })
 
 t.test('a second SIGINT aborts the file in flight: exit 130, no parts, no object, no sidecar', async (t) => {

@@ -8,7 +8,6 @@
  * With `--webdataset` the directory (a folder per class of images) is written as WebDataset tar
  * shards first (upload/webdataset.ts), into a local directory or, through a temporary one, to O3.
  */
-import { createReadStream } from 'node:fs'
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -26,6 +25,7 @@ import { loadSigner } from '../lib/content/signer.js'
 import { createLogger } from '../lib/log.js'
 import { O3Client, O3NotFoundError, O3UsageError, type O3Flags, type StoredObject } from '../lib/o3/index.js'
 import { createProgress } from '../lib/progress.js'
+import { readExactly } from '../lib/read-exactly.js'
 import { installShutdown } from '../lib/shutdown.js'
 import { directorySink, writeShards } from './webdataset.js'
 import type { Signer } from '../lib/content/signer.js'
@@ -70,9 +70,14 @@ async function listFiles(dir: string): Promise<LocalFile[]> {
   return files.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
 }
 
-/** The file's bytes, each chunk counted as it goes to the upload. */
-async function* readCounted(file: string, count: (bytes: number) => void): AsyncGenerator<Buffer> {
-  for await (const chunk of createReadStream(file, { highWaterMark: 4 << 20 }) as AsyncIterable<Buffer>) {
+/**
+ * The file's bytes, each chunk counted as it goes to the upload: exactly the size it was listed
+ * with, which chose how it is uploaded (a single PUT holds it all in memory), or the upload fails
+ * and leaves nothing of it behind.
+ */
+async function* readCounted(f: LocalFile, count: (bytes: number) => void): AsyncGenerator<Buffer> {
+  const changed = (counts: string) => new O3UsageError(`${f.file} changed while it was uploaded (${counts}); run o3upload again once it is written`)
+  for await (const chunk of readExactly(f.file, f.size, changed)) {
     count(chunk.length)
     yield chunk
   }
@@ -85,7 +90,7 @@ async function* readCounted(file: string, count: (bytes: number) => void): Async
 async function uploadFile(client: O3Client, f: LocalFile, count: (bytes: number) => void, signal: AbortSignal): Promise<ManifestFile> {
   let leaves: readonly string[] = []
   let stored: StoredObject = { etag: '' }
-  const digest: ContentDigest = await hashedUpload(client, f.key, readCounted(f.file, count), f.size, {
+  const digest: ContentDigest = await hashedUpload(client, f.key, readCounted(f, count), f.size, {
     signal,
     onDag: (d) => (leaves = d.leaves),
     onStored: (s) => (stored = s),
