@@ -165,13 +165,27 @@ class Connection {
     try {
       for (let line = this.lines.shift(); line !== undefined; line = this.lines.shift()) {
         const answer = line instanceof BadRequest ? this.refuse(line) : await this.serve(line)
-        if (!this.gone) this.socket.write(`${JSON.stringify(answer)}\n`)
+        // A client that sends without reading its answers waits for them to go: reading stops
+        // (lines past MAX_PENDING_LINES pause it) instead of answers piling up in the mount.
+        if (!this.gone && !this.socket.write(`${JSON.stringify(answer)}\n`)) await this.drained()
         if (this.lines.length <= MAX_PENDING_LINES && this.socket.isPaused()) this.socket.resume()
       }
     } finally {
       this.serving = false
     }
     this.finishIfIdle()
+  }
+
+  private drained(): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done)
+        this.socket.off('close', done)
+        resolve()
+      }
+      this.socket.on('drain', done)
+      this.socket.on('close', done)
+    })
   }
 
   private finishIfIdle(): void {

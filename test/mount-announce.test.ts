@@ -16,7 +16,7 @@ import { mapLimit } from '../scripts/bench/util.js'
 import { MAX_REQUEST_BYTES, type ControlAnswer } from '../lib/control-protocol.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
-import { mount, runCli, statsWhen, tempMountpoint } from './support/o3mount.js'
+import { freshStats, mount, runCli, statsWhen, tempMountpoint } from './support/o3mount.js'
 import { buildImageFolder } from './support/imagefolder.js'
 import { shuffled } from './support/shuffle.js'
 import { projectRoot } from '../lib/paths.js'
@@ -186,6 +186,27 @@ t.test('past 64 connections a client is refused with a line, and one that never 
   await m.stop()
   t.equal(m.child.signalCode, null, `the mount stopped by itself, not killed after 5 s (${String(m.child.signalCode)})`)
   t.notOk(existsSync(sock), 'and removed its socket')
+})
+
+t.test('a client that sends without reading its answers is read no further once they back up', async (t) => {
+  const sock = path.join(socketDir(t), 'control.sock')
+  const m = await mount(t, info, BUCKET, { args: ['--control-socket', sock] })
+  const flood = net.connect(sock)
+  flood.on('error', () => {})
+  t.teardown(() => flood.destroy())
+  flood.pause()
+  // Empty lines, each refused with an answer of about 60 bytes that the client never reads.
+  const LINES = 300_000
+  flood.write(Buffer.alloc(LINES, 10))
+  let served = -1
+  for (;;) {
+    const { requests } = (await freshStats(m)).announced
+    if (requests === served || requests >= LINES) break
+    served = requests
+  }
+  // Answered regardless, they were all read and their answers held in the mount's memory.
+  t.ok(served < LINES / 2, `reading stopped once the answers backed up: ${served} of ${LINES} lines served`)
+  t.equal(m.child.exitCode, null, 'the mount lives')
 })
 
 t.test("the socket's path: nothing is replaced that should not be", async (t) => {
