@@ -56,7 +56,7 @@ export interface LoadedCheckpoint {
 export class CheckpointStore {
   private readonly log: Logger
   /** The run's signer under trust on first use, once found (undefined: the run signed nothing). */
-  private firstSignerFound: Promise<string | undefined> | undefined
+  private runSignerFound: Promise<string | undefined> | undefined
 
   constructor(
     readonly client: O3Client,
@@ -107,6 +107,33 @@ export class CheckpointStore {
   }
 
   /**
+   * readManifest() of a run whose `latest` is `latest` (undefined: none that parses), with
+   * O3IntegrityError where manifest.json is missing but the run has checkpoints: without it nothing
+   * tells a checkpoint from a leftover, so a writer would delete them all and resume would start
+   * the run afresh. The manifest is written before `latest`, and before its first commit a run
+   * holds the objects of one save at most (each writer's open deletes those of the one before):
+   * so `latest`, or the objects of more than one checkpoint, mean that the manifest was lost.
+   */
+  async runManifest(latest: LatestPointer | undefined, signal?: AbortSignal, pin?: VersionPin): Promise<Manifest> {
+    const text = await this.readText(MANIFEST_KEY, signal, pin)
+    if (text !== undefined) return parseManifest(text, this.where(MANIFEST_KEY))
+    let found = latest && `${LATEST_KEY} names ${latest.name}`
+    const saves = new Set<string>()
+    if (!found)
+      for await (const o of this.client.list('', { signal })) {
+        if (o.type !== 'object') continue
+        if (o.key === LATEST_KEY) found = `${LATEST_KEY} exists`
+        else if (o.key.startsWith(CHECKPOINT_DIR)) saves.add(o.key.slice(CHECKPOINT_DIR.length).split(/[./]/)[0]!)
+      }
+    if (!found && saves.size > 1) found = `${CHECKPOINT_DIR} holds the objects of ${saves.size} checkpoints`
+    if (found)
+      throw new O3IntegrityError(
+        `${this.where(MANIFEST_KEY)} is missing but ${found}: the run's checkpoints cannot be told from leftovers; restore ${MANIFEST_KEY} (nothing was deleted)`,
+      )
+    return { version: 1, checkpoints: [] }
+  }
+
+  /**
    * `latest`, then the manifest committed with it: the version `latest` names where the bucket
    * keeps versions, so that a writer moving either meanwhile cannot hand over a manifest of another
    * commit. Such a version is gone only when later commits trimmed it: then `latest` is read again.
@@ -123,7 +150,7 @@ export class CheckpointStore {
         onBadLatest(err)
       }
       try {
-        return { latest, manifest: await this.readManifest(signal, latest?.manifestVersion) }
+        return { latest, manifest: await this.runManifest(latest, signal, latest?.manifestVersion) }
       } catch (err) {
         if (!(err instanceof O3NotFoundError) || !latest?.manifestVersion || attempt >= 3) throw err
         this.log.info({ err: err.message }, 'the run committed again while it was read; reading latest again')
@@ -177,26 +204,28 @@ export class CheckpointStore {
 
   /** Throws O3IntegrityError unless `trust` accepts `signer` (undefined: unsigned) for this run, as TrustPolicy.check says. */
   async checkTrust(signer: string | undefined, what: string, trust: TrustPolicy, signal?: AbortSignal): Promise<void> {
-    await trust.check(signer, what, () => this.firstSigner(signal))
+    await trust.check(signer, what, () => this.runSigner(signal))
   }
 
   /**
-   * The run's signer under trust on first use: the signer of its earliest record sidecar (by key:
-   * by step, then revision) whose signature verifies, read from the sidecars under checkpoints/
-   * themselves. The manifest's signer fields are never believed, only compared with the sidecars
-   * (checkRecordAgainstEntry), so that deleting them cannot make a signed run accept unsigned
-   * checkpoints. Undefined when no record is signed; O3IntegrityError when some are but no
-   * signature verifies. Found once per store (a listing and the records' reads), a failure asked again.
+   * The run's signer under trust on first use: the one signer of its record sidecars whose
+   * signatures verify, read from the sidecars under checkpoints/ themselves. The manifest's signer
+   * fields are never believed, only compared with the sidecars (checkRecordAgainstEntry), so that
+   * deleting them cannot make a signed run accept unsigned checkpoints. Undefined when no record is
+   * signed; O3IntegrityError when some are but no signature verifies, or when they verify to more
+   * than one signer: anyone who can write to the bucket can add a record signed by their own key,
+   * at any step, so no order among them tells which is the run's. Found once per store (a listing
+   * and the records' reads), a failure asked again.
    */
-  firstSigner(signal?: AbortSignal): Promise<string | undefined> {
-    this.firstSignerFound ??= this.findFirstSigner(signal).catch((err: unknown) => {
-      this.firstSignerFound = undefined
+  runSigner(signal?: AbortSignal): Promise<string | undefined> {
+    this.runSignerFound ??= this.findRunSigner(signal).catch((err: unknown) => {
+      this.runSignerFound = undefined
       throw err
     })
-    return this.firstSignerFound
+    return this.runSignerFound
   }
 
-  private async findFirstSigner(signal?: AbortSignal): Promise<string | undefined> {
+  private async findRunSigner(signal?: AbortSignal): Promise<string | undefined> {
     // A record is `<name>.safetensors.cid`, `<folder>.cid` (a directory) or `<folder>/<file>.cid`
     // (a put file); deeper sidecars are a directory's per-file records.
     const keys: string[] = []
@@ -204,6 +233,8 @@ export class CheckpointStore {
       if (o.type === 'object' && o.key.endsWith('.cid') && o.key.slice(CHECKPOINT_DIR.length).split('/').length <= 2) keys.push(o.key)
     }
     let signed = 0
+    // By address, lower case; the first spelling seen names it in messages.
+    const signers = new Map<string, string>()
     for (const key of keys.sort()) {
       let record: CheckpointRecord | undefined
       try {
@@ -217,11 +248,17 @@ export class CheckpointStore {
       if (!CHECKPOINT_NAME.test(record.name) || recordKey(record) !== key) continue
       signed++
       try {
-        return checkSignature(record, this.where(key))
+        const signer = checkSignature(record, this.where(key))!
+        if (!signers.has(signer.toLowerCase())) signers.set(signer.toLowerCase(), signer)
       } catch (err) {
         if (!(err instanceof O3IntegrityError)) throw err
       }
     }
+    if (signers.size > 1)
+      throw new O3IntegrityError(
+        `${this.location}: its checkpoints are signed by ${signers.size} different keys (${[...signers.values()].join(', ')}), so trust on first use cannot tell which is the run's; name the signer to trust with --trust-signer`,
+      )
+    if (signers.size === 1) return [...signers.values()][0]
     if (signed === 0) return undefined
     throw new O3IntegrityError(
       `${this.location}: ${signed} sidecars carry a signature but none verifies, so the run's signer is unknown; name the signer to trust with --trust-signer`,
@@ -374,13 +411,14 @@ export class CheckpointStore {
   /**
    * The checkpoint to resume from: the one `latest` names or, if it fails verification, the newest
    * earlier one that passes (each failure logged as a warning). Undefined when nothing was ever
-   * committed; O3IntegrityError when checkpoints exist but none verifies.
+   * committed; O3IntegrityError when checkpoints exist but none verifies, or the run's signer cannot be told.
    */
   async resume(options: ReadOptions = {}): Promise<LoadedCheckpoint | undefined> {
     const { latest, manifest } = await this.usableSnapshot(options.signal)
     const committed = latest ? manifest.checkpoints.filter((e) => e.seq <= latest.seq) : manifest.checkpoints
     if (!latest && committed.length === 0) return undefined
     const candidates = [...committed].sort((a, b) => b.seq - a.seq)
+    await (options.trust ?? TrustPolicy.firstUse).checkRun(() => this.runSigner(options.signal))
     const failures: string[] = []
     for (const entry of candidates) {
       try {

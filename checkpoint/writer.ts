@@ -83,9 +83,12 @@ export class CheckpointWriter {
   private latest: LatestPointer | undefined
   /**
    * Manifest entries up to this seq are committed (`latest` moved to them or past them); a later one
-   * is a save killed between its manifest entry and `latest`, which a save of the same step replaces.
+   * is a save killed between its manifest entry and `latest`, which the next commit replaces (a save
+   * of its step) or leaves out of the manifest.
    */
   private committedSeq: number
+  /** The checkpoint the run went on from, while an earlier one than `latest` names (continueFrom). */
+  private resumedBehindLatest: ManifestEntry | undefined
 
   private constructor(
     /** The run's read side, on the same client: resume and load go through it. */
@@ -112,13 +115,13 @@ export class CheckpointWriter {
   static async open(client: O3Client, options: WriterOptions = {}): Promise<CheckpointWriter> {
     startHashThread()
     const store = new CheckpointStore(client, options.logger)
-    const manifest = await store.readManifest()
     // A malformed latest is the store's to warn about when it resumes; here it only means that
     // nothing says which entries were committed.
     const latest = await store.readLatest().catch((err: unknown) => {
       if (err instanceof O3IntegrityError) return undefined
       throw err
     })
+    const manifest = await store.runManifest(latest)
     const writer = new CheckpointWriter(store, manifest, latest, options)
     await writer.clearLeftovers()
     return writer
@@ -141,27 +144,49 @@ export class CheckpointWriter {
   /**
    * Aborts multipart uploads and deletes objects under checkpoints/ that no manifest entry names
    * (a save killed before its manifest entry, retention killed after its manifest write). Nothing
-   * the manifest names is deleted, whatever `latest` says or whether it can be read at all.
+   * the manifest names is deleted, whatever `latest` says or whether it can be read at all; nor
+   * anything at all when the objects of the checkpoint `latest` names would go (O3IntegrityError).
    */
   private async clearLeftovers(): Promise<void> {
+    // Entries after the committed ones are saves killed between manifest and latest: they stay
+    // until the next commit. An entry replaced by a committed one of its name goes.
+    const committed = this.manifest.checkpoints.filter((e) => e.seq <= this.committedSeq)
+    const kept = [...currentEntries(committed), ...this.manifest.checkpoints.filter((e) => e.seq > this.committedSeq)]
+    const unnamed: string[] = []
+    for await (const o of this.client.list(CHECKPOINT_DIR)) if (o.type === 'object' && !kept.some((e) => ownsKey(e, o.key))) unnamed.push(o.key)
+    // The protocol writes no latest that its manifest lacks while the checkpoint is there: the
+    // manifest lost the entry (an older one put back, an edit), and this would delete the newest checkpoint.
+    const latest = this.latest
+    if (latest && !kept.some((e) => e.name === latest.name)) {
+      const its = unnamed.filter((key) => key.startsWith(`${CHECKPOINT_DIR}${latest.name}.`) || key.startsWith(`${CHECKPOINT_DIR}${latest.name}/`))
+      if (its.length > 0)
+        throw new O3IntegrityError(
+          `${this.store.where(LATEST_KEY)} names ${latest.name}, which ${MANIFEST_KEY} does not list, but its objects are there (${its.join(', ')}): restore ${MANIFEST_KEY} (nothing was deleted)`,
+        )
+    }
     for await (const u of this.client.listMultipartUploads(CHECKPOINT_DIR)) {
       this.log.warn({ key: u.key }, 'aborting a multipart upload left by an interrupted save')
       await this.client.abortMultipartUpload(u.key, u.uploadId)
     }
-    // Entries after the committed ones are saves killed between manifest and latest: they stay, for
-    // a save of their step to replace. An entry replaced by a committed one of its name goes.
-    const committed = this.manifest.checkpoints.filter((e) => e.seq <= this.committedSeq)
-    const kept = [...currentEntries(committed), ...this.manifest.checkpoints.filter((e) => e.seq > this.committedSeq)]
     if (kept.length !== this.manifest.checkpoints.length) {
       this.manifest = { version: 1, checkpoints: kept }
       await this.putJson(MANIFEST_KEY, this.manifest)
     }
-    for await (const o of this.client.list(CHECKPOINT_DIR)) {
-      if (o.type === 'object' && !kept.some((e) => ownsKey(e, o.key))) {
-        this.log.warn({ key: o.key }, 'deleting an object no checkpoint of the manifest names')
-        await this.client.delete(o.key)
-      }
+    for (const key of unnamed) {
+      this.log.warn({ key }, 'deleting an object no checkpoint of the manifest names')
+      await this.client.delete(key)
     }
+  }
+
+  /**
+   * Tells the writer which checkpoint the run goes on from. From an earlier one than `latest`
+   * names (`--resume <name>`, or resume's fallback past checkpoints that fail verification), the
+   * first save moves `latest` back to it before writing anything: the checkpoints after it then
+   * count as never committed, so that the run's saves of their steps replace them, and that
+   * commit leaves the others out of the manifest.
+   */
+  continueFrom(entry: ManifestEntry): void {
+    this.resumedBehindLatest = entry.seq === this.committedSeq ? undefined : entry
   }
 
   private async putJson(key: string, value: unknown, signal?: AbortSignal): Promise<StoredObject> {
@@ -267,6 +292,7 @@ export class CheckpointWriter {
    * stay for the next writer's open to judge. A replaced entry is dropped once `latest` has moved.
    */
   private async commit(plan: CommitPlan, signal?: AbortSignal): Promise<SavedCheckpoint> {
+    if (this.resumedBehindLatest) await this.moveLatestTo(this.resumedBehindLatest, signal)
     const name = checkpointName(plan.step)
     // Every earlier entry of the step goes once this one is committed: the committed one a
     // --replace replaces, and a save killed between its manifest entry and `latest`.
@@ -295,6 +321,7 @@ export class CheckpointWriter {
     }
 
     const seq = maxSeq(this.manifest) + 1
+    const committed = this.manifest.checkpoints.filter((e) => e.seq <= this.committedSeq)
     const entry: ManifestEntry = definedFields({
       seq,
       ...ref,
@@ -307,7 +334,9 @@ export class CheckpointWriter {
       signer: record.signer,
       ...versions,
     })
-    const manifest: Manifest = { version: 1, checkpoints: [...this.manifest.checkpoints.filter((e) => !overwritten.includes(e)), entry] }
+    // Entries after the committed ones were never committed: once `latest` names this one with a
+    // higher seq they would pass for committed, so they are left out (their objects go at the next open).
+    const manifest: Manifest = { version: 1, checkpoints: [...committed.filter((e) => !overwritten.includes(e)), entry] }
     const manifestVersion = versionPin(await this.putJson(MANIFEST_KEY, manifest, signal))
     this.manifest = manifest
     this.step('manifest', name)
@@ -319,10 +348,29 @@ export class CheckpointWriter {
     this.step('latest', name)
     this.log.info({ checkpoint: name, cid: record.cid, bytes: record.size, ms: Date.now() - started, signer: record.signer }, 'checkpoint committed')
 
-    const replaced = previous.filter((e) => !overwritten.includes(e))
+    const replaced = committed.filter((e) => e.name === name && !overwritten.includes(e))
     if (replaced.length > 0) await this.dropEntries(replaced, 'replaced')
     await this.applyRetention()
     return { entry, record, digest }
+  }
+
+  /**
+   * Points `latest` at `entry`, with the manifest as it is (written again for its version, where
+   * the bucket keeps versions): a crash from here on resumes from where this run went on from, and
+   * the checkpoints after it are no longer committed.
+   */
+  private async moveLatestTo(entry: ManifestEntry, signal?: AbortSignal): Promise<void> {
+    const manifestVersion = versionPin(await this.putJson(MANIFEST_KEY, this.manifest, signal))
+    const latest: LatestPointer = definedFields({ version: 1, name: entry.name, cid: entry.cid, seq: entry.seq, time: entry.time, manifestVersion })
+    await this.putJson(LATEST_KEY, latest, signal)
+    const left = this.manifest.checkpoints.filter((e) => e.seq > entry.seq).map((e) => e.name)
+    this.log.warn(
+      { checkpoint: entry.name, was: this.latest?.name, left },
+      'latest moved back to the checkpoint this run resumed from; its next commit replaces or leaves out the checkpoints after it',
+    )
+    this.latest = latest
+    this.committedSeq = entry.seq
+    this.resumedBehindLatest = undefined
   }
 
   /**

@@ -182,12 +182,19 @@ t.test('signed puts: the signer is recorded; another signer is refused before an
   const named = await o3ckpt(['put', path.join(fixtures, 'model.pt'), run, '--trust-signer', ADDRESS_B], { AKAVE_PRIVATE_KEY: KEY_B })
   t.equal(named.code, 0, named.stderr)
   const v = await o3ckpt(['verify', run])
-  t.equal(v.code, ExitCode.integrity, 'readers trust the run’s first signer')
-  t.match(v.stdout, new RegExp(`^OK {4}step-0000000001 .*signed by ${ADDRESS_A}`, 'm'))
-  t.match(v.stdout, new RegExp(`^FAIL {2}step-0000000002 .*signed by ${ADDRESS_B}, but this run's signer`, 'm'))
+  t.equal(v.code, ExitCode.integrity, 'readers trust neither of two signers on first use')
+  t.match(v.stdout, /^FAIL {2}step-0000000001 .*signed by 2 different keys/m)
+  t.match(v.stdout, /^FAIL {2}step-0000000002 .*signed by 2 different keys/m)
+  const va = await o3ckpt(['verify', run, '--trust-signer', ADDRESS_A])
+  t.match(va.stdout, new RegExp(`^OK {4}step-0000000001 .*signed by ${ADDRESS_A}`, 'm'))
+  t.match(va.stdout, new RegExp(`^FAIL {2}step-0000000002 .*signed by ${ADDRESS_B}, but the trusted signer`, 'm'))
   const vb = await o3ckpt(['verify', run, 'latest', '--trust-signer', ADDRESS_B])
   t.equal(vb.code, 0, vb.stderr)
   const out = path.join(tempDir(t), 'model')
-  t.equal((await o3ckpt(['get', run, 'step-0000000001', '-o', out])).code, 0, "the directory signed by the run's signer is fetched")
+  t.equal(
+    (await o3ckpt(['get', run, 'step-0000000001', '-o', out, '--trust-signer', ADDRESS_A])).code,
+    0,
+    'the directory signed by the named signer is fetched',
+  )
   t.ok(existsSync(path.join(out, 'rng', 'deeper', 'state.pt')))
 })

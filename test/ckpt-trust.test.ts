@@ -53,7 +53,13 @@ async function rewrite(client: O3Client, name: string, edit: (r: CheckpointRecor
   await client.put('manifest.json', JSON.stringify(manifest))
 }
 
-t.test('a checkpoint re-signed by another key is refused; resume falls back and says so', async (t) => {
+/** The refusal of trust on first use in a run whose sidecars verify to both keys, in either order. */
+const BOTH = `(${OWNER.address}|${ATTACKER.address})`
+const TWO_KEYS = new RegExp(
+  `signed by 2 different keys \\(${BOTH}, ${BOTH}\\), so trust on first use cannot tell which is the run's; name the signer to trust with --trust-signer`,
+)
+
+t.test('a checkpoint re-signed by another key: trust on first use refuses the run, naming both keys, until --trust-signer names one', async (t) => {
   const location = `${bucket}/resigned`
   const client = openClient(t, info, location)
   const owner = await CheckpointWriter.open(client, { localDir: tempDir(t), partSize: 5 * MiB, signer: OWNER })
@@ -63,14 +69,9 @@ t.test('a checkpoint re-signed by another key is refused; resume falls back and 
   const forger = await CheckpointWriter.open(client, { localDir: tempDir(t), partSize: 5 * MiB, signer: ATTACKER })
   await forger.save(syntheticState([MiB]), meta(2))
 
-  const { logger, warnings } = capture()
-  const store = new CheckpointStore(client, logger)
-  const resumed = await store.resume()
-  t.equal(resumed?.entry.name, 'step-0000000001', "resumed from the owner's checkpoint")
-  t.ok(resumed!.tensors[0]!.data.equals(good[0]!.data))
-  const warning = warnings().find((w) => w.checkpoint === 'step-0000000002')
-  t.match(warning?.err, `signed by ${ATTACKER.address}, but this run's signer (trusted on first use; name another with --trust-signer) is ${OWNER.address}`)
-  await t.rejects(store.load('latest'), { constructor: O3IntegrityError, message: new RegExp(`signed by ${ATTACKER.address}.* is ${OWNER.address}`) })
+  const store = new CheckpointStore(client)
+  await t.rejects(store.resume(), { constructor: O3IntegrityError, message: TWO_KEYS })
+  await t.rejects(store.load('latest'), { constructor: O3IntegrityError, message: TWO_KEYS })
 
   // Naming the other signer is how a user accepts it, by flag or environment.
   t.equal((await store.resume({ trust: TrustPolicy.fromFlags([ATTACKER.address], {}) }))?.entry.name, 'step-0000000002')
@@ -78,19 +79,24 @@ t.test('a checkpoint re-signed by another key is refused; resume falls back and 
     (await store.resume({ trust: TrustPolicy.fromFlags([], { O3_TRUSTED_SIGNERS: `${OWNER.address}, ${ATTACKER.address}` }) }))?.entry.name,
     'step-0000000002',
   )
-  t.equal((await store.resume({ trust: TrustPolicy.fromFlags([OWNER.address], {}) }))?.entry.name, 'step-0000000001')
+  const { logger, warnings } = capture()
+  const resumed = await new CheckpointStore(client, logger).resume({ trust: TrustPolicy.fromFlags([OWNER.address], {}) })
+  t.equal(resumed?.entry.name, 'step-0000000001', "naming the owner resumes from the owner's checkpoint")
+  t.ok(resumed!.tensors[0]!.data.equals(good[0]!.data))
+  t.match(warnings().find((w) => w.checkpoint === 'step-0000000002')?.err, `signed by ${ATTACKER.address}, but the trusted signer is ${OWNER.address}`)
 
   const run = `o3://${location}`
   const v = await o3ckpt({}, 'verify', run)
   t.equal(v.code, 65, 'verify fails with the integrity status')
-  t.match(v.stdout, /^OK {4}step-0000000001 .*signed by 0xf39F/m)
-  t.match(v.stdout, new RegExp(`^FAIL {2}step-0000000002 .*signed by ${ATTACKER.address}, but .* is ${OWNER.address}`, 'm'))
+  t.match(v.stdout, new RegExp(`^FAIL {2}step-0000000001 .*${TWO_KEYS.source}`, 'm'))
+  t.match(v.stdout, new RegExp(`^FAIL {2}step-0000000002 .*${TWO_KEYS.source}`, 'm'))
+  t.match((await o3ckpt({}, 'verify', run, '--trust-signer', OWNER.address)).stdout, /^OK {4}step-0000000001 .*signed by 0xf39F/m)
   const dir = tempDir(t)
   const out = path.join(dir, 'latest.safetensors')
   const g = await o3ckpt({}, 'get', run, 'latest', '-o', out)
   t.equal(g.code, 65)
   t.equal(g.stderr.trim().split('\n').length, 1, 'one-line error')
-  t.match(g.stderr, `signed by ${ATTACKER.address}`)
+  t.match(g.stderr, TWO_KEYS)
   t.notOk(existsSync(out))
   t.equal((await o3ckpt({}, 'get', run, 'latest', '-o', out, '--trust-signer', ATTACKER.address)).code, 0, '--trust-signer accepts it')
   t.equal((await o3ckpt({ O3_TRUSTED_SIGNERS: ATTACKER.address }, 'verify', run, 'latest')).code, 0, 'so does O3_TRUSTED_SIGNERS')
@@ -100,6 +106,25 @@ t.test('a checkpoint re-signed by another key is refused; resume falls back and 
   t.equal(bad.code, 64)
   t.match(bad.stderr, /--trust-signer "0x1234" is not an address/)
   t.throws(() => TrustPolicy.fromFlags([], { O3_TRUSTED_SIGNERS: 'nobody' }), O3UsageError)
+})
+
+t.test("a step-0 checkpoint signed by another key does not make that key the run's", async (t) => {
+  const location = `${bucket}/step-zero`
+  const client = openClient(t, info, location)
+  const owner = await CheckpointWriter.open(client, { localDir: tempDir(t), partSize: 5 * MiB, signer: OWNER })
+  await owner.save(syntheticState([MiB]), meta(1))
+  await owner.save(syntheticState([MiB]), meta(2))
+  // With write access to the bucket: a checkpoint sorting before every other, and forged weights as the newest.
+  const forger = await CheckpointWriter.open(client, { localDir: tempDir(t), partSize: 5 * MiB, signer: ATTACKER })
+  await forger.save(syntheticState([MiB]), meta(0))
+  await forger.save(syntheticState([MiB]), meta(3))
+
+  await t.rejects(new CheckpointStore(client).resume(), { constructor: O3IntegrityError, message: TWO_KEYS })
+  const g = await o3ckpt({}, 'get', `o3://${location}`, 'latest', '-o', path.join(tempDir(t), 'x.safetensors'))
+  t.equal(g.code, 65, 'get refuses with the integrity status')
+  t.match(g.stderr, TWO_KEYS)
+  const resumed = await new CheckpointStore(client).resume({ trust: TrustPolicy.fromFlags([OWNER.address], {}) })
+  t.equal(resumed?.entry.name, 'step-0000000002', "--trust-signer resumes from the owner's newest")
 })
 
 t.test('a checkpoint stripped of its signature is refused once the run is signed', async (t) => {

@@ -40,7 +40,7 @@ export interface TrainOptions extends O3Flags {
   init?: string
   keepLast: number
   keepEvery: number
-  /** Signer addresses a resumed checkpoint must be signed by; default: the run's first signer. */
+  /** Signer addresses a resumed checkpoint must be signed by; default: the one key the run's checkpoints are signed by. */
   trustSigner?: string[]
   /**
    * The test set, in the layout of --dataset (image size and channels as for --data): a directory.

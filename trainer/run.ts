@@ -12,7 +12,7 @@ import { O3Client } from '../lib/o3/index.js'
 import { withDeadline } from '../lib/fs-deadline.js'
 import { createProgress, type Progress } from '../lib/progress.js'
 import { silentLogger, type Logger } from '../lib/log.js'
-import type { TrainOptions } from './options.js'
+import { OptionsError, type TrainOptions } from './options.js'
 import { threadSetup, type ThreadSetup } from './thread-setup.js'
 import type { OrderAnnouncer } from './announce.js'
 
@@ -152,7 +152,7 @@ function openRunClient(o: TrainOptions, logger: Logger): O3Client {
 async function restore(o: TrainOptions, writer: CheckpointWriter | CheckpointStore): Promise<LoadedCheckpoint | undefined> {
   if (o.resume === 'none') {
     if (writer instanceof CheckpointWriter && writer.checkpoints.length > 0) {
-      throw new Error(`${o.ckpt} already has ${writer.checkpoints.length} checkpoints; use --resume auto to continue it, or a new --ckpt location`)
+      throw new OptionsError(`${o.ckpt} already has ${writer.checkpoints.length} checkpoints; use --resume auto to continue it, or a new --ckpt location`)
     }
     return undefined
   }
@@ -186,7 +186,7 @@ function fitDataPosition(o: TrainOptions, loaded: LoadedCheckpoint, globalBatch:
   const savedGlobal = saved.globalBatch ?? saved.batch
   if (savedGlobal === undefined || savedGlobal === globalBatch) return
   if (!o.restartDataPosition) {
-    throw new Error(
+    throw new OptionsError(
       `${loaded.entry.name} was trained with a global batch of ${savedGlobal} (batch x ranks), this run has ${globalBatch}: ` +
         `use --batch ${savedGlobal / (globalBatch / o.batch)} with this many ranks, or --restart-data-position to start its epoch over`,
     )
@@ -251,6 +251,7 @@ export async function train(o: TrainOptions, dataDir: string, hooks: TrainHooks 
     if (loaded) {
       fitDataPosition(o, loaded, trainer.dataset.globalBatch)
       await trainer.loadStateDict(loaded.tensors)
+      writer?.continueFrom(loaded.entry)
       step = loaded.meta.step
       log.info({ checkpoint: loaded.entry.name, cid: loaded.entry.cid, step, position: trainer.position }, 'resumed')
       // The checkpoint already descends from the --init weights: rerunning the same command continues the run.

@@ -56,7 +56,11 @@ export const EXIT_MEANING: Record<ExitCodeName, { meaning: string; commands: str
   },
   addon: { meaning: 'the native addon cannot be loaded', commands: 'o3train' },
   training: { meaning: 'training failed (e.g. the data mount went away)', commands: 'o3train' },
-  interrupted: { meaning: 'a second SIGINT/SIGTERM: stopped at once, uploads in flight aborted', commands: 'o3train, o3ckpt put, o3upload' },
+  interrupted: {
+    meaning:
+      'stopped by SIGINT/SIGTERM before it finished (o3train: by a second one), with nothing half-written: uploads in flight aborted, a partial download removed',
+    commands: 'o3train, o3ckpt put, o3ckpt get, o3upload',
+  },
 }
 
 /** The exit-code table as Markdown, as it stands in README.md between its exit-codes markers. */
