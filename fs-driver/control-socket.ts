@@ -35,6 +35,8 @@ const RESOLVE_CONCURRENCY = 32
 const MAX_PENDING_LINES = 8
 /** Connections served at once; more are answered with an error and closed. */
 const MAX_CONNECTIONS = 64
+/** A refused client that keeps its side open this long without sending is closed. */
+const REFUSED_IDLE_MS = 10_000
 
 /** Longest path a Unix socket may have (sun_path, less its NUL). */
 export const MAX_SOCKET_PATH = 107
@@ -201,6 +203,8 @@ class Connection {
 export class ControlSocket<F> {
   readonly counters: ControlSocketCounters = { requests: 0, refused: 0 }
   private readonly connections = new Set<Connection>()
+  /** Clients refused past MAX_CONNECTIONS, until they close. */
+  private readonly turnedAway = new Set<net.Socket>()
   private nextStream = 1
   private ino = 0
 
@@ -246,10 +250,14 @@ export class ControlSocket<F> {
   private accept(s: net.Socket): void {
     if (this.connections.size >= MAX_CONNECTIONS) {
       s.on('error', () => {})
-      // Its requests are read and dropped, and once the answer is out the socket is closed whole:
-      // only ended on our side, a client that never closes would hold it, and close() with it.
+      // Its requests are read and dropped (a socket closed on unread bytes resets, and the client
+      // could lose the answer), and it closes once the client ends its side; one that never does
+      // is closed after a while without a byte, or by close(), which would otherwise wait on it.
       s.resume()
-      s.end(`${JSON.stringify({ ok: false, error: `already serving ${MAX_CONNECTIONS} connections; close one first` })}\n`, () => s.destroy())
+      s.setTimeout(REFUSED_IDLE_MS, () => s.destroy())
+      this.turnedAway.add(s)
+      s.once('close', () => this.turnedAway.delete(s))
+      s.end(`${JSON.stringify({ ok: false, error: `already serving ${MAX_CONNECTIONS} connections; close one first` })}\n`)
       return
     }
     const stream = this.nextStream++
@@ -310,6 +318,7 @@ export class ControlSocket<F> {
   /** Stops listening, drops every connection and removes the socket file (if it is still ours). */
   async close(): Promise<void> {
     for (const c of this.connections) c.destroy()
+    for (const s of this.turnedAway) s.destroy()
     this.connections.clear()
     await new Promise<void>((resolve) => this.server.close(() => resolve()))
     try {
