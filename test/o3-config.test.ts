@@ -1,5 +1,5 @@
 import t from 'tap'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { rootCertificates } from 'node:tls'
@@ -29,6 +29,7 @@ t.test('credentials from the environment or a file, both halves required', async
   })
   t.throws(() => resolveConfig({}, { O3_ACCESS_KEY_ID: 'id' }), O3ConfigError)
   const dir = mkdtempSync(join(tmpdir(), 'o3cfg-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const file = join(dir, 'keys')
   writeFileSync(file, 'export O3_ACCESS_KEY_ID="fid"\nO3_SECRET_ACCESS_KEY=fsec\n')
   t.match(resolveConfig({ credentialsFile: file }, { O3_ACCESS_KEY_ID: 'id', O3_SECRET_ACCESS_KEY: 'sec' }), {
@@ -54,6 +55,7 @@ t.test('AKAVE_PRIVATE_KEY: validated, shown only as its address, signs EIP-191',
   t.equal(Object.keys(s).join(','), 'address,sign', 'nothing else is exposed')
   t.notMatch(JSON.stringify(s), key.slice(2))
   const dir = mkdtempSync(join(tmpdir(), 'o3key-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   writeFileSync(join(dir, 'k'), `${key}\n`)
   t.equal(loadSigner({ AKAVE_PRIVATE_KEY_FILE: join(dir, 'k') })!.address, s.address)
   t.equal(loadSigner({}), undefined)
@@ -80,6 +82,7 @@ t.test('attempts per request: --max-attempts, then O3_MAX_ATTEMPTS, then AWS_MAX
 
 t.test('CA bundle: --ca-bundle, then O3_CA_BUNDLE, then AWS_CA_BUNDLE, else the system store; checked to be PEM certificates', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'o3ca-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   // Any well-formed certificate will do for these checks: the one Node itself ships first.
   const pem = rootCertificates[0]!
   const a = join(dir, 'a.pem')
