@@ -5,6 +5,7 @@ import { digestContent, normalizeCid, type ContentDigest } from '../lib/content/
 import { MAX_DATASET_MANIFEST_BYTES, parseDatasetManifest } from '../lib/content/dataset-manifest.js'
 import type { DataLineage } from '../lib/content/lineage.js'
 import { O3Client, type O3Flags } from '../lib/o3/index.js'
+import { collectUpTo } from '../lib/collect-up-to.js'
 
 /** Files of the data at a location (a local directory or `o3://bucket/prefix`) by path below it. */
 interface DataSource {
@@ -30,23 +31,13 @@ async function openInside(root: string, rel: string): Promise<FileHandle> {
 }
 
 /**
- * A dataset manifest of `size` bytes, or the refusal of a larger one: what sits at the location is
- * not trusted, and reading one of any size whole would run out of memory.
+ * The refusal of a dataset manifest of `size` bytes, larger than one may be: what sits at the
+ * location is not trusted, and reading one of any size whole would run out of memory.
  */
-function checkManifestSize(size: number): void {
-  if (size > MAX_DATASET_MANIFEST_BYTES) throw new Error(`${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
-}
+const tooLarge = (size: number) => new Error(`${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
 
-/** All of `chunks`, refused as soon as they pass the manifest cap: a local file may grow after it was sized. */
-async function readCapped(chunks: AsyncIterable<Buffer>): Promise<Buffer> {
-  const out: Buffer[] = []
-  let size = 0
-  for await (const c of chunks) {
-    checkManifestSize((size += c.length))
-    out.push(c)
-  }
-  return Buffer.concat(out)
-}
+/** All of a dataset manifest's chunks, refused as soon as they pass the cap: a local file may grow after it was sized. */
+const readCapped = (chunks: AsyncIterable<Buffer>) => collectUpTo(chunks, MAX_DATASET_MANIFEST_BYTES, tooLarge)
 
 function sourceFor(location: string, flags: O3Flags): DataSource {
   if (!/^(o3|s3):\/\//.test(location)) {
@@ -55,7 +46,8 @@ function sourceFor(location: string, flags: O3Flags): DataSource {
       manifest: async (p) => {
         const fh = await openInside(location, p)
         try {
-          checkManifestSize((await fh.stat()).size)
+          const { size } = await fh.stat()
+          if (size > MAX_DATASET_MANIFEST_BYTES) throw tooLarge(size)
           return await readCapped(fh.createReadStream({ autoClose: false }))
         } finally {
           await fh.close()
@@ -71,7 +63,7 @@ function sourceFor(location: string, flags: O3Flags): DataSource {
     digest: async (p) => digestContent((await empty(p)) ? new Uint8Array(0) : client.iterateRange(p)),
     manifest: async (p) => {
       const { size, etag } = await client.head(p)
-      checkManifestSize(size)
+      if (size > MAX_DATASET_MANIFEST_BYTES) throw tooLarge(size)
       // Pinned to the version HEAD sized: a larger one written since is refused, not read.
       return size === 0 ? Buffer.alloc(0) : readCapped(client.iterateRange(p, { pin: { etag } }))
     },

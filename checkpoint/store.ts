@@ -3,6 +3,7 @@ import { sidecarKeyOf } from '../lib/content/sidecar.js'
 import { directoryCid } from '../lib/content/unixfs-directory.js'
 import { O3Error, O3IntegrityError, O3NotFoundError, O3UsageError, sameEtag, type O3Client, type ObjectPin } from '../lib/o3/index.js'
 import { silentLogger, type Logger } from '../lib/log.js'
+import { collectUpTo } from '../lib/collect-up-to.js'
 import { parseHeader, parseSafetensors, headerLength, type SafetensorsHeader, type StateTensor } from './safetensors.js'
 import {
   CHECKPOINT_DIR,
@@ -81,18 +82,16 @@ export class CheckpointStore {
    */
   private async readText(key: string, signal?: AbortSignal, pin?: VersionPin): Promise<string | undefined> {
     try {
-      const chunks: Buffer[] = []
-      let size = 0
       // A copy: the client records on a pin what the responses say.
-      for await (const c of this.client.iterateRange(key, { signal, pin: pin && { ...pin } })) {
-        size += c.length
-        if (size > CONTROL_OBJECT_MAX)
-          throw new O3IntegrityError(
+      const bytes = await collectUpTo(
+        this.client.iterateRange(key, { signal, pin: pin && { ...pin } }),
+        CONTROL_OBJECT_MAX,
+        () =>
+          new O3IntegrityError(
             `${this.where(key)} is larger than ${CONTROL_OBJECT_MAX} bytes, too large for a checkpoint control object; it was not written by o3ckpt`,
-          )
-        chunks.push(c)
-      }
-      return Buffer.concat(chunks).toString('utf8')
+          ),
+      )
+      return bytes.toString('utf8')
     } catch (err) {
       if (!(err instanceof O3NotFoundError)) throw err
       if (pin) throw new O3NotFoundError(`${this.where(key)}: version ${pin.versionId} is gone (${err.message})`, { cause: err })

@@ -112,8 +112,8 @@ export class ControlPlane {
    * before 1970 from a server's listing) fails that request with EIO and a log line instead: it
    * must neither end the mount nor leave the kernel waiting for the op timeout.
    */
-  private answer<T>(path: string, answer: Promise<T>, send: (value: T) => unknown, fail: (err: NativeError) => unknown): void {
-    void answer.then(send).catch((err: unknown) => {
+  private answer<T>(path: string, pending: Promise<T>, send: (value: T) => unknown, fail: (err: NativeError) => unknown): void {
+    void pending.then(send).catch((err: unknown) => {
       const message = `${path}: the byte path refused the answer: ${(err as Error).message ?? String(err)}`
       this.log.error({ path, err: message }, 'control plane: an answer was refused')
       try {

@@ -39,8 +39,8 @@ class ResponseHead {
   static constexpr size_t kMaxBytes = 64 * 1024;
 
   // Adds one line as received, CRLF included. A status line starts the head, or a new one after an
-  // interim (1xx) head has ended (curl hands those over too); anywhere else it is an error. Returns false once the head is
-  // malformed or over kMaxBytes; `error()` says why.
+  // interim (1xx) head has ended (curl hands those over too); anywhere else it is an error. Returns
+  // false once the head is malformed or over kMaxBytes; `error()` says why.
   bool addLine(std::string_view line);
   // The empty line that ends the head has been seen.
   bool complete() const { return complete_; }

@@ -1,7 +1,7 @@
 import type { O3Client } from '../../lib/o3/client.js'
 import { O3IntegrityError, O3StreamError } from '../../lib/o3/errors.js'
 import type { Logger } from '../../lib/log.js'
-import { DATASET_MANIFEST_NAME, MAX_DATASET_MANIFEST_BYTES, parseDatasetManifest, type ManifestFile } from '../../lib/content/dataset-manifest.js'
+import { DATASET_MANIFEST_NAME, checkDatasetManifestSize, parseDatasetManifest, type ManifestFile } from '../../lib/content/dataset-manifest.js'
 import type { Entry, MetadataCache } from '../metadata-cache.js'
 
 export const VERIFY_MODES = ['off', 'if-present', 'required'] as const
@@ -95,8 +95,7 @@ export class ManifestIndex {
   }
 
   private async load(path: string, key: string, etag: string, size: number): Promise<Loaded> {
-    if (size > MAX_DATASET_MANIFEST_BYTES)
-      throw new O3IntegrityError(`${key}: ${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
+    checkDatasetManifestSize(size, key)
     let bytes: Buffer
     try {
       bytes = size === 0 ? Buffer.alloc(0) : await this.client.getBytes(key, 0, size - 1, { pin: { etag } })

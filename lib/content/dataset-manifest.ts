@@ -105,14 +105,19 @@ async function checkSignature(m: DatasetManifest, what: string, trustedSigners: 
   return recovered
 }
 
+/** O3IntegrityError, naming `what`, when a dataset manifest of `size` bytes is larger than one may be: before it is read, too. */
+export function checkDatasetManifestSize(size: number, what: string): void {
+  if (size > MAX_DATASET_MANIFEST_BYTES)
+    throw new O3IntegrityError(`${what}: ${size} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
+}
+
 /**
  * Parses and checks a dataset manifest; O3IntegrityError, naming `what`, for anything wrong: too
  * large, not JSON, a missing or malformed field, a leaf list that does not rebuild its file's CID,
  * a bad signature, or no signature by one of `trustedSigners` when that list is not empty.
  */
 export async function parseDatasetManifest(bytes: Uint8Array, what: string, trustedSigners: readonly string[] = []): Promise<DatasetManifest> {
-  if (bytes.length > MAX_DATASET_MANIFEST_BYTES)
-    throw new O3IntegrityError(`${what}: ${bytes.length} bytes, more than the ${MAX_DATASET_MANIFEST_BYTES} a dataset manifest may have`)
+  checkDatasetManifestSize(bytes.length, what)
   let m: DatasetManifest
   try {
     m = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('utf8')) as DatasetManifest
