@@ -16,7 +16,7 @@ import { MetadataCache } from '../fs-driver/metadata-cache.js'
 import { MountCounters } from '../fs-driver/stats.js'
 import { ManifestIndex } from '../fs-driver/verify/manifest-index.js'
 import { silentLogger } from '../lib/log.js'
-import { startFaultProxy } from './support/fault-proxy.js'
+import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { manifestFile, putTree } from './support/manifest.js'
 import { blockFiles, mount, runCli, statsWhen, tempMountpoint, type Mounted } from './support/o3mount.js'
@@ -174,15 +174,22 @@ t.test('a manifest that cannot be fetched fails that open with EIO; the mount li
   await m.stop()
 })
 
+/**
+ * The metadata cache and manifest index a mount of `${BUCKET}/${prefix}` builds; through `proxy`
+ * with one attempt per request, so that an outage fails a load at once.
+ */
+function indexAt(t: Test, prefix: string, proxy?: FaultProxy): { meta: MetadataCache; index: ManifestIndex } {
+  const scoped = serverClient(info, `${BUCKET}/${prefix}`, proxy ? { endpoint: proxy.endpoint, retry: { maxAttempts: 1 } } : {})
+  t.teardown(() => scoped.close())
+  const meta = new MetadataCache(scoped, Infinity, new MountCounters(), silentLogger)
+  return { meta, index: new ManifestIndex(scoped, meta, 'if-present', [], silentLogger) }
+}
+
 t.test('a manifest load that failed is not remembered: the next open fetches it again', async (t) => {
   await putTree(client, 'retry', { 'y.bin': randomBytes(1000) })
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
-  // One attempt per request, so that the outage fails the load at once.
-  const scoped = serverClient(info, `${BUCKET}/retry`, { endpoint: proxy.endpoint, retry: { maxAttempts: 1 } })
-  t.teardown(() => scoped.close())
-  const meta = new MetadataCache(scoped, Infinity, new MountCounters(), silentLogger)
-  const index = new ManifestIndex(scoped, meta, 'if-present', [], silentLogger)
+  const { meta, index } = indexAt(t, 'retry', proxy)
   await meta.lookup(`/${DATASET_MANIFEST_NAME}`)
   const outage = proxy.outage(60_000)
   await t.rejects(index.coverage('/y.bin', 'y.bin', 1000), 'the load fails while the server is away')
@@ -193,10 +200,7 @@ t.test('a manifest load that failed is not remembered: the next open fetches it 
 
 t.test('a manifest replaced between its listing and its load is loaded again, not refused', async (t) => {
   await putTree(client, 'replaced', { 'z.bin': randomBytes(1000) })
-  const scoped = serverClient(info, `${BUCKET}/replaced`)
-  t.teardown(() => scoped.close())
-  const meta = new MetadataCache(scoped, Infinity, new MountCounters(), silentLogger)
-  const index = new ManifestIndex(scoped, meta, 'if-present', [], silentLogger)
+  const { meta, index } = indexAt(t, 'replaced')
   t.ok(await meta.lookup(`/${DATASET_MANIFEST_NAME}`), 'the manifest is listed, with its first ETag')
   // Uploaded again with other bytes: the listing kept still names the first manifest.
   await putTree(client, 'replaced', { 'z.bin': randomBytes(2000) })
@@ -208,10 +212,7 @@ t.test('a manifest that cannot be loaded fails the size a lookup shows instead o
   await putTree(client, 'shown', { 'w.bin': randomBytes(1000) })
   const proxy = await startFaultProxy({ targetPort: Number(new URL(info.endpoint).port) })
   t.teardown(() => proxy.close())
-  const scoped = serverClient(info, `${BUCKET}/shown`, { endpoint: proxy.endpoint, retry: { maxAttempts: 1 } })
-  t.teardown(() => scoped.close())
-  const meta = new MetadataCache(scoped, Infinity, new MountCounters(), silentLogger)
-  const index = new ManifestIndex(scoped, meta, 'if-present', [], silentLogger)
+  const { meta, index } = indexAt(t, 'shown', proxy)
   const listed = await meta.lookup('/w.bin')
   if (listed?.kind !== 'file') return t.fail('w.bin is listed as a file')
   await meta.lookup(`/${DATASET_MANIFEST_NAME}`)
