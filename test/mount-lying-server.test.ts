@@ -15,6 +15,7 @@ import { createBucket, serverClient, serverEnv, useS3Server } from './support/s3
 import { startLyingS3, type Lie, type LyingS3 } from './support/lying-s3.js'
 import { mount, type Mounted } from './support/o3mount.js'
 import { readAll } from './support/objects.js'
+import { until } from './support/until.js'
 import { syntheticState, tempDir } from './fixtures/ckpt.js'
 
 const MiB = 1 << 20
@@ -93,6 +94,8 @@ t.test('an object listed as older than 1970: its lookup fails with EIO, the moun
   // ended the mount (an unhandled rejection) and now fails this one lookup.
   await t.rejects(stat(path.join(m.mountpoint, key)), { code: 'EIO' })
   t.ok(lying.told >= 1, `the server lied (${lying.told})`)
+  // The mount's stderr reaches this process after the kernel has the answer.
+  await until(() => m.log().includes('an answer was refused'), "the mount's log line")
   t.match(m.log(), /an answer was refused/)
   t.match(m.log(), /before-1970\.bin: the byte path refused the answer: mtimeMs must not be negative/, 'the log names the file and why')
   await alive(t, m)
