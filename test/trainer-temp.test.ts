@@ -79,8 +79,12 @@ t.test('a run killed with its mount (kill -9) leaves its directory; the next sta
   t.same(readdirSync(join(tmp, dir!)).sort(), ['control.sock', 'data', 'mount.log'], "holding the mountpoint, the mount's log and its control socket")
   const mountPid = Number(/"pid":(\d+),"msg":"mounted the data for this run"/.exec(run.output())![1])
   // Both killed: the mountpoint is left disconnected (ENOTCONN), the worst case for a clean-up.
-  process.kill(run.child.pid!, 'SIGKILL')
-  process.kill(mountPid, 'SIGKILL')
+  // Stopped first, so that neither sees the other go and cleans up between the two kills (the
+  // mount unmounts itself once its parent's channel closes).
+  for (const sig of ['SIGSTOP', 'SIGKILL'] as const) {
+    process.kill(run.child.pid!, sig)
+    process.kill(mountPid, sig)
+  }
   await run.done
   await until(() => !alive(mountPid), 'the mount process to die')
   t.ok(isMounted(join(tmp, dir!, 'data')), 'a dead mount is left behind')
