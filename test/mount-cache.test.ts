@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { mapLimit } from '../scripts/bench/util.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
-import { blockFiles, mount, statsWhen } from './support/o3mount.js'
+import { blockFiles, logWhen, mount, statsWhen } from './support/o3mount.js'
 
 const MiB = 1 << 20
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
@@ -54,7 +54,7 @@ t.test('the disk cache survives a remount and a corrupt block is fetched again',
   const s3 = await statsWhen(third, (s) => s.cache.diskCorrupt >= 1 && s.cache.diskHits >= 8)
   t.equal(s3.cache.diskCorrupt, 1, 'the corruption was detected')
   t.equal(s3.fetch.blocksFetched, 1, 'only that block was fetched again')
-  t.match(third.log(), /failed its checksum/)
+  t.match(await logWhen(third, /failed its checksum/), /failed its checksum/)
   await third.stop()
 })
 

@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
 import { mapLimit } from '../scripts/bench/util.js'
 import { createBucket, s3Client, serverClient, useS3Server } from './support/s3-server.js'
-import { freshStats, mount } from './support/o3mount.js'
+import { freshStats, logWhen, mount } from './support/o3mount.js'
 import { MetadataCache } from '../fs-driver/metadata-cache.js'
 import { MountCounters } from '../fs-driver/stats.js'
 import { silentLogger } from '../lib/log.js'
@@ -249,6 +249,6 @@ t.test('an object replaced while open fails reads with EIO instead of mixing ver
   } finally {
     await fh.close()
   }
-  t.match(p.log(), /replaced while open/)
+  t.match(await logWhen(p, /replaced while open/), /replaced while open/)
   await p.stop()
 })

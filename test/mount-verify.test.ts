@@ -19,7 +19,7 @@ import { silentLogger } from '../lib/log.js'
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { manifestFile, putTree } from './support/manifest.js'
-import { blockFiles, mount, runCli, statsWhen, tempMountpoint, type Mounted } from './support/o3mount.js'
+import { blockFiles, logWhen, mount, runCli, statsWhen, tempMountpoint, type Mounted } from './support/o3mount.js'
 
 const MiB = 1 << 20
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
@@ -120,7 +120,7 @@ t.test('a flipped byte in a disk-tier block (checksum fixed up) is caught and th
   t.equal(s.verify.failures, 1, 'the altered block was caught')
   t.equal(s.cache.diskCorrupt, 0, 'the CRC alone did not catch it')
   t.equal(s.fetch.blocksFetched, 1, 'only that block was fetched again')
-  t.match(second.log(), /disk cache block does not match the manifest/)
+  t.match(await logWhen(second, /disk cache block does not match/), /disk cache block does not match the manifest/)
   await second.stop()
 })
 
@@ -170,7 +170,7 @@ t.test('a manifest that cannot be fetched fails that open with EIO; the mount li
   t.equal(sha256(await fs.readFile(file)), sha256(body), 'the next open loads the manifest and reads')
   t.equal((await statsWhen(m, (s) => s.verify.blocksVerified >= 3)).verify.blocksVerified, 3, 'verified against it')
   t.equal(m.child.exitCode, null, 'the mount is alive')
-  t.match(m.log(), /loading the dataset manifest failed/)
+  t.match(await logWhen(m, /loading the dataset manifest failed/), /loading the dataset manifest failed/)
   await m.stop()
 })
 

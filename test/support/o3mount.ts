@@ -177,6 +177,17 @@ export async function statsWhen(m: Mounted, ok: (s: StatsSnapshot) => boolean, m
 }
 
 /**
+ * The mount's log once a line matches `pattern`, or as it is after `ms` (a deadline for a mount
+ * that never logs it; the caller's match then fails). Its stderr reaches this process after the
+ * kernel has the answer a line is about, so a line is waited for rather than read at once.
+ */
+export async function logWhen(m: Pick<Mounted, 'log'>, pattern: RegExp, ms = 30_000): Promise<string> {
+  const end = Date.now() + ms
+  while (!pattern.test(m.log()) && Date.now() <= end) await sleep(20)
+  return m.log()
+}
+
+/**
  * The first stats snapshot the mount takes after this call: it counts everything done before the
  * call, however late the 2 s timer that writes the file runs on a loaded machine.
  */
