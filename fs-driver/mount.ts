@@ -157,12 +157,41 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   const { NativeMount: Native } = loadMountAddon()
   const native: NativeMount = new Native(control.dispatcher(() => native, ended))
   let socket: ControlSocket<NativePrefetch> | undefined
+  let why = 'unmounted from outside'
+  let serving = false
+  // Installed before anything the process must clean up exists (the control socket's file, the
+  // mount): a SIGTERM in the start's window took the default action and left them behind (a
+  // supervisor stopping a pod that has just started, or a `tied` mount whose parent is gone).
+  // A signal before the mount serves stops the start where it stands.
+  const shutdown = installShutdown({
+    onRequest: (sig) => {
+      why = `signal ${sig}`
+      log.info({ signal: sig }, 'unmounting')
+      if (serving) native.unmount()
+    },
+    onForce: async () => {
+      why = 'forced'
+      if (serving) {
+        await fusermountUnmount(o.mountpoint).catch(() => {})
+        native.unmount()
+      }
+      await socket?.close()
+    },
+  })
+  /** Ends a start that failed or was stopped by a signal: nothing of it is left behind. */
+  const abandon = async (err: Error): Promise<never> => {
+    await socket?.close()
+    client.close()
+    shutdown.dispose()
+    throw err
+  }
   try {
     socket = o.controlSocket ? await ControlSocket.listen(o.controlSocket, announceTarget(control, native), log) : undefined
   } catch (err) {
-    client.close()
-    throw err
+    return abandon(err as Error)
   }
+  if (shutdown.requested)
+    return abandon(new MountError(`stopped by a signal before ${o.mountpoint} was mounted; nothing was left behind`, ExitCode.interrupted))
   const stats = new StatsReporter(
     { counters, verifyMode: o.verify, o3: () => client.stats, native: () => native.stats(), control: () => socket?.counters },
     { mountpoint: o.mountpoint, location: o.location, statsFile },
@@ -210,11 +239,10 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       warmConnections: Math.min(WARM_CONNECTIONS, o.maxConnections),
     },
   })
-  if (failure) {
-    await socket?.close()
-    client.close()
-    throw startError(o, failure)
-  }
+  if (failure) return abandon(startError(o, failure))
+  serving = true
+  // A signal while the session started: it was asked to stop, so it stops now it can.
+  if (shutdown.requested) native.unmount()
   tuneKernel(o.mountpoint, { readAheadKb: o.kernelReadaheadKb, maxBackground: o.maxBackground }, log)
   stats.start(STATS_FILE_EVERY_MS, o.statsIntervalMs)
   log.info(
@@ -231,24 +259,11 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   )
   onReady({ pid: process.pid, mountpoint: o.mountpoint, location: o.location, statsFile })
 
-  let why = 'unmounted from outside'
   // A slip that kills the process must not leave a dead mountpoint (ENOTCONN) behind.
   const forgetUnmount = onInternalError(async () => {
     why = 'internal error'
     log.error({ mountpoint: o.mountpoint }, 'unmounting after an internal error')
     await fusermountUnmount(o.mountpoint)
-  })
-  const shutdown = installShutdown({
-    onRequest: (sig) => {
-      why = `signal ${sig}`
-      log.info({ signal: sig }, 'unmounting')
-      native.unmount()
-    },
-    onForce: async () => {
-      why = 'forced'
-      await fusermountUnmount(o.mountpoint).catch(() => {})
-      native.unmount()
-    },
   })
   // `fusermount -u` or `umount` from outside ends the session too: the native side says so.
   const status = await sessionEnded

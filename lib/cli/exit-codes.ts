@@ -58,8 +58,8 @@ export const EXIT_MEANING: Record<ExitCodeName, { meaning: string; commands: str
   training: { meaning: 'training failed (e.g. the data mount went away)', commands: 'o3train' },
   interrupted: {
     meaning:
-      'stopped by SIGINT/SIGTERM before it finished (o3train: by a second one), with nothing half-written: uploads in flight aborted, a partial download removed',
-    commands: 'o3train, o3ckpt put, o3ckpt get, o3upload',
+      'stopped by SIGINT/SIGTERM before it finished (o3train: by a second one; o3mount: before the mount was up), with nothing half-written: uploads in flight aborted, a partial download removed',
+    commands: 'o3train, o3ckpt put, o3ckpt get, o3upload, o3mount',
   },
 }
 

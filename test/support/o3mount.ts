@@ -84,12 +84,19 @@ function exited(child: ChildProcess): Promise<void> {
 }
 
 /** Mounts `location` and resolves once the kernel serves it. */
-export async function mount(
-  t: Test,
-  info: S3ServerInfo,
-  location: string,
-  opts: { mountpoint?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {},
-): Promise<Mounted> {
+export async function mount(t: Test, info: S3ServerInfo, location: string, opts: MountOpts = {}): Promise<Mounted> {
+  const m = startMount(t, info, location, opts)
+  await m.ready
+  return m
+}
+
+type MountOpts = { mountpoint?: string; args?: string[]; env?: NodeJS.ProcessEnv }
+
+/**
+ * Starts a mount process and returns at once; `ready` resolves once it logs "mounted" and rejects
+ * if it exits first. Stopped at the test's end either way.
+ */
+export function startMount(t: Test, info: S3ServerInfo, location: string, opts: MountOpts = {}): Mounted & { ready: Promise<void> } {
   const mountpoint = opts.mountpoint ?? tempMountpoint(t)
   const statsFile = path.join(mkdtempSync(path.join(tmpdir(), 'o3mount-stats-')), 'stats.json')
   const child = spawn(process.execPath, [...MOUNT_NODE_FLAGS, ...CLI, mountpoint, location, '--stats-file', statsFile, ...(opts.args ?? [])], {
@@ -115,7 +122,7 @@ export async function mount(
     return stopped
   }
   t.teardown(stop)
-  await new Promise<void>((resolve, reject) => {
+  const ready = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`o3mount did not mount within 120 s:\n${output}`)), 120_000)
     const onData = () => {
       if (output.includes('"msg":"mounted"')) {
@@ -130,6 +137,8 @@ export async function mount(
       reject(new Error(`o3mount exited with ${code} before mounting:\n${output}`))
     })
   })
+  // A test that stops the start on purpose need not await it.
+  ready.catch(() => {})
   return {
     mountpoint,
     pid: child.pid!,
@@ -138,6 +147,7 @@ export async function mount(
     log: () => output,
     stats: () => JSON.parse(readFileSync(statsFile, 'utf8')) as StatsSnapshot,
     stop,
+    ready,
   }
 }
 
