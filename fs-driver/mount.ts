@@ -12,6 +12,7 @@ import { LISTING_STREAM, ListingOrder } from './listing-order.js'
 import { BadRequest } from '../lib/control-protocol.js'
 import { backgroundLimits, tuneKernel } from './kernel-tuning.js'
 import { MetadataCache } from './metadata-cache.js'
+import { keepCredentialsFresh } from './credentials-refresh.js'
 import type { MountOptions } from './options.js'
 import { fusermountUnmount } from './mount-table.js'
 import { checkBucket, checkFuse, checkMountpoint } from './preflight.js'
@@ -245,6 +246,12 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   if (shutdown.requested) native.unmount()
   tuneKernel(o.mountpoint, { readAheadKb: o.kernelReadaheadKb, maxBackground: o.maxBackground }, log)
   stats.start(STATS_FILE_EVERY_MS, o.statsIntervalMs)
+  const stopRefreshing = keepCredentialsFresh(
+    credentials,
+    () => client.credentials(),
+    (c) => native.setCredentials(c),
+    log,
+  )
   log.info(
     {
       mountpoint: o.mountpoint,
@@ -268,6 +275,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
   // `fusermount -u` or `umount` from outside ends the session too: the native side says so.
   const status = await sessionEnded
   forgetUnmount()
+  stopRefreshing()
   await socket?.close()
   stats.stop()
   client.close()

@@ -66,8 +66,8 @@ export interface NativeMountConfig {
     endpoint: string
     region: string
     bucket: string
-    /** Static keys, handed over in memory; never logged. */
-    credentials: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }
+    /** The keys to sign with, handed over in memory; never logged. */
+    credentials: NativeCredentials
     /** PEM file for HTTPS; '' for the system store. */
     caBundle: string
     connectTimeoutMs: number
@@ -150,11 +150,20 @@ export interface NativePrefetch extends NativeOpen {
   path: string
 }
 
+/** What the native signer signs with: secrets, held in memory only. */
+export interface NativeCredentials {
+  accessKeyId: string
+  secretAccessKey: string
+  sessionToken?: string
+}
+
 export type Dispatch = (kind: string, a: unknown, b: unknown, c?: unknown) => void
 
 export interface NativeMount {
   start(config: NativeMountConfig): Promise<NativeStartFailure | null>
   unmount(): void
+  /** Requests signed from now on use `credentials` (temporary ones, refreshed before they expire). */
+  setCredentials(credentials: NativeCredentials): void
   stats(): NativeStats | undefined
   /** Queues `files` to fetch ahead of their readers, in order, after what `stream` (one per announcing client) queued before. */
   prefetch(files: NativePrefetch[], stream: number): void

@@ -1,8 +1,8 @@
 // The mount's binding, build/Release/o3_mount.node: `new NativeMount(dispatch)`, then
 // `start(config)` (a promise; the disk tier is opened and the session mounted off the JS thread),
-// `unmount()`, `stats()`, `prefetch(files, stream)` and the answers to the bridge's questions. One thread
-// of its own serves the session; when it ends (unmounted here or from outside) the byte path is
-// torn down off the JS thread and dispatch('ended', status) follows. Loads no libtorch.
+// `unmount()`, `setCredentials(credentials)`, `stats()`, `prefetch(files, stream)` and the answers to the bridge's questions. One
+// thread of its own serves the session; when it ends (unmounted here or from outside) the byte path is torn down off the JS
+// thread and dispatch('ended', status) follows. Loads no libtorch.
 #include <napi.h>
 
 #include <memory>
@@ -89,6 +89,11 @@ struct StartConfig {
   int warmConnections = 0;
 };
 
+// { accessKeyId, secretAccessKey, sessionToken? }: secrets, kept in memory and never logged.
+Credentials credentialsOf(const Napi::Object& k) {
+  return {stringAt(k, "accessKeyId"), stringAt(k, "secretAccessKey"), stringAt(k, "sessionToken")};
+}
+
 StartConfig startConfigOf(const Napi::Object& c) {
   StartConfig s;
   MountConfig& m = s.mount;
@@ -125,8 +130,7 @@ StartConfig startConfigOf(const Napi::Object& c) {
   s.fetch.connectTimeoutMs = static_cast<int>(countAt(f, "connectTimeoutMs"));
   s.fetch.requestTimeoutMs = static_cast<int>(countAt(f, "requestTimeoutMs"));
   s.fetch.retry.maxAttempts = static_cast<int>(countAt(f, "maxAttempts"));
-  const Napi::Object k = objectAt(f, "credentials");
-  s.fetch.credentials = {stringAt(k, "accessKeyId"), stringAt(k, "secretAccessKey"), stringAt(k, "sessionToken")};
+  s.fetch.credentials = credentialsOf(objectAt(f, "credentials"));
   s.warmConnections = static_cast<int>(countAt(f, "warmConnections"));
   return s;
 }
@@ -183,9 +187,9 @@ class NativeMount final : public Napi::ObjectWrap<NativeMount> {
     return DefineClass(
         env, "NativeMount",
         {InstanceMethod<&NativeMount::Start>("start"), InstanceMethod<&NativeMount::Unmount>("unmount"),
-         InstanceMethod<&NativeMount::Stats>("stats"), InstanceMethod<&NativeMount::Prefetch>("prefetch"),
-         InstanceMethod<&NativeMount::AnswerLookup>("answerLookup"), InstanceMethod<&NativeMount::AnswerReaddir>("answerReaddir"),
-         InstanceMethod<&NativeMount::AnswerOpen>("answerOpen")});
+         InstanceMethod<&NativeMount::SetCredentials>("setCredentials"), InstanceMethod<&NativeMount::Stats>("stats"),
+         InstanceMethod<&NativeMount::Prefetch>("prefetch"), InstanceMethod<&NativeMount::AnswerLookup>("answerLookup"),
+         InstanceMethod<&NativeMount::AnswerReaddir>("answerReaddir"), InstanceMethod<&NativeMount::AnswerOpen>("answerOpen")});
   }
 
   explicit NativeMount(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeMount>(info) {
@@ -266,6 +270,15 @@ class NativeMount final : public Napi::ObjectWrap<NativeMount> {
   Napi::Value Unmount(const Napi::CallbackInfo& info) {
     std::lock_guard lock(mutex_);
     if (mount_) mount_->unmount();
+    return info.Env().Undefined();
+  }
+
+  // setCredentials({ accessKeyId, secretAccessKey, sessionToken? }): refreshed temporary credentials.
+  Napi::Value SetCredentials(const Napi::CallbackInfo& info) {
+    if (!info[0].IsObject()) throw Napi::TypeError::New(info.Env(), "setCredentials(credentials): credentials must be an object");
+    const Credentials c = credentialsOf(info[0].As<Napi::Object>());
+    std::lock_guard lock(mutex_);
+    if (mount_) mount_->setCredentials(c);
     return info.Env().Undefined();
   }
 

@@ -226,6 +226,8 @@ class CurlFetchEngine final : public FetchEngine {
     }
   }
 
+  void setCredentials(const Credentials& credentials) override { signer_.setCredentials(credentials); }
+
   FetchStats stats() const override {
     FetchStats s;
     s.requests = requests_.load();
@@ -644,7 +646,7 @@ class CurlFetchEngine final : public FetchEngine {
   }
 
   const FetchConfig config_;
-  const SigV4Signer signer_;
+  SigV4Signer signer_;
   const int maxConnections_;
   Endpoint endpoint_;
   CURLM* multi_ = nullptr;

@@ -113,6 +113,9 @@ class FetchEngine {
   // trips to a distant server): makes sure about `n` (at most maxConnections) are open, with cheap
   // signed HEADs of the bucket. Returns at once; failures only show in the stats.
   virtual void warm(int n) { (void)n; }
+  // Requests signed from now on use `credentials`: temporary ones, refreshed by the control plane
+  // before they expire. Thread-safe; an engine that signs nothing (a test's fake) ignores them.
+  virtual void setCredentials(const Credentials& credentials) { (void)credentials; }
   // Fails every queued and running fetch with Cancelled and joins the thread; idempotent, and every
   // caller (several at once too) returns once the thread has ended. From a sink's callback it only
   // starts that (the engine thread cannot join itself). After it, fetch() finishes its sink with

@@ -60,6 +60,8 @@ MountStats Mount::stats() const {
   return s;
 }
 
+void Mount::setCredentials(const Credentials& credentials) { engine_->setCredentials(credentials); }
+
 void Mount::prefetch(std::vector<Filesystem::Announced> files, uint64_t stream) { fs_->prefetch(std::move(files), stream); }
 
 }  // namespace o3mount

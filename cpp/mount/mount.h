@@ -59,6 +59,8 @@ class Mount {
   // From any thread, without blocking: ends serve() soon.
   void unmount();
   MountStats stats() const;
+  // Requests signed from now on use `credentials` (FetchEngine::setCredentials).
+  void setCredentials(const Credentials& credentials);
   // Files to fetch ahead of their readers, in this order, as `stream`'s (BlockCache::announce).
   void prefetch(std::vector<Filesystem::Announced> files, uint64_t stream);
 

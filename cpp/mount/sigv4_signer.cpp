@@ -83,7 +83,7 @@ std::string sha256Hex(std::string_view data) {
 SigV4Signer::SigV4Signer(Credentials credentials, std::string region, std::string service)
     : credentials_(std::move(credentials)), region_(std::move(region)), service_(std::move(service)) {}
 
-std::string SigV4Signer::signingKey(const std::string& date) const {
+SigV4Signer::Keys SigV4Signer::keysFor(const std::string& date) const {
   std::lock_guard lock(mutex_);
   if (keyDate_ != date) {
     std::string k = hmac("AWS4" + credentials_.secretAccessKey, date);
@@ -92,7 +92,13 @@ std::string SigV4Signer::signingKey(const std::string& date) const {
     key_ = hmac(k, "aws4_request");
     keyDate_ = date;
   }
-  return key_;
+  return {credentials_.accessKeyId, credentials_.sessionToken, key_};
+}
+
+void SigV4Signer::setCredentials(Credentials credentials) {
+  std::lock_guard lock(mutex_);
+  credentials_ = std::move(credentials);
+  keyDate_.clear();
 }
 
 void SigV4Signer::sign(std::string_view method, std::string_view path, std::string_view query, std::vector<Header>& headers,
@@ -104,10 +110,11 @@ void SigV4Signer::sign(std::string_view method, std::string_view path, std::stri
   std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
   const std::string amzDate(stamp);
   const std::string date = amzDate.substr(0, 8);
+  const Keys keys = keysFor(date);
 
   headers.emplace_back("x-amz-content-sha256", std::string(kEmptyBodySha256));
   headers.emplace_back("x-amz-date", amzDate);
-  if (!credentials_.sessionToken.empty()) headers.emplace_back("x-amz-security-token", credentials_.sessionToken);
+  if (!keys.sessionToken.empty()) headers.emplace_back("x-amz-security-token", keys.sessionToken);
 
   std::vector<const Header*> sorted;
   sorted.reserve(headers.size());
@@ -127,10 +134,10 @@ void SigV4Signer::sign(std::string_view method, std::string_view path, std::stri
 
   const std::string scope = date + "/" + region_ + "/" + service_ + "/aws4_request";
   const std::string toSign = "AWS4-HMAC-SHA256\n" + amzDate + "\n" + scope + "\n" + sha256Hex(canonical);
-  const std::string sig = hmac(signingKey(date), toSign);
-  headers.emplace_back("authorization", "AWS4-HMAC-SHA256 Credential=" + credentials_.accessKeyId + "/" + scope +
-                                            ", SignedHeaders=" + signedHeaders + ", Signature=" +
-                                            toHex(reinterpret_cast<const unsigned char*>(sig.data()), sig.size()));
+  const std::string sig = hmac(keys.signingKey, toSign);
+  headers.emplace_back("authorization",
+                       "AWS4-HMAC-SHA256 Credential=" + keys.accessKeyId + "/" + scope + ", SignedHeaders=" + signedHeaders +
+                           ", Signature=" + toHex(reinterpret_cast<const unsigned char*>(sig.data()), sig.size()));
 }
 
 }  // namespace o3mount

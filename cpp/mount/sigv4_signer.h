@@ -39,10 +39,20 @@ class SigV4Signer {
   // authorization to `headers`. Thread-safe.
   void sign(std::string_view method, std::string_view path, std::string_view query, std::vector<Header>& headers,
             std::chrono::system_clock::time_point now) const;
+  // Requests signed from now on use `credentials` (temporary ones, refreshed before they expire).
+  // Thread-safe: a request is signed wholly with the old keys or wholly with the new.
+  void setCredentials(Credentials credentials);
 
  private:
-  // HMAC chain of the secret over date/region/service: the same all day, so derived once per date.
-  std::string signingKey(const std::string& date) const;
+  // What one signature needs, taken together under the lock.
+  struct Keys {
+    std::string accessKeyId;
+    std::string sessionToken;
+    std::string signingKey;
+  };
+  // The HMAC chain of the secret over date/region/service is the same all day: derived once per
+  // date (and per credentials).
+  Keys keysFor(const std::string& date) const;
 
   Credentials credentials_;
   std::string region_;

@@ -604,11 +604,12 @@ export class O3Client {
 
   /**
    * The keys requests are signed with, resolved as the SDK does (static keys, else the AWS chain:
-   * variables, profiles): for a signer outside the SDK (the mount's native fetch engine).
+   * variables, profiles): for a signer outside the SDK (the mount's native fetch engine). The SDK
+   * keeps temporary ones until 5 minutes before they expire, then resolves new ones.
    */
   async credentials(): Promise<Credentials> {
     const c = await this.s3.config.credentials()
-    return { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken }
+    return { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken, expiration: c.expiration }
   }
 
   /** Closes the connection pool. */

@@ -25,6 +25,8 @@ export interface Credentials {
   accessKeyId: string
   secretAccessKey: string
   sessionToken?: string
+  /** When temporary credentials stop being valid; static keys have none. */
+  expiration?: Date
 }
 
 export interface O3Config {

@@ -3,7 +3,9 @@
 // ranged GETs the way broken gateways and caches do: the whole object with 200, a 206 whose
 // Content-Range names another range (with that range's bytes), a Content-Length longer than the
 // range, or a 500 with a huge chunked body. Tests use it to prove that a client never takes a lie
-// for data. Loopback only; it never keeps the process alive.
+// for data. It can also play the expiry of temporary credentials, which Swift's tempauth has not:
+// requests signed with a session token it was told has expired get S3's 403 ExpiredToken. Loopback
+// only; it never keeps the process alive.
 import http from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 
@@ -45,6 +47,10 @@ export interface LyingS3 {
   clear(): void
   /** Lies told so far. */
   readonly told: number
+  /** From now on, requests signed with session token `token` are answered 403 ExpiredToken, as S3 does once it expires. */
+  expire(token: string): void
+  /** The session tokens (x-amz-security-token) requests came with, each once, in order of first use. */
+  readonly tokens: readonly string[]
   close(): Promise<void>
 }
 
@@ -57,9 +63,22 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
   let pending: { lie: Lie; count: number; path?: RegExp } | undefined
   let told = 0
   const sockets = new Set<Socket>()
+  const expired = new Set<string>()
+  const tokens: string[] = []
 
   const server = http.createServer((req, res) => {
     const path = decodeURIComponent((req.url ?? '/').split('?')[0]!)
+    const token = req.headers['x-amz-security-token']
+    if (typeof token === 'string') {
+      if (!tokens.includes(token)) tokens.push(token)
+      if (expired.has(token)) {
+        req.resume()
+        const xml = '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>'
+        res.writeHead(403, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(xml) })
+        res.end(xml)
+        return
+      }
+    }
     if (pending?.lie === 'before-1970' || pending?.lie === 'empty-page') return void forwardMetadataLie(req, res, path)
     const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '')
     const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (upRes) => {
@@ -183,6 +202,10 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
     get told() {
       return told
     },
+    expire: (token) => {
+      expired.add(token)
+    },
+    tokens,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy()

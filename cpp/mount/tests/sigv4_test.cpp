@@ -53,6 +53,24 @@ void keyCachedPerDay() {
   O3_CHECK_EQ(header(a, "authorization"), header(c, "authorization"));
 }
 
+void refreshedCredentialsSignFromThen() {
+  // New temporary credentials the same day: the key cached for the day must not outlive the secret.
+  SigV4Signer refreshed({"AKID-OLD", "old-secret", "old-token"}, "r");
+  std::vector<Header> before{{"host", "h"}}, after{{"host", "h"}}, fresh{{"host", "h"}};
+  refreshed.sign("GET", "/b/k", "", before, at(2026, 1, 1));
+  refreshed.setCredentials({"AKID-NEW", "new-secret", "new-token"});
+  refreshed.sign("GET", "/b/k", "", after, at(2026, 1, 1));
+  SigV4Signer({"AKID-NEW", "new-secret", "new-token"}, "r").sign("GET", "/b/k", "", fresh, at(2026, 1, 1));
+  O3_CHECK(header(before, "authorization").find("Credential=AKID-OLD/") != std::string::npos);
+  O3_CHECK_EQ(header(after, "authorization"), header(fresh, "authorization"));
+  O3_CHECK_EQ(header(after, "x-amz-security-token"), std::string("new-token"));
+  // Credentials without a token after ones with it: no token header left over.
+  refreshed.setCredentials({"AKID-STATIC", "static-secret", ""});
+  std::vector<Header> none{{"host", "h"}};
+  refreshed.sign("GET", "/b/k", "", none, at(2026, 1, 1));
+  O3_CHECK_EQ(header(none, "x-amz-security-token"), std::string("<absent>"));
+}
+
 void uriEncoding() {
   O3_CHECK_EQ(uriEncode("a b+c%d~e_f-g.h/i", true), std::string("a%20b%2Bc%25d~e_f-g.h/i"));
   O3_CHECK_EQ(uriEncode("a/b", false), std::string("a%2Fb"));
@@ -92,6 +110,7 @@ int main() {
   awsDocumentationExample();
   sessionTokenIsSigned();
   keyCachedPerDay();
+  refreshedCredentialsSignFromThen();
   uriEncoding();
   endpointParsing();
   return test::finish("sigv4_test");
