@@ -233,6 +233,8 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       bucket: client.scope.bucket,
       credentials,
       caBundle: config.caBundle?.path ?? '',
+      // The start's requests have measured it where this machine's clock is off.
+      clockOffsetMs: client.clockOffsetMs,
       // As the SDK client's (lib/o3/client.ts): a connection within 5 s, and no request silent for 30 s.
       connectTimeoutMs: 5_000,
       requestTimeoutMs: 30_000,

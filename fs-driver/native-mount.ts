@@ -70,6 +70,8 @@ export interface NativeMountConfig {
     credentials: NativeCredentials
     /** PEM file for HTTPS; '' for the system store. */
     caBundle: string
+    /** Added to this machine's clock in signatures: the server's minus ours, as the SDK measured it. */
+    clockOffsetMs: number
     connectTimeoutMs: number
     requestTimeoutMs: number
     /** Attempts per fetch, the first included; the waits between them are the SDK client's. */
@@ -127,6 +129,7 @@ export interface NativeStats {
     inFlight: number
     firstByteUsAverage: number
     bytesPerSecondPerConnection: number
+    clockOffsetMs: number
   }
   cache: {
     budgetBytes: number

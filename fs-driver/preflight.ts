@@ -1,7 +1,7 @@
 import { constants, accessSync, readdirSync, statSync } from 'node:fs'
 import { O3Client } from '../lib/o3/client.js'
 import type { O3Config } from '../lib/o3/config.js'
-import { O3AuthError, O3Error, O3NotFoundError, O3UnreachableError } from '../lib/o3/errors.js'
+import { O3AuthError, O3ClockSkewError, O3Error, O3NotFoundError, O3UnreachableError } from '../lib/o3/errors.js'
 import type { Logger } from '../lib/log.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { oneLine } from '../lib/cli/run-cli.js'
@@ -93,6 +93,7 @@ export async function checkBucket(location: string, config: O3Config): Promise<v
   } catch (err) {
     if (err instanceof O3NotFoundError)
       throw new MountError(`bucket ${bucket} does not exist at ${config.endpoint}; check the name (and O3_ENDPOINT)`, err.exitCode)
+    if (err instanceof O3ClockSkewError) throw new MountError(err.message, err.exitCode)
     if (err instanceof O3AuthError)
       throw new MountError(
         `the server rejected the credentials for bucket ${bucket}; check O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY (from ${config.sources.credentials}) and the region`,

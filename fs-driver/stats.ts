@@ -42,6 +42,7 @@ const EMPTY_NATIVE: NativeStats = {
     inFlight: 0,
     firstByteUsAverage: 0,
     bytesPerSecondPerConnection: 0,
+    clockOffsetMs: 0,
   },
   cache: { budgetBytes: 0, cacheBytes: 0, inflightBytes: 0, peakUsedBytes: 0, overflowBuffers: 0, queuedJobs: 0, runningJobs: 0, announcedFiles: 0 },
   readahead: { streams: 0, maxWindowBytes: 0, totalWindowBytes: 0 },
@@ -110,6 +111,8 @@ export interface StatsSnapshot {
     /** Moving averages of the engine's requests: time to first byte, and one connection's rate. */
     firstByteUsAverage: number
     bytesPerSecondPerConnection: number
+    /** What signatures add to this machine's clock: the server's clock minus ours, where they differ by 5 minutes or more. */
+    clockOffsetMs: number
     diskWritesSkipped: number
     inodes: number
   }
@@ -217,6 +220,7 @@ export class StatsReporter {
         requestsInFlight: n.fetch.inFlight,
         firstByteUsAverage: n.fetch.firstByteUsAverage,
         bytesPerSecondPerConnection: n.fetch.bytesPerSecondPerConnection,
+        clockOffsetMs: n.fetch.clockOffsetMs,
         diskWritesSkipped: d.diskWritesSkipped,
         inodes: n.inodes,
       },

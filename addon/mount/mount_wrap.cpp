@@ -5,6 +5,7 @@
 // thread and dispatch('ended', status) follows. Loads no libtorch.
 #include <napi.h>
 
+#include <cmath>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,6 +38,13 @@ double numberAt(const Napi::Object& o, const char* name) {
   const double d = v.As<Napi::Number>().DoubleValue();
   if (!(d >= 0)) throw Napi::RangeError::New(o.Env(), std::string(name) + " must not be negative");
   return d;
+}
+// A number that may be negative (an offset), finite.
+double signedNumberAt(const Napi::Object& o, const char* name) {
+  Napi::Value v = o.Get(name);
+  if (!v.IsNumber() || !std::isfinite(v.As<Napi::Number>().DoubleValue()))
+    throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a finite number");
+  return v.As<Napi::Number>().DoubleValue();
 }
 uint64_t countAt(const Napi::Object& o, const char* name) { return static_cast<uint64_t>(numberAt(o, name)); }
 bool boolAt(const Napi::Object& o, const char* name) { return o.Get(name).ToBoolean().Value(); }
@@ -126,6 +134,7 @@ StartConfig startConfigOf(const Napi::Object& c) {
   s.fetch.region = stringAt(f, "region");
   s.fetch.bucket = stringAt(f, "bucket");
   s.fetch.caBundle = stringAt(f, "caBundle");
+  s.fetch.clockOffsetMs = static_cast<int64_t>(signedNumberAt(f, "clockOffsetMs"));
   s.fetch.maxConnections = m.cache.maxConnections;
   s.fetch.connectTimeoutMs = static_cast<int>(countAt(f, "connectTimeoutMs"));
   s.fetch.requestTimeoutMs = static_cast<int>(countAt(f, "requestTimeoutMs"));
@@ -152,6 +161,7 @@ Napi::Object statsObject(Napi::Env env, const MountStats& s) {
   fetch.Set("inFlight", static_cast<double>(s.fetch.inFlight));
   fetch.Set("firstByteUsAverage", static_cast<double>(s.fetch.firstByteUsAverage));
   fetch.Set("bytesPerSecondPerConnection", static_cast<double>(s.fetch.bytesPerSecondPerConnection));
+  fetch.Set("clockOffsetMs", static_cast<double>(s.fetch.clockOffsetMs));
   o.Set("fetch", fetch);
   Napi::Object cache = Napi::Object::New(env);
   cache.Set("budgetBytes", static_cast<double>(s.cache.budgetBytes));

@@ -11,10 +11,12 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -38,6 +40,9 @@ constexpr size_t kErrorBodyLimit = 4 * 1024;
 // libcurl's receive buffer per transfer (its maximum is 512 KiB): each write callback then hands
 // over up to this much, so a 1 MiB block arrives in a few copies rather than 64 of 16 KiB.
 constexpr long kReceiveBuffer = 256 * 1024;
+// As the AWS SDKs: a clock this far from the server's (after the offset) is corrected from the Date
+// of a request refused as skewed. S3 refuses signatures more than 15 minutes off.
+constexpr int64_t kClockSkewMs = 5 * 60 * 1000;
 // Responses smaller than this say more about latency than about a connection's rate.
 constexpr uint64_t kRateSampleMinBytes = 256 * 1024;
 // Weight of a new sample in the moving averages: about the last ten requests count.
@@ -165,6 +170,7 @@ class CurlFetchEngine final : public FetchEngine {
   explicit CurlFetchEngine(const FetchConfig& config)
       : config_(config),
         signer_(config.credentials, config.region),
+        clockOffsetMs_(config.clockOffsetMs),
         maxConnections_(std::max(1, config.maxConnections)),
         rng_(std::random_device{}()) {
     std::string why;
@@ -239,6 +245,7 @@ class CurlFetchEngine final : public FetchEngine {
     s.inFlight = inFlight_.load();
     s.firstByteUsAverage = firstByteUsAverage_.load();
     s.bytesPerSecondPerConnection = bytesPerSecond_.load();
+    s.clockOffsetMs = clockOffsetMs_.load();
     return s;
   }
 
@@ -422,7 +429,7 @@ class CurlFetchEngine final : public FetchEngine {
       if (job->sink) finish(*job, Status::error(ErrorKind::NoMemory, "cannot create a libcurl handle"));
       return;
     }
-    const auto wallNow = std::chrono::system_clock::now();
+    const auto wallNow = std::chrono::system_clock::now() + std::chrono::milliseconds(clockOffsetMs_.load());
     S3Request request;
     if (job->warmUp()) {
       request = headBucket(endpoint_, config_.bucket, signer_, wallNow);
@@ -584,7 +591,9 @@ class CurlFetchEngine final : public FetchEngine {
     } else if (status >= 300 && !job->warmUp()) {
       const std::string code = xmlElement(t->errorBody, "Code");
       const std::string message = xmlElement(t->errorBody, "Message");
-      const HttpFailure f = classifyHttpError(static_cast<int>(status), code);
+      HttpFailure f = classifyHttpError(static_cast<int>(status), code);
+      // Signed again with the server's time, it goes through (as with the SDK on the control plane).
+      if (code == "RequestTimeTooSkewed" && correctClock(t->head.date())) f.retry = true;
       failure = {f.kind, f.retry,
                  "HTTP " + std::to_string(status) + (code.empty() ? "" : " " + code) + (message.empty() ? "" : ": " + message)};
     } else if (rc != CURLE_OK) {
@@ -608,6 +617,18 @@ class CurlFetchEngine final : public FetchEngine {
     // (and kAttemptsPerRetryBudget budgets at most in all).
     if (progressed) job->failures = 0;
     retryOrFail(std::move(job), failure);
+  }
+
+  // Where this machine's clock with its offset is kClockSkewMs or more from the server's Date, the
+  // offset becomes the difference: true when it moved.
+  bool correctClock(const std::optional<int64_t>& serverSeconds) {
+    if (!serverSeconds) return false;
+    const int64_t nowMs =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    const int64_t serverMs = *serverSeconds * 1000;
+    if (std::llabs(nowMs + clockOffsetMs_.load() - serverMs) < kClockSkewMs) return false;
+    clockOffsetMs_.store(serverMs - nowMs);
+    return true;
   }
 
   void retryOrFail(std::unique_ptr<Job> job, const Failure& failure) {
@@ -647,6 +668,7 @@ class CurlFetchEngine final : public FetchEngine {
 
   const FetchConfig config_;
   SigV4Signer signer_;
+  std::atomic<int64_t> clockOffsetMs_;
   const int maxConnections_;
   Endpoint endpoint_;
   CURLM* multi_ = nullptr;

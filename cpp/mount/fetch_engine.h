@@ -35,6 +35,9 @@ struct FetchConfig {
   std::string bucket;
   Credentials credentials;
   std::string caBundle;  // PEM file for HTTPS; empty: the system store
+  // Added to this machine's clock in signatures: the server's clock minus ours, as the control
+  // plane's SDK measured it; corrected here too when a request is refused as skewed.
+  int64_t clockOffsetMs = 0;
   int maxConnections = 16;
   int connectTimeoutMs = 5'000;
   int requestTimeoutMs = 30'000;  // longest silence on a connection before the attempt fails
@@ -83,6 +86,8 @@ struct FetchStats {
   // 256 KiB. Their product times the connections is the bandwidth-delay product to keep in flight.
   uint64_t firstByteUsAverage = 0;
   uint64_t bytesPerSecondPerConnection = 0;
+  // What signatures add to this machine's clock (FetchConfig::clockOffsetMs, as corrected since).
+  int64_t clockOffsetMs = 0;
 };
 
 // A fetch finishes with one of:

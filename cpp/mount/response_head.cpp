@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <chrono>
 
 namespace o3mount {
 
@@ -64,6 +65,34 @@ std::string normaliseEtag(std::string_view etag) {
   if (s.size() >= 2 && (s[0] == 'W' || s[0] == 'w') && s[1] == '/') s.remove_prefix(2);
   if (s.size() >= 2 && s.front() == '"' && s.back() == '"') s = s.substr(1, s.size() - 2);
   return std::string(s);
+}
+
+std::optional<int64_t> parseHttpDate(std::string_view s) {
+  s = trim(s);
+  if (s.size() != 29 || s.substr(3, 2) != ", " || s[7] != ' ' || s[11] != ' ' || s[16] != ' ' || s[19] != ':' || s[22] != ':' ||
+      s.substr(25) != " GMT") {
+    return std::nullopt;
+  }
+  const auto number = [&s](size_t at, size_t n) -> std::optional<int> {
+    int v = 0;
+    for (size_t i = at; i < at + n; ++i) {
+      if (s[i] < '0' || s[i] > '9') return std::nullopt;
+      v = v * 10 + (s[i] - '0');
+    }
+    return v;
+  };
+  static constexpr std::string_view kMonths = "JanFebMarAprMayJunJulAugSepOctNovDec";
+  const size_t month = kMonths.find(s.substr(8, 3));
+  const auto day = number(5, 2), year = number(12, 4), hour = number(17, 2), minute = number(20, 2), second = number(23, 2);
+  if (month == std::string_view::npos || month % 3 != 0 || !day || !year || !hour || !minute || !second || *hour > 23 ||
+      *minute > 59 || *second > 60) {
+    return std::nullopt;
+  }
+  const std::chrono::year_month_day date{std::chrono::year{*year}, std::chrono::month{static_cast<unsigned>(month / 3 + 1)},
+                                         std::chrono::day{static_cast<unsigned>(*day)}};
+  if (!date.ok()) return std::nullopt;
+  const int64_t days = std::chrono::sys_days{date}.time_since_epoch().count();
+  return days * 86'400 + *hour * 3'600 + *minute * 60 + *second;
 }
 
 std::optional<ContentRange> parseContentRange(std::string_view s) {
@@ -157,6 +186,10 @@ bool ResponseHead::addLine(std::string_view line) {
   if (equalsNoCase(name, "etag")) {
     if (!plain) return fail("ETag with control bytes");
     return once(etag_, "ETag", value);
+  }
+  if (equalsNoCase(name, "date")) {
+    if (!date_) date_ = parseHttpDate(value);
+    return true;
   }
   if (equalsNoCase(name, "x-amz-version-id")) {
     if (!plain) return fail("x-amz-version-id with control bytes");

@@ -27,6 +27,10 @@ struct ContentRange {
   std::optional<uint64_t> total;  // nullopt for "/*"
 };
 
+// An HTTP date in IMF-fixdate form, the one HTTP/1.1 servers send ("Sun, 06 Nov 1994 08:49:37
+// GMT"), as seconds since the epoch; nullopt for anything else.
+std::optional<int64_t> parseHttpDate(std::string_view s);
+
 // "bytes a-b/total" or "bytes a-b/*" with a <= b < total; nullopt for anything else (including the
 // "bytes */total" of a 416, which carries no range).
 std::optional<ContentRange> parseContentRange(std::string_view s);
@@ -53,6 +57,8 @@ class ResponseHead {
   bool chunked() const { return transferEncoding_; }
   const std::optional<std::string>& etag() const { return etag_; }
   const std::optional<std::string>& versionId() const { return versionId_; }
+  // The server's clock (its Date header, the first one that parses), seconds since the epoch.
+  const std::optional<int64_t>& date() const { return date_; }
 
  private:
   bool fail(std::string why);
@@ -68,6 +74,7 @@ class ResponseHead {
   bool transferEncoding_ = false;
   std::optional<std::string> etag_;
   std::optional<std::string> versionId_;
+  std::optional<int64_t> date_;
   std::optional<std::string> rawLength_, rawRange_;
 };
 

@@ -612,6 +612,14 @@ export class O3Client {
     return { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken, expiration: c.expiration }
   }
 
+  /**
+   * What the SDK adds to this machine's clock when it signs: 0, or the server's clock minus ours
+   * once a request was refused as signed 5 minutes or more off (the SDK then signs it again).
+   */
+  get clockOffsetMs(): number {
+    return this.s3.config.systemClockOffset ?? 0
+  }
+
   /** Closes the connection pool. */
   close(): void {
     this.s3.destroy()

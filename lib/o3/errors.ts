@@ -17,6 +17,9 @@ export class O3AuthError extends O3Error {
   override readonly exitCode: number = ExitCode.auth
 }
 
+/** Refused because this machine's clock is too far from the server's: the keys may be right. */
+export class O3ClockSkewError extends O3AuthError {}
+
 /** The bucket or key does not exist. */
 export class O3NotFoundError extends O3Error {
   override readonly exitCode: number = ExitCode.notFound

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import { O3AuthError, O3Error, O3IntegrityError, O3NotFoundError, O3StreamError, O3UnreachableError, O3UsageError } from './errors.js'
+import { O3AuthError, O3ClockSkewError, O3Error, O3IntegrityError, O3NotFoundError, O3StreamError, O3UnreachableError, O3UsageError } from './errors.js'
 
 export interface RetryPolicy {
   /** Total attempts, the first included. */
@@ -73,7 +73,9 @@ interface Raw {
   code?: string
   Code?: string
   message?: string
-  $metadata?: { httpStatusCode?: number }
+  // clockSkewCorrected: the SDK read the server's Date off a refused request, found this machine's
+  // clock 5 minutes or more away from it and moved its offset: signed again, the request passes.
+  $metadata?: { httpStatusCode?: number; clockSkewCorrected?: boolean }
   $response?: { statusCode?: number }
   cause?: unknown
 }
@@ -91,6 +93,7 @@ export function httpStatus(err: unknown): number | undefined {
 /** Whether a retry could help: throttling, 5xx, connection resets and timeouts. */
 export function isTransient(err: unknown): boolean {
   if (err instanceof O3Error) return err instanceof O3StreamError
+  if ((err as Raw)?.$metadata?.clockSkewCorrected) return true
   const code = errorCode(err)
   const status = httpStatus(err)
   // A server that answered has said what it meant: only throttling, 5xx and request timeouts retry;
@@ -111,6 +114,9 @@ export function toO3Error(err: unknown, what: string, endpoint: string): O3Error
     return new O3AuthError(`${what}: no credentials found; set O3_ACCESS_KEY_ID and O3_SECRET_ACCESS_KEY (or O3_CREDENTIALS_FILE, or an AWS profile)`, {
       cause: err,
     })
+  }
+  if (code === 'RequestTimeTooSkewed') {
+    return new O3ClockSkewError(`${what}: this machine's clock is too far from the server's (${code}); set it right (NTP) and try again`, { cause: err })
   }
   if (AUTH_CODES.has(code) || status === 401 || status === 403) {
     return new O3AuthError(

@@ -3,9 +3,11 @@
 // ranged GETs the way broken gateways and caches do: the whole object with 200, a 206 whose
 // Content-Range names another range (with that range's bytes), a Content-Length longer than the
 // range, or a 500 with a huge chunked body. Tests use it to prove that a client never takes a lie
-// for data. It can also play the expiry of temporary credentials, which Swift's tempauth has not:
-// requests signed with a session token it was told has expired get S3's 403 ExpiredToken. Loopback
-// only; it never keeps the process alive.
+// for data. It can also play what Swift's tempauth and a shared clock cannot: the expiry of
+// temporary credentials (a request signed with a session token it was told has expired gets S3's
+// 403 ExpiredToken) and a client whose clock is off (a request signed too far from its own clock
+// gets 403 RequestTimeTooSkewed with that clock's Date, as S3 answers). Loopback only; it never
+// keeps the process alive.
 import http from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 
@@ -51,10 +53,19 @@ export interface LyingS3 {
   expire(token: string): void
   /** The session tokens (x-amz-security-token) requests came with, each once, in order of first use. */
   readonly tokens: readonly string[]
+  /**
+   * From now on its clock runs `aheadMs` ahead of this machine's: a request whose X-Amz-Date is more
+   * than 5 minutes from it is answered 403 RequestTimeTooSkewed with its Date (those within pass on
+   * to the server, whose own limit is 15 minutes).
+   */
+  skew(aheadMs: number): void
+  /** Requests refused as skewed so far. */
+  readonly skewed: number
   close(): Promise<void>
 }
 
 const EXTRA = 100
+const SKEW_LIMIT_MS = 5 * 60_000
 const CHUNK = 64 << 10
 
 export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
@@ -65,18 +76,31 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
   const sockets = new Set<Socket>()
   const expired = new Set<string>()
   const tokens: string[] = []
+  let aheadMs = 0
+  let skewed = 0
+  const refuse = (req: http.IncomingMessage, res: http.ServerResponse, code: string, message: string, headers: http.OutgoingHttpHeaders = {}) => {
+    req.resume()
+    const xml = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message></Error>`
+    res.writeHead(403, { ...headers, 'content-type': 'application/xml', 'content-length': Buffer.byteLength(xml) })
+    res.end(xml)
+  }
 
   const server = http.createServer((req, res) => {
     const path = decodeURIComponent((req.url ?? '/').split('?')[0]!)
     const token = req.headers['x-amz-security-token']
     if (typeof token === 'string') {
       if (!tokens.includes(token)) tokens.push(token)
-      if (expired.has(token)) {
-        req.resume()
-        const xml = '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>'
-        res.writeHead(403, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(xml) })
-        res.end(xml)
-        return
+      if (expired.has(token)) return refuse(req, res, 'ExpiredToken', 'The provided token has expired.')
+    }
+    if (aheadMs !== 0) {
+      const stamp = /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(String(req.headers['x-amz-date'] ?? ''))
+      const signedAt = stamp ? Date.UTC(+stamp[1]!, +stamp[2]! - 1, +stamp[3]!, +stamp[4]!, +stamp[5]!, +stamp[6]!) : NaN
+      const now = Date.now() + aheadMs
+      if (!(Math.abs(now - signedAt) <= SKEW_LIMIT_MS)) {
+        skewed++
+        return refuse(req, res, 'RequestTimeTooSkewed', 'The difference between the request time and the current time is too large.', {
+          date: new Date(now).toUTCString(),
+        })
       }
     }
     if (pending?.lie === 'before-1970' || pending?.lie === 'empty-page') return void forwardMetadataLie(req, res, path)
@@ -206,6 +230,12 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
       expired.add(token)
     },
     tokens,
+    skew: (ms) => {
+      aheadMs = ms
+    },
+    get skewed() {
+      return skewed
+    },
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy()

@@ -53,6 +53,26 @@ void contentRanges() {
   O3_CHECK(!parseContentRange("bytes 0/9-100"));
 }
 
+void httpDates() {
+  O3_CHECK_EQ(parseHttpDate("Sun, 06 Nov 1994 08:49:37 GMT").value(), int64_t{784111777});  // RFC 9110's example
+  O3_CHECK_EQ(parseHttpDate("Thu, 01 Jan 1970 00:00:00 GMT").value(), int64_t{0});
+  O3_CHECK_EQ(parseHttpDate(" Sun, 06 Dec 2026 06:10:00 GMT\r\n").value(), int64_t{1796537400});
+  O3_CHECK_EQ(parseHttpDate("Wed, 31 Dec 1969 23:59:59 GMT").value(), int64_t{-1});
+  for (std::string_view bad : {"", "Sun, 06 Nov 1994 08:49:37 UTC", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994",
+                               "Sun, 31 Feb 2026 08:49:37 GMT", "Sun, 06 Nox 1994 08:49:37 GMT", "Sun, 06 ovD 1994 08:49:37 GMT",
+                               "Sun, 06 Nov 1994 24:00:00 GMT", "Sun, 06 Nov 1994 08:60:00 GMT", "Sun, +6 Nov 1994 08:49:37 GMT",
+                               "Sun, 06 Nov 1994 08:49:37 GMTX", "Sun, 06 Nov 199a 08:49:37 GMT"}) {
+    O3_CHECK(!parseHttpDate(bad));
+  }
+  // The first Date that parses is the head's; a malformed one is not an error of the head.
+  bool ok = false;
+  const ResponseHead h = parse({"HTTP/1.1 403 Forbidden\r\n", "Date: yesterday\r\n", "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+                                "Date: Mon, 07 Nov 1994 08:49:37 GMT\r\n", "\r\n"},
+                               &ok);
+  O3_CHECK(ok);
+  O3_CHECK_EQ(h.date().value(), int64_t{784111777});
+}
+
 void etags() {
   O3_CHECK_EQ(normaliseEtag("\"abc\""), std::string("abc"));
   O3_CHECK_EQ(normaliseEtag("W/\"abc\""), std::string("abc"));
@@ -249,6 +269,7 @@ void randomBytes() {
 int main() {
   lengths();
   contentRanges();
+  httpDates();
   etags();
   honest206();
   interimHeadForgotten();

@@ -1,9 +1,12 @@
-// Temporary credentials that expire while the mount lives (a profile's credential_process here,
-// standing in for SSO, web identity on Kubernetes, container and instance roles): the mount asks
-// for them again before they expire and signs its reads with the new ones. Swift's tempauth has no
-// session tokens, so the lying server in front of it plays their expiry (403 ExpiredToken for a
-// token it was told has expired). Real S3 server, real FUSE mount, the AWS SDK's own
-// credential_process provider.
+// What the mount signs its requests with, on both its paths (the SDK's for metadata, the native
+// engine's for bytes). Temporary credentials that expire while the mount lives (a profile's
+// credential_process here, standing in for SSO, web identity on Kubernetes, container and instance
+// roles): asked for again before they expire, and reads sign with the new ones. And a machine whose
+// clock is off from the server's: signatures follow the server's clock, as the AWS SDKs' do.
+// Swift's tempauth has no session tokens and shares this machine's clock, so the lying server in
+// front of it plays both (403 ExpiredToken for a token it was told has expired; 403
+// RequestTimeTooSkewed with its own Date when its clock is set apart). Real S3 server, real FUSE
+// mount, the AWS SDK's own credential_process provider.
 import { createHash, randomBytes } from 'node:crypto'
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
@@ -12,7 +15,7 @@ import path from 'node:path'
 import t from 'tap'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
 import { startLyingS3 } from './support/lying-s3.js'
-import { logWhen, mount } from './support/o3mount.js'
+import { freshStats, logWhen, mount } from './support/o3mount.js'
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const BUCKET = `mount-creds-${process.pid}`
@@ -69,4 +72,29 @@ printf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","SessionToken":"%
   t.same(lying.tokens, ['token-A', 'token-B'], 'signed with the new token')
   t.notMatch(m.log(), /token-[AB]/, 'session tokens are never logged')
   t.notMatch(m.log(), new RegExp(info.secretAccessKey), 'nor the secret key')
+})
+
+t.test("a clock 10 minutes off the server's: the mount starts, and its reads sign with the server's time", async (t) => {
+  const first = randomBytes(256 << 10)
+  const second = randomBytes(256 << 10)
+  await client.put('clock/first.bin', first)
+  await client.put('clock/second.bin', second)
+  const lying = await startLyingS3({ target: info.endpoint, objectBytes: () => undefined })
+  t.teardown(() => lying.close())
+  const minutes = 60_000
+  // The server's clock 10 minutes ahead: the start's requests (the SDK) learn the offset, and the
+  // native engine starts with it. Once, the mount started, but every read was EACCES.
+  lying.skew(10 * minutes)
+  const m = await mount(t, info, BUCKET, { env: { O3_ENDPOINT: lying.endpoint } })
+  t.equal(sha256(await readFile(path.join(m.mountpoint, 'clock/first.bin'))), sha256(first), 'read 10 minutes ahead')
+  const ahead = (await freshStats(m)).native.clockOffsetMs
+  t.ok(Math.abs(ahead - 10 * minutes) < 5_000, `signatures 10 minutes ahead (${ahead} ms)`)
+  // Then 10 minutes behind (a clock set while the mount runs): the native engine corrects itself
+  // from the Date of the request refused, as the SDK does for the lookup.
+  const refusedBefore = lying.skewed
+  lying.skew(-10 * minutes)
+  t.equal(sha256(await readFile(path.join(m.mountpoint, 'clock/second.bin'))), sha256(second), 'read 10 minutes behind')
+  t.ok(lying.skewed > refusedBefore, `requests were refused as skewed on the way (${lying.skewed - refusedBefore})`)
+  const behind = (await freshStats(m)).native.clockOffsetMs
+  t.ok(Math.abs(behind + 10 * minutes) < 5_000, `signatures 10 minutes behind (${behind} ms)`)
 })
