@@ -12,9 +12,9 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { createBucket, serverClient, useS3Server } from './support/s3-server.js'
-import { startLyingS3 } from './support/lying-s3.js'
+import { startLyingS3, type LyingS3 } from './support/lying-s3.js'
 import { freshStats, logWhen, mount } from './support/o3mount.js'
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
@@ -24,13 +24,19 @@ await createBucket(info, BUCKET)
 const client = serverClient(info, BUCKET)
 t.teardown(() => client.close())
 
-t.test('temporary credentials are refreshed before they expire, and the reads after sign with the new ones', async (t) => {
+/** Two objects in `dir`, and a lying server in front of the real one for this test. */
+async function setUp(t: Test, dir: string): Promise<{ first: Buffer; second: Buffer; lying: LyingS3 }> {
   const first = randomBytes(256 << 10)
   const second = randomBytes(256 << 10)
-  await client.put('creds/first.bin', first)
-  await client.put('creds/second.bin', second)
+  await client.put(`${dir}/first.bin`, first)
+  await client.put(`${dir}/second.bin`, second)
   const lying = await startLyingS3({ target: info.endpoint, objectBytes: () => undefined })
   t.teardown(() => lying.close())
+  return { first, second, lying }
+}
+
+t.test('temporary credentials are refreshed before they expire, and the reads after sign with the new ones', async (t) => {
+  const { first, second, lying } = await setUp(t, 'creds')
 
   // The process answers the server's keys with the session token in `token`, valid for 301 s:
   // within the SDK's 5 minutes of expiry at once, so the mount asks again about every second.
@@ -75,12 +81,7 @@ printf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","SessionToken":"%
 })
 
 t.test("a clock 10 minutes off the server's: the mount starts, and its reads sign with the server's time", async (t) => {
-  const first = randomBytes(256 << 10)
-  const second = randomBytes(256 << 10)
-  await client.put('clock/first.bin', first)
-  await client.put('clock/second.bin', second)
-  const lying = await startLyingS3({ target: info.endpoint, objectBytes: () => undefined })
-  t.teardown(() => lying.close())
+  const { first, second, lying } = await setUp(t, 'clock')
   const minutes = 60_000
   // The server's clock 10 minutes ahead: the start's requests (the SDK) learn the offset, and the
   // native engine starts with it. Once, the mount started, but every read was EACCES.
