@@ -12,7 +12,10 @@ import type { Credentials } from '../lib/o3/index.js'
 const REFRESH_BEFORE_MS = 5 * 60_000
 /** However soon the new credentials expire too, asked at most once a second. */
 const MIN_DELAY_MS = 1_000
-/** After a failed attempt, asked again this soon: the current keys may still be valid. */
+/**
+ * After a failed attempt, asked again this soon. (The SDK's chain keeps answering the current keys
+ * while its refresh fails, until they expire: only then does an attempt fail.)
+ */
 const RETRY_MS = 10_000
 /** setTimeout's longest delay (about 24.8 days). */
 const MAX_DELAY_MS = 2 ** 31 - 1
