@@ -20,6 +20,11 @@ export function projectRoot(): string {
   }
 }
 
+/** o3mount's version, as its package.json gives it: what every command's --version prints. */
+export function packageVersion(): string {
+  return (JSON.parse(readFileSync(join(projectRoot(), 'package.json'), 'utf8')) as { version: string }).version
+}
+
 /**
  * How to start one of the project's commands (`fs-driver/cli.ts`, ...) as a child process: the
  * compiled file under dist/ when this code runs compiled, else its source through tsx, so that

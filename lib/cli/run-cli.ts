@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from 'commander'
 import { LOG_FORMATS, setLogFormat, type LogFormat } from '../log.js'
 import { printAboveBar } from '../terminal.js'
 import { ExitCode } from './exit-codes.js'
+import { packageVersion } from '../paths.js'
 
 /**
  * A commander program that reports a bad flag with commander's own message, on one line that
@@ -10,6 +11,7 @@ import { ExitCode } from './exit-codes.js'
  */
 export function newCommand(name: string): Command {
   return new Command(name)
+    .version(`${name} ${packageVersion()}`, '-V, --version', 'print the version and exit')
     .exitOverride()
     .configureOutput({
       outputError: (message, write) => write(`${message.trimEnd()} (see ${name} --help)\n`),
