@@ -235,6 +235,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       caBundle: config.caBundle?.path ?? '',
       // The start's requests have measured it where this machine's clock is off.
       clockOffsetMs: client.clockOffsetMs,
+      proxy: config.proxy?.toString() ?? '',
       // As the SDK client's (lib/o3/client.ts): a connection within 5 s, and no request silent for 30 s.
       connectTimeoutMs: 5_000,
       requestTimeoutMs: 30_000,
@@ -263,6 +264,7 @@ export async function serveMount(o: MountOptions, statsFile: string, log: Logger
       cacheDir: o.cacheDir,
       controlSocket: o.controlSocket,
       credentialsFrom: config.sources.credentials,
+      proxy: config.sources.proxy,
     },
     'mounted',
   )

@@ -72,6 +72,8 @@ export interface NativeMountConfig {
     caBundle: string
     /** Added to this machine's clock in signatures: the server's minus ours, as the SDK measured it. */
     clockOffsetMs: number
+    /** The HTTP proxy to go through (credentials in it are secrets), '' for none: lib/o3/proxy.ts decides for both paths. */
+    proxy: string
     connectTimeoutMs: number
     requestTimeoutMs: number
     /** Attempts per fetch, the first included; the waits between them are the SDK client's. */

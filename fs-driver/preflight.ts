@@ -1,7 +1,7 @@
 import { constants, accessSync, readdirSync, statSync } from 'node:fs'
 import { O3Client } from '../lib/o3/client.js'
 import type { O3Config } from '../lib/o3/config.js'
-import { O3AuthError, O3ClockSkewError, O3Error, O3NotFoundError, O3UnreachableError } from '../lib/o3/errors.js'
+import { O3AuthError, O3ClockSkewError, O3Error, O3NotFoundError, O3UnreachableError, O3UntrustedServerError } from '../lib/o3/errors.js'
 import type { Logger } from '../lib/log.js'
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import { oneLine } from '../lib/cli/run-cli.js'
@@ -99,6 +99,7 @@ export async function checkBucket(location: string, config: O3Config): Promise<v
         `the server rejected the credentials for bucket ${bucket}; check O3_ACCESS_KEY_ID / O3_SECRET_ACCESS_KEY (from ${config.sources.credentials}) and the region`,
         err.exitCode,
       )
+    if (err instanceof O3UntrustedServerError) throw new MountError(err.message, err.exitCode)
     if (err instanceof O3UnreachableError)
       throw new MountError(`cannot reach ${config.endpoint} (from ${config.sources.endpoint}); check O3_ENDPOINT and the network`, err.exitCode)
     if (err instanceof O3Error) throw new MountError(oneLine(err), err.exitCode)

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
 import { ExitCode } from '../lib/cli/exit-codes.js'
-import { O3Client, O3UnreachableError, resolveConfig } from '../lib/o3/index.js'
+import { O3Client, O3UntrustedServerError, resolveConfig } from '../lib/o3/index.js'
 import { cliCommand } from '../lib/paths.js'
 import { createBucket, serverEnv, useS3Server } from './support/s3-server.js'
 import { startTlsProxy } from './support/tls-proxy.js'
@@ -58,7 +58,7 @@ t.test('the system store or another CA: Unreachable at once, naming the setting'
   ] as const) {
     const c = client(flags, env())
     const started = Date.now()
-    await t.rejects(c.head('tls/a.bin'), { constructor: O3UnreachableError, message: /certificate is not trusted .*--ca-bundle or O3_CA_BUNDLE/ }, name)
+    await t.rejects(c.head('tls/a.bin'), { constructor: O3UntrustedServerError, message: /certificate is not trusted .*--ca-bundle or O3_CA_BUNDLE/ }, name)
     t.equal(c.stats.retries, 0, `${name}: not retried`)
     t.ok(Date.now() - started < 5000)
   }

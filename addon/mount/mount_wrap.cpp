@@ -135,6 +135,7 @@ StartConfig startConfigOf(const Napi::Object& c) {
   s.fetch.bucket = stringAt(f, "bucket");
   s.fetch.caBundle = stringAt(f, "caBundle");
   s.fetch.clockOffsetMs = static_cast<int64_t>(signedNumberAt(f, "clockOffsetMs"));
+  s.fetch.proxy = stringAt(f, "proxy");
   s.fetch.maxConnections = m.cache.maxConnections;
   s.fetch.connectTimeoutMs = static_cast<int>(countAt(f, "connectTimeoutMs"));
   s.fetch.requestTimeoutMs = static_cast<int>(countAt(f, "requestTimeoutMs"));

@@ -374,8 +374,11 @@ class CurlFetchEngine final : public FetchEngine {
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     // The stored bytes, whatever Content-Encoding the object was uploaded with.
     curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
-    // No proxy from the environment: the SDK path does not use one either.
-    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    // The proxy the control plane chose for both paths, never one libcurl finds in the environment
+    // itself (its NO_PROXY rules are not the SDK path's).
+    curl_easy_setopt(e, CURLOPT_PROXY, config_.proxy.c_str());
+    // A proxy's answer to CONNECT is not the server's response: its head would be parsed as that.
+    curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, kReceiveBuffer);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::max(1, config_.connectTimeoutMs)));

@@ -38,6 +38,9 @@ struct FetchConfig {
   // Added to this machine's clock in signatures: the server's clock minus ours, as the control
   // plane's SDK measured it; corrected here too when a request is refused as skewed.
   int64_t clockOffsetMs = 0;
+  // http://[user:password@]host:port of the proxy to go through (a CONNECT tunnel for https), as the
+  // control plane decided from HTTPS_PROXY / NO_PROXY; empty: direct, whatever the environment says.
+  std::string proxy;
   int maxConnections = 16;
   int connectTimeoutMs = 5'000;
   int requestTimeoutMs = 30'000;  // longest silence on a connection before the attempt fails

@@ -1,5 +1,6 @@
 import http from 'node:http'
 import https from 'node:https'
+import tls from 'node:tls'
 import { Readable } from 'node:stream'
 import {
   S3Client,
@@ -20,6 +21,8 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3'
 import { NodeHttpHandler } from '@smithy/node-http-handler'
+import { HttpProxyAgent } from 'http-proxy-agent'
+import { HttpsProxyAgent } from 'https-proxy-agent'
 import { resolveConfig, type Credentials, type O3Config, type O3Flags } from './config.js'
 import { O3IntegrityError, O3NotFoundError, O3StreamError, O3UsageError } from './errors.js'
 import { checkPinned, ifMatchOf, sameEtag, type ObjectPin } from './etag.js'
@@ -128,6 +131,27 @@ function stableVersion(versionId: string | undefined): string | undefined {
 }
 
 /**
+ * https-proxy-agent starts the tunnel's TLS with the request's options alone, not the agent's, and
+ * without the host it connects to (an IP endpoint is then checked as "localhost"): the CA bundle
+ * and the check of the endpoint's own name are added here, so that the server is checked as it is
+ * without a proxy.
+ */
+class TunnelAgent extends HttpsProxyAgent<string> {
+  private readonly ca: string | undefined
+
+  constructor(proxy: URL, options: https.AgentOptions & { ca?: string }) {
+    super(proxy, options)
+    this.ca = options.ca
+  }
+
+  override connect(req: http.ClientRequest, opts: Parameters<HttpsProxyAgent<string>['connect']>[1]): ReturnType<HttpsProxyAgent<string>['connect']> {
+    if (!opts.secureEndpoint) return super.connect(req, opts)
+    const host = opts.host ?? ''
+    return super.connect(req, { ...opts, ...(this.ca && { ca: this.ca }), checkServerIdentity: (_name, cert) => tls.checkServerIdentity(host, cert) })
+  }
+}
+
+/**
  * The one S3 client of the project, confined to a bucket and prefix. Every key it takes is
  * relative to that prefix and cannot escape it. Transient failures are retried with jittered
  * exponential backoff; ranged reads resume where a broken body stopped.
@@ -154,7 +178,15 @@ export class O3Client {
     const isHttps = this.config.endpoint.startsWith('https:')
     const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 16, maxFreeSockets: options.maxSockets ?? 16 }
     // A CA bundle replaces the system store, as it does for the native fetch engine (libcurl's CAINFO).
-    this.agent = isHttps ? new https.Agent({ ...agentOptions, ca: this.config.caBundle?.pem }) : new http.Agent(agentOptions)
+    // Through a proxy: a CONNECT tunnel for https (the server's certificate checked as without one),
+    // absolute-URI requests for http, as curl sends them.
+    const proxy = this.config.proxy
+    if (isHttps) {
+      const tlsOptions = { ...agentOptions, ca: this.config.caBundle?.pem }
+      this.agent = proxy ? new TunnelAgent(proxy, tlsOptions) : new https.Agent(tlsOptions)
+    } else {
+      this.agent = proxy ? new HttpProxyAgent(proxy, agentOptions) : new http.Agent(agentOptions)
+    }
     const s3Config: S3ClientConfig = {
       endpoint: this.config.endpoint,
       region: this.config.region,

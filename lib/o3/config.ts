@@ -2,6 +2,7 @@ import { X509Certificate } from 'node:crypto'
 import { resolve } from 'node:path'
 import { readUserFile } from '../read-user-file.js'
 import { O3ConfigError } from './errors.js'
+import { proxyFor, shownProxy } from './proxy.js'
 import { DEFAULT_RETRY } from './retry.js'
 
 export const DEFAULT_ENDPOINT = 'https://o3-rc2.akave.xyz'
@@ -43,8 +44,10 @@ export interface O3Config {
   caBundle?: { path: string; pem: string }
   /** Attempts per request, the first included, on every path: the SDK client's and the native engine's. */
   maxAttempts: number
+  /** The HTTP proxy requests go through (lib/o3/proxy.ts; from the process environment), or undefined: direct. */
+  proxy?: URL
   /** Where each setting came from, for a start-up log line that shows no secret. */
-  sources: { endpoint: string; region: string; credentials: string; caBundle: string; maxAttempts: string }
+  sources: { endpoint: string; region: string; credentials: string; caBundle: string; maxAttempts: string; proxy: string }
 }
 
 /** Twenty already keep a reader waiting minutes on a server that is gone (each wait doubles, up to 10-20 s). */
@@ -114,7 +117,11 @@ function readCaBundle(path: string, from: string): { path: string; pem: string }
   return { path: resolve(path), pem }
 }
 
-/** Resolves endpoint, region, credentials, CA bundle and attempts per request: flags, then O3_*, then AWS_* and profiles, then defaults. */
+/**
+ * Resolves endpoint, region, credentials, CA bundle and attempts per request: flags, then O3_*, then
+ * AWS_* and profiles, then defaults. The proxy comes from the process environment, as every HTTP
+ * client there reads it.
+ */
 export function resolveConfig(flags: O3Flags = {}, env: Env = process.env): O3Config {
   const pick = (...c: [string | undefined, string][]): [string, string] | undefined => {
     for (const [v, src] of c) if (v) return [v, src]
@@ -161,6 +168,7 @@ export function resolveConfig(flags: O3Flags = {}, env: Env = process.env): O3Co
     [env.O3_MAX_ATTEMPTS, 'O3_MAX_ATTEMPTS'],
     [env.AWS_MAX_ATTEMPTS, 'AWS_MAX_ATTEMPTS'],
   ) ?? [String(DEFAULT_RETRY.maxAttempts), 'default']
+  const proxy = proxyFor(url.toString())
   const maxAttempts = Number(attempts)
   if (!/^\d+$/.test(attempts.trim()) || maxAttempts < 1 || maxAttempts > MAX_ATTEMPTS_LIMIT) {
     throw new O3ConfigError(
@@ -174,6 +182,14 @@ export function resolveConfig(flags: O3Flags = {}, env: Env = process.env): O3Co
     profile: flags.profile,
     caBundle: ca && readCaBundle(ca[0], ca[1]),
     maxAttempts,
-    sources: { endpoint: endpointSrc, region: regionSrc, credentials: credSrc, caBundle: ca ? ca[1] : 'system store', maxAttempts: attemptsSrc },
+    proxy,
+    sources: {
+      endpoint: endpointSrc,
+      region: regionSrc,
+      credentials: credSrc,
+      caBundle: ca ? ca[1] : 'system store',
+      maxAttempts: attemptsSrc,
+      proxy: proxy ? shownProxy(proxy) : 'none',
+    },
   }
 }

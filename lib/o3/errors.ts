@@ -35,6 +35,9 @@ export class O3UnreachableError extends O3StreamError {
   override readonly exitCode: number = ExitCode.unreachable
 }
 
+/** Reached, but its certificate is not trusted: the CA bundle, not the network, is what to fix. */
+export class O3UntrustedServerError extends O3UnreachableError {}
+
 /** The bytes read do not match what was expected (checksum, CID, size or ETag). */
 export class O3IntegrityError extends O3Error {
   override readonly exitCode: number = ExitCode.integrity

@@ -1,5 +1,15 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import { O3AuthError, O3ClockSkewError, O3Error, O3IntegrityError, O3NotFoundError, O3StreamError, O3UnreachableError, O3UsageError } from './errors.js'
+import {
+  O3AuthError,
+  O3ClockSkewError,
+  O3Error,
+  O3IntegrityError,
+  O3NotFoundError,
+  O3StreamError,
+  O3UnreachableError,
+  O3UntrustedServerError,
+  O3UsageError,
+} from './errors.js'
 
 export interface RetryPolicy {
   /** Total attempts, the first included. */
@@ -136,7 +146,7 @@ export function toO3Error(err: unknown, what: string, endpoint: string): O3Error
   const cause = (err as Raw)?.cause
   const sysCode = cause ? errorCode(cause) : code
   if (UNTRUSTED_CERT_CODES.has(code) || UNTRUSTED_CERT_CODES.has(sysCode)) {
-    return new O3UnreachableError(
+    return new O3UntrustedServerError(
       `${what}: cannot reach ${endpoint} securely: its certificate is not trusted (${UNTRUSTED_CERT_CODES.has(code) ? code : sysCode}); give the CA that signed it with --ca-bundle or O3_CA_BUNDLE`,
       { cause: err },
     )
