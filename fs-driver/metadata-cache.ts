@@ -52,8 +52,12 @@ export function keyOf(path: string): string {
 function joinFlight<V>(flights: Map<string, Promise<V>>, path: string, start: () => Promise<V>): Promise<V> {
   let flight = flights.get(path)
   if (!flight) {
-    flight = start().finally(() => flights.delete(path))
-    flights.set(path, flight)
+    const started: Promise<V> = start().finally(() => {
+      // Not one started since (an invalidation dropped this one).
+      if (flights.get(path) === started) flights.delete(path)
+    })
+    flights.set(path, started)
+    flight = started
   }
   return flight
 }
@@ -77,6 +81,11 @@ export class MetadataCache {
   private readonly warned = new LRUCache<string, true>({ max: MAX_WARNED })
   private readonly ttlMs: number
   private readonly negativeTtlMs: number
+  /**
+   * Moved on by every invalidate(): an answer to a request sent before it may describe the bucket
+   * before the change, so it is handed to its callers but not kept.
+   */
+  private epoch = 0
 
   constructor(
     private readonly client: O3Client,
@@ -138,6 +147,7 @@ export class MetadataCache {
     // Everything after the name less its last character: the name itself, and the names just
     // before it, are on the page.
     const after = [...name].slice(0, -1).join('')
+    const epoch = this.epoch
     this.counters.listRequests++
     const { entries: listed, next } = await this.client.listPage(prefix, { delimiter: '/', startAfter: after })
     const entries = this.collect(prefix, listed)
@@ -148,7 +158,8 @@ export class MetadataCache {
     // A page may come back empty and still say more follows: then it settles nothing past `after`.
     const page: Page = { after, last: next === undefined ? undefined : (tail ?? after), entries, expires: this.expiry(this.ttlMs) }
     const now = Date.now()
-    this.pages.set(parent, [...(this.pages.get(parent) ?? []).filter((p) => p.expires > now).slice(1 - MAX_PAGES_PER_DIR), page])
+    if (epoch === this.epoch)
+      this.pages.set(parent, [...(this.pages.get(parent) ?? []).filter((p) => p.expires > now).slice(1 - MAX_PAGES_PER_DIR), page])
     if (covers(page, name)) return entries.get(name) ?? null
     return joinFlight(this.probeFlights, path, () => this.probe(path))
   }
@@ -156,11 +167,11 @@ export class MetadataCache {
   private async probe(path: string): Promise<Entry | null> {
     const key = keyOf(path)
     if (!this.validName(path.slice(path.lastIndexOf('/') + 1)) || !this.validKey(key)) return this.remember(path, null)
+    const epoch = this.epoch
     // A prefix wins over an object of the same name, as in listings.
     const [isDir, head] = await Promise.all([this.hasChildren(`${key}/`), this.headOrNull(key)])
-    if (isDir) return this.remember(path, { kind: 'dir' })
-    if (head) return this.remember(path, head)
-    return this.remember(path, null)
+    const entry = isDir ? ({ kind: 'dir' } as const) : head
+    return epoch === this.epoch ? this.remember(path, entry) : entry
   }
 
   private remember(path: string, entry: Entry | null): Entry | null {
@@ -218,6 +229,7 @@ export class MetadataCache {
 
   private async listUpTo(path: string, max: number): Promise<Map<string, Entry> | undefined> {
     const prefix = path === '/' ? '' : `${keyOf(path)}/`
+    const epoch = this.epoch
     const listed: ListEntry[] = []
     let token: string | undefined
     do {
@@ -228,7 +240,7 @@ export class MetadataCache {
       token = page.next
     } while (token)
     const entries = this.collect(prefix, listed)
-    this.listings.set(path, { entries, expires: this.expiry(this.ttlMs) })
+    if (epoch === this.epoch) this.listings.set(path, { entries, expires: this.expiry(this.ttlMs) })
     return entries
   }
 
@@ -283,12 +295,19 @@ export class MetadataCache {
     this.log.warn({ key }, msg)
   }
 
-  /** Forgets what is known about `path` and its parent's listing, e.g. after its object changed. */
+  /**
+   * Forgets what is known about `path` and its parent's listing, e.g. after its object changed, and
+   * what requests already on their way will answer: the next lookups ask again.
+   */
   invalidate(path: string): void {
+    this.epoch++
     this.probes.delete(path)
+    this.pageFlights.delete(path)
+    this.probeFlights.delete(path)
     const slash = path.lastIndexOf('/')
     const parent = slash <= 0 ? '/' : path.slice(0, slash)
     this.listings.delete(parent)
     this.pages.delete(parent)
+    this.listingFlights.delete(parent)
   }
 }

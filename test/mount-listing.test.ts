@@ -1,6 +1,6 @@
 // A directory of 10,000 objects: listed completely (ten pages of ListObjectsV2), and stat of
 // every entry answered from that listing, with no request per file; lookups without a listing
-// read one page each, never the whole directory.
+// read one page each, never the whole directory. And a listing on its way while an object changes.
 import t from 'tap'
 import { execFile } from 'node:child_process'
 import fs from 'node:fs/promises'
@@ -11,6 +11,9 @@ import { freshStats, mount } from './support/o3mount.js'
 import { MetadataCache } from '../fs-driver/metadata-cache.js'
 import { MountCounters } from '../fs-driver/stats.js'
 import { silentLogger } from '../lib/log.js'
+import { normalizeEtag } from '../lib/o3/etag.js'
+import { startLyingS3 } from './support/lying-s3.js'
+import { until } from './support/until.js'
 
 const N = 10_000
 const BUCKET = `mount-listing-${process.pid}`
@@ -80,4 +83,27 @@ t.test('a listing for a hint stops once the directory proves larger than it may 
   t.equal(counters.listRequests, 12)
   t.equal((await meta.readdir('/flat')).size, N, 'kept for readdir')
   t.equal(counters.listRequests, 12, 'which lists nothing again')
+})
+
+t.test('a listing on its way when an object changes is not kept: the next lookup sees the change', async (t) => {
+  await client.put('changing/x.bin', 'first version')
+  const lying = await startLyingS3({ target: info.endpoint, objectBytes: () => undefined })
+  t.teardown(() => lying.close())
+  const viaLying = serverClient(info, BUCKET, { endpoint: lying.endpoint })
+  t.teardown(() => viaLying.close())
+  const meta = new MetadataCache(viaLying, 60_000, new MountCounters(), silentLogger)
+  // The listing's answer (the first version) is read from the server, then kept back...
+  lying.hold(/list-type=2.*prefix=changing%2F/)
+  const listing = meta.readdir('/changing')
+  await until(() => lying.held === 1, 'the listing answered and held')
+  // ...while the object is replaced and the mount learns of it (as when a read meets the new ETag).
+  const second = await client.put('changing/x.bin', 'second version, longer')
+  meta.invalidate('/changing/x.bin')
+  lying.release()
+  const before = (await listing).get('x.bin')
+  t.equal(before?.kind === 'file' && before.size, 'first version'.length, 'the caller that asked before the change gets the answer it asked for')
+  // Kept, that answer made the next open fail again on the old ETag until the TTL passed.
+  const after = await meta.lookup('/changing/x.bin')
+  t.equal(after?.kind === 'file' && after.etag, normalizeEtag(second.etag), 'the next lookup asks again: the new version')
+  t.equal(after?.kind === 'file' && after.size, 'second version, longer'.length)
 })

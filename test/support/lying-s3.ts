@@ -61,6 +61,14 @@ export interface LyingS3 {
   skew(aheadMs: number): void
   /** Requests refused as skewed so far. */
   readonly skewed: number
+  /**
+   * The server's answer to the next request whose URL (path and query) matches `url` is read whole
+   * and kept back until release(): an answer on its way while the bucket changes.
+   */
+  hold(url: RegExp): void
+  /** Answers read and kept back so far. */
+  readonly held: number
+  release(): void
   close(): Promise<void>
 }
 
@@ -78,6 +86,10 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
   const tokens: string[] = []
   let aheadMs = 0
   let skewed = 0
+  let holding: RegExp | undefined
+  let held = 0
+  let release = () => {}
+  let released = Promise.resolve()
   const refuse = (req: http.IncomingMessage, res: http.ServerResponse, code: string, message: string, headers: http.OutgoingHttpHeaders = {}) => {
     req.resume()
     const xml = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message></Error>`
@@ -112,6 +124,19 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
       // A lie needs a ranged GET the server answered, the object's bytes, and (for another range) room to move.
       const lie = pending && req.method === 'GET' && upRes.statusCode === 206 && bytes && (!pending.path || pending.path.test(path)) ? pending.lie : undefined
       if (!lie || !bytes || (lie === 'other-range' && start === 0 && end === bytes.length - 1)) {
+        if (holding?.test(req.url ?? '')) {
+          holding = undefined
+          const chunks: Buffer[] = []
+          upRes.on('data', (c: Buffer) => chunks.push(c))
+          upRes.on('end', () => {
+            held++
+            void released.then(() => {
+              res.writeHead(upRes.statusCode ?? 502, upRes.headers)
+              res.end(Buffer.concat(chunks))
+            })
+          })
+          return
+        }
         res.writeHead(upRes.statusCode ?? 502, upRes.headers)
         upRes.pipe(res)
         return
@@ -236,6 +261,14 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
     get skewed() {
       return skewed
     },
+    hold: (url) => {
+      holding = url
+      released = new Promise<void>((resolve) => (release = resolve))
+    },
+    get held() {
+      return held
+    },
+    release: () => release(),
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy()
