@@ -158,8 +158,7 @@ export class MetadataCache {
     // A page may come back empty and still say more follows: then it settles nothing past `after`.
     const page: Page = { after, last: next === undefined ? undefined : (tail ?? after), entries, expires: this.expiry(this.ttlMs) }
     const now = Date.now()
-    if (epoch === this.epoch)
-      this.pages.set(parent, [...(this.pages.get(parent) ?? []).filter((p) => p.expires > now).slice(1 - MAX_PAGES_PER_DIR), page])
+    if (epoch === this.epoch) this.pages.set(parent, [...(this.pages.get(parent) ?? []).filter((p) => p.expires > now).slice(1 - MAX_PAGES_PER_DIR), page])
     if (covers(page, name)) return entries.get(name) ?? null
     return joinFlight(this.probeFlights, path, () => this.probe(path))
   }
