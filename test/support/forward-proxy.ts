@@ -3,8 +3,8 @@
 // It counts what went through it, so that tests can tell a client that used it from one that went
 // around it. It never keeps the process alive.
 import http from 'node:http'
-import net from 'node:net'
-import type { AddressInfo, Socket } from 'node:net'
+import net, { type Socket } from 'node:net'
+import { listenOnLoopback } from './loopback-server.js'
 
 export interface ForwardProxy {
   /** http://127.0.0.1:PORT */
@@ -23,7 +23,6 @@ export async function startForwardProxy(): Promise<ForwardProxy> {
   let tunnels = 0
   let requests = 0
   let bytesDown = 0
-  const sockets = new Set<Socket>()
   const server = http.createServer((req, res) => {
     let target: URL
     try {
@@ -71,17 +70,9 @@ export async function startForwardProxy(): Promise<ForwardProxy> {
     up.on('close', end)
     client.on('close', end)
   })
-  server.on('connection', (s) => {
-    sockets.add(s)
-    s.on('close', () => sockets.delete(s))
-  })
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => resolve())
-  })
-  server.unref()
+  const { port, close } = await listenOnLoopback(server)
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${port}`,
     get tunnels() {
       return tunnels
     },
@@ -91,10 +82,6 @@ export async function startForwardProxy(): Promise<ForwardProxy> {
     get bytesDown() {
       return bytesDown
     },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      }),
+    close,
   }
 }

@@ -9,7 +9,7 @@
 // gets 403 RequestTimeTooSkewed with that clock's Date, as S3 answers). Loopback only; it never
 // keeps the process alive.
 import http from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import { listenOnLoopback } from './loopback-server.js'
 
 export type Lie =
   /** 200 and the whole object, for any range. */
@@ -81,7 +81,6 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
   if (!['127.0.0.1', 'localhost', '[::1]'].includes(target.hostname)) throw new Error(`lying S3 forwards to loopback only, not ${target.hostname}`)
   let pending: { lie: Lie; count: number; path?: RegExp } | undefined
   let told = 0
-  const sockets = new Set<Socket>()
   const expired = new Set<string>()
   const tokens: string[] = []
   let aheadMs = 0
@@ -231,17 +230,9 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
     req.pipe(up)
   }
 
-  server.on('connection', (s) => {
-    sockets.add(s)
-    s.on('close', () => sockets.delete(s))
-  })
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => resolve())
-  })
-  server.unref()
+  const { port, close } = await listenOnLoopback(server)
   return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    endpoint: `http://127.0.0.1:${port}`,
     lie: (lie, opts = {}) => {
       pending = { lie, count: opts.count ?? 1, path: opts.path }
     },
@@ -269,10 +260,6 @@ export async function startLyingS3(o: LyingS3Options): Promise<LyingS3> {
       return held
     },
     release: () => release(),
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      }),
+    close,
   }
 }
