@@ -2,7 +2,7 @@
 // restarts after kill -9, an elastic resume on fewer ranks, two agents standing in for two
 // nodes, and a hung rank. Real S3 server, real addon, a subset of the real Fashion-MNIST.
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import t from 'tap'
@@ -63,8 +63,12 @@ const o3train = [process.execPath, ...cli.execArgv, cli.file]
 // What Debian's torchrun 1.13 needs under Python 3.11, and notices a dead rank within a second.
 const torchrunBase = ['--redirects', '1', '--tee', '1', '--monitor_interval', '1']
 
+// torchrun keeps each run's logs in a torchelastic_* directory under TMPDIR and leaves it there:
+// this test's scratch holds them (and o3train's own), removed at its end.
+const runTmp = join(scratch, 'tmp')
+mkdirSync(runTmp)
 const env = (extra: NodeJS.ProcessEnv = {}) => {
-  const e = mountEnv(info, extra)
+  const e = mountEnv(info, { TMPDIR: runTmp, ...extra })
   for (const k of ['WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT']) delete e[k]
   return e
 }
