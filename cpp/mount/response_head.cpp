@@ -73,14 +73,7 @@ std::optional<int64_t> parseHttpDate(std::string_view s) {
       s.substr(25) != " GMT") {
     return std::nullopt;
   }
-  const auto number = [&s](size_t at, size_t n) -> std::optional<int> {
-    int v = 0;
-    for (size_t i = at; i < at + n; ++i) {
-      if (s[i] < '0' || s[i] > '9') return std::nullopt;
-      v = v * 10 + (s[i] - '0');
-    }
-    return v;
-  };
+  const auto number = [&s](size_t at, size_t n) { return parseLength(s.substr(at, n)); };
   static constexpr std::string_view kMonths = "JanFebMarAprMayJunJulAugSepOctNovDec";
   const size_t month = kMonths.find(s.substr(8, 3));
   const auto day = number(5, 2), year = number(12, 4), hour = number(17, 2), minute = number(20, 2), second = number(23, 2);
@@ -88,11 +81,12 @@ std::optional<int64_t> parseHttpDate(std::string_view s) {
       *minute > 59 || *second > 60) {
     return std::nullopt;
   }
-  const std::chrono::year_month_day date{std::chrono::year{*year}, std::chrono::month{static_cast<unsigned>(month / 3 + 1)},
+  const std::chrono::year_month_day date{std::chrono::year{static_cast<int>(*year)},
+                                         std::chrono::month{static_cast<unsigned>(month / 3 + 1)},
                                          std::chrono::day{static_cast<unsigned>(*day)}};
   if (!date.ok()) return std::nullopt;
   const int64_t days = std::chrono::sys_days{date}.time_since_epoch().count();
-  return days * 86'400 + *hour * 3'600 + *minute * 60 + *second;
+  return days * 86'400 + static_cast<int64_t>(*hour * 3'600 + *minute * 60 + *second);
 }
 
 std::optional<ContentRange> parseContentRange(std::string_view s) {
