@@ -11,17 +11,14 @@ import { O3ConfigError } from './errors.js'
 export function proxyFor(endpoint: string): URL | undefined {
   const found = getProxyForUrl(endpoint)
   if (!found) return undefined
+  const named = `the proxy for ${endpoint} (${shownProxy(found)}, from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY)`
   let url: URL
   try {
     url = new URL(found)
   } catch {
-    throw new O3ConfigError(`the proxy for ${endpoint} (${shownProxy(found)}, from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY) is not a URL; use http://host:port`)
+    throw new O3ConfigError(`${named} is not a URL; use http://host:port`)
   }
-  if (url.protocol !== 'http:') {
-    throw new O3ConfigError(
-      `the proxy for ${endpoint} (${shownProxy(found)}, from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY) must be http://host:port; add the endpoint's host to NO_PROXY to go direct`,
-    )
-  }
+  if (url.protocol !== 'http:') throw new O3ConfigError(`${named} must be http://host:port; add the endpoint's host to NO_PROXY to go direct`)
   return url
 }
 
