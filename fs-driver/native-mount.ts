@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import path from 'node:path'
 import { projectRoot } from '../lib/paths.js'
+import type { Credentials } from '../lib/o3/config.js'
 
 /** The byte path's error kinds (cpp/mount/error.h); the native side maps them to errno. */
 export type ErrorKind = 'NotFound' | 'Auth' | 'Integrity' | 'Stream' | 'Unreachable' | 'Timeout' | 'Cancelled' | 'NoMemory'
@@ -155,12 +156,8 @@ export interface NativePrefetch extends NativeOpen {
   path: string
 }
 
-/** What the native signer signs with: secrets, held in memory only. */
-export interface NativeCredentials {
-  accessKeyId: string
-  secretAccessKey: string
-  sessionToken?: string
-}
+/** What the native signer signs with (the keys without their expiry): secrets, held in memory only. */
+export type NativeCredentials = Pick<Credentials, 'accessKeyId' | 'secretAccessKey' | 'sessionToken'>
 
 export type Dispatch = (kind: string, a: unknown, b: unknown, c?: unknown) => void
 
