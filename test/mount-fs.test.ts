@@ -1,5 +1,6 @@
 // The filesystem as a user sees it: trees, stats, exact bytes, concurrency, EROFS, prefixes,
-// keys that cannot be file names, metadata TTLs and an object replaced under an open file.
+// keys with odd characters, keys that cannot be file names, metadata TTLs and an object replaced
+// under an open file.
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { constants } from 'node:fs'
@@ -30,6 +31,12 @@ const files = new Map<string, Buffer>([
   ['tree/empty.bin', Buffer.alloc(0)],
   ['big.bin', randomBytes(6 * MiB + 123)],
   ['other/secret.txt', Buffer.from('not under tree/\n')],
+  // Names any S3 tool may write: a control character (which a listing can carry only URL-encoded),
+  // CR, space, plus, percent, two forms of one accented letter.
+  ['odd/ctl\u0001 sp+%41.txt', randomBytes(1000)],
+  ['odd/cr\rlf.txt', randomBytes(1001)],
+  ['odd/caf\u00e9.txt', randomBytes(1002)],
+  ['odd/cafe\u0301.txt', randomBytes(1003)],
   ...Array.from({ length: 32 }, (_, i) => [`many/f${String(i).padStart(2, '0')}.bin`, randomBytes(256 * 1024 + i)] as [string, Buffer]),
 ])
 await mapLimit([...files], 8, ([k, v]) => client.put(k, v))
@@ -43,7 +50,15 @@ const m = await mount(t, info, BUCKET)
 const at = (p: string) => path.join(m.mountpoint, p)
 
 t.test('directories and stats come from the listing', async (t) => {
-  t.same((await fs.readdir(m.mountpoint)).sort(), ['big.bin', 'many', 'other', 'tree'])
+  t.same((await fs.readdir(m.mountpoint)).sort(), ['big.bin', 'many', 'odd', 'other', 'tree'])
+  t.same(
+    (await fs.readdir(at('odd'))).sort(),
+    [...files.keys()]
+      .filter((k) => k.startsWith('odd/'))
+      .map((k) => k.slice(4))
+      .sort(),
+    'every odd name as it is',
+  )
   // `tree/bad//x.txt` makes a directory `bad` whose only child has an empty name.
   t.same((await fs.readdir(at('tree'))).sort(), ['a.txt', 'b', 'bad', 'empty.bin'], 'keys that cannot be names are skipped')
   t.same(await fs.readdir(at('tree/bad')), [], 'an empty path component is skipped')

@@ -26,6 +26,7 @@ import { HttpsProxyAgent } from 'https-proxy-agent'
 import { resolveConfig, type Credentials, type O3Config, type O3Flags } from './config.js'
 import { O3IntegrityError, O3NotFoundError, O3StreamError, O3UsageError } from './errors.js'
 import { checkPinned, ifMatchOf, sameEtag, type ObjectPin } from './etag.js'
+import { LISTING_ENCODING, listedKey, nextKeyMarker } from './listing-keys.js'
 import { checkRangeAnswer } from './range-answer.js'
 import { DEFAULT_RETRY, isFinal, toO3Error, withRetry, type RetryPolicy } from './retry.js'
 import { fullKey, fullPrefix, parseLocation, relativeKey, type Scope } from './scope.js'
@@ -311,8 +312,9 @@ export class O3Client {
     const Prefix = fullPrefix(this.scope, prefix)
     // Only a position in the sort order, never an address: it needs no key checks.
     const StartAfter = options.startAfter ? `${Prefix}${options.startAfter}` : undefined
+    const what = `list ${this.scope.bucket}/${Prefix}`
     const out = await this.call(
-      `list ${this.scope.bucket}/${Prefix}`,
+      what,
       (s) =>
         this.s3.send(
           new ListObjectsV2Command({
@@ -322,16 +324,18 @@ export class O3Client {
             ContinuationToken: options.token,
             StartAfter,
             MaxKeys: options.maxKeys,
+            EncodingType: LISTING_ENCODING,
           }),
           { abortSignal: s },
         ),
       options.signal,
     )
+    const listed = (value: string) => relativeKey(this.scope, listedKey(out.EncodingType, value, what))
     const entries: ListEntry[] = []
-    for (const p of out.CommonPrefixes ?? []) if (p.Prefix) entries.push({ type: 'prefix', prefix: relativeKey(this.scope, p.Prefix) })
+    for (const p of out.CommonPrefixes ?? []) if (p.Prefix) entries.push({ type: 'prefix', prefix: listed(p.Prefix) })
     for (const o of out.Contents ?? []) {
       if (!o.Key) continue
-      entries.push({ type: 'object', key: relativeKey(this.scope, o.Key), size: o.Size ?? 0, etag: o.ETag ?? '', lastModified: o.LastModified ?? new Date(0) })
+      entries.push({ type: 'object', key: listed(o.Key), size: o.Size ?? 0, etag: o.ETag ?? '', lastModified: o.LastModified ?? new Date(0) })
     }
     return { entries, next: out.IsTruncated ? out.NextContinuationToken : undefined }
   }
@@ -514,17 +518,28 @@ export class O3Client {
     const Prefix = fullPrefix(this.scope, prefix)
     let keyMarker: string | undefined
     let uploadIdMarker: string | undefined
+    const what = `list uploads ${this.scope.bucket}/${Prefix}`
     do {
-      const out = await this.call(`list uploads ${this.scope.bucket}/${Prefix}`, (s) =>
-        this.s3.send(new ListMultipartUploadsCommand({ Bucket: this.scope.bucket, Prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }), {
-          abortSignal: s,
-        }),
+      const out = await this.call(what, (s) =>
+        this.s3.send(
+          new ListMultipartUploadsCommand({
+            Bucket: this.scope.bucket,
+            Prefix,
+            KeyMarker: keyMarker,
+            UploadIdMarker: uploadIdMarker,
+            EncodingType: LISTING_ENCODING,
+          }),
+          { abortSignal: s },
+        ),
       )
+      let last: { key: string; uploadId: string } | undefined
       for (const u of out.Uploads ?? []) {
-        if (u.Key && u.UploadId) yield { key: relativeKey(this.scope, u.Key), uploadId: u.UploadId, initiated: u.Initiated }
+        if (!u.Key || !u.UploadId) continue
+        last = { key: listedKey(out.EncodingType, u.Key, what), uploadId: u.UploadId }
+        yield { key: relativeKey(this.scope, last.key), uploadId: u.UploadId, initiated: u.Initiated }
       }
-      keyMarker = out.IsTruncated ? out.NextKeyMarker : undefined
-      uploadIdMarker = out.IsTruncated ? out.NextUploadIdMarker : undefined
+      keyMarker = out.IsTruncated ? nextKeyMarker(last?.key, out.EncodingType, out.NextKeyMarker, what) : undefined
+      uploadIdMarker = out.IsTruncated ? (last?.uploadId ?? out.NextUploadIdMarker) : undefined
     } while (keyMarker)
   }
 
@@ -569,9 +584,10 @@ export class O3Client {
     let versionMarker: string | undefined
     // Versions of the page's last key already yielded: a continuation may repeat some (see below).
     let seen = new Set<string>()
+    const what = `list versions ${this.scope.bucket}/${Prefix}`
     for (;;) {
       const out = await this.call(
-        `list versions ${this.scope.bucket}/${Prefix}`,
+        what,
         (s) =>
           this.s3.send(
             new ListObjectVersionsCommand({
@@ -580,16 +596,18 @@ export class O3Client {
               KeyMarker: keyMarker,
               VersionIdMarker: versionMarker,
               MaxKeys: options.maxKeys,
+              EncodingType: LISTING_ENCODING,
             }),
             { abortSignal: s },
           ),
         options.signal,
       )
+      const listed = (value: string) => listedKey(out.EncodingType, value, what)
       const page: ObjectVersion[] = []
       for (const v of out.Versions ?? []) {
         if (v.Key && v.VersionId)
           page.push({
-            key: v.Key,
+            key: listed(v.Key),
             versionId: v.VersionId,
             isLatest: v.IsLatest === true,
             deleteMarker: false,
@@ -601,7 +619,7 @@ export class O3Client {
       for (const m of out.DeleteMarkers ?? []) {
         if (m.Key && m.VersionId)
           page.push({
-            key: m.Key,
+            key: listed(m.Key),
             versionId: m.VersionId,
             isLatest: m.IsLatest === true,
             deleteMarker: true,
@@ -618,9 +636,10 @@ export class O3Client {
         seen.add(id)
         yield { ...v, key: relativeKey(this.scope, v.key) }
       }
-      if (!out.IsTruncated || !out.NextKeyMarker) return
-      if (out.NextKeyMarker !== keyMarker) seen = new Set([...seen].filter((id) => id.startsWith(`${out.NextKeyMarker}\0`)))
-      keyMarker = out.NextKeyMarker
+      const next = out.IsTruncated ? nextKeyMarker(page.at(-1)?.key, out.EncodingType, out.NextKeyMarker, what) : undefined
+      if (next === undefined) return
+      if (next !== keyMarker) seen = new Set([...seen].filter((id) => id.startsWith(`${next}\0`)))
+      keyMarker = next
       versionMarker = out.NextVersionIdMarker
       // Swift 2.30's s3api names `null` as the next version marker whatever the page's last
       // version was (it reads a field its listing does not have), which would skip the rest of that
