@@ -190,7 +190,7 @@ void BlockCache::read(const ObjectRef& obj, uint64_t first, uint64_t last, const
   for (auto& [i, block] : ready) done(i, {Status::ok(), false, std::move(block)});
 }
 
-uint64_t BlockCache::prefetch(const ObjectRef& obj, uint64_t first, uint64_t last) {
+uint64_t BlockCache::prefetch(const ObjectRef& obj, uint64_t first, uint64_t last, std::shared_ptr<InFlight> inflight) {
   std::vector<std::shared_ptr<Job>> toStart;
   uint64_t i = first;
   {
@@ -207,7 +207,8 @@ uint64_t BlockCache::prefetch(const ObjectRef& obj, uint64_t first, uint64_t las
       while (j < last && j - i < maxRun && !entries_.count(keyOf(obj, j))) ++j;
       const uint64_t bytes = std::min(j * config_.blockSize, obj.size) - i * config_.blockSize;
       if (!budget_.tryReserve(bytes)) break;
-      for (uint64_t k = i; k < j; ++k) entries_.try_emplace(keyOf(obj, k));
+      for (uint64_t k = i; k < j; ++k) entries_.try_emplace(keyOf(obj, k)).first->second.inflight = inflight;
+      if (inflight) inflight->bytes += bytes;
       startRun(obj, i, j, kReadahead, true);
       i = j;
     }
@@ -476,6 +477,7 @@ void BlockCache::complete(const ObjectRef& obj, uint64_t index, std::shared_ptr<
     Entry& e = it->second;
     budget_.release(e.reserved);
     e.reserved = 0;
+    settle(e, blockLength(obj, index));
     e.block = block;
     held_ += block->size();
     lru_.push_front(&it->first);
@@ -500,11 +502,18 @@ void BlockCache::fail(const ObjectRef& obj, uint64_t index, const Status& status
     if (it == entries_.end() || it->second.block) return;
     Entry& e = it->second;
     budget_.release(e.reserved);
+    settle(e, blockLength(obj, index));
     if (e.announced && !e.used) announcedUnread_ -= blockLength(obj, index);
     waiters.swap(e.waiters);
     entries_.erase(it);
   }
   for (auto& [i, cb] : waiters) cb(i, {status, leafMismatch, nullptr});
+}
+
+void BlockCache::settle(Entry& e, uint64_t bytes) {
+  if (!e.inflight) return;
+  e.inflight->bytes -= bytes;
+  e.inflight.reset();
 }
 
 void BlockCache::close() {

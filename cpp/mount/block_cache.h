@@ -15,6 +15,7 @@
 // the maps, queues and budget; callbacks never run under it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -77,6 +78,12 @@ struct ObjectRef {
   static ObjectRef make(const ObjectPin& pin, std::string name, std::shared_ptr<const Leaves> leaves);
 };
 
+// Bytes one open file's readahead has asked for that have not arrived yet (nor failed): its policy
+// asks for more as they arrive, not only as its reader moves (readahead.h).
+struct InFlight {
+  std::atomic<uint64_t> bytes{0};
+};
+
 struct BlockResult {
   Status status;
   bool leafMismatch = false;  // the block's bytes did not match the manifest (already logged)
@@ -116,7 +123,8 @@ class BlockCache final : private Reclaimable {
   void read(const ObjectRef& obj, uint64_t first, uint64_t last, const BlockCallback& done);
   // Starts fetching blocks [first, last) that are neither cached nor on their way, as readahead,
   // only as far as the budget allows; returns the block up to which all are cached or on their way.
-  uint64_t prefetch(const ObjectRef& obj, uint64_t first, uint64_t last);
+  // The blocks it starts count in `inflight` (when given) until they arrive or fail.
+  uint64_t prefetch(const ObjectRef& obj, uint64_t first, uint64_t last, std::shared_ptr<InFlight> inflight = nullptr);
   // Queues whole files to fetch ahead of their readers, in this order, behind readahead, within
   // kMaxAnnouncedShare of the budget (issue 21: files announced by the trainer or found in listing
   // order). Each `stream` (one announcing client) keeps its own order; streams take turns, one
@@ -144,6 +152,7 @@ class BlockCache final : private Reclaimable {
     bool used = false;                            // a reader took it
     bool announced = false;                       // fetched for an announced file
     bool firstAnnounced = false;                  // the first block the queue fetched of its file (counts the file used)
+    std::shared_ptr<InFlight> inflight;           // the readahead that asked for it, until it arrives
     std::list<const std::string*>::iterator lru;  // valid once ready
   };
   struct Job {
@@ -188,7 +197,8 @@ class BlockCache final : private Reclaimable {
   void deliver(const ObjectRef& obj, uint64_t index, std::shared_ptr<Block> block, bool fromNetwork);
   void complete(const ObjectRef& obj, uint64_t index, std::shared_ptr<const Block> block, bool fromNetwork);
   void fail(const ObjectRef& obj, uint64_t index, const Status& status, bool leafMismatch);
-  void releaseEntry(Entry& e);
+  // Under mutex_: the block is no longer on its way for the readahead that asked for it.
+  static void settle(Entry& e, uint64_t bytes);
 
   const BlockCacheConfig config_;
   FetchEngine& engine_;

@@ -282,10 +282,10 @@ void Filesystem::read(uint64_t fh, uint64_t offset, size_t size, std::shared_ptr
   std::optional<PrefetchRange> ahead;
   {
     std::lock_guard lock(f->mutex);
-    ahead = f->readahead.onRead(offset, n, obj.size);
+    ahead = f->readahead.onRead(offset, n, obj.size, f->inflight->bytes.load(std::memory_order_relaxed));
   }
   if (!ahead) return;
-  const uint64_t reached = cache_.prefetch(obj, ahead->from, ahead->to);
+  const uint64_t reached = cache_.prefetch(obj, ahead->from, ahead->to, f->inflight);
   std::lock_guard lock(f->mutex);
   f->readahead.issuedTo(reached, obj.size);
 }

@@ -138,6 +138,7 @@ class Filesystem {
     const ObjectRef obj;
     mutable std::mutex mutex;
     Readahead readahead;  // under mutex
+    const std::shared_ptr<InFlight> inflight = std::make_shared<InFlight>();
   };
   struct ReadOp;
   friend struct ReadOp;

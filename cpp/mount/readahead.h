@@ -5,7 +5,8 @@
 // first step (each step waits a round of reads, so far from the server a slow ramp alone costs
 // several round trips: doubling instead of growing eightfold read 256 MiB 7-10% slower at RTT 0 and
 // 50 ms); a seek outside a tolerance resets it, so random access fetches only the blocks it reads.
-// Pure policy: no I/O, no clock, no lock (the open file holds one).
+// Once at its cap, the window is kept on its way as its parts arrive, rather than as the reader
+// consumes them (see onRead). Pure policy: no I/O, no clock, no lock (the open file holds one).
 #pragma once
 
 #include <cstdint>
@@ -40,9 +41,9 @@ class Readahead {
 
   uint64_t windowBytes() const { return window_; }
 
-  // Records a read of [offset, offset + length) in a file of `size` bytes; returns what to
-  // prefetch, if anything.
-  std::optional<PrefetchRange> onRead(uint64_t offset, uint64_t length, uint64_t size);
+  // Records a read of [offset, offset + length) in a file of `size` bytes, while `inFlight` bytes
+  // this file's prefetches asked for have not arrived yet; returns what to prefetch, if anything.
+  std::optional<PrefetchRange> onRead(uint64_t offset, uint64_t length, uint64_t size, uint64_t inFlight);
   // Records how far the prefetch got (the memory budget may have cut it short): blocks below
   // `block` are cached or on their way.
   void issuedTo(uint64_t block, uint64_t size);

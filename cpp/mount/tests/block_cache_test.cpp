@@ -1,7 +1,8 @@
 // The block cache against the fake store and the failing one: exact bytes, one fetch per block for
-// all readers, the memory budget under many readers, demand before readahead, version pins, leaf
-// verification (a bad block fails and is never cached; an unverified block never serves a verified
-// open), errors of every kind, announced files, and closing with work in flight.
+// all readers, the memory budget under many readers, demand before readahead, what a readahead has
+// on its way, version pins, leaf verification (a bad block fails and is never cached; an
+// unverified block never serves a verified open), errors of every kind, announced files, and
+// closing with work in flight.
 #include <random>
 #include <set>
 
@@ -157,6 +158,26 @@ void aShortReadaheadGoesOutInParallel() {
   for (size_t i = 4; i < 9; i++) O3_CHECK_EQ(rig.store.requests()[i].length, 16 * MiB);
   O3_CHECK_EQ(readaheadRunBlocks(1, 16), 1u);
   O3_CHECK_EQ(readaheadRunBlocks(0, 16), 1u);
+}
+
+void readaheadCountsWhatIsOnItsWay() {
+  // A readahead's blocks count in its InFlight from the request until they arrive or fail; blocks
+  // already cached are not its own.
+  Rig rig;
+  const auto body = randomBytes(10 * MiB + 123, 9);
+  const ObjectRef obj = open(rig.store.put("f.bin", body));
+  O3_CHECK(readBlocks(rig.cache, obj, 0, 1)[0].status);
+  auto inflight = std::make_shared<InFlight>();
+  rig.store.hold(true);
+  O3_CHECK_EQ(rig.cache.prefetch(obj, 0, 11, inflight), 11u);
+  O3_CHECK_EQ(inflight->bytes.load(), 9 * MiB + 123);
+  rig.store.hold(false);
+  O3_CHECK(eventually([&] { return inflight->bytes.load() == 0; }));
+  // Replaced meanwhile: every block fails, and none is left counted.
+  const ObjectRef old = open(rig.store.put("g.bin", randomBytes(6 * MiB, 10)));
+  rig.store.put("g.bin", randomBytes(6 * MiB, 11));
+  O3_CHECK_EQ(rig.cache.prefetch(old, 0, 6, inflight), 6u);
+  O3_CHECK(eventually([&] { return inflight->bytes.load() == 0 && rig.cache.stats().inflightBytes == 0; }));
 }
 
 void replacedObjectNeverMixes() {
@@ -390,6 +411,7 @@ int main() {
   budgetHoldsUnderManyReaders();
   demandBeforeReadahead();
   aShortReadaheadGoesOutInParallel();
+  readaheadCountsWhatIsOnItsWay();
   replacedObjectNeverMixes();
   versionPinKeepsTheOpenVersion();
   verificationFailsBadBlocksAndNeverCachesThem();

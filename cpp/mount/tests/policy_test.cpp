@@ -100,7 +100,7 @@ void readaheadSequential() {
   const uint64_t size = 100 * MiB;
   Readahead ra(config(16 * MiB));
   // The first read: a small window (2 MiB), not the cap.
-  auto r = ra.onRead(0, 128 * 1024, size);
+  auto r = ra.onRead(0, 128 * 1024, size, 0);
   O3_CHECK(r.has_value());
   O3_CHECK_EQ(r->from, 0u);
   O3_CHECK_EQ(r->to, 3u);  // up to 128 KiB + 2 MiB, rounded up to blocks
@@ -110,7 +110,7 @@ void readaheadSequential() {
   std::vector<uint64_t> windows{ra.windowBytes()};
   uint64_t issued = r->to;
   for (uint64_t off = 128 * 1024; off < size; off += 128 * 1024) {
-    auto p = ra.onRead(off, 128 * 1024, size);
+    auto p = ra.onRead(off, 128 * 1024, size, 0);
     if (!p) continue;
     O3_CHECK(p->from >= issued - 1);  // never behind what was already asked, beyond the block being read
     O3_CHECK(p->to <= (size + MiB - 1) / MiB);
@@ -134,7 +134,7 @@ void readaheadRandomAccessFetchesNothing() {
   // A first read away from 0 is not sequential; nor is any read far from the last one.
   for (int i = 0; i < 1000; ++i) {
     const uint64_t off = (static_cast<uint64_t>(rng()) * 4096) % size;
-    if (ra.onRead(off, 4096, size)) ++prefetches;
+    if (ra.onRead(off, 4096, size, 0)) ++prefetches;
   }
   // Random reads more than the tolerance apart never prefetch, save the few that land near the last.
   O3_CHECK(prefetches < 30);
@@ -156,7 +156,7 @@ void readaheadOutOfOrderKernelReads() {
       std::shuffle(offs.begin(), offs.end(), rng);
       for (uint64_t off : offs) {
         const uint64_t before = ra.windowBytes();
-        if (auto p = ra.onRead(off, MiB, size)) {
+        if (auto p = ra.onRead(off, MiB, size, 0)) {
           for (uint64_t b = p->from; b < p->to; ++b) covered[b] = true;
           ra.issuedTo(p->to, size);
         }
@@ -174,32 +174,32 @@ void readaheadSeekResets() {
   const uint64_t size = 1024 * MiB;
   Readahead ra(config(64 * MiB, 4 * MiB));
   for (uint64_t off = 0; off < 64 * MiB; off += MiB)
-    if (auto p = ra.onRead(off, MiB, size)) ra.issuedTo(p->to, size);
+    if (auto p = ra.onRead(off, MiB, size, 0)) ra.issuedTo(p->to, size);
   O3_CHECK(ra.windowBytes() > 2 * MiB);
   // A jump far beyond the window and the tolerance: the window starts over.
-  O3_CHECK(!ra.onRead(900 * MiB, MiB, size).has_value());
+  O3_CHECK(!ra.onRead(900 * MiB, MiB, size, 0).has_value());
   O3_CHECK_EQ(ra.windowBytes(), 0u);
   // Reading on from there is a new sequential run, small again.
-  auto p = ra.onRead(901 * MiB, MiB, size);
+  auto p = ra.onRead(901 * MiB, MiB, size, 0);
   O3_CHECK(p.has_value());
   O3_CHECK_EQ(ra.windowBytes(), 2 * MiB);
   // The cap follows the provider: more files streaming, a smaller cap.
   uint64_t cap = 8 * MiB;
   Readahead shrinking({MiB, 2 * MiB, MiB, [&cap] { return cap; }, {}});
   for (uint64_t off = 0; off < 64 * MiB; off += MiB)
-    if (auto q = shrinking.onRead(off, MiB, size)) shrinking.issuedTo(q->to, size);
+    if (auto q = shrinking.onRead(off, MiB, size, 0)) shrinking.issuedTo(q->to, size);
   O3_CHECK_EQ(shrinking.windowBytes(), 8 * MiB);
   cap = 2 * MiB;
   for (uint64_t off = 64 * MiB; off < 96 * MiB; off += MiB)
-    if (auto q = shrinking.onRead(off, MiB, size)) shrinking.issuedTo(q->to, size);
+    if (auto q = shrinking.onRead(off, MiB, size, 0)) shrinking.issuedTo(q->to, size);
   O3_CHECK_EQ(shrinking.windowBytes(), 2 * MiB);
   // The end of the file bounds every request.
   Readahead tail(config(64 * MiB));
-  auto t = tail.onRead(0, 4096, 3 * MiB + 5);
+  auto t = tail.onRead(0, 4096, 3 * MiB + 5, 0);
   O3_CHECK(t.has_value());
   O3_CHECK_EQ(t->to, 3u);
   tail.issuedTo(t->to, 3 * MiB + 5);
-  auto t2 = tail.onRead(2 * MiB, MiB, 3 * MiB + 5);
+  auto t2 = tail.onRead(2 * MiB, MiB, 3 * MiB + 5, 0);
   O3_CHECK(t2.has_value() && t2->to == 4);
 }
 
@@ -208,12 +208,12 @@ void readaheadFloorFromLatency() {
   uint64_t floor = 24 * MiB;
   Readahead ra({MiB, 2 * MiB, 8 * MiB, [] { return 64 * MiB; }, [&floor] { return floor; }});
   // The first request stays small: the first byte comes quickly wherever the server is.
-  auto p = ra.onRead(0, MiB, size);
+  auto p = ra.onRead(0, MiB, size, 0);
   O3_CHECK(p.has_value());
   O3_CHECK_EQ(ra.windowBytes(), 2 * MiB);
   ra.issuedTo(p->to, size);
   // The second step goes straight to what the measured latency needs in flight, not to 16 MiB.
-  p = ra.onRead(2 * MiB, MiB, size);
+  p = ra.onRead(2 * MiB, MiB, size, 0);
   O3_CHECK(p.has_value());
   O3_CHECK_EQ(ra.windowBytes(), 24 * MiB);
   O3_CHECK_EQ(p->to, 3u + 24u);
@@ -221,18 +221,70 @@ void readaheadFloorFromLatency() {
   // Growth goes on from there, up to the cap, which the floor never passes.
   floor = 512 * MiB;
   for (uint64_t off = 2 * MiB; off < 200 * MiB; off += MiB)
-    if (auto q = ra.onRead(off, MiB, size)) ra.issuedTo(q->to, size);
+    if (auto q = ra.onRead(off, MiB, size, 0)) ra.issuedTo(q->to, size);
   O3_CHECK_EQ(ra.windowBytes(), 64 * MiB);
   // Near the server (a floor under the first window) it is the plain growth: 2 MiB, then 16, then
   // the cap.
   Readahead near({MiB, 2 * MiB, 8 * MiB, [] { return 64 * MiB; }, [] { return uint64_t{MiB / 2}; }});
-  if (auto q = near.onRead(0, MiB, size)) near.issuedTo(q->to, size);
-  auto q = near.onRead(2 * MiB, MiB, size);
+  if (auto q = near.onRead(0, MiB, size, 0)) near.issuedTo(q->to, size);
+  auto q = near.onRead(2 * MiB, MiB, size, 0);
   O3_CHECK(q.has_value());
   O3_CHECK_EQ(near.windowBytes(), 16 * MiB);
   near.issuedTo(q->to, size);
-  O3_CHECK(near.onRead(12 * MiB, MiB, size).has_value());
+  O3_CHECK(near.onRead(12 * MiB, MiB, size, 0).has_value());
   O3_CHECK_EQ(near.windowBytes(), 64 * MiB);
+}
+
+void readaheadTopsUpAsPartsArrive() {
+  const uint64_t size = 1024 * MiB;
+  Readahead ra(config(64 * MiB));
+  uint64_t off = 0, issued = 0;
+  auto read = [&](uint64_t inFlight) {
+    auto p = ra.onRead(off, MiB, size, inFlight);
+    off += MiB;
+    if (p) {
+      issued = std::max(issued, p->to * MiB);
+      ra.issuedTo(p->to, size);
+    }
+    return p;
+  };
+  // Growing, the window waits for its reader whatever has arrived: each step is the reader's.
+  while (ra.windowBytes() < 64 * MiB) read(0);
+  O3_CHECK_EQ(issued, off + 64 * MiB);
+  // At the cap, the reader waits on the oldest part while the rest of the window is on its way:
+  // nothing more goes out until an eighth of it has arrived...
+  O3_CHECK(!read(64 * MiB - MiB).has_value());
+  O3_CHECK(!read(64 * MiB - 7 * MiB).has_value());
+  const uint64_t before = issued;
+  auto p = read(64 * MiB - 8 * MiB);
+  O3_CHECK(p.has_value());
+  O3_CHECK_EQ(p->from * MiB, before);
+  O3_CHECK_EQ(issued, before + 8 * MiB);  // ...then as much goes out as arrived
+  // All of it arrived, the reader still there: it goes up to half a window beyond the window.
+  p = read(0);
+  O3_CHECK(p.has_value());
+  O3_CHECK_EQ(issued, off + 96 * MiB);
+  // From there on, reading on moves it in steps of an eighth at least, never block by block.
+  uint64_t steps = 0;
+  for (int i = 0; i < 64; ++i)
+    if (read(0)) {
+      ++steps;
+      O3_CHECK_EQ(issued, off + 96 * MiB);
+    }
+  O3_CHECK_EQ(steps, 8u);
+  // The last step reaches the end of the file however short it is.
+  Readahead tail(config(64 * MiB));
+  uint64_t tailIssued = 0, at = 0;
+  const uint64_t tailSize = 100 * MiB + 5;
+  while (tailIssued < tailSize) {
+    auto q = tail.onRead(at, MiB, tailSize, 0);
+    at += MiB;
+    if (!q) continue;
+    O3_CHECK(q->to * MiB > tailIssued);
+    tailIssued = std::min(tailSize, q->to * MiB);
+    tail.issuedTo(q->to, tailSize);
+  }
+  O3_CHECK_EQ(tailIssued, tailSize);
 }
 
 void inodeTableRandomized() {
@@ -304,6 +356,7 @@ int main() {
   readaheadOutOfOrderKernelReads();
   readaheadSeekResets();
   readaheadFloorFromLatency();
+  readaheadTopsUpAsPartsArrive();
   inodeTableRandomized();
   return test::finish("policy_test");
 }
