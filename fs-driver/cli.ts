@@ -15,6 +15,7 @@ import { MountError } from './mount-error.js'
 import { findMount, fusermountUnmount } from './mount-table.js'
 import { serveMount } from './mount.js'
 import { LAUNCHED_AS, launchMount } from './launch.js'
+import { memoryLimit } from './memory-limit.js'
 import { checkOptions, parseCount, parseDuration, parseMode, parseSize, type MountOptions } from './options.js'
 import { VERIFY_MODES, type VerifyMode } from './verify/manifest-index.js'
 import { parseTrustedSigners, trustSignerFlag } from '../lib/content/trusted-signers.js'
@@ -117,7 +118,7 @@ function toMountOptions(mountpoint: string, location: string, r: RawOptions): Mo
   if (!Number.isFinite(o.opTimeoutMs) || o.opTimeoutMs < 1000) throw new MountError('--op-timeout must be a finite duration of at least 1s', ExitCode.badOption)
   if (!Number.isFinite(o.statsIntervalMs) || o.statsIntervalMs < 1000)
     throw new MountError('--stats-interval must be a finite duration of at least 1s', ExitCode.badOption)
-  checkOptions(o)
+  checkOptions(o, memoryLimit())
   return o
 }
 

@@ -1,5 +1,6 @@
 import { ExitCode } from '../lib/cli/exit-codes.js'
 import type { O3Flags } from '../lib/o3/config.js'
+import type { MemoryLimit } from './memory-limit.js'
 import { MountError } from './mount-error.js'
 import type { VerifyMode } from './verify/manifest-index.js'
 
@@ -90,8 +91,8 @@ export function parseCount(value: string, what: string, min: number, max: number
   return n
 }
 
-/** Cross-option checks that single parsers cannot make. */
-export function checkOptions(o: MountOptions): void {
+/** Cross-option checks that single parsers cannot make, and `--cache-mem` against `memory`. */
+export function checkOptions(o: MountOptions, memory: MemoryLimit): void {
   const pow2 = (n: number) => n > 0 && (n & (n - 1)) === 0
   if (!pow2(o.blockSize) || o.blockSize < 64 * 1024 || o.blockSize > 64 * MiB) {
     throw new MountError(`--block-size ${o.blockSize} must be a power of two from 64K to 64M`, ExitCode.badOption)
@@ -100,5 +101,12 @@ export function checkOptions(o: MountOptions): void {
   // Verified blocks hold whole 1 MiB leaves (fs-driver/mount.ts).
   const blockSize = o.verify === 'off' ? o.blockSize : Math.max(o.blockSize, MiB)
   if (o.cacheMem < 8 * blockSize) throw new MountError(`--cache-mem must hold at least 8 blocks (${(8 * blockSize) / MiB} MiB)`, ExitCode.badOption)
+  if (o.cacheMem > memory.bytes) {
+    const mib = (n: number) => `${Math.floor(n / MiB)} MiB`
+    throw new MountError(
+      `--cache-mem ${mib(o.cacheMem)} is more than ${memory.of} (${mib(memory.bytes)}); give the cache less, leaving room for what runs beside the mount`,
+      ExitCode.badOption,
+    )
+  }
   if (o.cacheDiskSize > 0 && !o.cacheDir) throw new MountError('--cache-disk-size needs --cache-dir', ExitCode.badOption)
 }

@@ -60,11 +60,13 @@ class BlockCache::Sink final : public RangeSink {
       s = Status::error(ErrorKind::Stream, "the body of " + job_->obj.name + " ended at block " + std::to_string(cur_));
     if (!s) {
       const uint64_t bs = cache_.config_.blockSize;
-      cache_.log_.log(LogLevel::Warn, "block fetch failed",
-                      {{"key", job_->obj.name},
-                       {"start", static_cast<int64_t>(job_->first * bs)},
-                       {"end", static_cast<int64_t>(std::min(job_->last * bs, job_->obj.size) - 1)},
-                       {"err", s.message}});
+      // A fetch cancelled because the mount is closing is no failure worth a line.
+      if (s.kind != ErrorKind::Cancelled)
+        cache_.log_.log(LogLevel::Warn, "block fetch failed",
+                        {{"key", job_->obj.name},
+                         {"start", static_cast<int64_t>(job_->first * bs)},
+                         {"end", static_cast<int64_t>(std::min(job_->last * bs, job_->obj.size) - 1)},
+                         {"err", s.message}});
       for (uint64_t i = cur_; i < job_->last; ++i)
         cache_.post([c = &cache_, obj = job_->obj, i, s] { c->fail(obj, i, s, false); });
     }
