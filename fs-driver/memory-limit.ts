@@ -13,36 +13,42 @@ export interface MemoryLimit {
   of: string
 }
 
-const CGROUP_ROOT = '/sys/fs/cgroup'
+/** Where each cgroup hierarchy keeps the memory limit of the cgroup a /proc/self/cgroup line names. */
+const HIERARCHIES = [
+  { line: /^0::(\/.*)$/, root: '/sys/fs/cgroup', file: 'memory.max' },
+  { line: /^\d+:(?:[^:]*,)?memory(?:,[^:]*)?:(\/.*)$/, root: '/sys/fs/cgroup/memory', file: 'memory.limit_in_bytes' },
+]
 
 export function memoryLimit(): MemoryLimit {
   let limit: MemoryLimit = { bytes: totalmem(), of: "this machine's memory" }
-  for (const bytes of cgroupLimits()) if (bytes < limit.bytes) limit = { bytes, of: 'the memory.max of its cgroup' }
+  for (const bytes of cgroupLimits()) if (bytes < limit.bytes) limit = { bytes, of: "its cgroup's memory limit" }
   return limit
 }
 
-/** memory.max of this process's cgroup (v2) and of each one above it, where set to a number. */
+/**
+ * The limits of this process's cgroup and of each one above it, in either hierarchy (v2, or v1's
+ * memory controller), where set. In a container the namespace's root is the container's own cgroup.
+ */
 function cgroupLimits(): number[] {
-  let dir: string
+  let lines: string[]
   try {
-    const own = readFileSync('/proc/self/cgroup', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('0::'))
-    if (own === undefined) return []
-    dir = path.join(CGROUP_ROOT, own.slice(3))
+    lines = readFileSync('/proc/self/cgroup', 'utf8').split('\n')
   } catch {
     return []
   }
   const limits: number[] = []
-  // In a container the cgroup namespace's root is the container's own cgroup: its limit is there.
-  for (;;) {
-    try {
-      const value = readFileSync(path.join(dir, 'memory.max'), 'utf8').trim()
-      if (/^\d+$/.test(value)) limits.push(Number(value))
-    } catch {
-      // no memory controller here, or no file at the hierarchy's root
+  for (const h of HIERARCHIES) {
+    const own = lines.map((l) => h.line.exec(l)?.[1]).find((p) => p !== undefined)
+    if (own === undefined) continue
+    for (let dir = path.join(h.root, own); ; dir = path.dirname(dir)) {
+      try {
+        const value = readFileSync(path.join(dir, h.file), 'utf8').trim()
+        if (/^\d+$/.test(value)) limits.push(Number(value))
+      } catch {
+        // not this hierarchy's controller, or no limit file at its root
+      }
+      if (path.relative(h.root, dir) === '') break
     }
-    if (dir === CGROUP_ROOT || !dir.startsWith(`${CGROUP_ROOT}/`)) return limits
-    dir = path.dirname(dir)
   }
+  return limits
 }

@@ -42,7 +42,7 @@ t.test('start-up checks on the mountpoint and options', async (t) => {
   mkdirSync(path.join(base, 'empty'))
   failedWith(t, await runCli(info, [path.join(base, 'empty'), BUCKET, '--block-size', '3M']), ExitCode.badOption, /--block-size/)
   failedWith(t, await runCli(info, [path.join(base, 'empty'), BUCKET, '--metadata-ttl', 'soon']), ExitCode.badOption, /--metadata-ttl/)
-  const memory = /--cache-mem 67108864 MiB is more than (this machine's memory|the memory.max of its cgroup) \(\d+ MiB\)/
+  const memory = /--cache-mem 67108864 MiB is more than (this machine's memory|its cgroup's memory limit) \(\d+ MiB\)/
   failedWith(t, await runCli(info, [path.join(base, 'empty'), BUCKET, '--cache-mem', '64T']), ExitCode.badOption, memory)
   failedWith(t, await runCli(info, [path.join(base, 'empty')]), ExitCode.badOption, /usage/)
   failedWith(t, await runCli(info, [path.join(base, 'empty'), BUCKET], { O3_MAX_ATTEMPTS: '0' }), ExitCode.config, /"0" \(from O3_MAX_ATTEMPTS\).*1 to 20/)
