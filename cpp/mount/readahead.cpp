@@ -36,7 +36,7 @@ std::optional<PrefetchRange> Readahead::onRead(uint64_t offset, uint64_t length,
   const uint64_t cap = std::max(2 * bs, cfg_.maxWindow ? cfg_.maxWindow() : 0);
   window_ = std::min(window_, cap);  // more files stream now: this one's share is smaller
   if (window_ > 0 && ahead >= window_ / 2) {
-    if (window_ < cap) return std::nullopt;  // growing: each step is the reader's, as before
+    if (window_ < cap) return std::nullopt;  // growing: each step waits for the reader, so a file read in part fetches no more
     // A full window's parts arrive side by side while the reader waits on the oldest, so waiting
     // for the reader to consume half of it let them all finish before the next went out: the
     // connections idled a round trip and more at every step. Instead, as an eighth of the window
